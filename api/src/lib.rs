@@ -1,0 +1,53 @@
+//! The `tributary.dev/v1alpha1` API: the custom resources teams `kubectl apply` to describe their
+//! event topology, and the pieces of it that both the operator and the relay need.
+//!
+//! Field doc comments become `kubectl explain` text, so they are written for users.
+
+pub mod duration;
+pub mod event_topic;
+pub mod outbox_relay;
+pub mod subscription;
+pub mod validation;
+
+pub use event_topic::{EventTopic, EventTopicSpec, EventTopicStatus};
+pub use outbox_relay::{OutboxRelay, OutboxRelaySpec, OutboxRelayStatus};
+pub use subscription::{Subscription, SubscriptionSpec, SubscriptionStatus};
+
+/// API group of every Tributary resource.
+pub const GROUP: &str = "tributary.dev";
+/// The one served and stored version.
+pub const VERSION: &str = "v1alpha1";
+/// `kubectl get tributary` lists every Tributary resource.
+pub const CATEGORY: &str = "tributary";
+
+/// Setting this annotation to `"true"` stops the operator from reconciling the object; the Ready
+/// condition says so. Anything else (or its absence) resumes reconciling.
+pub const PAUSED_ANNOTATION: &str = "tributary.dev/paused";
+
+/// Kafka topic names: the characters Kafka accepts, at most 249 of them.
+pub const TOPIC_NAME_PATTERN: &str = r"^[a-zA-Z0-9._-]{1,249}$";
+
+/// A `conditions` list as Kubernetes API conventions want it: a list-map keyed by `type`, so
+/// server-side apply merges conditions one by one.
+pub(crate) fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = generator.subschema_for::<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>();
+    let object = schema.ensure_object();
+    object.insert("x-kubernetes-list-type".into(), "map".into());
+    object.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["type"]));
+    schema
+}
+
+/// Every CRD Tributary installs, in the order `crds/` lists them.
+pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
+    use kube::CustomResourceExt;
+    vec![EventTopic::crd(), Subscription::crd(), OutboxRelay::crd()]
+}
+
+/// Shared test helpers for the resource modules.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// Parses a YAML manifest into JSON, the form the schema and CEL checks work on.
+    pub fn yaml(text: &str) -> serde_json::Value {
+        serde_yaml::from_str(text).expect("test manifest is valid YAML")
+    }
+}

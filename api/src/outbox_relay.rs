@@ -1,0 +1,330 @@
+//! `OutboxRelay`: a PostgreSQL outbox table feeding EventTopics, relayed by `tributary-relay`.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// SQL identifiers Tributary accepts for tables and columns: plain, unquoted names.
+pub const SQL_IDENTIFIER_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$";
+
+/// The transactional outbox of one database: the relay moves its rows to Kafka, in order per
+/// aggregate, and removes them once Kafka has them.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[kube(
+    group = "tributary.dev",
+    version = "v1alpha1",
+    kind = "OutboxRelay",
+    namespaced,
+    status = "OutboxRelayStatus",
+    shortname = "outbox",
+    category = "tributary",
+    derive = "PartialEq",
+    doc = "A PostgreSQL transactional outbox relayed to Kafka by tributary-relay.",
+    printcolumn(name = "Ready", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].status"#),
+    printcolumn(name = "Placement", type_ = "string", json_path = ".status.placement"),
+    printcolumn(name = "Target", type_ = "string", json_path = ".status.target", priority = 1),
+    printcolumn(name = "Pending", type_ = "integer", json_path = ".status.pendingRows", description = "Outbox rows not yet in Kafka"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboxRelaySpec {
+    /// The database holding the outbox table.
+    pub database: Database,
+
+    /// The outbox table, optionally schema-qualified (`public.outbox`).
+    #[serde(default = "default_table")]
+    #[schemars(regex(pattern = r"^([A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$"))]
+    pub table: String,
+
+    /// Column names; the defaults are Debezium's outbox layout, so existing tables work as they are.
+    #[serde(default)]
+    pub columns: Columns,
+
+    /// How the payload column is read: `Json` (json/jsonb, sent as `application/json`) or
+    /// `Binary` (bytea, sent as-is).
+    #[serde(default)]
+    pub payload_format: PayloadFormat,
+
+    /// Which Kafka topic each row goes to.
+    pub routing: Routing,
+
+    /// Where the relay runs.
+    pub placement: Placement,
+
+    /// Rows fetched and published per batch.
+    #[serde(default = "default_batch_size")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub batch_size: i32,
+
+    /// How often the table is polled when no NOTIFY wakes the relay (`1s`, `500ms`).
+    #[serde(default = "default_poll_interval")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub poll_interval: String,
+
+    /// What happens to a row once Kafka acknowledged it.
+    #[serde(default)]
+    pub cleanup: Cleanup,
+
+    /// What a row that keeps failing does to the rows after it in the same aggregate.
+    #[serde(default)]
+    pub failure_policy: FailurePolicy,
+
+    /// CloudEvents `source` of the published events. Defaults to `/tributary/<namespace>/<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub cloud_events_source: Option<String>,
+}
+
+fn default_table() -> String {
+    "outbox".into()
+}
+fn default_batch_size() -> i32 {
+    500
+}
+fn default_poll_interval() -> String {
+    "1s".into()
+}
+
+/// Connection to the database.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Database {
+    /// Secret key holding the PostgreSQL URL (`postgres://user:password@host/db`). The URL is
+    /// passed to the relay from the Secret and never copied elsewhere.
+    pub url_secret_ref: SecretKeyReference,
+}
+
+/// A key of a Secret in the same namespace.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+pub struct SecretKeyReference {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the Secret.
+    #[serde(default = "default_secret_key")]
+    #[schemars(length(min = 1))]
+    pub key: String,
+}
+
+fn default_secret_key() -> String {
+    "url".into()
+}
+
+/// Outbox column names.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Columns {
+    /// Unique event id (uuid); becomes the CloudEvents `id`.
+    #[serde(default = "column_id")]
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"))]
+    pub id: String,
+    /// Aggregate type (`Order`); used for routing.
+    #[serde(default = "column_aggregate_type")]
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"))]
+    pub aggregate_type: String,
+    /// Aggregate id; becomes the Kafka key, so one aggregate stays in one partition, in order.
+    #[serde(default = "column_aggregate_id")]
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"))]
+    pub aggregate_id: String,
+    /// Event type; becomes the CloudEvents `type`.
+    #[serde(default = "column_type")]
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"))]
+    pub r#type: String,
+    /// Event payload; becomes the Kafka value.
+    #[serde(default = "column_payload")]
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"))]
+    pub payload: String,
+    /// Optional jsonb column of extra headers (correlation and causation ids pass through).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"))]
+    pub headers: Option<String>,
+    /// Optional commit-time column; becomes the CloudEvents `time`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"))]
+    pub created_at: Option<String>,
+}
+
+impl Default for Columns {
+    fn default() -> Self {
+        Columns {
+            id: column_id(),
+            aggregate_type: column_aggregate_type(),
+            aggregate_id: column_aggregate_id(),
+            r#type: column_type(),
+            payload: column_payload(),
+            headers: None,
+            created_at: None,
+        }
+    }
+}
+
+fn column_id() -> String {
+    "id".into()
+}
+fn column_aggregate_type() -> String {
+    "aggregatetype".into()
+}
+fn column_aggregate_id() -> String {
+    "aggregateid".into()
+}
+fn column_type() -> String {
+    "type".into()
+}
+fn column_payload() -> String {
+    "payload".into()
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PayloadFormat {
+    #[default]
+    Json,
+    Binary,
+}
+
+/// Routing of rows to topics, tried in this order: the topic column, the routes by aggregate
+/// type, then `<topicPrefix><aggregatetype>`. A row none of them routes is reported, never dropped.
+#[derive(Serialize, Deserialize, KubeSchema, Debug, Clone, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.topicColumn) || size(self.routes) > 0 || has(self.topicPrefix)")
+    .message("spec.routing needs at least one of topicColumn, routes or topicPrefix"))]
+#[serde(rename_all = "camelCase")]
+pub struct Routing {
+    /// Column naming the Kafka topic of each row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"))]
+    pub topic_column: Option<String>,
+
+    /// Aggregate type → EventTopic.
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["aggregateType".into()]))]
+    pub routes: Vec<Route>,
+
+    /// Kafka topic prefix for aggregate types without a route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,200}$"))]
+    pub topic_prefix: Option<String>,
+}
+
+/// Rows of one aggregate type go to one EventTopic.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Route {
+    /// Value of the aggregate type column.
+    #[schemars(length(min = 1))]
+    pub aggregate_type: String,
+    /// metadata.name of an EventTopic in this namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub event_topic: String,
+}
+
+/// Where the relay runs: exactly one of `sidecar` and `standalone`.
+#[derive(Serialize, Deserialize, KubeSchema, Debug, Clone, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.sidecar) != has(self.standalone)")
+    .message("spec.placement needs exactly one of sidecar and standalone"))]
+pub struct Placement {
+    /// Run the relay as a container of the application's own Deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar: Option<SidecarPlacement>,
+    /// Run the relay as its own Deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standalone: Option<StandalonePlacement>,
+}
+
+/// The relay joins the pods of a Deployment.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarPlacement {
+    /// The Deployment (in this namespace) the relay container is added to.
+    pub target_ref: DeploymentReference,
+}
+
+/// A Deployment in the same namespace.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+pub struct DeploymentReference {
+    /// metadata.name of the Deployment.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// The relay runs in its own Deployment.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+pub struct StandalonePlacement {
+    /// Relay replicas; several are safe, order per aggregate holds.
+    #[serde(default = "default_relay_replicas")]
+    #[schemars(range(min = 1, max = 32))]
+    pub replicas: i32,
+}
+
+fn default_relay_replicas() -> i32 {
+    1
+}
+
+/// What happens to published rows.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+pub struct Cleanup {
+    /// `Delete` the row, or `Mark` it published and prune it after `retention`.
+    #[serde(default)]
+    pub mode: CleanupMode,
+    /// With Mark: how long published rows are kept (`7d`).
+    #[serde(default = "default_cleanup_retention")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d|w))+$"))]
+    pub retention: String,
+}
+
+impl Default for Cleanup {
+    fn default() -> Self {
+        Cleanup { mode: CleanupMode::default(), retention: default_cleanup_retention() }
+    }
+}
+
+fn default_cleanup_retention() -> String {
+    "7d".into()
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CleanupMode {
+    #[default]
+    Delete,
+    Mark,
+}
+
+/// What a row that keeps failing (too large, unroutable, rejected) does to its aggregate.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailurePolicy {
+    /// Hold back later rows of the same aggregate, keeping its order; others keep flowing.
+    #[default]
+    Block,
+    /// Move the failing row aside and go on with the aggregate.
+    Skip,
+}
+
+/// What the operator and the relay report.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboxRelayStatus {
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Ready, TargetFound and TopicsReady.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::conditions_schema")]
+    pub conditions: Vec<Condition>,
+
+    /// Sidecar or Standalone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<String>,
+
+    /// The Deployment running the relay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+
+    /// Outbox rows not yet published, as the relay last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_rows: Option<i64>,
+
+    /// When the relay last published a row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_published_time: Option<Time>,
+}

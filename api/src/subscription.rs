@@ -1,0 +1,470 @@
+//! `Subscription`: a consumer group reading EventTopics, run as a Deployment the operator scales by
+//! consumer lag.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{EnvFromSource, EnvVar, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A consumer group that reads one or more EventTopics.
+///
+/// The operator runs the consumer Deployment (with the dispatcher sidecar in push mode), creates
+/// the dead-letter topic it needs, and scales it by consumer lag.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[kube(
+    group = "tributary.dev",
+    version = "v1alpha1",
+    kind = "Subscription",
+    namespaced,
+    status = "SubscriptionStatus",
+    shortname = "sub",
+    category = "tributary",
+    derive = "PartialEq",
+    doc = "A consumer group reading EventTopics, run and scaled by Tributary.",
+    printcolumn(name = "Ready", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].status"#),
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.delivery.mode"),
+    printcolumn(name = "Lag", type_ = "integer", json_path = ".status.totalLag", description = "Records not yet consumed, over all topics"),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Engine", type_ = "string", json_path = ".status.engine", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionSpec {
+    /// EventTopics (in this namespace) the group consumes.
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub topics: Vec<TopicReference>,
+
+    /// Kafka consumer group id. Defaults to `<namespace>.<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,255}$"))]
+    pub consumer_group: Option<String>,
+
+    /// The consumer container: the application that handles events.
+    pub template: ConsumerTemplate,
+
+    /// How events reach the consumer: retries, dead letters, ordering, filters.
+    #[serde(default)]
+    pub delivery: Delivery,
+
+    /// Where a group without committed offsets starts: `earliest`, `latest`, or an RFC 3339
+    /// timestamp.
+    #[serde(default = "default_start_from")]
+    #[schemars(regex(
+        pattern = r"^(earliest|latest|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2}))$"
+    ))]
+    pub start_from: String,
+
+    /// Re-read events from a point in time. Each change of `toTimestamp` is applied once: the
+    /// consumers stop, the group's offsets move to that time, and the consumers start again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<Replay>,
+
+    /// Lag-driven autoscaling of the consumer Deployment.
+    #[serde(default)]
+    pub scaling: Scaling,
+}
+
+fn default_start_from() -> String {
+    "latest".into()
+}
+
+/// A reference to an EventTopic in the Subscription's namespace.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+pub struct TopicReference {
+    /// metadata.name of the EventTopic.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// The consumer container and the pod it runs in.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerTemplate {
+    /// Container image of the consumer.
+    #[schemars(length(min = 1))]
+    pub image: String,
+
+    /// Image pull policy: Always, IfNotPresent or Never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<String>,
+
+    /// Entrypoint override.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+
+    /// Arguments to the entrypoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+
+    /// Extra environment variables. The operator adds the `TRIBUTARY_*` ones itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+
+    /// Environment variables taken from ConfigMaps or Secrets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_from: Vec<EnvFromSource>,
+
+    /// CPU and memory requests and limits of the consumer container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// ServiceAccount the consumer pods run as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+
+    /// Labels added to the consumer pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_labels: BTreeMap<String, String>,
+
+    /// Annotations added to the consumer pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_annotations: BTreeMap<String, String>,
+
+    /// Node labels the consumer pods must run on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+}
+
+/// Delivery settings.
+#[derive(Serialize, Deserialize, KubeSchema, Debug, Clone, PartialEq)]
+#[x_kube(
+    validation = Rule::new("self.mode != 'Push' || has(self.sink)").message("spec.delivery.sink is required when spec.delivery.mode is Push").field_path(".sink"),
+    validation = Rule::new("self.mode == 'Push' || !has(self.sink)").message("spec.delivery.sink is only used when spec.delivery.mode is Push").field_path(".sink"),
+    validation = Rule::new("self.ordering == 'Unordered' || self.concurrency == 1").message("spec.delivery.concurrency above 1 needs ordering Unordered; PerKey runs one delivery per key").field_path(".concurrency"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivery {
+    /// `Pull`: the consumer container reads Kafka itself. `Push`: Tributary's dispatcher sidecar
+    /// reads Kafka and POSTs each event to the consumer over HTTP.
+    #[serde(default)]
+    pub mode: DeliveryMode,
+
+    /// Where the dispatcher POSTs events in Push mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<Sink>,
+
+    /// `PerKey`: events with the same key are delivered one at a time, in order. `Unordered`: up
+    /// to `concurrency` deliveries at once.
+    #[serde(default)]
+    pub ordering: Ordering,
+
+    /// Deliveries in flight at once with Unordered ordering.
+    #[serde(default = "default_concurrency")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub concurrency: i32,
+
+    /// How failed deliveries are retried.
+    #[serde(default)]
+    pub retry: Retry,
+
+    /// Where events go after the last failed attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<SubscriptionDeadLetter>,
+
+    /// Only events matching every filter are delivered; the others are skipped and counted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub filters: Vec<Filter>,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Delivery {
+            mode: DeliveryMode::default(),
+            sink: None,
+            ordering: Ordering::default(),
+            concurrency: default_concurrency(),
+            retry: Retry::default(),
+            dead_letter: None,
+            filters: Vec::new(),
+        }
+    }
+}
+
+fn default_concurrency() -> i32 {
+    1
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeliveryMode {
+    #[default]
+    Pull,
+    Push,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ordering {
+    #[default]
+    PerKey,
+    Unordered,
+}
+
+/// The HTTP endpoint of the consumer container.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+pub struct Sink {
+    /// Container port the consumer listens on.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+
+    /// Path events are POSTed to.
+    #[serde(default = "default_sink_path")]
+    #[schemars(regex(pattern = r"^/[^\s]*$"))]
+    pub path: String,
+}
+
+fn default_sink_path() -> String {
+    "/".into()
+}
+
+/// Retry of failed deliveries.
+#[derive(Serialize, Deserialize, KubeSchema, Debug, Clone, PartialEq)]
+#[x_kube(validation = Rule::new("duration(self.initialDelay) <= duration(self.maxDelay)")
+    .message("spec.delivery.retry.initialDelay cannot exceed maxDelay").field_path(".initialDelay"))]
+#[serde(rename_all = "camelCase")]
+pub struct Retry {
+    /// Delivery attempts before an event is dead-lettered, the first one included.
+    #[serde(default = "default_max_attempts")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_attempts: i32,
+
+    /// How the delay between attempts grows.
+    #[serde(default)]
+    pub backoff: Backoff,
+
+    /// Delay before the first retry (`100ms`, `1s`).
+    #[serde(default = "default_initial_delay")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub initial_delay: String,
+
+    /// Longest delay between attempts; a `Retry-After` from the sink is honoured up to it.
+    #[serde(default = "default_max_delay")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub max_delay: String,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            max_attempts: default_max_attempts(),
+            backoff: Backoff::default(),
+            initial_delay: default_initial_delay(),
+            max_delay: default_max_delay(),
+        }
+    }
+}
+
+fn default_max_attempts() -> i32 {
+    5
+}
+fn default_initial_delay() -> String {
+    "100ms".into()
+}
+fn default_max_delay() -> String {
+    "30s".into()
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backoff {
+    Linear,
+    #[default]
+    Exponential,
+}
+
+/// Dead-letter target of a Subscription.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionDeadLetter {
+    /// Kafka topic for this Subscription's dead letters. Defaults to the dead-letter topic of the
+    /// EventTopic the event came from, or `<consumerGroup>.dlq` when it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    pub topic_name: Option<String>,
+}
+
+/// A condition on a CloudEvents attribute.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+pub struct Filter {
+    /// CloudEvents attribute: `type`, `source`, `subject` or an extension attribute name.
+    #[schemars(regex(pattern = r"^[a-z0-9]{1,20}$"))]
+    pub attribute: String,
+
+    /// How the attribute is compared with `value`.
+    pub operator: FilterOperator,
+
+    /// The value compared with.
+    #[schemars(length(min = 1))]
+    pub value: String,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterOperator {
+    Exact,
+    Prefix,
+    Suffix,
+}
+
+/// A replay request.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Replay {
+    /// Point in time to rewind the group's offsets to (RFC 3339).
+    pub to_timestamp: Time,
+}
+
+/// Lag-driven autoscaling.
+#[derive(Serialize, Deserialize, KubeSchema, Debug, Clone, PartialEq)]
+#[x_kube(
+    validation = Rule::new("self.minReplicas <= self.maxReplicas").message("spec.scaling.minReplicas cannot exceed maxReplicas").field_path(".minReplicas"),
+    validation = Rule::new("self.activationLagThreshold <= self.lagThreshold").message("spec.scaling.activationLagThreshold cannot exceed lagThreshold").field_path(".activationLagThreshold"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Scaling {
+    /// Which autoscaler drives the Deployment: `Auto` picks KEDA when its CRDs are installed and
+    /// the built-in scaler otherwise.
+    #[serde(default)]
+    pub engine: ScalingEngine,
+
+    /// Fewest replicas while there is lag (or always, without scaleToZero).
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+
+    /// Most replicas; never more than the total partition count are useful.
+    #[serde(default = "default_max_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+
+    /// Target lag per replica: replicas = ceil(total lag / lagThreshold).
+    #[serde(default = "default_lag_threshold")]
+    #[schemars(range(min = 1))]
+    pub lag_threshold: i64,
+
+    /// Lag above which a group scaled to zero is woken.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub activation_lag_threshold: i64,
+
+    /// Scale to zero replicas while there is no lag.
+    #[serde(default)]
+    pub scale_to_zero: bool,
+
+    /// How long lag must stay low before scaling down (`5m`).
+    #[serde(default = "default_cooldown")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub cooldown: String,
+}
+
+impl Default for Scaling {
+    fn default() -> Self {
+        Scaling {
+            engine: ScalingEngine::default(),
+            min_replicas: default_min_replicas(),
+            max_replicas: default_max_replicas(),
+            lag_threshold: default_lag_threshold(),
+            activation_lag_threshold: 0,
+            scale_to_zero: false,
+            cooldown: default_cooldown(),
+        }
+    }
+}
+
+fn default_min_replicas() -> i32 {
+    1
+}
+fn default_max_replicas() -> i32 {
+    10
+}
+fn default_lag_threshold() -> i64 {
+    100
+}
+fn default_cooldown() -> String {
+    "5m".into()
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ScalingEngine {
+    #[default]
+    Auto,
+    Keda,
+    Builtin,
+}
+
+/// What the operator last saw of the consumer group.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionStatus {
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Ready, TopicsReady, Scaled and ReplayInProgress.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::conditions_schema")]
+    pub conditions: Vec<Condition>,
+
+    /// The Kafka consumer group id in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_group: Option<String>,
+
+    /// Lag of the group on each topic.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lag: Vec<TopicLag>,
+
+    /// Lag summed over all topics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_lag: Option<i64>,
+
+    /// Replicas the autoscaler asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
+
+    /// Consumer pods that are ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+
+    /// The autoscaler in use: Keda or Builtin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<ScalingEngine>,
+
+    /// When the replica count last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<Time>,
+
+    /// Progress of the latest replay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplayStatus>,
+}
+
+/// Lag of the group on one topic.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+pub struct TopicLag {
+    /// Kafka topic name.
+    pub topic: String,
+    /// Records between the group's position and the end of the topic, over all partitions.
+    pub lag: i64,
+}
+
+/// Progress of a replay.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplayStatus {
+    /// The replay target this status is about.
+    pub to_timestamp: Time,
+    /// ScalingDown, ResettingOffsets, ScalingUp or Completed.
+    pub phase: ReplayPhase,
+    /// When the phase last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<Time>,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayPhase {
+    ScalingDown,
+    ResettingOffsets,
+    ScalingUp,
+    Completed,
+}
