@@ -82,6 +82,10 @@ fn unknown_fields(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Fi
             let properties = schema.get("properties").and_then(Value::as_object);
             let additional = schema.get("additionalProperties").filter(|a| a.is_object());
             for (key, child) in map {
+                // Every object has these; CRD schemas leave them implicit.
+                if path.is_empty() && ["apiVersion", "kind", "metadata"].contains(&key.as_str()) {
+                    continue;
+                }
                 let child_path = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
                 match (properties.and_then(|p| p.get(key)), additional) {
                     (Some(child_schema), _) | (None, Some(child_schema)) => unknown_fields(child_schema, child, &child_path, errors),

@@ -1,1 +1,17 @@
+//! The Tributary operator: reconciles `tributary.dev` resources into Kafka and workloads.
+//!
+//! `main.rs` only parses the command line; everything it runs lives here so that tests reach it.
 
+pub mod apply;
+pub mod bench;
+pub mod cli;
+pub mod conditions;
+pub mod crdgen;
+pub mod error;
+pub mod event_topic;
+pub mod kafka;
+pub mod metrics;
+pub mod server;
+
+/// The one field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "tributary-operator";

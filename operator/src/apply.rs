@@ -1,0 +1,376 @@
+//! `tributary-operator apply -f`: the Kafka side of EventTopics from files, without a cluster,
+//! through the same desired-state, sync and status code the controller uses.
+//!
+//! Every document is validated (CRD schema and CEL rules) before anything touches Kafka, so bad
+//! input changes nothing.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+use tributary_api::validation::validate_manifest;
+use tributary_api::{EventTopic, EventTopicStatus, OutboxRelay, Subscription};
+
+use crate::event_topic::conflict::find_conflict;
+use crate::event_topic::desired::desired_topics;
+use crate::event_topic::status::{build_status, Outcome, READY};
+use crate::event_topic::sync::{sync_topics, SyncMode, TopicReport};
+use crate::kafka::TopicAdmin;
+
+/// One YAML document and where it came from.
+#[derive(Debug, Clone)]
+pub struct Document {
+    /// `path` or `path#N` for the N-th document of a multi-document file.
+    pub origin: String,
+    pub value: Value,
+}
+
+/// A validated object from the input.
+#[derive(Debug, Clone)]
+pub enum Object {
+    EventTopic(EventTopic),
+    Subscription(Subscription),
+    OutboxRelay(OutboxRelay),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, #[source] source: std::io::Error },
+    #[error("{origin} is not valid YAML: {source}")]
+    Yaml { origin: String, #[source] source: serde_yaml::Error },
+    #[error("no YAML files found in {0}")]
+    Empty(PathBuf),
+}
+
+/// Reads every `.yaml`/`.yml` file under the given files or directories (sorted, recursively),
+/// splitting multi-document files. Empty documents are skipped.
+pub fn load_documents(paths: &[PathBuf]) -> Result<Vec<Document>, LoadError> {
+    let mut documents = Vec::new();
+    for path in paths {
+        let files = yaml_files(path)?;
+        if files.is_empty() {
+            return Err(LoadError::Empty(path.clone()));
+        }
+        for file in files {
+            let text = std::fs::read_to_string(&file).map_err(|source| LoadError::Read { path: file.clone(), source })?;
+            for (index, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+                let origin = format!("{}#{}", file.display(), index + 1);
+                let value = Value::deserialize(document).map_err(|source| LoadError::Yaml { origin: origin.clone(), source })?;
+                if !value.is_null() {
+                    documents.push(Document { origin, value });
+                }
+            }
+        }
+    }
+    Ok(documents)
+}
+
+fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let metadata = std::fs::metadata(path).map_err(|source| LoadError::Read { path: path.to_owned(), source })?;
+    if metadata.is_file() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files = Vec::new();
+    let entries = std::fs::read_dir(path).map_err(|source| LoadError::Read { path: path.to_owned(), source })?;
+    let mut children: Vec<PathBuf> = entries.filter_map(|entry| entry.ok().map(|entry| entry.path())).collect();
+    children.sort();
+    for child in children {
+        if child.is_dir() {
+            files.extend(yaml_files(&child)?);
+        } else if child.extension().is_some_and(|ext| ext == "yaml" || ext == "yml") {
+            files.push(child);
+        }
+    }
+    Ok(files)
+}
+
+/// Validates every document; returns the objects, or every problem found (each naming the
+/// document, object and field).
+pub fn validate_documents(documents: &[Document]) -> Result<Vec<Object>, Vec<String>> {
+    let mut objects = Vec::new();
+    let mut problems = Vec::new();
+    let mut seen = BTreeSet::new();
+    for document in documents {
+        match validate_document(document) {
+            Ok(object) => {
+                let key = identity(&object);
+                if seen.insert(key.clone()) {
+                    objects.push(object);
+                } else {
+                    problems.push(format!("{}: {} {}/{} appears more than once", document.origin, key.0, key.1, key.2));
+                }
+            }
+            Err(errors) => problems.extend(errors),
+        }
+    }
+    if problems.is_empty() {
+        Ok(objects)
+    } else {
+        Err(problems)
+    }
+}
+
+fn identity(object: &Object) -> (&'static str, String, String) {
+    let (kind, meta) = match object {
+        Object::EventTopic(o) => ("EventTopic", &o.metadata),
+        Object::Subscription(o) => ("Subscription", &o.metadata),
+        Object::OutboxRelay(o) => ("OutboxRelay", &o.metadata),
+    };
+    (kind, meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+}
+
+fn validate_document(document: &Document) -> Result<Object, Vec<String>> {
+    let value = &document.value;
+    let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let name = value.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+    let expected_api_version = format!("{}/{}", tributary_api::GROUP, tributary_api::VERSION);
+    let label = format!("{}: {kind} {name:?}", document.origin);
+    if api_version != expected_api_version {
+        return Err(vec![format!("{label}: apiVersion is {api_version:?}; this tool reads {expected_api_version} only")]);
+    }
+    if let Err(message) = check_metadata_name(name) {
+        return Err(vec![format!("{label}: metadata.name: {message}")]);
+    }
+    match kind {
+        "EventTopic" => typed::<EventTopic>(value, &label).map(Object::EventTopic),
+        "Subscription" => typed::<Subscription>(value, &label).map(Object::Subscription),
+        "OutboxRelay" => typed::<OutboxRelay>(value, &label).map(Object::OutboxRelay),
+        other => Err(vec![format!("{label}: unknown kind {other:?}; expected EventTopic, Subscription or OutboxRelay")]),
+    }
+}
+
+/// Kubernetes object names: DNS subdomains (lowercase alphanumerics, '-' and '.', ≤ 253).
+fn check_metadata_name(name: &str) -> Result<(), &'static str> {
+    let valid_label = |label: &str| {
+        !label.is_empty()
+            && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    if name.is_empty() {
+        Err("is required")
+    } else if name.len() > 253 || !name.split('.').all(valid_label) {
+        Err("must be lowercase letters, digits, '-' and '.', start and end with a letter or digit, at most 253 characters")
+    } else {
+        Ok(())
+    }
+}
+
+fn typed<K>(value: &Value, label: &str) -> Result<K, Vec<String>>
+where
+    K: kube::CustomResourceExt + kube::Resource + DeserializeOwned,
+{
+    validate_manifest::<K>(value, None).map_err(|errors| errors.iter().map(|error| format!("{label}: {error}")).collect::<Vec<_>>())?;
+    let mut object: K = serde_json::from_value(value.clone()).map_err(|error| vec![format!("{label}: {error}")])?;
+    if object.meta().namespace.is_none() {
+        object.meta_mut().namespace = Some("default".into());
+    }
+    Ok(object)
+}
+
+/// The result of applying one EventTopic.
+#[derive(Debug, Clone)]
+pub struct TopicResult {
+    pub topic: EventTopic,
+    pub outcome: Outcome,
+    pub status: EventTopicStatus,
+}
+
+impl TopicResult {
+    pub fn is_ready(&self) -> bool {
+        self.status.conditions.iter().any(|condition| condition.type_ == READY && condition.status == "True")
+    }
+}
+
+/// Applies (or, with [`SyncMode::DryRun`], plans) every EventTopic, in input order.
+pub async fn apply_event_topics(admin: &dyn TopicAdmin, topics: &[EventTopic], mode: SyncMode, now: Timestamp) -> Vec<TopicResult> {
+    let mut results = Vec::with_capacity(topics.len());
+    for topic in topics {
+        let outcome = reconcile_offline(admin, topic, topics, mode).await;
+        let status = build_status(topic, &outcome, now);
+        results.push(TopicResult { topic: topic.clone(), outcome, status });
+    }
+    results
+}
+
+/// One EventTopic through the controller's stages, against `all` as the set of claims.
+pub async fn reconcile_offline(admin: &dyn TopicAdmin, topic: &EventTopic, all: &[EventTopic], mode: SyncMode) -> Outcome {
+    if let Some(conflict) = find_conflict(topic, all) {
+        return Outcome::Conflict { owner: conflict.owner, topic: conflict.topic };
+    }
+    match desired_topics(topic) {
+        Err(invalid) => Outcome::InvalidSpec(invalid.to_string()),
+        Ok(desired) => match sync_topics(admin, &desired, mode).await {
+            Ok(reports) => Outcome::Synced(reports),
+            Err(error) => Outcome::KafkaUnavailable(error.to_string()),
+        },
+    }
+}
+
+/// Human-readable report: per EventTopic, the planned or made changes and the resulting status.
+pub fn render_report(results: &[TopicResult], mode: SyncMode) -> String {
+    let mut out = String::new();
+    for result in results {
+        let topic = &result.topic;
+        let _ = writeln!(out, "EventTopic {}/{} → Kafka topic {:?}", topic.namespace().unwrap_or_default(), topic.name_any(), topic.kafka_topic_name());
+        if let Outcome::Synced(reports) = &result.outcome {
+            for report in reports {
+                for line in describe_plan(report, mode) {
+                    let _ = writeln!(out, "  {line}");
+                }
+            }
+        }
+        if mode == SyncMode::Apply {
+            let status = serde_yaml::to_string(&serde_json::json!({ "status": result.status })).unwrap_or_default();
+            for line in status.lines() {
+                let _ = writeln!(out, "  {line}");
+            }
+        } else if !matches!(result.outcome, Outcome::Synced(_)) {
+            let ready = crate::event_topic::status::ready_condition(&result.outcome, None);
+            let _ = writeln!(out, "  would not sync: {}: {}", ready.reason, ready.message);
+        }
+    }
+    out
+}
+
+fn describe_plan(report: &TopicReport, mode: SyncMode) -> Vec<String> {
+    let verb = |done: &str, planned: &str| if mode == SyncMode::DryRun { planned.to_owned() } else { done.to_owned() };
+    let subject = format!("{} {:?}", report.role.describe(), report.name);
+    let plan = &report.plan;
+    let mut lines = Vec::new();
+    if plan.create {
+        lines.push(format!("{} {subject} with {} partitions", verb("created", "would create"), report.partitions.unwrap_or_default()));
+    }
+    if let Some((from, to)) = plan.add_partitions {
+        lines.push(format!("{} partitions of {subject}: {from} → {to}", verb("raised", "would raise")));
+    }
+    for (key, change) in &plan.config_changes {
+        let from = change.from.as_deref().unwrap_or("(unset)");
+        lines.push(format!("{} {key} on {subject}: {from} → {}", verb("set", "would set"), change.to));
+    }
+    for problem in &report.problems {
+        lines.push(format!("problem on {subject}: {problem:?}"));
+    }
+    if lines.is_empty() {
+        lines.push(format!("{subject} is in sync"));
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::FakeTopicAdmin;
+
+    fn documents(yaml: &str) -> Vec<Document> {
+        serde_yaml::Deserializer::from_str(yaml)
+            .enumerate()
+            .map(|(index, document)| Document { origin: format!("test.yaml#{}", index + 1), value: Value::deserialize(document).expect("yaml") })
+            .collect()
+    }
+
+    const TWO_TOPICS: &str = r#"
+apiVersion: tributary.dev/v1alpha1
+kind: EventTopic
+metadata: { name: orders, namespace: shop }
+spec: { partitions: 3, retention: 1d, deadLetter: { enabled: true } }
+---
+apiVersion: tributary.dev/v1alpha1
+kind: EventTopic
+metadata: { name: payments }
+spec: { partitions: 2 }
+"#;
+
+    fn event_topics(objects: Vec<Object>) -> Vec<EventTopic> {
+        objects.into_iter().filter_map(|object| if let Object::EventTopic(topic) = object { Some(topic) } else { None }).collect()
+    }
+
+    #[tokio::test]
+    async fn applies_topics_and_reports_ready_status() {
+        let admin = FakeTopicAdmin::new();
+        let topics = event_topics(validate_documents(&documents(TWO_TOPICS)).expect("valid"));
+        assert_eq!(topics[1].namespace().as_deref(), Some("default"));
+        let results = apply_event_topics(&admin, &topics, SyncMode::Apply, Timestamp::UNIX_EPOCH).await;
+        assert!(results.iter().all(TopicResult::is_ready));
+        assert_eq!(admin.topic_names(), vec!["orders", "orders.dlq", "payments"]);
+        assert_eq!(admin.topic("orders").expect("created").configs.get("retention.ms").map(String::as_str), Some("86400000"));
+        let report = render_report(&results, SyncMode::Apply);
+        assert!(report.contains("created topic \"orders\" with 3 partitions"), "{report}");
+        assert!(report.contains("deadLetterTopic: orders.dlq"), "{report}");
+    }
+
+    #[tokio::test]
+    async fn dry_run_plans_without_touching_kafka() {
+        let admin = FakeTopicAdmin::new();
+        let topics = event_topics(validate_documents(&documents(TWO_TOPICS)).expect("valid"));
+        let results = apply_event_topics(&admin, &topics, SyncMode::DryRun, Timestamp::UNIX_EPOCH).await;
+        assert!(admin.calls().is_empty());
+        let report = render_report(&results, SyncMode::DryRun);
+        assert!(report.contains("would create topic \"orders\" with 3 partitions"), "{report}");
+        assert!(report.contains("would create dead-letter topic \"orders.dlq\""), "{report}");
+    }
+
+    #[test]
+    fn invalid_documents_are_all_reported_with_origin_and_field() {
+        let yaml = r#"
+apiVersion: tributary.dev/v1alpha1
+kind: EventTopic
+metadata: { name: orders }
+spec: { partitions: -1 }
+---
+apiVersion: tributary.dev/v1alpha1
+kind: EventTopic
+metadata: { name: Bad_Name }
+spec: {}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: { name: x }
+---
+apiVersion: tributary.dev/v1alpha1
+kind: Topic
+metadata: { name: y }
+"#;
+        let problems = validate_documents(&documents(yaml)).expect_err("invalid");
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+        assert!(problems[0].starts_with("test.yaml#1: EventTopic \"orders\": spec.partitions"), "{}", problems[0]);
+        assert!(problems[1].contains("metadata.name"), "{}", problems[1]);
+        assert!(problems[2].contains("apiVersion is \"v1\""), "{}", problems[2]);
+        assert!(problems[3].contains("unknown kind \"Topic\""), "{}", problems[3]);
+    }
+
+    #[test]
+    fn duplicate_objects_are_rejected() {
+        let yaml = format!("{TWO_TOPICS}\n---\n{}", TWO_TOPICS.split("---").next().expect("first doc"));
+        let problems = validate_documents(&documents(&yaml)).expect_err("duplicate");
+        assert!(problems[0].contains("EventTopic shop/orders appears more than once"), "{problems:?}");
+    }
+
+    #[tokio::test]
+    async fn the_later_of_two_claims_on_one_topic_gets_a_conflict() {
+        let yaml = r#"
+apiVersion: tributary.dev/v1alpha1
+kind: EventTopic
+metadata: { name: first }
+spec: { topicName: shared }
+---
+apiVersion: tributary.dev/v1alpha1
+kind: EventTopic
+metadata: { name: second }
+spec: { topicName: shared, partitions: 9 }
+"#;
+        let admin = FakeTopicAdmin::new();
+        let topics = event_topics(validate_documents(&documents(yaml)).expect("valid"));
+        let results = apply_event_topics(&admin, &topics, SyncMode::Apply, Timestamp::UNIX_EPOCH).await;
+        assert!(results[0].is_ready());
+        assert!(matches!(&results[1].outcome, Outcome::Conflict { owner, .. } if owner == "default/first"));
+        assert_eq!(admin.topic("shared").expect("created").partitions, 1);
+    }
+}

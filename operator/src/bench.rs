@@ -1,0 +1,116 @@
+//! `tributary-operator bench-topics`: reconciles N fresh EventTopics against a real broker through
+//! the controller's desired-state → sync → status path and prints throughput and peak memory.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::jiff::Timestamp;
+use tributary_api::{EventTopic, EventTopicSpec};
+
+use crate::apply::reconcile_offline;
+use crate::event_topic::status::build_status;
+use crate::event_topic::sync::SyncMode;
+use crate::kafka::TopicAdmin;
+
+/// What one benchmark run measured.
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    pub count: usize,
+    pub ready: usize,
+    pub elapsed: Duration,
+    pub peak_rss_mib: Option<f64>,
+}
+
+impl BenchReport {
+    pub fn topics_per_s(&self) -> f64 {
+        self.count as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
+    }
+
+    /// `name=value` lines, the format every Tributary benchmark prints.
+    pub fn render(&self) -> String {
+        let rss = self.peak_rss_mib.map(|mib| format!("{mib:.1}")).unwrap_or_else(|| "unknown".into());
+        format!(
+            "topics={}\ntopics_ready={}\nelapsed_s={:.2}\ntopics_per_s={:.1}\npeak_rss_mib={rss}\n",
+            self.count,
+            self.ready,
+            self.elapsed.as_secs_f64(),
+            self.topics_per_s()
+        )
+    }
+}
+
+/// Reconciles `count` new EventTopics named `<prefix>-<i>`, `concurrency` at a time.
+pub async fn bench_topics(admin: Arc<dyn TopicAdmin>, prefix: &str, count: usize, concurrency: usize) -> BenchReport {
+    let started = Instant::now();
+    let ready = futures::stream::iter(0..count)
+        .map(|index| {
+            let admin = Arc::clone(&admin);
+            let name = format!("{prefix}-{index}");
+            async move {
+                let mut topic = EventTopic::new(&name, bench_spec());
+                topic.metadata.namespace = Some("bench".into());
+                let outcome = reconcile_offline(admin.as_ref(), &topic, std::slice::from_ref(&topic), SyncMode::Apply).await;
+                let status = build_status(&topic, &outcome, Timestamp::now());
+                status.conditions.iter().any(|condition| condition.type_ == "Ready" && condition.status == "True")
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .filter(|ready| std::future::ready(*ready))
+        .count()
+        .await;
+    BenchReport { count, ready, elapsed: started.elapsed(), peak_rss_mib: peak_rss_mib() }
+}
+
+/// A single-partition topic with a one-hour retention: one managed config, like a real spec.
+fn bench_spec() -> EventTopicSpec {
+    EventTopicSpec {
+        topic_name: None,
+        partitions: 1,
+        replication_factor: None,
+        retention: Some("1h".into()),
+        cleanup_policy: None,
+        min_in_sync_replicas: None,
+        compression: None,
+        max_message_bytes: None,
+        config: Default::default(),
+        ignored_config_keys: Vec::new(),
+        dead_letter: None,
+        deletion_policy: Default::default(),
+    }
+}
+
+/// Deletes the topics a run created (not timed).
+pub async fn delete_bench_topics(admin: &dyn TopicAdmin, prefix: &str, count: usize, concurrency: usize) -> usize {
+    futures::stream::iter(0..count)
+        .map(|index| async move { admin.delete_topic(&format!("{prefix}-{index}")).await.is_err() })
+        .buffer_unordered(concurrency.max(1))
+        .filter(|failed| std::future::ready(*failed))
+        .count()
+        .await
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`).
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status.lines().find_map(|line| line.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::FakeTopicAdmin;
+
+    #[tokio::test]
+    async fn bench_reconciles_every_topic_and_reports_figures() {
+        let admin = Arc::new(FakeTopicAdmin::new());
+        let report = bench_topics(admin.clone(), "b", 25, 4).await;
+        assert_eq!((report.count, report.ready), (25, 25));
+        assert_eq!(admin.topic_names().len(), 25);
+        let text = report.render();
+        assert!(text.contains("topics_per_s=") && text.contains("peak_rss_mib="), "{text}");
+        assert_eq!(delete_bench_topics(admin.as_ref(), "b", 25, 4).await, 0);
+        assert!(admin.topic_names().is_empty());
+    }
+}

@@ -1,0 +1,218 @@
+//! The command line: `run` (the controller), `crdgen`, `apply` (offline) and `bench-topics`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kube::runtime::events::{Recorder, Reporter};
+use prometheus_client::registry::Registry;
+
+use crate::apply;
+use crate::conditions::{Clock, SystemClock};
+use crate::event_topic::{self, sync::SyncMode};
+use crate::kafka::{KafkaConnection, RdKafkaTopicAdmin, TopicAdmin};
+use crate::metrics::Metrics;
+use crate::server::{self, Readiness};
+
+#[derive(Debug, Parser)]
+#[command(name = "tributary-operator", version, about = "Reconciles tributary.dev resources into Kafka and workloads")]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "TRIBUTARY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the controllers against the cluster in the kubeconfig or service account.
+    Run(RunArgs),
+    /// Print every CRD as YAML, or write one file per kind into a directory.
+    Crdgen(CrdgenArgs),
+    /// Reconcile the Kafka side of the EventTopics in files, without a cluster.
+    Apply(ApplyArgs),
+    /// Benchmark: reconcile N fresh EventTopics against a broker and print topics_per_s and peak_rss_mib.
+    BenchTopics(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, host:port[,host:port…].
+    #[arg(long, env = "TRIBUTARY_BOOTSTRAP_SERVERS")]
+    pub bootstrap_servers: String,
+    /// librdkafka properties file with SASL/TLS settings (key=value lines).
+    #[arg(long, env = "TRIBUTARY_KAFKA_PROPERTIES_FILE")]
+    pub kafka_properties_file: Option<PathBuf>,
+    /// Deadline of each Kafka admin request (e.g. 10s).
+    #[arg(long, env = "TRIBUTARY_KAFKA_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub kafka_request_timeout: Duration,
+}
+
+impl KafkaArgs {
+    fn admin(&self) -> anyhow::Result<Arc<dyn TopicAdmin>> {
+        let connection = KafkaConnection {
+            bootstrap_servers: self.bootstrap_servers.clone(),
+            properties_file: self.kafka_properties_file.clone(),
+            request_timeout: self.kafka_request_timeout,
+        };
+        Ok(Arc::new(RdKafkaTopicAdmin::connect(&connection)?))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Address serving /metrics, /healthz and /readyz.
+    #[arg(long, env = "TRIBUTARY_LISTEN_ADDRESS", default_value = "0.0.0.0:8080")]
+    pub listen_address: SocketAddr,
+    /// How long deletion waits for an unreachable Kafka before releasing the finalizer.
+    #[arg(long, env = "TRIBUTARY_DELETION_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub deletion_timeout: Duration,
+    /// How often every topic is compared with Kafka, to correct drift.
+    #[arg(long, env = "TRIBUTARY_RESYNC_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub resync_interval: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct CrdgenArgs {
+    /// Write one file per CRD into this directory instead of printing.
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Files or directories of manifests (directories are read recursively).
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Print what would change; touch nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// EventTopics to reconcile.
+    #[arg(long, default_value_t = 1000)]
+    pub count: usize,
+    /// Reconciles in flight at once.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Keep the created topics instead of deleting them after the measurement.
+    #[arg(long)]
+    pub keep: bool,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    tributary_api::duration::parse(text).map_err(|error| error.to_string())
+}
+
+/// Runs a parsed command line; the exit code says how it went.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    init_tracing(cli.log_format);
+    match cli.command {
+        Command::Run(args) => run_controllers(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Crdgen(args) => {
+            match args.out_dir {
+                Some(dir) => crate::crdgen::write_to(&dir)?,
+                None => print!("{}", crate::crdgen::render_all()?),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Apply(args) => run_apply(args).await,
+        Command::BenchTopics(args) => run_bench(args).await.map(|()| ExitCode::SUCCESS),
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
+    let client = kube::Client::try_default().await.context("cannot reach the Kubernetes API")?;
+    let admin = args.kafka.admin()?;
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let readiness = Readiness::default();
+    let server = tokio::spawn(server::serve(args.listen_address, Arc::new(registry), readiness.clone()));
+    let reporter = Reporter { controller: crate::FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+    let settings = event_topic::Settings {
+        resync_interval: args.resync_interval,
+        deletion_timeout: args.deletion_timeout,
+        ..event_topic::Settings::default()
+    };
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let recorder = Recorder::new(client.clone(), reporter);
+    let controller = event_topic::controller::run(client, admin, metrics, clock, recorder, settings, move || readiness.mark_ready());
+    tokio::select! {
+        () = controller => Ok(()),
+        served = server => Err(anyhow::anyhow!("the metrics and health server stopped: {:?}", served)),
+    }
+}
+
+async fn run_apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
+    let documents = apply::load_documents(&args.paths)?;
+    let objects = match apply::validate_documents(&documents) {
+        Ok(objects) => objects,
+        Err(problems) => {
+            eprintln!("error: the input is invalid; nothing was applied:");
+            for problem in problems {
+                eprintln!("  {problem}");
+            }
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let mut topics = Vec::new();
+    for object in objects {
+        match object {
+            apply::Object::EventTopic(topic) => topics.push(topic),
+            apply::Object::Subscription(_) | apply::Object::OutboxRelay(_) => {}
+        }
+    }
+    let mode = if args.dry_run { SyncMode::DryRun } else { SyncMode::Apply };
+    let admin = args.kafka.admin()?;
+    let results = apply::apply_event_topics(admin.as_ref(), &topics, mode, SystemClock.now()).await;
+    print!("{}", apply::render_report(&results, mode));
+    let not_ready = results.iter().filter(|result| !result.is_ready()).count();
+    if mode == SyncMode::Apply && not_ready > 0 {
+        eprintln!("error: {not_ready} of {} EventTopics are not Ready (see their status above)", results.len());
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
+    let admin = args.kafka.admin()?;
+    let prefix = format!("bench-{}", std::process::id());
+    let report = crate::bench::bench_topics(Arc::clone(&admin), &prefix, args.count, args.concurrency).await;
+    print!("{}", report.render());
+    if !args.keep {
+        let failed = crate::bench::delete_bench_topics(admin.as_ref(), &prefix, args.count, args.concurrency).await;
+        if failed > 0 {
+            eprintln!("warning: {failed} benchmark topics could not be deleted (prefix {prefix})");
+        }
+    }
+    anyhow::ensure!(report.ready == report.count, "{} of {} topics did not become Ready", report.count - report.ready, report.count);
+    Ok(())
+}

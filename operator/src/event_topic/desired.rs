@@ -1,0 +1,197 @@
+//! What Kafka should hold for an EventTopic (pure): the topic and its dead-letter topic, with the
+//! configs the spec manages.
+
+use std::collections::BTreeMap;
+
+use tributary_api::duration::{self, DurationError};
+use tributary_api::EventTopic;
+
+use crate::kafka::TopicSpec;
+
+/// Whether a desired topic is the EventTopic's own topic or its dead-letter topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicRole {
+    Main,
+    DeadLetter,
+}
+
+impl TopicRole {
+    pub fn describe(self) -> &'static str {
+        match self {
+            TopicRole::Main => "topic",
+            TopicRole::DeadLetter => "dead-letter topic",
+        }
+    }
+}
+
+/// A Kafka topic the EventTopic wants, with the config keys Tributary must never touch on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredTopic {
+    pub role: TopicRole,
+    pub spec: TopicSpec,
+    pub ignored_keys: Vec<String>,
+}
+
+/// A spec the apiserver accepted but that cannot be turned into Kafka settings. The CRD's
+/// patterns make this rare (objects created before a schema change, or offline input).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("spec.{field}: {source}")]
+    Duration { field: &'static str, source: DurationError },
+    #[error("spec.config[{key:?}] is set by spec.{field}; remove it from spec.config")]
+    DuplicateConfig { key: String, field: &'static str },
+    #[error("spec.deadLetter.topicName {0:?} is the topic itself")]
+    DeadLetterIsTopic(String),
+}
+
+/// The topics an EventTopic wants: its own, then its dead-letter topic when enabled.
+pub fn desired_topics(topic: &EventTopic) -> Result<Vec<DesiredTopic>, SpecError> {
+    let spec = &topic.spec;
+    let mut configs = spec.config.clone();
+    let typed = [
+        ("retention.ms", "retention", spec.retention.as_deref().map(|r| retention("retention", r)).transpose()?),
+        ("cleanup.policy", "cleanupPolicy", spec.cleanup_policy.map(|p| p.as_kafka().to_owned())),
+        ("min.insync.replicas", "minInSyncReplicas", spec.min_in_sync_replicas.map(|n| n.to_string())),
+        ("compression.type", "compression", spec.compression.map(|c| c.as_kafka().to_owned())),
+        ("max.message.bytes", "maxMessageBytes", spec.max_message_bytes.map(|n| n.to_string())),
+    ];
+    for (key, field, value) in typed {
+        if let Some(value) = value {
+            if configs.insert(key.to_owned(), value).is_some() {
+                return Err(SpecError::DuplicateConfig { key: key.to_owned(), field });
+            }
+        }
+    }
+    let ignored_keys = spec.ignored_config_keys.clone();
+    configs.retain(|key, _| !ignored_keys.contains(key));
+
+    let main = DesiredTopic {
+        role: TopicRole::Main,
+        spec: TopicSpec {
+            name: topic.kafka_topic_name().to_owned(),
+            partitions: spec.partitions,
+            replication_factor: spec.replication_factor,
+            configs,
+        },
+        ignored_keys: ignored_keys.clone(),
+    };
+    let Some(dead_letter_name) = topic.dead_letter_topic_name() else {
+        return Ok(vec![main]);
+    };
+    if dead_letter_name == main.spec.name {
+        return Err(SpecError::DeadLetterIsTopic(dead_letter_name));
+    }
+    let dead_letter = spec.dead_letter.as_ref();
+    let mut dead_letter_configs = BTreeMap::new();
+    let dead_letter_retention = match dead_letter.and_then(|dl| dl.retention.as_deref()) {
+        Some(value) => Some(retention("deadLetter.retention", value)?),
+        None => main.spec.configs.get("retention.ms").cloned(),
+    };
+    if let Some(value) = dead_letter_retention {
+        dead_letter_configs.insert("retention.ms".to_owned(), value);
+    }
+    dead_letter_configs.retain(|key, _| !ignored_keys.contains(key));
+    let dead_letter = DesiredTopic {
+        role: TopicRole::DeadLetter,
+        spec: TopicSpec {
+            name: dead_letter_name,
+            partitions: dead_letter.and_then(|dl| dl.partitions).unwrap_or(spec.partitions),
+            replication_factor: spec.replication_factor,
+            configs: dead_letter_configs,
+        },
+        ignored_keys,
+    };
+    Ok(vec![main, dead_letter])
+}
+
+fn retention(field: &'static str, value: &str) -> Result<String, SpecError> {
+    duration::retention_ms(value).map(|ms| ms.to_string()).map_err(|source| SpecError::Duration { field, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event_topic::test_support::event_topic;
+
+    #[test]
+    fn typed_fields_become_kafka_configs() {
+        let topic = event_topic(
+            "orders",
+            r#"
+            partitions: 6
+            replicationFactor: 3
+            retention: 7d
+            cleanupPolicy: compact,delete
+            minInSyncReplicas: 2
+            compression: zstd
+            maxMessageBytes: 1048576
+            config: { segment.bytes: "536870912" }
+            "#,
+        );
+        let desired = desired_topics(&topic).expect("valid spec");
+        assert_eq!(desired.len(), 1);
+        let spec = &desired[0].spec;
+        assert_eq!((spec.name.as_str(), spec.partitions, spec.replication_factor), ("orders", 6, Some(3)));
+        let expected: BTreeMap<String, String> = [
+            ("cleanup.policy", "compact,delete"),
+            ("compression.type", "zstd"),
+            ("max.message.bytes", "1048576"),
+            ("min.insync.replicas", "2"),
+            ("retention.ms", "604800000"),
+            ("segment.bytes", "536870912"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert_eq!(spec.configs, expected);
+    }
+
+    #[test]
+    fn dead_letter_topic_defaults_to_dlq_suffix_and_inherits_retention_and_partitions() {
+        let topic = event_topic("payments", "partitions: 4\nretention: 3d\ndeadLetter: { enabled: true }");
+        let desired = desired_topics(&topic).expect("valid spec");
+        let dead_letter = &desired[1];
+        assert_eq!(dead_letter.role, TopicRole::DeadLetter);
+        assert_eq!(dead_letter.spec.name, "payments.dlq");
+        assert_eq!(dead_letter.spec.partitions, 4);
+        assert_eq!(dead_letter.spec.configs.get("retention.ms").map(String::as_str), Some("259200000"));
+    }
+
+    #[test]
+    fn dead_letter_settings_override_the_topic() {
+        let topic = event_topic(
+            "payments",
+            "partitions: 4\nretention: 3d\ndeadLetter: { topicName: payments-dead, partitions: 1, retention: infinite }",
+        );
+        let dead_letter = &desired_topics(&topic).expect("valid spec")[1];
+        assert_eq!((dead_letter.spec.name.as_str(), dead_letter.spec.partitions), ("payments-dead", 1));
+        assert_eq!(dead_letter.spec.configs.get("retention.ms").map(String::as_str), Some("-1"));
+    }
+
+    #[test]
+    fn disabled_dead_letter_is_not_wanted() {
+        let topic = event_topic("payments", "deadLetter: { enabled: false }");
+        assert_eq!(desired_topics(&topic).expect("valid spec").len(), 1);
+    }
+
+    #[test]
+    fn ignored_keys_are_never_desired() {
+        let topic = event_topic("orders", "retention: 1d\nignoredConfigKeys: [retention.ms]\nconfig: { segment.ms: '1000' }");
+        let desired = desired_topics(&topic).expect("valid spec");
+        assert!(!desired[0].spec.configs.contains_key("retention.ms"));
+        assert_eq!(desired[0].ignored_keys, vec!["retention.ms".to_owned()]);
+    }
+
+    #[test]
+    fn invalid_specs_name_the_field() {
+        let duplicate = event_topic("orders", "retention: 1d\nconfig: { retention.ms: '5' }");
+        assert_eq!(
+            desired_topics(&duplicate).unwrap_err().to_string(),
+            "spec.config[\"retention.ms\"] is set by spec.retention; remove it from spec.config"
+        );
+        let bad_duration = event_topic("orders", "retention: 7days");
+        assert!(desired_topics(&bad_duration).unwrap_err().to_string().starts_with("spec.retention: "));
+        let same_name = event_topic("orders", "deadLetter: { topicName: orders }");
+        assert_eq!(desired_topics(&same_name), Err(SpecError::DeadLetterIsTopic("orders".into())));
+    }
+}

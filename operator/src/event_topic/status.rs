@@ -1,0 +1,232 @@
+//! EventTopic status from the outcome of a reconcile (pure).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use tributary_api::{EventTopic, EventTopicStatus};
+
+use super::desired::TopicRole;
+use super::plan::Blocker;
+use super::sync::{TopicProblem, TopicReport};
+use crate::conditions::{self, DesiredCondition, Status};
+
+/// Condition types.
+pub const READY: &str = "Ready";
+pub const RECONCILIATION_PAUSED: &str = "ReconciliationPaused";
+
+/// Condition reasons.
+pub mod reason {
+    pub const CREATED: &str = "Created";
+    pub const UPDATED: &str = "Updated";
+    pub const IN_SYNC: &str = "InSync";
+    pub const PARTITION_DECREASE_NOT_SUPPORTED: &str = "PartitionDecreaseNotSupported";
+    pub const RESOURCE_CONFLICT: &str = "ResourceConflict";
+    pub const KAFKA_UNAVAILABLE: &str = "KafkaUnavailable";
+    pub const INVALID_CONFIG: &str = "InvalidConfig";
+    pub const NOT_SUPPORTED: &str = "NotSupported";
+    pub const REJECTED: &str = "Rejected";
+    pub const PAUSED: &str = "Paused";
+
+    pub const ALL: [&str; 10] = [
+        CREATED,
+        UPDATED,
+        IN_SYNC,
+        PARTITION_DECREASE_NOT_SUPPORTED,
+        RESOURCE_CONFLICT,
+        KAFKA_UNAVAILABLE,
+        INVALID_CONFIG,
+        NOT_SUPPORTED,
+        REJECTED,
+        PAUSED,
+    ];
+}
+
+/// How a reconcile of an EventTopic ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Kafka was compared with the spec (and changed, unless it was a dry run).
+    Synced(Vec<TopicReport>),
+    /// The spec cannot be turned into Kafka settings.
+    InvalidSpec(String),
+    /// An older EventTopic owns one of the Kafka topics this one names.
+    Conflict { owner: String, topic: String },
+    KafkaUnavailable(String),
+}
+
+/// The Ready condition for an outcome. A sync that changed nothing keeps the previous Ready
+/// reason, so a topic created once does not flip from Created to InSync on the next resync.
+pub fn ready_condition(outcome: &Outcome, previous: Option<&EventTopicStatus>) -> DesiredCondition {
+    let ready = |status, reason, message: String| DesiredCondition::new(READY, status, reason, message);
+    match outcome {
+        Outcome::InvalidSpec(message) => ready(Status::False, reason::INVALID_CONFIG, message.clone()),
+        Outcome::Conflict { owner, topic } => ready(
+            Status::False,
+            reason::RESOURCE_CONFLICT,
+            format!("Kafka topic {topic:?} is already managed by EventTopic {owner}, which is older; this EventTopic leaves it alone"),
+        ),
+        Outcome::KafkaUnavailable(message) => ready(Status::False, reason::KAFKA_UNAVAILABLE, message.clone()),
+        Outcome::Synced(reports) => {
+            if let Some((reason, message)) = first_problem(reports) {
+                return ready(Status::False, reason, message);
+            }
+            let changed: Vec<String> = reports.iter().filter_map(describe_changes).collect();
+            if changed.is_empty() {
+                let previous_ready = previous
+                    .and_then(|status| conditions::find(&status.conditions, READY))
+                    .filter(|condition| condition.status == "True");
+                return match previous_ready {
+                    Some(condition) => DesiredCondition {
+                        type_: READY,
+                        status: Status::True,
+                        reason: known_reason(&condition.reason),
+                        message: condition.message.clone(),
+                    },
+                    None => ready(Status::True, reason::IN_SYNC, format!("{} match the spec", topic_list(reports))),
+                };
+            }
+            let created = reports.iter().any(|report| report.plan.create);
+            let reason = if created { reason::CREATED } else { reason::UPDATED };
+            ready(Status::True, reason, changed.join("; "))
+        }
+    }
+}
+
+/// Maps a stored reason back to our constant (reasons are `&'static str`); an unknown one reads
+/// as InSync.
+fn known_reason(stored: &str) -> &'static str {
+    reason::ALL.into_iter().find(|known| *known == stored).unwrap_or(reason::IN_SYNC)
+}
+
+fn first_problem(reports: &[TopicReport]) -> Option<(&'static str, String)> {
+    // Most actionable first: a config the broker refuses, then impossible changes, then
+    // operations the broker lacks.
+    let rank = |problem: &TopicProblem| match problem {
+        TopicProblem::InvalidConfig(_) => 0,
+        TopicProblem::Rejected(_) => 1,
+        TopicProblem::Blocked(Blocker::PartitionDecrease { .. }) => 2,
+        TopicProblem::Blocked(Blocker::ReplicationFactorChange { .. }) => 3,
+        TopicProblem::Unsupported { .. } => 4,
+    };
+    let (report, problem) = reports
+        .iter()
+        .flat_map(|report| report.problems.iter().map(move |problem| (report, problem)))
+        .min_by_key(|(_, problem)| rank(problem))?;
+    let subject = format!("{} {:?}", report.role.describe(), report.name);
+    Some(match problem {
+        TopicProblem::InvalidConfig(message) => (reason::INVALID_CONFIG, format!("Kafka rejected the config of {subject}: {message}")),
+        TopicProblem::Rejected(message) => (reason::REJECTED, format!("{subject}: {message}")),
+        TopicProblem::Blocked(blocker @ Blocker::PartitionDecrease { .. }) => {
+            (reason::PARTITION_DECREASE_NOT_SUPPORTED, format!("{subject} {blocker}"))
+        }
+        TopicProblem::Blocked(blocker @ Blocker::ReplicationFactorChange { .. }) => (reason::NOT_SUPPORTED, format!("{subject} {blocker}")),
+        TopicProblem::Unsupported { operation, message } => (
+            reason::NOT_SUPPORTED,
+            format!("the broker does not support {operation}, needed for {subject} ({message}); other settings are in sync"),
+        ),
+    })
+}
+
+fn describe_changes(report: &TopicReport) -> Option<String> {
+    let plan = &report.plan;
+    let subject = format!("{} {:?}", report.role.describe(), report.name);
+    if plan.create {
+        return Some(format!("created {subject}"));
+    }
+    let mut parts = Vec::new();
+    if let Some((from, to)) = plan.add_partitions {
+        parts.push(format!("partitions {from}→{to}"));
+    }
+    if !plan.config_changes.is_empty() {
+        parts.push(format!("set {}", plan.config_changes.keys().cloned().collect::<Vec<_>>().join(", ")));
+    }
+    (!parts.is_empty()).then(|| format!("updated {subject}: {}", parts.join(", ")))
+}
+
+fn topic_list(reports: &[TopicReport]) -> String {
+    reports.iter().map(|report| format!("{} {:?}", report.role.describe(), report.name)).collect::<Vec<_>>().join(" and ")
+}
+
+/// The status after a reconcile with this outcome.
+pub fn build_status(topic: &EventTopic, outcome: &Outcome, now: Timestamp) -> EventTopicStatus {
+    let previous = topic.status.as_ref();
+    let generation = topic.metadata.generation;
+    let ready = ready_condition(outcome, previous);
+    let previous_conditions = previous.map(|status| status.conditions.as_slice()).unwrap_or_default();
+    let mut status = EventTopicStatus {
+        observed_generation: generation,
+        conditions: conditions::merge_conditions(previous_conditions, &[ready], generation, now),
+        topic_name: Some(topic.kafka_topic_name().to_owned()),
+        partitions: previous.and_then(|s| s.partitions),
+        replication_factor: previous.and_then(|s| s.replication_factor),
+        dead_letter_topic: topic.dead_letter_topic_name(),
+        last_sync_time: previous.and_then(|s| s.last_sync_time.clone()),
+    };
+    match outcome {
+        Outcome::Synced(reports) => {
+            if let Some(main) = reports.iter().find(|report| report.role == TopicRole::Main) {
+                status.partitions = main.partitions;
+                status.replication_factor = main.replication_factor;
+            }
+            status.last_sync_time = Some(Time(now));
+        }
+        // The topic belongs to another EventTopic; showing its numbers here would mislead.
+        Outcome::Conflict { .. } => {
+            status.partitions = None;
+            status.replication_factor = None;
+        }
+        Outcome::InvalidSpec(_) | Outcome::KafkaUnavailable(_) => {}
+    }
+    status
+}
+
+/// The status of a paused EventTopic: what it last had, plus a condition saying it is paused.
+pub fn paused_status(topic: &EventTopic, now: Timestamp) -> EventTopicStatus {
+    let previous = topic.status.clone().unwrap_or_default();
+    let mut desired: Vec<DesiredCondition> = previous
+        .conditions
+        .iter()
+        .filter(|condition| condition.type_ == READY)
+        .map(|condition| DesiredCondition {
+            type_: READY,
+            status: match condition.status.as_str() {
+                "True" => Status::True,
+                "False" => Status::False,
+                _ => Status::Unknown,
+            },
+            reason: known_reason(&condition.reason),
+            message: condition.message.clone(),
+        })
+        .collect();
+    desired.push(DesiredCondition::new(
+        RECONCILIATION_PAUSED,
+        Status::True,
+        reason::PAUSED,
+        format!("annotation {}=\"true\" is set; Kafka is not being reconciled", tributary_api::PAUSED_ANNOTATION),
+    ));
+    // Keep whatever each condition said, with its own observedGeneration: a paused object has
+    // not been observed at its new generation.
+    let mut conditions = conditions::merge_conditions(&previous.conditions, &desired, topic.metadata.generation, now);
+    for condition in &mut conditions {
+        if let Some(old) = conditions::find(&previous.conditions, &condition.type_) {
+            condition.observed_generation = old.observed_generation;
+        }
+    }
+    EventTopicStatus { conditions, ..previous }
+}
+
+/// Whether `new` must be written over `old`. A status that differs only in `lastSyncTime` is
+/// written at most once per `min_interval`, so the watch event our own write causes does not
+/// lead to another write.
+pub fn needs_patch(old: Option<&EventTopicStatus>, new: &EventTopicStatus, min_interval: std::time::Duration) -> bool {
+    let Some(old) = old else { return true };
+    let without_sync_time = |status: &EventTopicStatus| EventTopicStatus { last_sync_time: None, ..status.clone() };
+    if without_sync_time(old) != without_sync_time(new) {
+        return true;
+    }
+    match (&old.last_sync_time, &new.last_sync_time) {
+        (Some(Time(before)), Some(Time(after))) => {
+            let min_interval = SignedDuration::try_from(min_interval).unwrap_or(SignedDuration::MAX);
+            after.duration_since(*before) >= min_interval
+        }
+        (before, after) => before != after,
+    }
+}

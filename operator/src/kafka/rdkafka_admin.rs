@@ -1,0 +1,337 @@
+//! [`TopicAdmin`] over librdkafka's admin API.
+//!
+//! rdkafka wraps only the legacy AlterConfigs, which replaces a topic's whole config and which some
+//! brokers (Tansu) do not implement; config drift is corrected with IncrementalAlterConfigs through
+//! librdkafka directly, which touches just the keys given.
+
+use std::collections::BTreeMap;
+use std::ffi::{CStr, CString};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
+use rdkafka::{bindings as rdsys, ClientConfig};
+
+use super::{KafkaError, TopicAdmin, TopicSpec, TopicState};
+
+/// How to reach Kafka: bootstrap servers plus optional librdkafka properties (SASL, TLS).
+#[derive(Debug, Clone)]
+pub struct KafkaConnection {
+    pub bootstrap_servers: String,
+    /// A librdkafka properties file (`key=value` lines, `#` comments), e.g. `security.protocol`,
+    /// `sasl.mechanism`, `sasl.username`, `ssl.ca.location`.
+    pub properties_file: Option<PathBuf>,
+    /// Deadline of each admin request.
+    pub request_timeout: Duration,
+}
+
+impl KafkaConnection {
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        KafkaConnection { bootstrap_servers: bootstrap_servers.into(), properties_file: None, request_timeout: Duration::from_secs(10) }
+    }
+
+    /// The librdkafka client config for this connection.
+    pub fn client_config(&self) -> Result<ClientConfig, ConnectionError> {
+        let mut config = ClientConfig::new();
+        if let Some(path) = &self.properties_file {
+            for (key, value) in read_properties(path)? {
+                config.set(key, value);
+            }
+        }
+        config
+            .set("bootstrap.servers", &self.bootstrap_servers)
+            // A metadata lookup of a missing topic must not create it.
+            .set("allow.auto.create.topics", "false")
+            .set("socket.timeout.ms", self.request_timeout.as_millis().to_string());
+        Ok(config)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("cannot read Kafka properties file {path}: {source}")]
+    ReadProperties { path: PathBuf, #[source] source: std::io::Error },
+    #[error("Kafka properties file {path}, line {line}: expected key=value")]
+    MalformedProperty { path: PathBuf, line: usize },
+    #[error("cannot create the Kafka admin client for {bootstrap_servers}: {source}")]
+    CreateClient { bootstrap_servers: String, #[source] source: RdError },
+}
+
+fn read_properties(path: &Path) -> Result<Vec<(String, String)>, ConnectionError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConnectionError::ReadProperties { path: path.to_owned(), source })?;
+    text.lines()
+        .enumerate()
+        .map(|(index, line)| (index + 1, line.trim()))
+        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
+        .map(|(line_number, line)| {
+            let (key, value) = line
+                .split_once('=')
+                .ok_or_else(|| ConnectionError::MalformedProperty { path: path.to_owned(), line: line_number })?;
+            Ok((key.trim().to_owned(), value.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// The production [`TopicAdmin`].
+#[derive(Clone)]
+pub struct RdKafkaTopicAdmin {
+    client: Arc<AdminClient<DefaultClientContext>>,
+    request_timeout: Duration,
+}
+
+impl RdKafkaTopicAdmin {
+    pub fn connect(connection: &KafkaConnection) -> Result<Self, ConnectionError> {
+        let client = connection
+            .client_config()?
+            .create()
+            .map_err(|source| ConnectionError::CreateClient { bootstrap_servers: connection.bootstrap_servers.clone(), source })?;
+        Ok(RdKafkaTopicAdmin { client: Arc::new(client), request_timeout: connection.request_timeout })
+    }
+
+    fn options(&self) -> AdminOptions {
+        AdminOptions::new().request_timeout(Some(self.request_timeout)).operation_timeout(Some(self.request_timeout))
+    }
+
+    /// Runs a blocking librdkafka call off the async runtime.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&AdminClient<DefaultClientContext>, Duration) -> T + Send + 'static,
+    ) -> Result<T, KafkaError> {
+        let client = Arc::clone(&self.client);
+        let timeout = self.request_timeout;
+        tokio::task::spawn_blocking(move || call(&client, timeout))
+            .await
+            .map_err(|join| KafkaError::Unavailable(format!("admin call did not complete: {join}")))
+    }
+
+    async fn describe_configs(&self, name: &str) -> Result<BTreeMap<String, String>, KafkaError> {
+        let results = self
+            .client
+            .describe_configs([&ResourceSpecifier::Topic(name)], &self.options())
+            .await
+            .map_err(|error| classify(error, "DescribeConfigs", name))?;
+        let mut configs = BTreeMap::new();
+        for result in results {
+            let resource = result.map_err(|code| classify_code(code, "DescribeConfigs", name, String::new()))?;
+            configs.extend(resource.entries.into_iter().filter_map(|entry| Some((entry.name, entry.value?))));
+        }
+        Ok(configs)
+    }
+}
+
+#[async_trait]
+impl TopicAdmin for RdKafkaTopicAdmin {
+    async fn describe_topic(&self, name: &str) -> Result<Option<TopicState>, KafkaError> {
+        let topic = name.to_owned();
+        let metadata = self
+            .blocking(move |client, timeout| client.inner().fetch_metadata(Some(&topic), timeout))
+            .await?
+            .map_err(|error| classify(error, "Metadata", name))?;
+        let Some(topic) = metadata.topics().iter().find(|t| t.name() == name) else {
+            return Ok(None);
+        };
+        match topic.error().map(RDKafkaErrorCode::from) {
+            None => {}
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition) => return Ok(None),
+            Some(code) => return Err(classify_code(code, "Metadata", name, code.to_string())),
+        }
+        let partitions = i32::try_from(topic.partitions().len()).unwrap_or(i32::MAX);
+        let replication_factor =
+            topic.partitions().iter().map(|p| i32::try_from(p.replicas().len()).unwrap_or(i32::MAX)).max().unwrap_or(0);
+        let configs = self.describe_configs(name).await?;
+        Ok(Some(TopicState { name: name.to_owned(), partitions, replication_factor, configs }))
+    }
+
+    async fn create_topic(&self, spec: &TopicSpec) -> Result<(), KafkaError> {
+        let partitions = spec.partitions;
+        // -1 asks the broker for its default replication factor (KIP-464).
+        let replication = TopicReplication::Fixed(spec.replication_factor.unwrap_or(-1));
+        let mut topic = NewTopic::new(&spec.name, partitions, replication);
+        for (key, value) in &spec.configs {
+            topic = topic.set(key, value);
+        }
+        let results = self.client.create_topics([&topic], &self.options()).await.map_err(|error| classify(error, "CreateTopics", &spec.name))?;
+        for result in results {
+            match result {
+                Ok(_) => {}
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => return Err(classify_code(code, "CreateTopics", &spec.name, code.to_string())),
+            }
+        }
+        Ok(())
+    }
+
+    async fn create_partitions(&self, name: &str, total: i32) -> Result<(), KafkaError> {
+        let total = usize::try_from(total).unwrap_or(0);
+        let request = NewPartitions::new(name, total);
+        let results =
+            self.client.create_partitions([&request], &self.options()).await.map_err(|error| classify(error, "CreatePartitions", name))?;
+        for result in results {
+            if let Err((_, code)) = result {
+                return Err(classify_code(code, "CreatePartitions", name, code.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn set_configs(&self, name: &str, configs: &BTreeMap<String, String>) -> Result<(), KafkaError> {
+        let topic = name.to_owned();
+        let configs = configs.clone();
+        self.blocking(move |client, timeout| incremental_alter_configs(client, &topic, &configs, timeout)).await?
+    }
+
+    async fn delete_topic(&self, name: &str) -> Result<(), KafkaError> {
+        let results = self.client.delete_topics(&[name], &self.options()).await.map_err(|error| classify(error, "DeleteTopics", name))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((_, code)) => return Err(classify_code(code, "DeleteTopics", name, code.to_string())),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// IncrementalAlterConfigs (KIP-339) with SET operations, through librdkafka's C API.
+fn incremental_alter_configs(
+    client: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    configs: &BTreeMap<String, String>,
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    const OPERATION: &str = "IncrementalAlterConfigs";
+    let invalid = |message: String| KafkaError::InvalidConfig { topic: topic.to_owned(), message };
+    let c_topic = CString::new(topic).map_err(|_| invalid("topic name contains NUL".into()))?;
+    let entries: Vec<(CString, CString)> = configs
+        .iter()
+        .map(|(key, value)| Ok((CString::new(key.as_str())?, CString::new(value.as_str())?)))
+        .collect::<Result<_, std::ffi::NulError>>()
+        .map_err(|_| invalid("config contains NUL".into()))?;
+    let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    let rk = client.inner().native_ptr();
+
+    // SAFETY: every pointer below is created here, checked for null, used while alive, and
+    // destroyed exactly once before returning; `rk` outlives the call because `client` is borrowed.
+    unsafe {
+        let resource = rdsys::rd_kafka_ConfigResource_new(rdsys::rd_kafka_ResourceType_t::RD_KAFKA_RESOURCE_TOPIC, c_topic.as_ptr());
+        for (key, value) in &entries {
+            let error = rdsys::rd_kafka_ConfigResource_add_incremental_config(
+                resource,
+                key.as_ptr(),
+                rdsys::rd_kafka_AlterConfigOpType_t::RD_KAFKA_ALTER_CONFIG_OP_TYPE_SET,
+                value.as_ptr(),
+            );
+            if !error.is_null() {
+                let message = CStr::from_ptr(rdsys::rd_kafka_error_string(error)).to_string_lossy().into_owned();
+                rdsys::rd_kafka_error_destroy(error);
+                rdsys::rd_kafka_ConfigResource_destroy(resource);
+                return Err(invalid(message));
+            }
+        }
+        let options = rdsys::rd_kafka_AdminOptions_new(rk, rdsys::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_INCREMENTALALTERCONFIGS);
+        let mut err_buf = [0 as std::ffi::c_char; 256];
+        rdsys::rd_kafka_AdminOptions_set_request_timeout(options, timeout_ms, err_buf.as_mut_ptr(), err_buf.len());
+        let queue = rdsys::rd_kafka_queue_new(rk);
+        let mut resources = [resource];
+        rdsys::rd_kafka_IncrementalAlterConfigs(rk, resources.as_mut_ptr(), 1, options, queue);
+        // The request carries its own timeout; allow a little more before giving up on the reply.
+        let event = rdsys::rd_kafka_queue_poll(queue, timeout_ms.saturating_add(1_000));
+        let outcome = if event.is_null() {
+            Err(KafkaError::Unavailable(format!("{OPERATION} on {topic:?} got no reply within {timeout:?}")))
+        } else {
+            let code = rdsys::rd_kafka_event_error(event);
+            let result = if code != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                let message = CStr::from_ptr(rdsys::rd_kafka_event_error_string(event)).to_string_lossy().into_owned();
+                Err(classify_code(code.into(), OPERATION, topic, message))
+            } else {
+                let result = rdsys::rd_kafka_event_IncrementalAlterConfigs_result(event);
+                let mut count = 0usize;
+                let results = rdsys::rd_kafka_IncrementalAlterConfigs_result_resources(result, &mut count);
+                (0..count)
+                    .map(|index| *results.add(index))
+                    .map(|resource| {
+                        let code = rdsys::rd_kafka_ConfigResource_error(resource);
+                        if code == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                            return Ok(());
+                        }
+                        let text = rdsys::rd_kafka_ConfigResource_error_string(resource);
+                        let message = if text.is_null() { String::new() } else { CStr::from_ptr(text).to_string_lossy().into_owned() };
+                        Err(classify_code(code.into(), OPERATION, topic, message))
+                    })
+                    .collect()
+            };
+            rdsys::rd_kafka_event_destroy(event);
+            result
+        };
+        rdsys::rd_kafka_queue_destroy(queue);
+        rdsys::rd_kafka_AdminOptions_destroy(options);
+        rdsys::rd_kafka_ConfigResource_destroy(resource);
+        outcome
+    }
+}
+
+fn classify(error: RdError, operation: &'static str, topic: &str) -> KafkaError {
+    match error.rdkafka_error_code() {
+        Some(code) => classify_code(code, operation, topic, error.to_string()),
+        None => KafkaError::Unavailable(format!("{operation} on {topic:?}: {error}")),
+    }
+}
+
+/// Sorts a Kafka error code into what the reconciler does about it.
+fn classify_code(code: RDKafkaErrorCode, operation: &'static str, topic: &str, message: String) -> KafkaError {
+    use RDKafkaErrorCode as Code;
+    let message = if message.is_empty() { code.to_string() } else { message };
+    match code {
+        Code::BrokerTransportFailure
+        | Code::AllBrokersDown
+        | Code::OperationTimedOut
+        | Code::RequestTimedOut
+        | Code::NetworkException
+        | Code::Resolve
+        | Code::NotController
+        | Code::LeaderNotAvailable
+        | Code::BrokerNotAvailable
+        | Code::CoordinatorNotAvailable
+        | Code::WaitCache => KafkaError::Unavailable(format!("{operation} on {topic:?}: {message}")),
+        Code::UnsupportedFeature | Code::UnsupportedVersion | Code::UnsupportedForMessageFormat | Code::InvalidRequest => {
+            KafkaError::Unsupported { operation, message }
+        }
+        Code::InvalidConfig => KafkaError::InvalidConfig { topic: topic.to_owned(), message },
+        _ => KafkaError::Rejected { operation, topic: topic.to_owned(), message },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_file_skips_comments_and_reports_bad_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kafka.properties");
+        std::fs::write(&path, "# SASL\nsecurity.protocol = SASL_SSL\n\nsasl.mechanism=SCRAM-SHA-512\n").expect("write");
+        let properties = read_properties(&path).expect("parses");
+        assert_eq!(
+            properties,
+            vec![("security.protocol".into(), "SASL_SSL".into()), ("sasl.mechanism".into(), "SCRAM-SHA-512".into())]
+        );
+
+        std::fs::write(&path, "security.protocol=SSL\nnot a property\n").expect("write");
+        assert!(matches!(read_properties(&path), Err(ConnectionError::MalformedProperty { line: 2, .. })));
+    }
+
+    #[test]
+    fn error_codes_sort_into_reconciler_actions() {
+        assert!(matches!(classify_code(RDKafkaErrorCode::AllBrokersDown, "Metadata", "t", String::new()), KafkaError::Unavailable(_)));
+        assert!(matches!(
+            classify_code(RDKafkaErrorCode::UnsupportedVersion, "CreatePartitions", "t", String::new()),
+            KafkaError::Unsupported { operation: "CreatePartitions", .. }
+        ));
+        assert!(matches!(classify_code(RDKafkaErrorCode::InvalidConfig, "CreateTopics", "t", String::new()), KafkaError::InvalidConfig { .. }));
+        assert!(matches!(classify_code(RDKafkaErrorCode::PolicyViolation, "CreateTopics", "t", String::new()), KafkaError::Rejected { .. }));
+    }
+}
