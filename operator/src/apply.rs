@@ -249,7 +249,10 @@ fn describe_plan(report: &TopicReport, mode: SyncMode) -> Vec<String> {
         lines.push(format!("{} {subject} with {} partitions", verb("created", "would create"), report.partitions.unwrap_or_default()));
     }
     if let Some((from, to)) = plan.add_partitions {
-        lines.push(format!("{} partitions of {subject}: {from} → {to}", verb("raised", "would raise")));
+        // A failed raise shows up among the problems below instead.
+        if mode == SyncMode::DryRun || report.partitions == Some(to) {
+            lines.push(format!("{} partitions of {subject}: {from} → {to}", verb("raised", "would raise")));
+        }
     }
     for (key, change) in &plan.config_changes {
         let from = change.from.as_deref().unwrap_or("(unset)");

@@ -9,6 +9,8 @@ pub mod conditions;
 pub mod crdgen;
 pub mod error;
 pub mod event_topic;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod kafka;
 pub mod metrics;
 pub mod server;

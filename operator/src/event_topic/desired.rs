@@ -42,11 +42,66 @@ pub enum SpecError {
     DuplicateConfig { key: String, field: &'static str },
     #[error("spec.deadLetter.topicName {0:?} is the topic itself")]
     DeadLetterIsTopic(String),
+    #[error("spec.config[{0:?}] is not a Kafka topic config; check the spelling, or list it in spec.ignoredConfigKeys if another tool owns it")]
+    UnknownConfig(String),
+}
+
+/// Topic-level configs of Apache Kafka 3.x and 4.x. Brokers differ in whether they reject unknown
+/// keys (Kafka does, Tansu stores them), so Tributary checks names itself, before touching Kafka.
+const KAFKA_TOPIC_CONFIGS: &[&str] = &[
+    "cleanup.policy",
+    "compression.gzip.level",
+    "compression.lz4.level",
+    "compression.type",
+    "compression.zstd.level",
+    "delete.retention.ms",
+    "file.delete.delay.ms",
+    "flush.messages",
+    "flush.ms",
+    "follower.replication.throttled.replicas",
+    "index.interval.bytes",
+    "leader.replication.throttled.replicas",
+    "local.retention.bytes",
+    "local.retention.ms",
+    "max.compaction.lag.ms",
+    "max.message.bytes",
+    "message.downconversion.enable",
+    "message.format.version",
+    "message.timestamp.after.max.ms",
+    "message.timestamp.before.max.ms",
+    "message.timestamp.difference.max.ms",
+    "message.timestamp.type",
+    "min.cleanable.dirty.ratio",
+    "min.compaction.lag.ms",
+    "min.insync.replicas",
+    "preallocate",
+    "remote.log.copy.disable",
+    "remote.log.delete.on.disable",
+    "remote.storage.enable",
+    "retention.bytes",
+    "retention.ms",
+    "segment.bytes",
+    "segment.index.bytes",
+    "segment.jitter.ms",
+    "segment.ms",
+    "unclean.leader.election.enable",
+];
+
+/// Prefixes of broker vendors' own topic configs, passed through unchecked.
+const VENDOR_CONFIG_PREFIXES: &[&str] = &["confluent.", "redpanda.", "tansu."];
+
+fn check_config_key(key: &str) -> Result<(), SpecError> {
+    if KAFKA_TOPIC_CONFIGS.contains(&key) || VENDOR_CONFIG_PREFIXES.iter().any(|prefix| key.starts_with(prefix)) {
+        Ok(())
+    } else {
+        Err(SpecError::UnknownConfig(key.to_owned()))
+    }
 }
 
 /// The topics an EventTopic wants: its own, then its dead-letter topic when enabled.
 pub fn desired_topics(topic: &EventTopic) -> Result<Vec<DesiredTopic>, SpecError> {
     let spec = &topic.spec;
+    spec.config.keys().try_for_each(|key| check_config_key(key))?;
     let mut configs = spec.config.clone();
     let typed = [
         ("retention.ms", "retention", spec.retention.as_deref().map(|r| retention("retention", r)).transpose()?),
@@ -191,6 +246,10 @@ mod tests {
         );
         let bad_duration = event_topic("orders", "retention: 7days");
         assert!(desired_topics(&bad_duration).unwrap_err().to_string().starts_with("spec.retention: "));
+        let unknown = event_topic("orders", "config: { segment.byte: '1' }");
+        assert_eq!(desired_topics(&unknown), Err(SpecError::UnknownConfig("segment.byte".into())));
+        let vendor = event_topic("orders", "config: { confluent.placement.constraints: '{}' }");
+        assert!(desired_topics(&vendor).is_ok());
         let same_name = event_topic("orders", "deadLetter: { topicName: orders }");
         assert_eq!(desired_topics(&same_name), Err(SpecError::DeadLetterIsTopic("orders".into())));
     }

@@ -3,6 +3,8 @@
 pub mod conflict;
 pub mod controller;
 pub mod desired;
+#[cfg(test)]
+mod mock_api_tests;
 pub mod plan;
 pub mod status;
 pub mod sync;

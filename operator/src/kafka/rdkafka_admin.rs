@@ -275,9 +275,12 @@ fn incremental_alter_configs(
 }
 
 fn classify(error: RdError, operation: &'static str, topic: &str) -> KafkaError {
-    match error.rdkafka_error_code() {
-        Some(code) => classify_code(code, operation, topic, error.to_string()),
-        None => KafkaError::Unavailable(format!("{operation} on {topic:?}: {error}")),
+    match &error {
+        RdError::AdminOp(code) | RdError::MetadataFetch(code) => classify_code(*code, operation, topic, error.to_string()),
+        _ => match error.rdkafka_error_code() {
+            Some(code) => classify_code(code, operation, topic, error.to_string()),
+            None => KafkaError::Unavailable(format!("{operation} on {topic:?}: {error}")),
+        },
     }
 }
 

@@ -1,0 +1,89 @@
+//! A mock Kubernetes API server for controller tests (the kube-rs `tower-test` pattern): the test
+//! scripts the requests a reconcile must make, in order, and answers each one.
+
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use kube::client::Body;
+use kube::Client;
+use serde_json::Value;
+
+type ApiServerHandle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// The test's side of the mock API server.
+pub struct ApiServerVerifier(ApiServerHandle);
+
+/// A request the reconcile made.
+#[derive(Debug)]
+pub struct RecordedRequest {
+    pub method: Method,
+    /// Path and query, e.g. `/apis/tributary.dev/v1alpha1/namespaces/default/eventtopics/orders/status?&force=true&fieldManager=tributary-operator`.
+    pub uri: String,
+    pub body: Value,
+}
+
+/// A client talking to a fresh mock API server.
+pub fn mock_client() -> (Client, ApiServerVerifier) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    (Client::new(service, "default"), ApiServerVerifier(handle))
+}
+
+impl ApiServerVerifier {
+    /// Waits for the next request, checks its method and path (query ignored), answers with
+    /// `response` (200 OK) and returns it for further assertions.
+    pub async fn expect(&mut self, method: Method, path: &str, response: Value) -> RecordedRequest {
+        let request = self.next().await;
+        let recorded = &request.recorded;
+        let request_path = recorded.uri.split('?').next().unwrap_or_default().to_owned();
+        assert_eq!((&recorded.method, request_path.as_str()), (&method, path), "unexpected request: {recorded:#?}");
+        request.respond(StatusCode::OK, response)
+    }
+
+    /// Expects an Event to be published for the object and returns its body.
+    pub async fn expect_event(&mut self, namespace: &str) -> Value {
+        let request = self.next().await;
+        let path = format!("/apis/events.k8s.io/v1/namespaces/{namespace}/events");
+        let recorded = &request.recorded;
+        assert_eq!(
+            (&recorded.method, recorded.uri.split('?').next().unwrap_or_default()),
+            (&Method::POST, path.as_str()),
+            "expected an Event: {recorded:#?}"
+        );
+        let body = request.recorded.body.clone();
+        request.respond(StatusCode::CREATED, body).body
+    }
+
+    /// Asserts the reconcile made no further request.
+    pub async fn expect_no_more_requests(mut self) {
+        if let Ok(Some((request, _))) = tokio::time::timeout(Duration::from_millis(100), self.0.next_request()).await {
+            panic!("unexpected request {} {}", request.method(), request.uri());
+        }
+    }
+
+    async fn next(&mut self) -> PendingRequest {
+        let (request, send) = tokio::time::timeout(Duration::from_secs(5), self.0.next_request())
+            .await
+            .expect("the reconcile made no request within 5s")
+            .expect("the client was dropped");
+        let (parts, body) = request.into_parts();
+        let bytes = body.collect().await.expect("request body").to_bytes();
+        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("request body is JSON") };
+        let uri = parts.uri.path_and_query().map(|pq| pq.as_str().to_owned()).unwrap_or_default();
+        PendingRequest { recorded: RecordedRequest { method: parts.method, uri, body }, send }
+    }
+}
+
+struct PendingRequest {
+    recorded: RecordedRequest,
+    send: tower_test::mock::SendResponse<Response<Body>>,
+}
+
+impl PendingRequest {
+    fn respond(self, status: StatusCode, body: Value) -> RecordedRequest {
+        let bytes = serde_json::to_vec(&body).expect("response serializes");
+        let response = Response::builder().status(status).body(Body::from(bytes)).expect("valid response");
+        self.send.send_response(response);
+        self.recorded
+    }
+}
