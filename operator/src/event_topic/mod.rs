@@ -1,5 +1,7 @@
 //! EventTopic → a Kafka topic and its dead-letter topic.
 
+#[cfg(test)]
+mod broker_tests;
 pub mod conflict;
 pub mod controller;
 pub mod desired;
