@@ -42,10 +42,17 @@ pub const TYPED_CONFIG_KEYS: [&str; 5] =
     validation = Rule::new(
         "!has(self.spec.deadLetter) || !has(self.spec.deadLetter.topicName) || self.spec.deadLetter.topicName != (has(self.spec.topicName) ? self.spec.topicName : self.metadata.name)"
     ).message("spec.deadLetter.topicName must differ from the topic itself").field_path(".spec.deadLetter.topicName"),
+    validation = Rule::new(
+        "!has(self.spec.deadLetter) || !self.spec.deadLetter.enabled || has(self.spec.deadLetter.topicName) || size(has(self.spec.topicName) ? self.spec.topicName : self.metadata.name) <= 245"
+    ).message("the default dead-letter topic name <topic>.dlq would exceed Kafka's 249 characters; set spec.deadLetter.topicName").field_path(".spec.deadLetter.topicName"),
 )]
 #[x_kube(
     validation = Rule::new("!has(self.minInSyncReplicas) || !has(self.replicationFactor) || self.minInSyncReplicas <= self.replicationFactor")
         .message("spec.minInSyncReplicas cannot exceed spec.replicationFactor").field_path(".minInSyncReplicas"),
+    validation = Rule::new("has(self.replicationFactor) == has(oldSelf.replicationFactor)")
+        .message("spec.replicationFactor cannot be set or removed after creation").field_path(".replicationFactor"),
+    validation = Rule::new("!has(self.ignoredConfigKeys) || !has(self.config) || !self.ignoredConfigKeys.exists(k, k in self.config)")
+        .message("a key cannot be both in spec.config and in spec.ignoredConfigKeys").field_path(".ignoredConfigKeys"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct EventTopicSpec {
@@ -189,6 +196,7 @@ pub struct DeadLetterTopic {
     /// Kafka name of the dead-letter topic. Defaults to `<topic>.dlq`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    #[x_kube(validation = Rule::new("self != '.' && self != '..'").message("'.' and '..' are not valid Kafka topic names"))]
     pub topic_name: Option<String>,
 
     /// Partitions of the dead-letter topic. Defaults to those of the topic.

@@ -34,7 +34,7 @@ pub fn validate_manifest<K: CustomResourceExt>(object: &Value, old: Option<&Valu
     let schema = openapi_schema::<K>();
     let object = without_nulls(object);
     let mut errors = Vec::new();
-    unknown_fields(&schema, &object, "", &mut errors);
+    structural_errors(&schema, &object, "", &mut errors);
     errors.extend(openapi_errors(&schema, &object));
     // CEL rules assume a structurally valid object; the apiserver only runs them after the
     // schema passed, so doing the same keeps messages about the real cause.
@@ -70,10 +70,10 @@ fn without_nulls(value: &Value) -> Value {
     }
 }
 
-/// Fields the schema does not know. The apiserver drops them (and `kubectl apply` refuses them
-/// under its default strict field validation); either way a typo such as `partiton` would be
-/// silently ignored, so report it.
-fn unknown_fields(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldError>) {
+/// What the apiserver checks beyond OpenAPI: fields the schema does not know (it drops them, and
+/// `kubectl apply` refuses them under strict field validation; either way a typo such as
+/// `partiton` would be silently ignored) and duplicate entries in list-maps and sets.
+fn structural_errors(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldError>) {
     if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
         return;
     }
@@ -88,7 +88,7 @@ fn unknown_fields(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Fi
                 }
                 let child_path = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
                 match (properties.and_then(|p| p.get(key)), additional) {
-                    (Some(child_schema), _) | (None, Some(child_schema)) => unknown_fields(child_schema, child, &child_path, errors),
+                    (Some(child_schema), _) | (None, Some(child_schema)) => structural_errors(child_schema, child, &child_path, errors),
                     // Embedded ObjectMeta has no properties in CRD schemas; the apiserver checks it.
                     (None, None) if properties.is_none() => {}
                     (None, None) => errors.push(FieldError { field: child_path, message: "unknown field".into() }),
@@ -96,13 +96,38 @@ fn unknown_fields(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Fi
             }
         }
         Value::Array(items) => {
+            duplicate_entries(schema, items, path, errors);
             if let Some(item_schema) = schema.get("items") {
                 for (index, item) in items.iter().enumerate() {
-                    unknown_fields(item_schema, item, &format!("{path}[{index}]"), errors);
+                    structural_errors(item_schema, item, &format!("{path}[{index}]"), errors);
                 }
             }
         }
         _ => {}
+    }
+}
+
+/// Entries of a `x-kubernetes-list-type: map` list with the same keys, or of a `set` with the
+/// same value.
+fn duplicate_entries(schema: &Value, items: &[Value], path: &str, errors: &mut Vec<FieldError>) {
+    let key_of = |item: &Value| -> Value {
+        match schema.get("x-kubernetes-list-type").and_then(Value::as_str) {
+            Some("map") => {
+                let keys = schema.get("x-kubernetes-list-map-keys").and_then(Value::as_array).cloned().unwrap_or_default();
+                Value::Array(keys.iter().filter_map(Value::as_str).map(|key| item.get(key).cloned().unwrap_or(Value::Null)).collect())
+            }
+            Some("set") => item.clone(),
+            _ => Value::Null,
+        }
+    };
+    if !matches!(schema.get("x-kubernetes-list-type").and_then(Value::as_str), Some("map" | "set")) {
+        return;
+    }
+    let keys: Vec<Value> = items.iter().map(key_of).collect();
+    for (index, key) in keys.iter().enumerate() {
+        if let Some(first) = keys[..index].iter().position(|earlier| earlier == key) {
+            errors.push(FieldError { field: format!("{path}[{index}]"), message: format!("duplicate entry: {key} is already listed at {path}[{first}]") });
+        }
     }
 }
 
