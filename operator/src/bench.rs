@@ -20,6 +20,8 @@ pub struct BenchReport {
     pub ready: usize,
     pub elapsed: Duration,
     pub peak_rss_mib: Option<f64>,
+    /// CPU time this process used (user + system), to tell the operator's cost from the broker's.
+    pub cpu: Option<Duration>,
 }
 
 impl BenchReport {
@@ -30,8 +32,12 @@ impl BenchReport {
     /// `name=value` lines, the format every Tributary benchmark prints.
     pub fn render(&self) -> String {
         let rss = self.peak_rss_mib.map(|mib| format!("{mib:.1}")).unwrap_or_else(|| "unknown".into());
+        let cpu_ms_per_topic = self
+            .cpu
+            .map(|cpu| format!("{:.3}", cpu.as_secs_f64() * 1000.0 / self.count.max(1) as f64))
+            .unwrap_or_else(|| "unknown".into());
         format!(
-            "topics={}\ntopics_ready={}\nelapsed_s={:.2}\ntopics_per_s={:.1}\npeak_rss_mib={rss}\n",
+            "topics={}\ntopics_ready={}\nelapsed_s={:.2}\ntopics_per_s={:.1}\npeak_rss_mib={rss}\noperator_cpu_ms_per_topic={cpu_ms_per_topic}\n",
             self.count,
             self.ready,
             self.elapsed.as_secs_f64(),
@@ -43,6 +49,7 @@ impl BenchReport {
 /// Reconciles `count` new EventTopics named `<prefix>-<i>`, `concurrency` at a time.
 pub async fn bench_topics(admin: Arc<dyn TopicAdmin>, prefix: &str, count: usize, concurrency: usize) -> BenchReport {
     let started = Instant::now();
+    let cpu_before = process_cpu_time();
     let ready = futures::stream::iter(0..count)
         .map(|index| {
             let admin = Arc::clone(&admin);
@@ -59,7 +66,9 @@ pub async fn bench_topics(admin: Arc<dyn TopicAdmin>, prefix: &str, count: usize
         .filter(|ready| std::future::ready(*ready))
         .count()
         .await;
-    BenchReport { count, ready, elapsed: started.elapsed(), peak_rss_mib: peak_rss_mib() }
+    let elapsed = started.elapsed();
+    let cpu = process_cpu_time().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
+    BenchReport { count, ready, elapsed, peak_rss_mib: peak_rss_mib(), cpu }
 }
 
 /// A single-partition topic with a one-hour retention: one managed config, like a real spec.
@@ -97,6 +106,16 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// User + system CPU time of this process so far (Linux `/proc/self/stat`, in USER_HZ = 100 ticks).
+fn process_cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th of them.
+    let after_name = stat.rsplit_once(')')?.1;
+    let mut fields = after_name.split_whitespace().skip(11);
+    let ticks: u64 = fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,7 +128,8 @@ mod tests {
         assert_eq!((report.count, report.ready), (25, 25));
         assert_eq!(admin.topic_names().len(), 25);
         let text = report.render();
-        assert!(text.contains("topics_per_s=") && text.contains("peak_rss_mib="), "{text}");
+        assert!(text.contains("topics_per_s=") && text.contains("peak_rss_mib=") && text.contains("operator_cpu_ms_per_topic="), "{text}");
+        assert!(report.cpu.is_some() && report.peak_rss_mib.is_some_and(|mib| mib > 1.0), "{report:?}");
         assert_eq!(delete_bench_topics(admin.as_ref(), "b", 25, 4).await, 0);
         assert!(admin.topic_names().is_empty());
     }

@@ -127,21 +127,9 @@ impl RdKafkaTopicAdmin {
 impl TopicAdmin for RdKafkaTopicAdmin {
     async fn describe_topic(&self, name: &str) -> Result<Option<TopicState>, KafkaError> {
         let topic = name.to_owned();
-        let metadata = self
-            .blocking(move |client, timeout| client.inner().fetch_metadata(Some(&topic), timeout))
-            .await?
-            .map_err(|error| classify(error, "Metadata", name))?;
-        let Some(topic) = metadata.topics().iter().find(|t| t.name() == name) else {
+        let Some((partitions, replication_factor)) = self.blocking(move |client, timeout| describe_topic_layout(client, &topic, timeout)).await?? else {
             return Ok(None);
         };
-        match topic.error().map(RDKafkaErrorCode::from) {
-            None => {}
-            Some(RDKafkaErrorCode::UnknownTopicOrPartition) => return Ok(None),
-            Some(code) => return Err(classify_code(code, "Metadata", name, code.to_string())),
-        }
-        let partitions = i32::try_from(topic.partitions().len()).unwrap_or(i32::MAX);
-        let replication_factor =
-            topic.partitions().iter().map(|p| i32::try_from(p.replicas().len()).unwrap_or(i32::MAX)).max().unwrap_or(0);
         let configs = self.describe_configs(name).await?;
         Ok(Some(TopicState { name: name.to_owned(), partitions, replication_factor, configs }))
     }
@@ -196,7 +184,116 @@ impl TopicAdmin for RdKafkaTopicAdmin {
     }
 }
 
-/// IncrementalAlterConfigs (KIP-339) with SET operations, through librdkafka's C API.
+/// An admin result event, destroyed when dropped.
+struct AdminEvent(*mut rdsys::rd_kafka_event_t);
+
+impl Drop for AdminEvent {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from `rd_kafka_queue_poll`, is non-null and is destroyed once.
+        unsafe { rdsys::rd_kafka_event_destroy(self.0) }
+    }
+}
+
+/// Runs one librdkafka admin request on a private queue and waits for its result event. `issue`
+/// makes the request with the options and queue it is given.
+///
+/// rdkafka wraps only some admin requests; this serves the others without the per-topic handles
+/// that `fetch_metadata` creates (librdkafka keeps those and refreshes metadata for all of them,
+/// which makes every later request slower as topics accumulate).
+fn run_admin_request(
+    client: &AdminClient<DefaultClientContext>,
+    operation: &'static str,
+    topic: &str,
+    op: rdsys::rd_kafka_admin_op_t,
+    timeout: Duration,
+    issue: impl FnOnce(*mut rdsys::rd_kafka_t, *const rdsys::rd_kafka_AdminOptions_t, *mut rdsys::rd_kafka_queue_t),
+) -> Result<AdminEvent, KafkaError> {
+    let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    let rk = client.inner().native_ptr();
+    // SAFETY: options and queue are created here, used only while alive and destroyed once;
+    // `rk` outlives the call because `client` is borrowed for its whole duration.
+    unsafe {
+        let options = rdsys::rd_kafka_AdminOptions_new(rk, op);
+        let mut err_buf = [0 as std::ffi::c_char; 256];
+        rdsys::rd_kafka_AdminOptions_set_request_timeout(options, timeout_ms, err_buf.as_mut_ptr(), err_buf.len());
+        let queue = rdsys::rd_kafka_queue_new(rk);
+        issue(rk, options, queue);
+        // The request carries its own timeout; allow a little more before giving up on the reply.
+        let event = rdsys::rd_kafka_queue_poll(queue, timeout_ms.saturating_add(1_000));
+        rdsys::rd_kafka_queue_destroy(queue);
+        rdsys::rd_kafka_AdminOptions_destroy(options);
+        if event.is_null() {
+            return Err(KafkaError::Unavailable(format!("{operation} on {topic:?} got no reply within {timeout:?}")));
+        }
+        let event = AdminEvent(event);
+        let code = rdsys::rd_kafka_event_error(event.0);
+        if code != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            let message = c_string(rdsys::rd_kafka_event_error_string(event.0));
+            return Err(classify_code(code.into(), operation, topic, message));
+        }
+        Ok(event)
+    }
+}
+
+/// Copies a C string librdkafka owns; null reads as empty.
+///
+/// # Safety
+/// `text` must be null or point to a NUL-terminated string that stays valid during the call.
+unsafe fn c_string(text: *const std::ffi::c_char) -> String {
+    if text.is_null() {
+        String::new()
+    } else {
+        CStr::from_ptr(text).to_string_lossy().into_owned()
+    }
+}
+
+/// Partition count and replication factor via DescribeTopics (KIP-700); `None` for a topic that
+/// does not exist.
+fn describe_topic_layout(client: &AdminClient<DefaultClientContext>, topic: &str, timeout: Duration) -> Result<Option<(i32, i32)>, KafkaError> {
+    const OPERATION: &str = "DescribeTopics";
+    let c_topic = CString::new(topic).map_err(|_| KafkaError::Rejected { operation: OPERATION, topic: topic.to_owned(), message: "topic name contains NUL".into() })?;
+    let mut names = [c_topic.as_ptr()];
+    // SAFETY: the collection copies the names; it is destroyed once, after the request was issued.
+    let event = unsafe {
+        let collection = rdsys::rd_kafka_TopicCollection_of_topic_names(names.as_mut_ptr(), names.len());
+        let event = run_admin_request(client, OPERATION, topic, rdsys::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBETOPICS, timeout, |rk, options, queue| {
+            rdsys::rd_kafka_DescribeTopics(rk, collection, options, queue)
+        });
+        rdsys::rd_kafka_TopicCollection_destroy(collection);
+        event?
+    };
+    // SAFETY: every pointer read below belongs to `event`, which lives until the end of the block.
+    unsafe {
+        let result = rdsys::rd_kafka_event_DescribeTopics_result(event.0);
+        let mut count = 0usize;
+        let descriptions = rdsys::rd_kafka_DescribeTopics_result_topics(result, &mut count);
+        for index in 0..count {
+            let description = *descriptions.add(index);
+            let error = rdsys::rd_kafka_TopicDescription_error(description);
+            if !error.is_null() {
+                let code: RDKafkaErrorCode = rdsys::rd_kafka_error_code(error).into();
+                if code == RDKafkaErrorCode::UnknownTopicOrPartition {
+                    return Ok(None);
+                }
+                return Err(classify_code(code, OPERATION, topic, c_string(rdsys::rd_kafka_error_string(error))));
+            }
+            let mut partition_count = 0usize;
+            let partitions = rdsys::rd_kafka_TopicDescription_partitions(description, &mut partition_count);
+            let replication_factor = (0..partition_count)
+                .map(|p| {
+                    let mut replicas = 0usize;
+                    rdsys::rd_kafka_TopicPartitionInfo_replicas(*partitions.add(p), &mut replicas);
+                    replicas
+                })
+                .max()
+                .unwrap_or(0);
+            return Ok(Some((i32::try_from(partition_count).unwrap_or(i32::MAX), i32::try_from(replication_factor).unwrap_or(i32::MAX))));
+        }
+        Ok(None)
+    }
+}
+
+/// IncrementalAlterConfigs (KIP-339) with SET operations: changes only the keys given.
 fn incremental_alter_configs(
     client: &AdminClient<DefaultClientContext>,
     topic: &str,
@@ -211,11 +308,9 @@ fn incremental_alter_configs(
         .map(|(key, value)| Ok((CString::new(key.as_str())?, CString::new(value.as_str())?)))
         .collect::<Result<_, std::ffi::NulError>>()
         .map_err(|_| invalid("config contains NUL".into()))?;
-    let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-    let rk = client.inner().native_ptr();
 
-    // SAFETY: every pointer below is created here, checked for null, used while alive, and
-    // destroyed exactly once before returning; `rk` outlives the call because `client` is borrowed.
+    // SAFETY: the resource is created here, filled with strings librdkafka copies, and destroyed
+    // once after the request; result pointers belong to `event`, alive until the block ends.
     unsafe {
         let resource = rdsys::rd_kafka_ConfigResource_new(rdsys::rd_kafka_ResourceType_t::RD_KAFKA_RESOURCE_TOPIC, c_topic.as_ptr());
         for (key, value) in &entries {
@@ -226,51 +321,29 @@ fn incremental_alter_configs(
                 value.as_ptr(),
             );
             if !error.is_null() {
-                let message = CStr::from_ptr(rdsys::rd_kafka_error_string(error)).to_string_lossy().into_owned();
+                let message = c_string(rdsys::rd_kafka_error_string(error));
                 rdsys::rd_kafka_error_destroy(error);
                 rdsys::rd_kafka_ConfigResource_destroy(resource);
                 return Err(invalid(message));
             }
         }
-        let options = rdsys::rd_kafka_AdminOptions_new(rk, rdsys::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_INCREMENTALALTERCONFIGS);
-        let mut err_buf = [0 as std::ffi::c_char; 256];
-        rdsys::rd_kafka_AdminOptions_set_request_timeout(options, timeout_ms, err_buf.as_mut_ptr(), err_buf.len());
-        let queue = rdsys::rd_kafka_queue_new(rk);
         let mut resources = [resource];
-        rdsys::rd_kafka_IncrementalAlterConfigs(rk, resources.as_mut_ptr(), 1, options, queue);
-        // The request carries its own timeout; allow a little more before giving up on the reply.
-        let event = rdsys::rd_kafka_queue_poll(queue, timeout_ms.saturating_add(1_000));
-        let outcome = if event.is_null() {
-            Err(KafkaError::Unavailable(format!("{OPERATION} on {topic:?} got no reply within {timeout:?}")))
-        } else {
-            let code = rdsys::rd_kafka_event_error(event);
-            let result = if code != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-                let message = CStr::from_ptr(rdsys::rd_kafka_event_error_string(event)).to_string_lossy().into_owned();
-                Err(classify_code(code.into(), OPERATION, topic, message))
-            } else {
-                let result = rdsys::rd_kafka_event_IncrementalAlterConfigs_result(event);
-                let mut count = 0usize;
-                let results = rdsys::rd_kafka_IncrementalAlterConfigs_result_resources(result, &mut count);
-                (0..count)
-                    .map(|index| *results.add(index))
-                    .map(|resource| {
-                        let code = rdsys::rd_kafka_ConfigResource_error(resource);
-                        if code == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-                            return Ok(());
-                        }
-                        let text = rdsys::rd_kafka_ConfigResource_error_string(resource);
-                        let message = if text.is_null() { String::new() } else { CStr::from_ptr(text).to_string_lossy().into_owned() };
-                        Err(classify_code(code.into(), OPERATION, topic, message))
-                    })
-                    .collect()
-            };
-            rdsys::rd_kafka_event_destroy(event);
-            result
-        };
-        rdsys::rd_kafka_queue_destroy(queue);
-        rdsys::rd_kafka_AdminOptions_destroy(options);
+        let event = run_admin_request(client, OPERATION, topic, rdsys::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_INCREMENTALALTERCONFIGS, timeout, |rk, options, queue| {
+            rdsys::rd_kafka_IncrementalAlterConfigs(rk, resources.as_mut_ptr(), 1, options, queue)
+        });
         rdsys::rd_kafka_ConfigResource_destroy(resource);
-        outcome
+        let event = event?;
+        let result = rdsys::rd_kafka_event_IncrementalAlterConfigs_result(event.0);
+        let mut count = 0usize;
+        let results = rdsys::rd_kafka_IncrementalAlterConfigs_result_resources(result, &mut count);
+        for index in 0..count {
+            let resource = *results.add(index);
+            let code = rdsys::rd_kafka_ConfigResource_error(resource);
+            if code != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                return Err(classify_code(code.into(), OPERATION, topic, c_string(rdsys::rd_kafka_ConfigResource_error_string(resource))));
+            }
+        }
+        Ok(())
     }
 }
 
