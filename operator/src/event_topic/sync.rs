@@ -72,9 +72,9 @@ async fn sync_topic(admin: &dyn TopicAdmin, desired: &DesiredTopic, mode: SyncMo
             return Ok(report);
         }
         // Read back what the broker made, e.g. its default replication factor.
-        let created = admin.describe_topic(name).await?;
-        report.partitions = created.as_ref().map(|c| c.partitions).or(Some(desired.spec.partitions));
-        report.replication_factor = created.as_ref().map(|c| c.replication_factor).or(desired.spec.replication_factor);
+        let created = admin.topic_layout(name).await?;
+        report.partitions = created.map(|c| c.partitions).or(Some(desired.spec.partitions));
+        report.replication_factor = created.map(|c| c.replication_factor).or(desired.spec.replication_factor);
         return Ok(report);
     }
     // Configs first: they do not depend on partitions, and a broker that cannot add

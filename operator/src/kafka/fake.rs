@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use super::{KafkaError, TopicAdmin, TopicSpec, TopicState};
+use super::{KafkaError, TopicAdmin, TopicLayout, TopicSpec, TopicState};
 
 /// Replication factor the fake broker gives topics created without one.
 const DEFAULT_REPLICATION_FACTOR: i32 = 1;
@@ -104,6 +104,10 @@ impl TopicAdmin for FakeTopicAdmin {
         let cluster = self.cluster();
         Self::check_available(&cluster)?;
         Ok(cluster.topics.get(name).cloned())
+    }
+
+    async fn topic_layout(&self, name: &str) -> Result<Option<TopicLayout>, KafkaError> {
+        Ok(self.describe_topic(name).await?.map(|state| TopicLayout { partitions: state.partitions, replication_factor: state.replication_factor }))
     }
 
     async fn create_topic(&self, spec: &TopicSpec) -> Result<(), KafkaError> {

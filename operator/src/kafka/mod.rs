@@ -32,6 +32,13 @@ pub struct TopicState {
     pub configs: BTreeMap<String, String>,
 }
 
+/// How a topic is laid out over the brokers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicLayout {
+    pub partitions: i32,
+    pub replication_factor: i32,
+}
+
 /// Why a Kafka admin call failed, sorted by what the reconciler does about it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KafkaError {
@@ -67,6 +74,8 @@ impl KafkaError {
 pub trait TopicAdmin: Send + Sync {
     /// The topic's partitions, replication and configs, or `None` when it does not exist.
     async fn describe_topic(&self, name: &str) -> Result<Option<TopicState>, KafkaError>;
+    /// Only the partition count and replication factor: the cheaper read-back after a create.
+    async fn topic_layout(&self, name: &str) -> Result<Option<TopicLayout>, KafkaError>;
     /// Creates the topic; an existing topic of that name is success.
     async fn create_topic(&self, spec: &TopicSpec) -> Result<(), KafkaError>;
     /// Raises the topic's partition count to `total`.

@@ -16,7 +16,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
 use rdkafka::{bindings as rdsys, ClientConfig};
 
-use super::{KafkaError, TopicAdmin, TopicSpec, TopicState};
+use super::{KafkaError, TopicAdmin, TopicLayout, TopicSpec, TopicState};
 
 /// How to reach Kafka: bootstrap servers plus optional librdkafka properties (SASL, TLS).
 #[derive(Debug, Clone)]
@@ -126,12 +126,16 @@ impl RdKafkaTopicAdmin {
 #[async_trait]
 impl TopicAdmin for RdKafkaTopicAdmin {
     async fn describe_topic(&self, name: &str) -> Result<Option<TopicState>, KafkaError> {
-        let topic = name.to_owned();
-        let Some((partitions, replication_factor)) = self.blocking(move |client, timeout| describe_topic_layout(client, &topic, timeout)).await?? else {
+        let Some(layout) = self.topic_layout(name).await? else {
             return Ok(None);
         };
         let configs = self.describe_configs(name).await?;
-        Ok(Some(TopicState { name: name.to_owned(), partitions, replication_factor, configs }))
+        Ok(Some(TopicState { name: name.to_owned(), partitions: layout.partitions, replication_factor: layout.replication_factor, configs }))
+    }
+
+    async fn topic_layout(&self, name: &str) -> Result<Option<TopicLayout>, KafkaError> {
+        let topic = name.to_owned();
+        self.blocking(move |client, timeout| describe_topic_layout(client, &topic, timeout)).await?
     }
 
     async fn create_topic(&self, spec: &TopicSpec) -> Result<(), KafkaError> {
@@ -249,7 +253,7 @@ unsafe fn c_string(text: *const std::ffi::c_char) -> String {
 
 /// Partition count and replication factor via DescribeTopics (KIP-700); `None` for a topic that
 /// does not exist.
-fn describe_topic_layout(client: &AdminClient<DefaultClientContext>, topic: &str, timeout: Duration) -> Result<Option<(i32, i32)>, KafkaError> {
+fn describe_topic_layout(client: &AdminClient<DefaultClientContext>, topic: &str, timeout: Duration) -> Result<Option<TopicLayout>, KafkaError> {
     const OPERATION: &str = "DescribeTopics";
     let c_topic = CString::new(topic).map_err(|_| KafkaError::Rejected { operation: OPERATION, topic: topic.to_owned(), message: "topic name contains NUL".into() })?;
     let mut names = [c_topic.as_ptr()];
@@ -267,8 +271,8 @@ fn describe_topic_layout(client: &AdminClient<DefaultClientContext>, topic: &str
         let result = rdsys::rd_kafka_event_DescribeTopics_result(event.0);
         let mut count = 0usize;
         let descriptions = rdsys::rd_kafka_DescribeTopics_result_topics(result, &mut count);
-        for index in 0..count {
-            let description = *descriptions.add(index);
+        if count > 0 {
+            let description = *descriptions;
             let error = rdsys::rd_kafka_TopicDescription_error(description);
             if !error.is_null() {
                 let code: RDKafkaErrorCode = rdsys::rd_kafka_error_code(error).into();
@@ -287,7 +291,10 @@ fn describe_topic_layout(client: &AdminClient<DefaultClientContext>, topic: &str
                 })
                 .max()
                 .unwrap_or(0);
-            return Ok(Some((i32::try_from(partition_count).unwrap_or(i32::MAX), i32::try_from(replication_factor).unwrap_or(i32::MAX))));
+            return Ok(Some(TopicLayout {
+                partitions: i32::try_from(partition_count).unwrap_or(i32::MAX),
+                replication_factor: i32::try_from(replication_factor).unwrap_or(i32::MAX),
+            }));
         }
         Ok(None)
     }

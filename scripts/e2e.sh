@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# End-to-end tests against a real cluster (e.g. `kind create cluster --config kind-config.yaml`):
+# installs the chart, then runs the tributary-e2e test crate.
+# Without a reachable cluster it prints one SKIP line and exits 0, so it is safe
+# to call unconditionally.
+#
+# Usage: scripts/e2e.sh [test name filter / libtest args]
+# Env:   KUBECONFIG                       cluster to use (kubectl's default otherwise)
+#        TRIBUTARY_E2E_BOOTSTRAP_SERVERS  Kafka address as seen from inside the cluster
+#                                         (falls back to TRIBUTARY_BOOTSTRAP_SERVERS)
+#        TRIBUTARY_E2E_IMAGE_REPOSITORY, TRIBUTARY_E2E_IMAGE_TAG
+#                                         operator image to deploy (e.g. one `kind load`ed)
+#        TRIBUTARY_E2E_NAMESPACE          release namespace (tributary-system)
+# Exports to the tests: TRIBUTARY_KUBECTL, TRIBUTARY_HELM, TRIBUTARY_TANSU,
+#        TRIBUTARY_E2E_NAMESPACE, TRIBUTARY_E2E_BOOTSTRAP_SERVERS, TRIBUTARY_TEST_STRICT=1
+
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$TRIBUTARY_ROOT"
+
+eval "$(bash scripts/tools.sh --env)"
+
+skip() {
+  echo "e2e: SKIP: $1"
+  exit 0
+}
+# With no kubeconfig at all kubectl falls back to http://localhost:8080, where the
+# operator's own /readyz may be listening: do not mistake that for a cluster.
+if [[ -z ${KUBECONFIG:-} && ! -f $HOME/.kube/config && -z ${KUBERNETES_SERVICE_HOST:-} ]]; then
+  skip "no Kubernetes cluster configured (KUBECONFIG unset, no ~/.kube/config)"
+fi
+# Reachable = the API server answers /readyz within a few seconds.
+if ! "$TRIBUTARY_KUBECTL" get --raw=/readyz --request-timeout=10s >/dev/null 2>&1; then
+  skip "no reachable Kubernetes cluster (KUBECONFIG=${KUBECONFIG:-~/.kube/config})"
+fi
+
+bootstrap="${TRIBUTARY_E2E_BOOTSTRAP_SERVERS:-${TRIBUTARY_BOOTSTRAP_SERVERS:-}}"
+[[ -n $bootstrap ]] ||
+  die "set TRIBUTARY_E2E_BOOTSTRAP_SERVERS to a Kafka address reachable from inside the cluster"
+namespace="${TRIBUTARY_E2E_NAMESPACE:-tributary-system}"
+export TRIBUTARY_E2E_BOOTSTRAP_SERVERS="$bootstrap" TRIBUTARY_E2E_NAMESPACE="$namespace"
+
+log "cluster: $("$TRIBUTARY_KUBECTL" config current-context 2>/dev/null || echo '?'); installing chart into $namespace"
+helm_args=(
+  upgrade --install tributary charts/tributary
+  --namespace "$namespace" --create-namespace
+  # helm --set splits on commas; the chart documents escaping them.
+  --set "kafka.bootstrapServers=${bootstrap//,/\\,}"
+  --wait --timeout 5m
+)
+if [[ -n ${TRIBUTARY_E2E_IMAGE_REPOSITORY:-} ]]; then
+  helm_args+=(--set "image.repository=$TRIBUTARY_E2E_IMAGE_REPOSITORY")
+fi
+if [[ -n ${TRIBUTARY_E2E_IMAGE_TAG:-} ]]; then
+  helm_args+=(--set "image.tag=$TRIBUTARY_E2E_IMAGE_TAG")
+fi
+"$TRIBUTARY_HELM" "${helm_args[@]}"
+
+ensure_build_deps
+export TRIBUTARY_TEST_STRICT=1
+PATH="$(dirname "$TRIBUTARY_KUBECTL"):$PATH"
+export PATH
+locked=()
+if [[ -f Cargo.lock ]]; then locked=(--locked); fi
+exec cargo test "${locked[@]}" -p tributary-e2e -- --nocapture "$@"

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# THE test command: sets up everything the test suite talks to, then runs it.
+#   1. build deps for librdkafka (gcc, g++, make, zlib headers; apt only if missing)
+#   2. pinned tansu/kubectl/helm            (scripts/tools.sh)
+#   3. PostgreSQL at 127.0.0.1:5432         (scripts/postgres.sh)
+#   4. a tansu broker                        (scripts/broker.sh; stopped on exit if we started it)
+#   5. cargo test --workspace --all-targets --locked [your args]
+#
+# Usage: scripts/test.sh [cargo test args]    e.g. scripts/test.sh -p tributary-api
+#                                                  scripts/test.sh -- --nocapture
+# Exits with cargo's exit status.
+#
+# Exported to the tests:
+#   TRIBUTARY_TANSU, TRIBUTARY_KUBECTL, TRIBUTARY_HELM   absolute tool paths
+#   TRIBUTARY_BOOTSTRAP_SERVERS   127.0.0.1:<port> of the tansu broker
+#   TRIBUTARY_RUN_DIR, TRIBUTARY_BROKER_CTL   broker state dir / scripts/broker.sh, so a
+#                                 test can run "$TRIBUTARY_BROKER_CTL restart" (same port)
+#   TRIBUTARY_TEST_DATABASE_URL   postgres://postgres@127.0.0.1:5432/postgres
+#   TRIBUTARY_TEST_STRICT=1       tests needing a broker/tool must fail, not skip
+
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$TRIBUTARY_ROOT"
+
+ensure_build_deps
+
+eval "$(bash scripts/tools.sh --env)"
+# Tests that shell out to plain `kubectl`/`helm`/`tansu` get the pinned ones too.
+PATH="$(dirname "$TRIBUTARY_KUBECTL"):$PATH"
+export PATH
+
+eval "$(bash scripts/postgres.sh --env)"
+
+# Only stop the broker if this run started it: a broker someone else started
+# (e.g. scripts/demo.sh) is reused and left running.
+started_broker=false
+if ! bash scripts/broker.sh status >/dev/null 2>&1; then
+  started_broker=true
+fi
+# shellcheck disable=SC2317 # invoked by the EXIT trap
+cleanup() {
+  if $started_broker; then bash scripts/broker.sh stop || true; fi
+}
+trap cleanup EXIT
+# Make Ctrl-C / kill run the EXIT trap too.
+trap 'exit 130' INT
+trap 'exit 143' TERM
+eval "$(bash scripts/broker.sh start --env)"
+
+export TRIBUTARY_TEST_STRICT=1
+export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+
+# Build the cargo command line. --workspace would override a -p the caller
+# passes (cargo ignores -p then), and --all-targets would widen a --test/--lib
+# selection (and cannot be mixed with --doc), so each is only added when the
+# caller did not select packages/targets themselves.
+workspace=true
+all_targets=true
+for arg in "$@"; do
+  [[ $arg == -- ]] && break
+  case $arg in
+    -p | -p* | --package | --package=* | --manifest-path | --manifest-path=*) workspace=false ;;
+    --lib | --bin | --bin=* | --bins | --test | --test=* | --tests | --bench | --bench=* | --benches | \
+      --example | --example=* | --examples | --doc | --all-targets) all_targets=false ;;
+  esac
+done
+cargo_args=(test)
+if $workspace; then cargo_args+=(--workspace); fi
+if $all_targets; then cargo_args+=(--all-targets); fi
+# --locked keeps CI honest about Cargo.lock; without a lock file it cannot apply.
+if [[ -f Cargo.lock ]]; then cargo_args+=(--locked); fi
+cargo_args+=("$@")
+
+log "broker $TRIBUTARY_BOOTSTRAP_SERVERS, database $TRIBUTARY_TEST_DATABASE_URL, strict mode"
+log "running: cargo ${cargo_args[*]}"
+set +e
+cargo "${cargo_args[@]}"
+status=$?
+set -e
+exit "$status"
