@@ -8,8 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Topic settings the typed fields own; setting them in `config` as well would be ambiguous.
-pub const TYPED_CONFIG_KEYS: [&str; 5] =
-    ["retention.ms", "cleanup.policy", "min.insync.replicas", "compression.type", "max.message.bytes"];
+pub const TYPED_CONFIG_KEYS: [&str; 5] = ["retention.ms", "cleanup.policy", "min.insync.replicas", "compression.type", "max.message.bytes"];
 
 /// A Kafka topic managed by Tributary, with an optional dead-letter topic.
 ///

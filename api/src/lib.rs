@@ -3,6 +3,9 @@
 //!
 //! Field doc comments become `kubectl explain` text, so they are written for users.
 
+// kube-derive repeats `type_ = …` across printcolumn(…) entries, which this lint misreads.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod duration;
 pub mod event_topic;
 pub mod outbox_relay;
@@ -41,13 +44,4 @@ pub(crate) fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> sc
 pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
     use kube::CustomResourceExt;
     vec![EventTopic::crd(), Subscription::crd(), OutboxRelay::crd()]
-}
-
-/// Shared test helpers for the resource modules.
-#[cfg(test)]
-pub(crate) mod testing {
-    /// Parses a YAML manifest into JSON, the form the schema and CEL checks work on.
-    pub fn yaml(text: &str) -> serde_json::Value {
-        serde_yaml::from_str(text).expect("test manifest is valid YAML")
-    }
 }

@@ -25,7 +25,7 @@ pub const SQL_IDENTIFIER_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$";
     printcolumn(name = "Placement", type_ = "string", json_path = ".status.placement"),
     printcolumn(name = "Target", type_ = "string", json_path = ".status.target", priority = 1),
     printcolumn(name = "Pending", type_ = "integer", json_path = ".status.pendingRows", description = "Outbox rows not yet in Kafka"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct OutboxRelaySpec {

@@ -26,10 +26,15 @@ use serde::{Deserialize, Serialize};
     doc = "A consumer group reading EventTopics, run and scaled by Tributary.",
     printcolumn(name = "Ready", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].status"#),
     printcolumn(name = "Mode", type_ = "string", json_path = ".spec.delivery.mode"),
-    printcolumn(name = "Lag", type_ = "integer", json_path = ".status.totalLag", description = "Records not yet consumed, over all topics"),
+    printcolumn(
+        name = "Lag",
+        type_ = "integer",
+        json_path = ".status.totalLag",
+        description = "Records not yet consumed, over all topics"
+    ),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.readyReplicas"),
     printcolumn(name = "Engine", type_ = "string", json_path = ".status.engine", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SubscriptionSpec {

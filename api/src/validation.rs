@@ -41,10 +41,11 @@ pub fn validate_manifest<K: CustomResourceExt>(object: &Value, old: Option<&Valu
     if errors.is_empty() {
         let old = old.map(without_nulls);
         if let Err(cel_errors) = Validator::new().validate(&schema, &object, old.as_ref()) {
-            errors.extend(cel_errors.iter().map(|error| FieldError {
-                field: error.field_path.trim_start_matches('.').to_owned(),
-                message: error.message.clone(),
-            }));
+            errors.extend(
+                cel_errors
+                    .iter()
+                    .map(|error| FieldError { field: error.field_path.trim_start_matches('.').to_owned(), message: error.message.clone() }),
+            );
         }
     }
     if errors.is_empty() {
@@ -126,7 +127,10 @@ fn duplicate_entries(schema: &Value, items: &[Value], path: &str, errors: &mut V
     let keys: Vec<Value> = items.iter().map(key_of).collect();
     for (index, key) in keys.iter().enumerate() {
         if let Some(first) = keys[..index].iter().position(|earlier| earlier == key) {
-            errors.push(FieldError { field: format!("{path}[{index}]"), message: format!("duplicate entry: {key} is already listed at {path}[{first}]") });
+            errors.push(FieldError {
+                field: format!("{path}[{index}]"),
+                message: format!("duplicate entry: {key} is already listed at {path}[{first}]"),
+            });
         }
     }
 }

@@ -381,7 +381,11 @@ fn every_invalid_example_is_rejected_for_the_reason_its_name_gives() {
             other => panic!("{file}: kind {other:?} is not a Tributary kind"),
         };
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        assert!(name.starts_with(&format!("{}-", kind.to_lowercase())), "{file}: holds a {kind}, so its name must start with {}-", kind.to_lowercase());
+        assert!(
+            name.starts_with(&format!("{}-", kind.to_lowercase())),
+            "{file}: holds a {kind}, so its name must start with {}-",
+            kind.to_lowercase()
+        );
         *per_kind.entry(kind).or_default() += 1;
 
         if let Some(old) = old {
@@ -424,7 +428,9 @@ fn every_invalid_example_is_rejected_for_the_reason_its_name_gives() {
     }
     println!("{} invalid examples: {per_kind:?}", files.len());
     // Deleting cases must fail the test too.
-    for (kind, minimum) in [("EventTopic", MIN_INVALID_EVENT_TOPICS), ("Subscription", MIN_INVALID_SUBSCRIPTIONS), ("OutboxRelay", MIN_INVALID_OUTBOX_RELAYS)] {
+    for (kind, minimum) in
+        [("EventTopic", MIN_INVALID_EVENT_TOPICS), ("Subscription", MIN_INVALID_SUBSCRIPTIONS), ("OutboxRelay", MIN_INVALID_OUTBOX_RELAYS)]
+    {
         let count = per_kind.get(kind).copied().unwrap_or_default();
         if count < minimum {
             failures.push(format!("api/tests/invalid/ has {count} {kind} cases, at least {minimum} expected"));

@@ -37,9 +37,12 @@ async fn topic_becomes_ready_and_is_deleted() {
     let Some(client) = cluster().await else { return };
     let api: Api<EventTopic> = Api::namespaced(client, &namespace());
     let name = unique_name("e2e-orders");
-    api.create(&PostParams::default(), &manifest(&name, json!({"partitions": 1, "retention": "1h", "deadLetter": {}, "deletionPolicy": "Delete"})))
-        .await
-        .expect("created");
+    api.create(
+        &PostParams::default(),
+        &manifest(&name, json!({"partitions": 1, "retention": "1h", "deadLetter": {}, "deletionPolicy": "Delete"})),
+    )
+    .await
+    .expect("created");
     let topic = wait_ready(&api, &name, "True").await;
     let status = topic.status.expect("status");
     assert_eq!(status.topic_name.as_deref(), Some(name.as_str()));
@@ -65,7 +68,8 @@ async fn apiserver_rejects_invalid_specs_naming_the_field() {
     assert!(error.to_string().contains("spec.partitions"), "{error}");
 
     api.create(&PostParams::default(), &manifest(&name, json!({"partitions": 2}))).await.expect("created");
-    let shrink = api.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"partitions": 1}}))).await.expect_err("shrink rejected");
+    let shrink =
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"partitions": 1}}))).await.expect_err("shrink rejected");
     assert!(shrink.to_string().contains("cannot decrease"), "{shrink}");
     api.delete(&name, &DeleteParams::default()).await.expect("deleted");
 }

@@ -33,17 +33,25 @@ pub struct Document {
 /// A validated object from the input.
 #[derive(Debug, Clone)]
 pub enum Object {
-    EventTopic(EventTopic),
-    Subscription(Subscription),
-    OutboxRelay(OutboxRelay),
+    EventTopic(Box<EventTopic>),
+    Subscription(Box<Subscription>),
+    OutboxRelay(Box<OutboxRelay>),
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, #[source] source: std::io::Error },
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{origin} is not valid YAML: {source}")]
-    Yaml { origin: String, #[source] source: serde_yaml::Error },
+    Yaml {
+        origin: String,
+        #[source]
+        source: serde_yaml::Error,
+    },
     #[error("no YAML files found in {0}")]
     Empty(PathBuf),
 }
@@ -139,9 +147,9 @@ fn validate_document(document: &Document) -> Result<Object, Vec<String>> {
         return Err(vec![format!("{label}: metadata.name: {message}")]);
     }
     match kind {
-        "EventTopic" => typed::<EventTopic>(value, &label).map(Object::EventTopic),
-        "Subscription" => typed::<Subscription>(value, &label).map(Object::Subscription),
-        "OutboxRelay" => typed::<OutboxRelay>(value, &label).map(Object::OutboxRelay),
+        "EventTopic" => typed::<EventTopic>(value, &label).map(|o| Object::EventTopic(Box::new(o))),
+        "Subscription" => typed::<Subscription>(value, &label).map(|o| Object::Subscription(Box::new(o))),
+        "OutboxRelay" => typed::<OutboxRelay>(value, &label).map(|o| Object::OutboxRelay(Box::new(o))),
         other => Err(vec![format!("{label}: unknown kind {other:?}; expected EventTopic, Subscription or OutboxRelay")]),
     }
 }
@@ -219,7 +227,13 @@ pub fn render_report(results: &[TopicResult], mode: SyncMode) -> String {
     let mut out = String::new();
     for result in results {
         let topic = &result.topic;
-        let _ = writeln!(out, "EventTopic {}/{} → Kafka topic {:?}", topic.namespace().unwrap_or_default(), topic.name_any(), topic.kafka_topic_name());
+        let _ = writeln!(
+            out,
+            "EventTopic {}/{} → Kafka topic {:?}",
+            topic.namespace().unwrap_or_default(),
+            topic.name_any(),
+            topic.kafka_topic_name()
+        );
         if let Outcome::Synced(reports) = &result.outcome {
             for report in reports {
                 for line in describe_plan(report, mode) {
@@ -275,7 +289,10 @@ mod tests {
     fn documents(yaml: &str) -> Vec<Document> {
         serde_yaml::Deserializer::from_str(yaml)
             .enumerate()
-            .map(|(index, document)| Document { origin: format!("test.yaml#{}", index + 1), value: Value::deserialize(document).expect("yaml") })
+            .map(|(index, document)| Document {
+                origin: format!("test.yaml#{}", index + 1),
+                value: Value::deserialize(document).expect("yaml"),
+            })
             .collect()
     }
 
@@ -292,7 +309,7 @@ spec: { partitions: 2 }
 "#;
 
     fn event_topics(objects: Vec<Object>) -> Vec<EventTopic> {
-        objects.into_iter().filter_map(|object| if let Object::EventTopic(topic) = object { Some(topic) } else { None }).collect()
+        objects.into_iter().filter_map(|object| if let Object::EventTopic(topic) = object { Some(*topic) } else { None }).collect()
     }
 
     #[tokio::test]

@@ -32,10 +32,8 @@ impl BenchReport {
     /// `name=value` lines, the format every Tributary benchmark prints.
     pub fn render(&self) -> String {
         let rss = self.peak_rss_mib.map(|mib| format!("{mib:.1}")).unwrap_or_else(|| "unknown".into());
-        let cpu_ms_per_topic = self
-            .cpu
-            .map(|cpu| format!("{:.3}", cpu.as_secs_f64() * 1000.0 / self.count.max(1) as f64))
-            .unwrap_or_else(|| "unknown".into());
+        let cpu_ms_per_topic =
+            self.cpu.map(|cpu| format!("{:.3}", cpu.as_secs_f64() * 1000.0 / self.count.max(1) as f64)).unwrap_or_else(|| "unknown".into());
         format!(
             "topics={}\ntopics_ready={}\nelapsed_s={:.2}\ntopics_per_s={:.1}\npeak_rss_mib={rss}\noperator_cpu_ms_per_topic={cpu_ms_per_topic}\n",
             self.count,

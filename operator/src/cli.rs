@@ -186,7 +186,7 @@ async fn run_apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let mut topics = Vec::new();
     for object in objects {
         match object {
-            apply::Object::EventTopic(topic) => topics.push(topic),
+            apply::Object::EventTopic(topic) => topics.push(*topic),
             apply::Object::Subscription(_) | apply::Object::OutboxRelay(_) => {}
         }
     }

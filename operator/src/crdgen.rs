@@ -40,7 +40,9 @@ mod tests {
             .unwrap_or_else(|error| panic!("cannot read {}: {error}", dir.display()))
             .map(|entry| entry.expect("dir entry").path())
             .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
-            .map(|path| (path.file_name().expect("file name").to_string_lossy().into_owned(), std::fs::read_to_string(&path).expect("readable")))
+            .map(|path| {
+                (path.file_name().expect("file name").to_string_lossy().into_owned(), std::fs::read_to_string(&path).expect("readable"))
+            })
             .collect()
     }
 
@@ -63,7 +65,11 @@ mod tests {
             let version = &crd.spec.versions[0];
             assert_eq!(crd.spec.group, tributary_api::GROUP);
             assert_eq!(version.name, tributary_api::VERSION);
-            assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "{} lacks the status subresource", crd.name_any());
+            assert!(
+                version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(),
+                "{} lacks the status subresource",
+                crd.name_any()
+            );
             assert_eq!(crd.spec.names.categories.as_deref(), Some(&[tributary_api::CATEGORY.to_owned()][..]));
             assert!(crd.spec.names.short_names.as_ref().is_some_and(|names| !names.is_empty()));
             let columns = version.additional_printer_columns.as_ref().expect("printer columns");

@@ -32,9 +32,7 @@ impl Metrics {
         let metrics = Metrics {
             reconciles: Family::default(),
             failures: Family::default(),
-            duration: Family::new_with_constructor(|| {
-                Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
-            }),
+            duration: Family::new_with_constructor(|| Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])),
         };
         let registry = registry.sub_registry_with_prefix("tributary");
         registry.register("reconciles", "Reconcile runs", metrics.reconciles.clone());

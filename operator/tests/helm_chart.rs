@@ -54,10 +54,7 @@ fn helm() -> Option<Helm> {
     };
     let Some(binary) = binary else {
         let strict = std::env::var("TRIBUTARY_TEST_STRICT").is_ok_and(|value| value == "1");
-        assert!(
-            !strict,
-            "helm not found: set TRIBUTARY_HELM to the helm binary or put helm on PATH (TRIBUTARY_TEST_STRICT=1)"
-        );
+        assert!(!strict, "helm not found: set TRIBUTARY_HELM to the helm binary or put helm on PATH (TRIBUTARY_TEST_STRICT=1)");
         eprintln!("skipping chart test: helm not found (set TRIBUTARY_HELM or put helm on PATH)");
         return None;
     };
@@ -167,10 +164,9 @@ impl Manifest {
             Manifest::ClusterRoleBinding(object) => ("ClusterRoleBinding", object.metadata.clone()),
             Manifest::Deployment(object) => ("Deployment", object.metadata.clone()),
             Manifest::Service(object) => ("Service", object.metadata.clone()),
-            Manifest::ServiceMonitor(value) => (
-                "ServiceMonitor",
-                serde_yaml::from_value(value["metadata"].clone()).expect("ServiceMonitor metadata is an ObjectMeta"),
-            ),
+            Manifest::ServiceMonitor(value) => {
+                ("ServiceMonitor", serde_yaml::from_value(value["metadata"].clone()).expect("ServiceMonitor metadata is an ObjectMeta"))
+            }
         }
     }
 }
@@ -185,8 +181,8 @@ impl Rendered {
     fn parse(output: &str) -> Self {
         let mut manifests = Vec::new();
         for document in split_documents(output) {
-            let value: Value = serde_yaml::from_str(document)
-                .unwrap_or_else(|error| panic!("rendered document is not YAML: {error}\n{document}"));
+            let value: Value =
+                serde_yaml::from_str(document).unwrap_or_else(|error| panic!("rendered document is not YAML: {error}\n{document}"));
             if value.is_null() {
                 continue; // only comments, e.g. a template rendering nothing
             }
@@ -198,11 +194,7 @@ impl Rendered {
                 "Deployment" => Manifest::Deployment(Box::new(parse_typed(document, &value))),
                 "Service" => Manifest::Service(Box::new(parse_typed(document, &value))),
                 "ServiceMonitor" => {
-                    assert_eq!(
-                        value["apiVersion"].as_str(),
-                        Some("monitoring.coreos.com/v1"),
-                        "ServiceMonitor apiVersion"
-                    );
+                    assert_eq!(value["apiVersion"].as_str(), Some("monitoring.coreos.com/v1"), "ServiceMonitor apiVersion");
                     Manifest::ServiceMonitor(value)
                 }
                 other => panic!("the chart renders a {other}, which this test does not know:\n{document}"),
@@ -251,10 +243,7 @@ impl Rendered {
     }
 
     fn cluster_role_binding(&self) -> &ClusterRoleBinding {
-        self.one(
-            "ClusterRoleBinding",
-            |m| if let Manifest::ClusterRoleBinding(b) = m { Some(b.as_ref()) } else { None },
-        )
+        self.one("ClusterRoleBinding", |m| if let Manifest::ClusterRoleBinding(b) = m { Some(b.as_ref()) } else { None })
     }
 
     fn service_monitors(&self) -> Vec<&Value> {
@@ -311,9 +300,8 @@ fn split_documents(stream: &str) -> Vec<&str> {
 /// typed object serialized again must equal the document. k8s-openapi ignores fields it does not
 /// know, so this is what catches a misspelt or misplaced field in a template.
 fn parse_typed<T: DeserializeOwned + Serialize>(document: &str, value: &Value) -> T {
-    let typed: T = serde_yaml::from_str(document).unwrap_or_else(|error| {
-        panic!("rendered document is not a valid {}: {error}\n{document}", std::any::type_name::<T>())
-    });
+    let typed: T = serde_yaml::from_str(document)
+        .unwrap_or_else(|error| panic!("rendered document is not a valid {}: {error}\n{document}", std::any::type_name::<T>()));
     let again = serde_yaml::to_value(&typed).expect("serialize a k8s-openapi object");
     let mut differences = Vec::new();
     diff_values("", value, &again, &mut differences);
@@ -394,8 +382,7 @@ fn default_render_is_typed_labelled_and_wired_together() {
     let rendered = helm.render(&with_bootstrap(&[]));
 
     let expected: BTreeMap<&str, usize> =
-        [("ClusterRole", 1), ("ClusterRoleBinding", 1), ("Deployment", 1), ("Service", 1), ("ServiceAccount", 1)]
-            .into();
+        [("ClusterRole", 1), ("ClusterRoleBinding", 1), ("Deployment", 1), ("Service", 1), ("ServiceAccount", 1)].into();
     assert_eq!(rendered.kinds(), expected, "kinds rendered with default values");
 
     for manifest in &rendered.manifests {
@@ -428,10 +415,7 @@ fn default_render_is_typed_labelled_and_wired_together() {
 
     // The container: hardened, configured from values, probed on its named port.
     let container = rendered.operator_container();
-    assert_eq!(
-        container.image.as_deref(),
-        Some(format!("ghcr.io/tributary-dev/tributary-operator:{}", app_version()).as_str())
-    );
+    assert_eq!(container.image.as_deref(), Some(format!("ghcr.io/tributary-dev/tributary-operator:{}", app_version()).as_str()));
     assert_eq!(container.args.as_deref(), Some(["run".to_owned()].as_slice()));
     assert_eq!(env_value(container, "TRIBUTARY_BOOTSTRAP_SERVERS"), Some(BOOTSTRAP_SERVERS));
     assert_eq!(env_value(container, "TRIBUTARY_LISTEN_ADDRESS"), Some("0.0.0.0:8080"));
@@ -448,10 +432,7 @@ fn default_render_is_typed_labelled_and_wired_together() {
         "container port http/8080 missing: {ports:?}"
     );
     for (probe, path) in [(&container.liveness_probe, "/healthz"), (&container.readiness_probe, "/readyz")] {
-        let http_get = probe
-            .as_ref()
-            .and_then(|probe| probe.http_get.as_ref())
-            .unwrap_or_else(|| panic!("no HTTP probe on {path}"));
+        let http_get = probe.as_ref().and_then(|probe| probe.http_get.as_ref()).unwrap_or_else(|| panic!("no HTTP probe on {path}"));
         assert_eq!(http_get.path.as_deref(), Some(path));
         assert_eq!(http_get.port, IntOrString::String("http".into()), "probe of {path} targets the named port");
     }
@@ -486,9 +467,7 @@ fn default_render_is_typed_labelled_and_wired_together() {
     assert_eq!(service_spec.selector.as_ref(), Some(&selector), "the Service selects the operator pod");
     let service_ports = service_spec.ports.as_deref().unwrap_or_default();
     assert!(
-        service_ports
-            .iter()
-            .any(|p| p.name.as_deref() == Some("http") && p.target_port == Some(IntOrString::String("http".into()))),
+        service_ports.iter().any(|p| p.name.as_deref() == Some("http") && p.target_port == Some(IntOrString::String("http".into()))),
         "Service port http -> http missing: {service_ports:?}"
     );
 
@@ -564,15 +543,11 @@ fn kafka_properties_secret_is_mounted_read_only_and_passed_by_path() {
     let Some(helm) = helm() else { return };
     for (values, key) in [
         (vec![("kafka.propertiesSecret.name", "kafka-auth")], "kafka.properties"),
-        (
-            vec![("kafka.propertiesSecret.name", "kafka-auth"), ("kafka.propertiesSecret.key", "client.properties")],
-            "client.properties",
-        ),
+        (vec![("kafka.propertiesSecret.name", "kafka-auth"), ("kafka.propertiesSecret.key", "client.properties")], "client.properties"),
     ] {
         let rendered = helm.render(&with_bootstrap(&values));
         let container = rendered.operator_container();
-        let file =
-            env_value(container, "TRIBUTARY_KAFKA_PROPERTIES_FILE").expect("TRIBUTARY_KAFKA_PROPERTIES_FILE is set");
+        let file = env_value(container, "TRIBUTARY_KAFKA_PROPERTIES_FILE").expect("TRIBUTARY_KAFKA_PROPERTIES_FILE is set");
         let (directory, file_name) = file.rsplit_once('/').expect("an absolute path");
         let (mount, volume) = rendered.volume_at(directory);
         assert_eq!(mount.read_only, Some(true), "the properties Secret is mounted read-only");
@@ -580,15 +555,9 @@ fn kafka_properties_secret_is_mounted_read_only_and_passed_by_path() {
         let secret = volume.secret.as_ref().expect("the properties file comes from a Secret volume");
         assert_eq!(secret.secret_name.as_deref(), Some("kafka-auth"));
         let items = secret.items.as_deref().unwrap_or_default();
-        assert!(
-            items.iter().any(|item| item.key == key && item.path == file_name),
-            "Secret key {key} is not mounted as {file}: {items:?}"
-        );
+        assert!(items.iter().any(|item| item.key == key && item.path == file_name), "Secret key {key} is not mounted as {file}: {items:?}");
         let mode = secret.default_mode.or_else(|| items.iter().find_map(|item| item.mode));
-        assert!(
-            mode.is_some_and(|mode| mode & 0o007 == 0),
-            "the properties file holds credentials: no world access ({mode:?})"
-        );
+        assert!(mode.is_some_and(|mode| mode & 0o007 == 0), "the properties file holds credentials: no world access ({mode:?})");
         assert_eq!(env_value(container, "TRIBUTARY_BOOTSTRAP_SERVERS"), Some(BOOTSTRAP_SERVERS));
     }
 }
@@ -600,10 +569,7 @@ fn kafka_tls_secret_is_mounted_read_only() {
     let (mount, volume) = rendered.volume_at("/etc/tributary/kafka-tls");
     assert_eq!(mount.read_only, Some(true), "the TLS Secret is mounted read-only");
     assert_eq!(volume.secret.as_ref().and_then(|s| s.secret_name.as_deref()), Some("kafka-ca"));
-    assert!(
-        !has_env(rendered.operator_container(), "TRIBUTARY_KAFKA_PROPERTIES_FILE"),
-        "TLS files alone need no properties file"
-    );
+    assert!(!has_env(rendered.operator_container(), "TRIBUTARY_KAFKA_PROPERTIES_FILE"), "TLS files alone need no properties file");
 }
 
 #[test]
@@ -611,35 +577,25 @@ fn service_monitor_only_when_enabled() {
     let Some(helm) = helm() else { return };
     assert!(helm.render(&with_bootstrap(&[])).service_monitors().is_empty(), "no ServiceMonitor by default");
 
-    let rendered = helm.render(&with_bootstrap(&[
-        ("metrics.serviceMonitor.enabled", "true"),
-        ("metrics.serviceMonitor.labels.release", "prometheus"),
-    ]));
+    let rendered = helm
+        .render(&with_bootstrap(&[("metrics.serviceMonitor.enabled", "true"), ("metrics.serviceMonitor.labels.release", "prometheus")]));
     let monitors = rendered.service_monitors();
     let [monitor] = monitors.as_slice() else { panic!("expected one ServiceMonitor, got {}", monitors.len()) };
     assert_eq!(monitor["spec"]["endpoints"][0]["port"].as_str(), Some("http"));
     assert_eq!(monitor["spec"]["endpoints"][0]["path"].as_str(), Some("/metrics"));
-    assert_eq!(
-        monitor["metadata"]["labels"]["release"].as_str(),
-        Some("prometheus"),
-        "extra labels for Prometheus' selector"
-    );
+    assert_eq!(monitor["metadata"]["labels"]["release"].as_str(), Some("prometheus"), "extra labels for Prometheus' selector");
 
     // It must select the Service, whose port it names.
     let service = rendered.service();
     let service_labels = service.metadata.labels.clone().unwrap_or_default();
-    let match_labels =
-        monitor["spec"]["selector"]["matchLabels"].as_mapping().expect("ServiceMonitor selects by labels");
+    let match_labels = monitor["spec"]["selector"]["matchLabels"].as_mapping().expect("ServiceMonitor selects by labels");
     assert!(!match_labels.is_empty());
     for (key, value) in match_labels {
         let key = key.as_str().expect("label key");
         assert_eq!(service_labels.get(key).map(String::as_str), value.as_str(), "the Service lacks label {key}");
     }
     let names = monitor["spec"]["namespaceSelector"]["matchNames"].as_sequence().cloned().unwrap_or_default();
-    assert!(
-        names.is_empty() || names.contains(&Value::from(NAMESPACE)),
-        "ServiceMonitor looks in other namespaces: {names:?}"
-    );
+    assert!(names.is_empty() || names.contains(&Value::from(NAMESPACE)), "ServiceMonitor looks in other namespaces: {names:?}");
 }
 
 #[test]
@@ -654,9 +610,7 @@ fn values_outside_the_schema_are_rejected() {
         ("operator.port", "0"),
         ("operator.listenHost", "localhost"),
     ] {
-        let stderr = helm
-            .template(&with_bootstrap(&[(key, value)]))
-            .expect_failure(&format!("helm template --set {key}={value}"));
+        let stderr = helm.template(&with_bootstrap(&[(key, value)])).expect_failure(&format!("helm template --set {key}={value}"));
         let field = key.rsplit('.').next().expect("a key");
         assert!(stderr.contains(field), "the error for {key}={value} should name {field}:\n{stderr}");
     }

@@ -68,7 +68,10 @@ async fn config(admin: &dyn TopicAdmin, topic: &str, key: &str) -> Option<String
 async fn creates_topic_with_configs_and_its_dead_letter_topic() {
     let Some(admin) = broker() else { return };
     let name = unique("create");
-    let topic = topic_with(&name, "partitions: 3\nretention: 1d\ncleanupPolicy: compact\nconfig: { segment.bytes: '104857600' }\ndeadLetter: { retention: 14d }");
+    let topic = topic_with(
+        &name,
+        "partitions: 3\nretention: 1d\ncleanupPolicy: compact\nconfig: { segment.bytes: '104857600' }\ndeadLetter: { retention: 14d }",
+    );
     let (_, status) = sync(&admin, &topic).await;
     assert_eq!(ready_reason(&status).1, reason::CREATED, "{status:?}");
     assert_eq!(status.partitions, Some(3));
@@ -112,7 +115,10 @@ async fn existing_topic_with_matching_settings_is_adopted_untouched() {
     let Some(admin) = broker() else { return };
     let name = unique("adopt");
     let configs = BTreeMap::from([("retention.ms".to_owned(), "3600000".to_owned())]);
-    admin.create_topic(&TopicSpec { name: name.clone(), partitions: 2, replication_factor: None, configs }).await.expect("pre-existing topic");
+    admin
+        .create_topic(&TopicSpec { name: name.clone(), partitions: 2, replication_factor: None, configs })
+        .await
+        .expect("pre-existing topic");
     let (outcome, status) = sync(&admin, &topic_with(&name, "partitions: 2\nretention: 1h")).await;
     assert_eq!(ready_reason(&status).1, reason::IN_SYNC);
     let Outcome::Synced(reports) = outcome else { panic!("synced") };

@@ -110,7 +110,12 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<EventTopic>>, context: Arc<Co
     let started = Instant::now();
     let result = match &guard.0 {
         Ok(topic) => {
-            let span = tracing::info_span!("reconcile", controller = CONTROLLER, namespace = topic.namespace().unwrap_or_default(), name = topic.name_any());
+            let span = tracing::info_span!(
+                "reconcile",
+                controller = CONTROLLER,
+                namespace = topic.namespace().unwrap_or_default(),
+                name = topic.name_any()
+            );
             let result = reconcile_topic(topic, &context).instrument(span).await;
             if let Err(error) = &result {
                 publish(&context, &topic.object_ref(&()), EventType::Warning, "ReconcileFailed", "Reconcile", error.to_string()).await;
@@ -293,9 +298,11 @@ async fn patch_status_if_changed(api: &TopicApi, topic: &EventTopic, status: Eve
     if !needs_patch(topic.status.as_ref(), &status, context.settings.resync_interval / 2) {
         return Ok(());
     }
-    apply_status(api, &topic.name_any(), &status)
-        .await
-        .map_err(|source| Error::Kube { operation: "status patch", object: object_name(topic), source })
+    apply_status(api, &topic.name_any(), &status).await.map_err(|source| Error::Kube {
+        operation: "status patch",
+        object: object_name(topic),
+        source,
+    })
 }
 
 async fn apply_status(api: &TopicApi, name: &str, status: &EventTopicStatus) -> Result<(), kube::Error> {

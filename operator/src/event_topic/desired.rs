@@ -42,7 +42,9 @@ pub enum SpecError {
     DuplicateConfig { key: String, field: &'static str },
     #[error("spec.deadLetter.topicName {0:?} is the topic itself")]
     DeadLetterIsTopic(String),
-    #[error("spec.config[{0:?}] is not a Kafka topic config; check the spelling, or list it in spec.ignoredConfigKeys if another tool owns it")]
+    #[error(
+        "spec.config[{0:?}] is not a Kafka topic config; check the spelling, or list it in spec.ignoredConfigKeys if another tool owns it"
+    )]
     UnknownConfig(String),
 }
 

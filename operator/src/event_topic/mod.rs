@@ -19,7 +19,8 @@ pub(crate) mod test_support {
 
     /// An EventTopic in namespace `default` with the given spec (YAML, defaults applied by serde).
     pub fn event_topic(name: &str, spec_yaml: &str) -> EventTopic {
-        let spec: EventTopicSpec = serde_yaml::from_str(if spec_yaml.trim().is_empty() { "{}" } else { spec_yaml }).expect("test spec parses");
+        let spec: EventTopicSpec =
+            serde_yaml::from_str(if spec_yaml.trim().is_empty() { "{}" } else { spec_yaml }).expect("test spec parses");
         let mut topic = EventTopic::new(name, spec);
         topic.metadata.namespace = Some("default".into());
         topic

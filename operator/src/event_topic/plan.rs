@@ -27,7 +27,10 @@ impl fmt::Display for Blocker {
                 write!(f, "has {actual} partitions and Kafka cannot reduce them to {desired}")
             }
             Blocker::ReplicationFactorChange { actual, desired } => {
-                write!(f, "has replication factor {actual}; changing it to {desired} needs a partition reassignment, which Tributary does not do")
+                write!(
+                    f,
+                    "has replication factor {actual}; changing it to {desired} needs a partition reassignment, which Tributary does not do"
+                )
             }
         }
     }
@@ -129,16 +132,15 @@ mod tests {
 
     #[test]
     fn matching_topic_is_adopted_without_changes() {
-        let plan = plan_topic(&desired(3, &[("retention.ms", "1000")], &[]), Some(&actual(3, &[("retention.ms", "1000"), ("segment.ms", "5")])));
+        let plan =
+            plan_topic(&desired(3, &[("retention.ms", "1000")], &[]), Some(&actual(3, &[("retention.ms", "1000"), ("segment.ms", "5")])));
         assert_eq!(plan, TopicPlan::default());
     }
 
     #[test]
     fn drift_of_managed_keys_is_corrected_and_other_keys_left_alone() {
-        let plan = plan_topic(
-            &desired(3, &[("retention.ms", "1000")], &[]),
-            Some(&actual(3, &[("retention.ms", "5000"), ("segment.ms", "5")])),
-        );
+        let plan =
+            plan_topic(&desired(3, &[("retention.ms", "1000")], &[]), Some(&actual(3, &[("retention.ms", "5000"), ("segment.ms", "5")])));
         assert_eq!(
             plan.config_changes,
             BTreeMap::from([("retention.ms".to_owned(), ConfigChange { from: Some("5000".into()), to: "1000".into() })])
@@ -170,7 +172,10 @@ mod tests {
 
     #[test]
     fn cleanup_policy_lists_compare_as_sets() {
-        let plan = plan_topic(&desired(1, &[("cleanup.policy", "compact,delete")], &[]), Some(&actual(1, &[("cleanup.policy", "delete, compact")])));
+        let plan = plan_topic(
+            &desired(1, &[("cleanup.policy", "compact,delete")], &[]),
+            Some(&actual(1, &[("cleanup.policy", "delete, compact")])),
+        );
         assert!(plan.config_changes.is_empty());
     }
 }

@@ -48,7 +48,10 @@ pub enum Outcome {
     /// The spec cannot be turned into Kafka settings.
     InvalidSpec(String),
     /// An older EventTopic owns one of the Kafka topics this one names.
-    Conflict { owner: String, topic: String },
+    Conflict {
+        owner: String,
+        topic: String,
+    },
     KafkaUnavailable(String),
 }
 
@@ -70,9 +73,8 @@ pub fn ready_condition(outcome: &Outcome, previous: Option<&EventTopicStatus>) -
             }
             let changed: Vec<String> = reports.iter().filter_map(describe_changes).collect();
             if changed.is_empty() {
-                let previous_ready = previous
-                    .and_then(|status| conditions::find(&status.conditions, READY))
-                    .filter(|condition| condition.status == "True");
+                let previous_ready =
+                    previous.and_then(|status| conditions::find(&status.conditions, READY)).filter(|condition| condition.status == "True");
                 return match previous_ready {
                     Some(condition) => DesiredCondition {
                         type_: READY,

@@ -86,11 +86,7 @@ impl FakeTopicAdmin {
         }
     }
 
-    fn check_config_keys<'a>(
-        cluster: &FakeCluster,
-        topic: &str,
-        mut keys: impl Iterator<Item = &'a String>,
-    ) -> Result<(), KafkaError> {
+    fn check_config_keys<'a>(cluster: &FakeCluster, topic: &str, mut keys: impl Iterator<Item = &'a String>) -> Result<(), KafkaError> {
         match keys.find(|key| cluster.rejected_config_keys.contains(key)) {
             Some(key) => Err(KafkaError::InvalidConfig { topic: topic.to_owned(), message: format!("unknown config {key:?}") }),
             None => Ok(()),
@@ -107,7 +103,10 @@ impl TopicAdmin for FakeTopicAdmin {
     }
 
     async fn topic_layout(&self, name: &str) -> Result<Option<TopicLayout>, KafkaError> {
-        Ok(self.describe_topic(name).await?.map(|state| TopicLayout { partitions: state.partitions, replication_factor: state.replication_factor }))
+        Ok(self
+            .describe_topic(name)
+            .await?
+            .map(|state| TopicLayout { partitions: state.partitions, replication_factor: state.replication_factor }))
     }
 
     async fn create_topic(&self, spec: &TopicSpec) -> Result<(), KafkaError> {

@@ -54,11 +54,19 @@ impl KafkaConnection {
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {
     #[error("cannot read Kafka properties file {path}: {source}")]
-    ReadProperties { path: PathBuf, #[source] source: std::io::Error },
+    ReadProperties {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("Kafka properties file {path}, line {line}: expected key=value")]
     MalformedProperty { path: PathBuf, line: usize },
     #[error("cannot create the Kafka admin client for {bootstrap_servers}: {source}")]
-    CreateClient { bootstrap_servers: String, #[source] source: RdError },
+    CreateClient {
+        bootstrap_servers: String,
+        #[source]
+        source: RdError,
+    },
 }
 
 fn read_properties(path: &Path) -> Result<Vec<(String, String)>, ConnectionError> {
@@ -68,9 +76,8 @@ fn read_properties(path: &Path) -> Result<Vec<(String, String)>, ConnectionError
         .map(|(index, line)| (index + 1, line.trim()))
         .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
         .map(|(line_number, line)| {
-            let (key, value) = line
-                .split_once('=')
-                .ok_or_else(|| ConnectionError::MalformedProperty { path: path.to_owned(), line: line_number })?;
+            let (key, value) =
+                line.split_once('=').ok_or_else(|| ConnectionError::MalformedProperty { path: path.to_owned(), line: line_number })?;
             Ok((key.trim().to_owned(), value.trim().to_owned()))
         })
         .collect()
@@ -130,7 +137,12 @@ impl TopicAdmin for RdKafkaTopicAdmin {
             return Ok(None);
         };
         let configs = self.describe_configs(name).await?;
-        Ok(Some(TopicState { name: name.to_owned(), partitions: layout.partitions, replication_factor: layout.replication_factor, configs }))
+        Ok(Some(TopicState {
+            name: name.to_owned(),
+            partitions: layout.partitions,
+            replication_factor: layout.replication_factor,
+            configs,
+        }))
     }
 
     async fn topic_layout(&self, name: &str) -> Result<Option<TopicLayout>, KafkaError> {
@@ -146,7 +158,8 @@ impl TopicAdmin for RdKafkaTopicAdmin {
         for (key, value) in &spec.configs {
             topic = topic.set(key, value);
         }
-        let results = self.client.create_topics([&topic], &self.options()).await.map_err(|error| classify(error, "CreateTopics", &spec.name))?;
+        let results =
+            self.client.create_topics([&topic], &self.options()).await.map_err(|error| classify(error, "CreateTopics", &spec.name))?;
         for result in results {
             match result {
                 Ok(_) => {}
@@ -253,16 +266,29 @@ unsafe fn c_string(text: *const std::ffi::c_char) -> String {
 
 /// Partition count and replication factor via DescribeTopics (KIP-700); `None` for a topic that
 /// does not exist.
-fn describe_topic_layout(client: &AdminClient<DefaultClientContext>, topic: &str, timeout: Duration) -> Result<Option<TopicLayout>, KafkaError> {
+fn describe_topic_layout(
+    client: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Option<TopicLayout>, KafkaError> {
     const OPERATION: &str = "DescribeTopics";
-    let c_topic = CString::new(topic).map_err(|_| KafkaError::Rejected { operation: OPERATION, topic: topic.to_owned(), message: "topic name contains NUL".into() })?;
+    let c_topic = CString::new(topic).map_err(|_| KafkaError::Rejected {
+        operation: OPERATION,
+        topic: topic.to_owned(),
+        message: "topic name contains NUL".into(),
+    })?;
     let mut names = [c_topic.as_ptr()];
     // SAFETY: the collection copies the names; it is destroyed once, after the request was issued.
     let event = unsafe {
         let collection = rdsys::rd_kafka_TopicCollection_of_topic_names(names.as_mut_ptr(), names.len());
-        let event = run_admin_request(client, OPERATION, topic, rdsys::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBETOPICS, timeout, |rk, options, queue| {
-            rdsys::rd_kafka_DescribeTopics(rk, collection, options, queue)
-        });
+        let event = run_admin_request(
+            client,
+            OPERATION,
+            topic,
+            rdsys::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBETOPICS,
+            timeout,
+            |rk, options, queue| rdsys::rd_kafka_DescribeTopics(rk, collection, options, queue),
+        );
         rdsys::rd_kafka_TopicCollection_destroy(collection);
         event?
     };
@@ -335,9 +361,14 @@ fn incremental_alter_configs(
             }
         }
         let mut resources = [resource];
-        let event = run_admin_request(client, OPERATION, topic, rdsys::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_INCREMENTALALTERCONFIGS, timeout, |rk, options, queue| {
-            rdsys::rd_kafka_IncrementalAlterConfigs(rk, resources.as_mut_ptr(), 1, options, queue)
-        });
+        let event = run_admin_request(
+            client,
+            OPERATION,
+            topic,
+            rdsys::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_INCREMENTALALTERCONFIGS,
+            timeout,
+            |rk, options, queue| rdsys::rd_kafka_IncrementalAlterConfigs(rk, resources.as_mut_ptr(), 1, options, queue),
+        );
         rdsys::rd_kafka_ConfigResource_destroy(resource);
         let event = event?;
         let result = rdsys::rd_kafka_event_IncrementalAlterConfigs_result(event.0);
@@ -398,10 +429,7 @@ mod tests {
         let path = dir.path().join("kafka.properties");
         std::fs::write(&path, "# SASL\nsecurity.protocol = SASL_SSL\n\nsasl.mechanism=SCRAM-SHA-512\n").expect("write");
         let properties = read_properties(&path).expect("parses");
-        assert_eq!(
-            properties,
-            vec![("security.protocol".into(), "SASL_SSL".into()), ("sasl.mechanism".into(), "SCRAM-SHA-512".into())]
-        );
+        assert_eq!(properties, vec![("security.protocol".into(), "SASL_SSL".into()), ("sasl.mechanism".into(), "SCRAM-SHA-512".into())]);
 
         std::fs::write(&path, "security.protocol=SSL\nnot a property\n").expect("write");
         assert!(matches!(read_properties(&path), Err(ConnectionError::MalformedProperty { line: 2, .. })));
@@ -414,7 +442,13 @@ mod tests {
             classify_code(RDKafkaErrorCode::UnsupportedVersion, "CreatePartitions", "t", String::new()),
             KafkaError::Unsupported { operation: "CreatePartitions", .. }
         ));
-        assert!(matches!(classify_code(RDKafkaErrorCode::InvalidConfig, "CreateTopics", "t", String::new()), KafkaError::InvalidConfig { .. }));
-        assert!(matches!(classify_code(RDKafkaErrorCode::PolicyViolation, "CreateTopics", "t", String::new()), KafkaError::Rejected { .. }));
+        assert!(matches!(
+            classify_code(RDKafkaErrorCode::InvalidConfig, "CreateTopics", "t", String::new()),
+            KafkaError::InvalidConfig { .. }
+        ));
+        assert!(matches!(
+            classify_code(RDKafkaErrorCode::PolicyViolation, "CreateTopics", "t", String::new()),
+            KafkaError::Rejected { .. }
+        ));
     }
 }
