@@ -8,6 +8,7 @@
 
 pub mod duration;
 pub mod event_topic;
+pub mod kafka_properties;
 pub mod outbox_relay;
 pub mod subscription;
 pub mod validation;

@@ -16,7 +16,7 @@ use crate::conditions::{Clock, SystemClock};
 use crate::event_topic::{self, sync::SyncMode};
 use crate::kafka::{KafkaConnection, RdKafkaTopicAdmin, TopicAdmin};
 use crate::metrics::Metrics;
-use crate::server::{self, Readiness};
+use tributary_common::server::{self, Readiness};
 
 #[derive(Debug, Parser)]
 #[command(name = "tributary-operator", version, about = "Reconciles tributary.dev resources into Kafka and workloads")]

@@ -1,17 +1,15 @@
-//! `tributary-relay`: the data-plane companion of the operator. Its subcommands (`outbox`,
-//! `migrate`, `dispatch`) arrive with the issues that build them; until then it only identifies
-//! itself, so images and charts can already reference it.
-
 use std::process::ExitCode;
 
 use clap::Parser;
+use tributary_relay::cli::{self, Cli};
 
-#[derive(Debug, Parser)]
-#[command(name = "tributary-relay", version, about = "Tributary's outbox relay and push dispatcher (subcommands not yet available)")]
-struct Cli {}
-
-fn main() -> ExitCode {
-    Cli::parse();
-    eprintln!("tributary-relay has no subcommands yet; see `tributary-relay --help`");
-    ExitCode::from(2)
+#[tokio::main]
+async fn main() -> ExitCode {
+    match cli::run(Cli::parse()).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::{CStr, CString};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, Resourc
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
 use rdkafka::{bindings as rdsys, ClientConfig};
+
+use tributary_api::kafka_properties::{self, PropertiesError};
 
 use super::{KafkaError, TopicAdmin, TopicLayout, TopicSpec, TopicState};
 
@@ -38,7 +40,7 @@ impl KafkaConnection {
     pub fn client_config(&self) -> Result<ClientConfig, ConnectionError> {
         let mut config = ClientConfig::new();
         if let Some(path) = &self.properties_file {
-            for (key, value) in read_properties(path)? {
+            for (key, value) in kafka_properties::read(path)? {
                 config.set(key, value);
             }
         }
@@ -53,34 +55,14 @@ impl KafkaConnection {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {
-    #[error("cannot read Kafka properties file {path}: {source}")]
-    ReadProperties {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("Kafka properties file {path}, line {line}: expected key=value")]
-    MalformedProperty { path: PathBuf, line: usize },
+    #[error(transparent)]
+    Properties(#[from] PropertiesError),
     #[error("cannot create the Kafka admin client for {bootstrap_servers}: {source}")]
     CreateClient {
         bootstrap_servers: String,
         #[source]
         source: RdError,
     },
-}
-
-fn read_properties(path: &Path) -> Result<Vec<(String, String)>, ConnectionError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConnectionError::ReadProperties { path: path.to_owned(), source })?;
-    text.lines()
-        .enumerate()
-        .map(|(index, line)| (index + 1, line.trim()))
-        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
-        .map(|(line_number, line)| {
-            let (key, value) =
-                line.split_once('=').ok_or_else(|| ConnectionError::MalformedProperty { path: path.to_owned(), line: line_number })?;
-            Ok((key.trim().to_owned(), value.trim().to_owned()))
-        })
-        .collect()
 }
 
 /// The production [`TopicAdmin`].
@@ -422,18 +404,6 @@ fn classify_code(code: RDKafkaErrorCode, operation: &'static str, topic: &str, m
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn properties_file_skips_comments_and_reports_bad_lines() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("kafka.properties");
-        std::fs::write(&path, "# SASL\nsecurity.protocol = SASL_SSL\n\nsasl.mechanism=SCRAM-SHA-512\n").expect("write");
-        let properties = read_properties(&path).expect("parses");
-        assert_eq!(properties, vec![("security.protocol".into(), "SASL_SSL".into()), ("sasl.mechanism".into(), "SCRAM-SHA-512".into())]);
-
-        std::fs::write(&path, "security.protocol=SSL\nnot a property\n").expect("write");
-        assert!(matches!(read_properties(&path), Err(ConnectionError::MalformedProperty { line: 2, .. })));
-    }
 
     #[test]
     fn error_codes_sort_into_reconciler_actions() {

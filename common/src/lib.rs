@@ -1,0 +1,3 @@
+//! What every Tributary binary shares.
+
+pub mod server;

@@ -1,0 +1,357 @@
+//! The transactional-outbox relay: claims rows, publishes them, and removes (or marks) them only
+//! after Kafka acknowledged them.
+//!
+//! Each worker runs claim → produce → delete in one database transaction. The claim takes an
+//! advisory lock per aggregate and skips rows other transactions hold, so several workers (and
+//! several relay replicas) share a table while every aggregate is published by one transaction at
+//! a time, in insertion order. Nothing relies on "id > last seen", so rows that commit out of
+//! order are never skipped. A crash before the commit leaves the rows in place: they are sent
+//! again, with the same `ce_id`.
+
+pub mod record;
+pub mod schema;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{watch, Notify};
+use tokio_postgres::{Client, Row};
+use tracing::{debug, info, warn};
+
+use crate::metrics::RelayMetrics;
+use crate::producer::{EventProducer, ProduceError};
+use record::{to_record, OutboxRow, RecordSettings};
+use schema::Statements;
+
+/// What happens to a row once Kafka has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cleanup {
+    Delete,
+    /// Set the published-at column; rows older than `retention` are pruned.
+    Mark {
+        retention: Duration,
+    },
+}
+
+/// What a row that keeps failing does to its aggregate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// The row stays, marked failed, and holds back the rest of its aggregate (order kept).
+    Block,
+    /// The row moves to the `<table>_failed` table and its aggregate goes on.
+    Skip,
+}
+
+/// Everything a relay worker needs to know.
+#[derive(Debug, Clone)]
+pub struct OutboxSettings {
+    pub statements: Statements,
+    pub record: RecordSettings,
+    pub batch_size: i64,
+    pub poll_interval: Duration,
+    pub cleanup: Cleanup,
+    pub failure_policy: FailurePolicy,
+    /// Attempts before a row counts as failed.
+    pub max_attempts: i32,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+}
+
+impl OutboxSettings {
+    /// Delay before attempt `attempts + 1` of a row: exponential, capped.
+    pub fn retry_delay(&self, attempts: i32) -> Duration {
+        let factor = 2u32.saturating_pow(u32::try_from(attempts.max(0)).unwrap_or(u32::MAX).min(20));
+        self.retry_initial.saturating_mul(factor).min(self.retry_max)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("database error on outbox table {table}: {source}")]
+    Database {
+        table: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+/// What one batch did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub claimed: usize,
+    pub published: usize,
+    /// Rows that failed and will be tried again later.
+    pub retrying: usize,
+    /// Rows that reached `max_attempts` (held or moved, per policy).
+    pub failed: usize,
+    /// Kafka was unreachable: nothing in this batch was removed.
+    pub kafka_unavailable: bool,
+}
+
+/// Claims up to `batch_size` rows, publishes them, removes the acknowledged ones and records
+/// failures, all in one transaction.
+pub async fn process_batch(
+    client: &mut Client,
+    settings: &OutboxSettings,
+    producer: &dyn EventProducer,
+    metrics: &RelayMetrics,
+) -> Result<BatchOutcome, RelayError> {
+    let statements = &settings.statements;
+    let database = |source| RelayError::Database { table: statements.table.to_string(), source };
+    let transaction = client.transaction().await.map_err(database)?;
+    let rows = transaction.query(&statements.claim, &[&settings.batch_size]).await.map_err(database)?;
+    let rows: Vec<OutboxRow> = rows.iter().map(decode_row).collect::<Result<_, _>>().map_err(database)?;
+    let mut outcome = BatchOutcome { claimed: rows.len(), ..BatchOutcome::default() };
+    if rows.is_empty() {
+        transaction.commit().await.map_err(database)?;
+        return Ok(outcome);
+    }
+    metrics.observe_batch(rows.len());
+
+    // Rows of an aggregate after one that cannot go now stay for later, keeping its order.
+    let mut held_aggregates: HashSet<&str> = HashSet::new();
+    let mut to_send = Vec::with_capacity(rows.len());
+    let mut row_failures: Vec<(&OutboxRow, String, &'static str)> = Vec::new();
+    for row in &rows {
+        if held_aggregates.contains(row.aggregate_id.as_str()) {
+            continue;
+        }
+        match to_record(row, &settings.record) {
+            Ok(record) => to_send.push((row, record)),
+            Err(error) => {
+                held_aggregates.insert(&row.aggregate_id);
+                row_failures.push((row, error.to_string(), error.metric_label()));
+            }
+        }
+    }
+    let (sent_rows, records): (Vec<&OutboxRow>, Vec<_>) = to_send.into_iter().unzip();
+    let results = producer.send_all(records).await;
+    let acked_at = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default();
+
+    let mut acked_ids: Vec<&str> = Vec::with_capacity(sent_rows.len());
+    for (row, result) in sent_rows.iter().zip(results) {
+        // Only an unbroken prefix of each aggregate is removed: a row acknowledged after one that
+        // was not stays and is sent again after it (a duplicate, but never out of order).
+        if held_aggregates.contains(row.aggregate_id.as_str()) {
+            continue;
+        }
+        match result {
+            Ok(()) => {
+                acked_ids.push(&row.id);
+                metrics.observe_commit_to_ack(acked_at - row.created_at_epoch);
+            }
+            Err(ProduceError::Unavailable(message)) => {
+                held_aggregates.insert(&row.aggregate_id);
+                if !outcome.kafka_unavailable {
+                    warn!(event_id = %row.id, %message, "Kafka unavailable; batch left for later");
+                }
+                outcome.kafka_unavailable = true;
+            }
+            Err(rejected @ ProduceError::Rejected(_)) => {
+                held_aggregates.insert(&row.aggregate_id);
+                row_failures.push((row, rejected.to_string(), "rejected"));
+            }
+        }
+    }
+
+    if !acked_ids.is_empty() {
+        let cleanup = match settings.cleanup {
+            Cleanup::Delete => &statements.delete_published,
+            Cleanup::Mark { .. } => &statements.mark_published,
+        };
+        transaction.execute(cleanup, &[&acked_ids]).await.map_err(database)?;
+    }
+    for (row, error, reason) in &row_failures {
+        metrics.failed(reason);
+        if row.attempts + 1 >= settings.max_attempts {
+            let (statement, what) = match settings.failure_policy {
+                FailurePolicy::Block => (&statements.hold_failed, "held; its aggregate waits"),
+                FailurePolicy::Skip => (&statements.move_failed, "moved to the failed table"),
+            };
+            warn!(event_id = %row.id, aggregate_id = %row.aggregate_id, %error, "outbox row failed {} times, {what}", row.attempts + 1);
+            transaction.execute(statement, &[&row.id, error]).await.map_err(database)?;
+            outcome.failed += 1;
+        } else {
+            let delay = settings.retry_delay(row.attempts).as_secs_f64();
+            debug!(event_id = %row.id, %error, delay, "outbox row will be retried");
+            transaction.execute(&statements.schedule_retry, &[&row.id, error, &delay]).await.map_err(database)?;
+            outcome.retrying += 1;
+        }
+    }
+    transaction.commit().await.map_err(database)?;
+    outcome.published = acked_ids.len();
+    metrics.published(acked_ids.len());
+    Ok(outcome)
+}
+
+fn decode_row(row: &Row) -> Result<OutboxRow, tokio_postgres::Error> {
+    Ok(OutboxRow {
+        id: row.try_get(0)?,
+        aggregate_type: row.try_get(1)?,
+        aggregate_id: row.try_get(2)?,
+        event_type: row.try_get(3)?,
+        payload: row.try_get(4)?,
+        headers: row.try_get(5)?,
+        topic: row.try_get(6)?,
+        created_at: row.try_get(7)?,
+        created_at_epoch: row.try_get(8)?,
+        attempts: row.try_get(9)?,
+    })
+}
+
+/// Runs the migration: creates or completes the outbox table, idempotently.
+pub async fn migrate(client: &mut Client, statements: &Statements) -> Result<(), RelayError> {
+    let database = |source| RelayError::Database { table: statements.table.to_string(), source };
+    // One transaction: a failed migration leaves nothing half-made.
+    let transaction = client.transaction().await.map_err(database)?;
+    transaction.batch_execute(&statements.migration()).await.map_err(database)?;
+    transaction.commit().await.map_err(database)
+}
+
+/// Problems that keep the relay from running against a table.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaProblem {
+    #[error("outbox table {0} does not exist (run `tributary-relay migrate` first)")]
+    MissingTable(String),
+    #[error("outbox table {table} lacks column(s) {columns} (check the column flags, or run `tributary-relay migrate`)")]
+    MissingColumns { table: String, columns: String },
+    #[error("payload column {column} of {table} is {actual}, which does not hold {format} payloads")]
+    PayloadType { table: String, column: String, actual: String, format: &'static str },
+    #[error(transparent)]
+    Relay(#[from] RelayError),
+}
+
+/// Checks the table and columns exist and the payload column fits the format.
+pub async fn check_schema(client: &Client, statements: &Statements) -> Result<(), SchemaProblem> {
+    let table = &statements.table;
+    let database = |source| RelayError::Database { table: table.to_string(), source };
+    let columns = client
+        .query(
+            "SELECT column_name::text, data_type::text FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
+            &[&table.schema.name(), &table.name.name()],
+        )
+        .await
+        .map_err(database)?;
+    if columns.is_empty() {
+        return Err(SchemaProblem::MissingTable(table.to_string()));
+    }
+    let present: Vec<(String, String)> = columns.iter().map(|row| (row.get(0), row.get(1))).collect();
+    let missing: Vec<&str> =
+        statements.required_columns().into_iter().filter(|name| !present.iter().any(|(column, _)| column == name)).collect();
+    if !missing.is_empty() {
+        return Err(SchemaProblem::MissingColumns { table: table.to_string(), columns: missing.join(", ") });
+    }
+    let payload = statements.columns.payload.name();
+    let actual = present.iter().find(|(column, _)| column == payload).map(|(_, ty)| ty.clone()).unwrap_or_default();
+    let (fits, format) = match statements.format {
+        schema::PayloadFormat::Json => (matches!(actual.as_str(), "json" | "jsonb" | "text"), "JSON"),
+        schema::PayloadFormat::Binary => (actual == "bytea", "binary"),
+    };
+    if !fits {
+        return Err(SchemaProblem::PayloadType { table: table.to_string(), column: payload.to_owned(), actual, format });
+    }
+    Ok(())
+}
+
+/// Runs one worker until shutdown: batches back to back while rows keep coming, then waits for a
+/// NOTIFY or the poll interval. Reconnects and backs off on failure.
+pub async fn run_worker(
+    worker: usize,
+    connect: Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<Client, tokio_postgres::Error>> + Send + Sync>,
+    settings: Arc<OutboxSettings>,
+    producer: Arc<dyn EventProducer>,
+    metrics: Arc<RelayMetrics>,
+    wake: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut client: Option<Client> = None;
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+    while !*shutdown.borrow() {
+        let connection = match client.as_mut() {
+            Some(connection) if !connection.is_closed() => connection,
+            _ => match connect().await {
+                Ok(connection) => {
+                    metrics.set_database_ready(true);
+                    client.insert(connection)
+                }
+                Err(error) => {
+                    metrics.set_database_ready(false);
+                    warn!(worker, %error, "cannot connect to the database; retrying");
+                    sleep_or_shutdown(backoff.next(), &mut shutdown).await;
+                    continue;
+                }
+            },
+        };
+        match process_batch(connection, &settings, producer.as_ref(), &metrics).await {
+            Ok(outcome) if outcome.kafka_unavailable => {
+                metrics.set_kafka_ready(false);
+                sleep_or_shutdown(backoff.next(), &mut shutdown).await;
+            }
+            Ok(outcome) => {
+                metrics.set_kafka_ready(true);
+                metrics.set_database_ready(true);
+                backoff.reset();
+                if outcome.claimed < usize::try_from(settings.batch_size).unwrap_or(usize::MAX) {
+                    tokio::select! {
+                        () = wake.notified() => {}
+                        () = tokio::time::sleep(settings.poll_interval) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+            }
+            Err(error) => {
+                metrics.set_database_ready(false);
+                warn!(worker, %error, "outbox batch failed; reconnecting");
+                client = None;
+                sleep_or_shutdown(backoff.next(), &mut shutdown).await;
+            }
+        }
+    }
+    info!(worker, "worker stopped");
+}
+
+async fn sleep_or_shutdown(delay: Duration, shutdown: &mut watch::Receiver<bool>) {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => {}
+        _ = shutdown.changed() => {}
+    }
+}
+
+/// Capped exponential backoff for reconnects and outages.
+#[derive(Debug)]
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    fn new(initial: Duration, max: Duration) -> Self {
+        Backoff { initial, max, current: initial }
+    }
+
+    fn next(&mut self) -> Duration {
+        let delay = self.current;
+        self.current = (self.current * 2).min(self.max);
+        delay
+    }
+
+    fn reset(&mut self) {
+        self.current = self.initial;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_resets() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
+        let delays: Vec<_> = (0..4).map(|_| backoff.next().as_millis()).collect();
+        assert_eq!(delays, vec![100, 200, 350, 350]);
+        backoff.reset();
+        assert_eq!(backoff.next().as_millis(), 100);
+    }
+}

@@ -1,0 +1,291 @@
+//! The SQL the relay runs, built once from the configured table and column names (pure).
+//!
+//! Names come from configuration, never from rows; they are checked against a plain-identifier
+//! pattern and double-quoted, so they cannot inject SQL.
+
+use std::fmt;
+
+/// A plain SQL identifier (`[A-Za-z_][A-Za-z0-9_]*`, at most 63 bytes), stored quoted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ident(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} {name:?} is not a plain SQL identifier (letters, digits and '_', not starting with a digit, at most 63 characters)")]
+pub struct IdentError {
+    pub what: &'static str,
+    pub name: String,
+}
+
+impl Ident {
+    pub fn new(what: &'static str, name: &str) -> Result<Self, IdentError> {
+        let valid = !name.is_empty()
+            && name.len() <= 63
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !name.as_bytes()[0].is_ascii_digit();
+        if valid {
+            Ok(Ident(format!("\"{name}\"")))
+        } else {
+            Err(IdentError { what, name: name.to_owned() })
+        }
+    }
+
+    /// The bare name, for catalog lookups and messages.
+    pub fn name(&self) -> &str {
+        &self.0[1..self.0.len() - 1]
+    }
+}
+
+impl fmt::Display for Ident {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A table, optionally schema-qualified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    pub schema: Ident,
+    pub name: Ident,
+}
+
+impl Table {
+    /// Parses `outbox` or `app.outbox`; the schema defaults to `public`.
+    pub fn parse(qualified: &str) -> Result<Self, IdentError> {
+        match qualified.split_once('.') {
+            Some((schema, name)) => Ok(Table { schema: Ident::new("schema", schema)?, name: Ident::new("table", name)? }),
+            None => Ok(Table { schema: Ident::new("schema", "public")?, name: Ident::new("table", qualified)? }),
+        }
+    }
+
+    /// A sibling name derived from this table's, e.g. `outbox_failed`.
+    fn derived(&self, suffix: &str) -> Result<Table, IdentError> {
+        Ok(Table { schema: self.schema.clone(), name: Ident::new("table", &format!("{}_{suffix}", self.name.name()))? })
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// Which columns hold what. Defaults follow Debezium's outbox layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Columns {
+    pub id: Ident,
+    pub aggregate_type: Ident,
+    pub aggregate_id: Ident,
+    pub event_type: Ident,
+    pub payload: Ident,
+    pub headers: Option<Ident>,
+    pub topic: Option<Ident>,
+    pub created_at: Option<Ident>,
+}
+
+/// How the payload column is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadFormat {
+    /// json or jsonb (or text holding JSON), published as `application/json`.
+    Json,
+    /// bytea, published as-is.
+    Binary,
+}
+
+/// Columns the relay itself adds to the outbox table to keep order and track failures.
+pub const SEQ: &str = "tributary_seq";
+pub const ATTEMPTS: &str = "tributary_attempts";
+pub const NEXT_ATTEMPT_AT: &str = "tributary_next_attempt_at";
+pub const LAST_ERROR: &str = "tributary_last_error";
+pub const FAILED_AT: &str = "tributary_failed_at";
+pub const PUBLISHED_AT: &str = "tributary_published_at";
+
+/// Every statement the relay uses for one outbox table.
+#[derive(Debug, Clone)]
+pub struct Statements {
+    pub table: Table,
+    pub failed_table: Table,
+    pub columns: Columns,
+    pub format: PayloadFormat,
+    /// LISTEN/NOTIFY channel woken by inserts.
+    pub channel: String,
+    pub claim: String,
+    pub delete_published: String,
+    pub mark_published: String,
+    pub prune_published: String,
+    pub schedule_retry: String,
+    pub hold_failed: String,
+    pub move_failed: String,
+    pub count_pending: String,
+}
+
+impl Statements {
+    pub fn new(table: Table, columns: Columns, format: PayloadFormat) -> Result<Self, IdentError> {
+        let failed_table = table.derived("failed")?;
+        let channel = format!("tributary_outbox_{}_{}", table.schema.name(), table.name.name());
+        let c = &columns;
+        let t = &table;
+        let payload = match format {
+            PayloadFormat::Json => format!("convert_to(o.{}::text, 'UTF8')", c.payload),
+            PayloadFormat::Binary => format!("o.{}", c.payload),
+        };
+        let optional_text = |column: &Option<Ident>| column.as_ref().map_or("NULL::text".to_owned(), |name| format!("o.{name}::text"));
+        let created_at = c.created_at.as_ref().map_or("now()".to_owned(), |name| format!("o.{name}"));
+        // One aggregate is processed by one transaction at a time (an advisory lock per aggregate,
+        // held to commit), in insertion order, and never past an earlier row that is waiting for a
+        // retry or has failed: that is what keeps per-aggregate order with many relays.
+        let claim = format!(
+            "SELECT o.{id}::text, o.{agg_type}::text, o.{agg_id}::text, o.{ty}::text, {payload}, {headers}, {topic}, \
+             to_char({created_at} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+             extract(epoch from {created_at})::float8, o.{ATTEMPTS} \
+             FROM {t} o \
+             WHERE o.{PUBLISHED_AT} IS NULL AND o.{FAILED_AT} IS NULL \
+               AND (o.{NEXT_ATTEMPT_AT} IS NULL OR o.{NEXT_ATTEMPT_AT} <= now()) \
+               AND NOT EXISTS (SELECT 1 FROM {t} h WHERE h.{agg_id} = o.{agg_id} AND h.{SEQ} < o.{SEQ} \
+                               AND h.{PUBLISHED_AT} IS NULL \
+                               AND (h.{FAILED_AT} IS NOT NULL OR h.{NEXT_ATTEMPT_AT} > now())) \
+               AND pg_try_advisory_xact_lock(hashtext('{t}'), hashtext(o.{agg_id}::text)) \
+             ORDER BY o.{SEQ} LIMIT $1 FOR UPDATE SKIP LOCKED",
+            id = c.id,
+            agg_type = c.aggregate_type,
+            agg_id = c.aggregate_id,
+            ty = c.event_type,
+            headers = optional_text(&c.headers),
+            topic = optional_text(&c.topic),
+        );
+        let by_ids = format!("{id}::text = ANY($1)", id = c.id);
+        Ok(Statements {
+            delete_published: format!("DELETE FROM {t} WHERE {by_ids}"),
+            mark_published: format!("UPDATE {t} SET {PUBLISHED_AT} = now() WHERE {by_ids}"),
+            prune_published: format!("DELETE FROM {t} WHERE {PUBLISHED_AT} < now() - make_interval(secs => $1)"),
+            schedule_retry: format!(
+                "UPDATE {t} SET {ATTEMPTS} = {ATTEMPTS} + 1, {LAST_ERROR} = $2, \
+                 {NEXT_ATTEMPT_AT} = now() + make_interval(secs => $3) WHERE {id}::text = $1",
+                id = c.id
+            ),
+            hold_failed: format!(
+                "UPDATE {t} SET {ATTEMPTS} = {ATTEMPTS} + 1, {LAST_ERROR} = $2, {FAILED_AT} = now() WHERE {id}::text = $1",
+                id = c.id
+            ),
+            move_failed: format!(
+                "WITH moved AS (DELETE FROM {t} WHERE {id}::text = $1 RETURNING *) \
+                 INSERT INTO {failed_table} SELECT moved.*, $2::text, now() FROM moved",
+                id = c.id
+            ),
+            count_pending: format!("SELECT count(*) FROM {t} WHERE {PUBLISHED_AT} IS NULL AND {FAILED_AT} IS NULL"),
+            claim,
+            channel,
+            table,
+            failed_table,
+            columns,
+            format,
+        })
+    }
+
+    /// Idempotent DDL: the outbox table (when missing, with Debezium's columns), the relay's own
+    /// columns (added to an existing table too), indexes, the failed-rows table and the NOTIFY
+    /// trigger.
+    pub fn migration(&self) -> String {
+        let c = &self.columns;
+        let t = &self.table;
+        let payload_type = match self.format {
+            PayloadFormat::Json => "jsonb",
+            PayloadFormat::Binary => "bytea",
+        };
+        let mut optional = String::new();
+        if let Some(headers) = &c.headers {
+            optional.push_str(&format!(", {headers} jsonb"));
+        }
+        if let Some(topic) = &c.topic {
+            optional.push_str(&format!(", {topic} text"));
+        }
+        if let Some(created_at) = &c.created_at {
+            optional.push_str(&format!(", {created_at} timestamptz NOT NULL DEFAULT now()"));
+        }
+        let trigger_function = Ident(format!("\"{}_notify\"", self.table.name.name()));
+        let trigger = Ident(format!("\"{}_tributary_notify\"", self.table.name.name()));
+        let pending_index = Ident(format!("\"{}_tributary_pending\"", self.table.name.name()));
+        let held_index = Ident(format!("\"{}_tributary_held\"", self.table.name.name()));
+        let schema = &t.schema;
+        format!(
+            "SET client_min_messages = warning;\n\
+             CREATE TABLE IF NOT EXISTS {t} (\
+               {id} uuid PRIMARY KEY, {agg_type} text NOT NULL, {agg_id} text NOT NULL, {ty} text NOT NULL, \
+               {payload} {payload_type}{optional});\n\
+             ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {SEQ} bigserial, \
+               ADD COLUMN IF NOT EXISTS {ATTEMPTS} integer NOT NULL DEFAULT 0, \
+               ADD COLUMN IF NOT EXISTS {NEXT_ATTEMPT_AT} timestamptz, \
+               ADD COLUMN IF NOT EXISTS {LAST_ERROR} text, \
+               ADD COLUMN IF NOT EXISTS {FAILED_AT} timestamptz, \
+               ADD COLUMN IF NOT EXISTS {PUBLISHED_AT} timestamptz;\n\
+             CREATE INDEX IF NOT EXISTS {pending_index} ON {t} ({SEQ}) WHERE {PUBLISHED_AT} IS NULL AND {FAILED_AT} IS NULL;\n\
+             CREATE INDEX IF NOT EXISTS {held_index} ON {t} ({agg_id}, {SEQ}) \
+               WHERE {FAILED_AT} IS NOT NULL OR {NEXT_ATTEMPT_AT} IS NOT NULL;\n\
+             CREATE TABLE IF NOT EXISTS {failed} (LIKE {t} INCLUDING DEFAULTS);\n\
+             ALTER TABLE {failed} ADD COLUMN IF NOT EXISTS tributary_error text, \
+               ADD COLUMN IF NOT EXISTS tributary_moved_at timestamptz;\n\
+             CREATE OR REPLACE FUNCTION {schema}.{trigger_function}() RETURNS trigger LANGUAGE plpgsql AS \
+               $$ BEGIN PERFORM pg_notify('{channel}', ''); RETURN NULL; END $$;\n\
+             DROP TRIGGER IF EXISTS {trigger} ON {t};\n\
+             CREATE TRIGGER {trigger} AFTER INSERT ON {t} FOR EACH STATEMENT EXECUTE FUNCTION {schema}.{trigger_function}();\n",
+            id = c.id,
+            agg_type = c.aggregate_type,
+            agg_id = c.aggregate_id,
+            ty = c.event_type,
+            payload = c.payload,
+            failed = self.failed_table,
+            channel = self.channel,
+        )
+    }
+
+    /// Column names the table must have, for the start-up check.
+    pub fn required_columns(&self) -> Vec<&str> {
+        let c = &self.columns;
+        let mut names = vec![c.id.name(), c.aggregate_type.name(), c.aggregate_id.name(), c.event_type.name(), c.payload.name()];
+        names.extend([&c.headers, &c.topic, &c.created_at].into_iter().flatten().map(Ident::name));
+        names.extend([SEQ, ATTEMPTS, NEXT_ATTEMPT_AT, LAST_ERROR, FAILED_AT, PUBLISHED_AT]);
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn debezium_columns() -> Columns {
+        Columns {
+            id: Ident::new("column", "id").expect("valid"),
+            aggregate_type: Ident::new("column", "aggregatetype").expect("valid"),
+            aggregate_id: Ident::new("column", "aggregateid").expect("valid"),
+            event_type: Ident::new("column", "type").expect("valid"),
+            payload: Ident::new("column", "payload").expect("valid"),
+            headers: None,
+            topic: None,
+            created_at: None,
+        }
+    }
+
+    #[test]
+    fn identifiers_reject_anything_but_plain_names() {
+        assert_eq!(Ident::new("table", "outbox").expect("valid").to_string(), "\"outbox\"");
+        for bad in ["", "1outbox", "outbox; drop table x", "out\"box", "a-b", &"x".repeat(64)] {
+            assert!(Ident::new("table", bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(Table::parse("app.outbox").expect("valid").to_string(), "\"app\".\"outbox\"");
+        assert_eq!(Table::parse("outbox").expect("valid").to_string(), "\"public\".\"outbox\"");
+        assert!(Table::parse("a.b.c").is_err());
+    }
+
+    #[test]
+    fn claim_locks_per_aggregate_and_respects_held_rows() {
+        let statements = Statements::new(Table::parse("outbox").expect("valid"), debezium_columns(), PayloadFormat::Json).expect("valid");
+        let claim = &statements.claim;
+        assert!(
+            claim.contains("pg_try_advisory_xact_lock(hashtext('\"public\".\"outbox\"'), hashtext(o.\"aggregateid\"::text))"),
+            "{claim}"
+        );
+        assert!(claim.contains("ORDER BY o.tributary_seq LIMIT $1 FOR UPDATE SKIP LOCKED"), "{claim}");
+        assert!(claim.contains("NOT EXISTS"), "{claim}");
+        assert_eq!(statements.channel, "tributary_outbox_public_outbox");
+        assert_eq!(statements.failed_table.to_string(), "\"public\".\"outbox_failed\"");
+    }
+}

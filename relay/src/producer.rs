@@ -1,0 +1,194 @@
+//! Publishing records to Kafka: a trait the relay loop calls, an rdkafka implementation
+//! (idempotent, acks=all, pipelined) and an in-memory one for unit tests.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+
+/// A record ready to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingRecord {
+    pub topic: String,
+    pub key: Vec<u8>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl OutgoingRecord {
+    /// Size as the broker counts it, near enough to refuse oversized records before sending.
+    pub fn approximate_size(&self) -> usize {
+        let headers: usize = self.headers.iter().map(|(name, value)| name.len() + value.len() + 8).sum();
+        self.key.len() + self.payload.as_ref().map_or(0, Vec::len) + headers + 64
+    }
+}
+
+/// Why a record was not acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProduceError {
+    /// The broker is unreachable or slow: send again later, the record is fine.
+    #[error("Kafka unavailable: {0}")]
+    Unavailable(String),
+    /// The broker refused this record (too large, unknown topic, not authorized…).
+    #[error("Kafka rejected the record: {0}")]
+    Rejected(String),
+}
+
+/// Sends records and reports, in input order, whether each was acknowledged.
+#[async_trait]
+pub trait EventProducer: Send + Sync {
+    /// Queues every record at once (one pipelined batch), then waits for all acknowledgements.
+    async fn send_all(&self, records: Vec<OutgoingRecord>) -> Vec<Result<(), ProduceError>>;
+}
+
+/// How to reach Kafka.
+#[derive(Debug, Clone)]
+pub struct ProducerSettings {
+    pub bootstrap_servers: String,
+    pub properties_file: Option<PathBuf>,
+    /// Give up on a record (and retry the batch later) after this long.
+    pub delivery_timeout: Duration,
+    pub max_record_bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProducerError {
+    #[error(transparent)]
+    Properties(#[from] tributary_api::kafka_properties::PropertiesError),
+    #[error("cannot create the Kafka producer for {bootstrap_servers}: {source}")]
+    Create {
+        bootstrap_servers: String,
+        #[source]
+        source: KafkaError,
+    },
+}
+
+/// The production [`EventProducer`].
+pub struct RdKafkaProducer {
+    producer: FutureProducer,
+}
+
+impl RdKafkaProducer {
+    pub fn new(settings: &ProducerSettings) -> Result<Self, ProducerError> {
+        let mut config = ClientConfig::new();
+        if let Some(path) = &settings.properties_file {
+            for (key, value) in tributary_api::kafka_properties::read(path)? {
+                config.set(key, value);
+            }
+        }
+        config
+            .set("bootstrap.servers", &settings.bootstrap_servers)
+            // Nothing is lost or reordered: every replica acknowledges, retries keep order.
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", settings.delivery_timeout.as_millis().to_string())
+            .set("message.max.bytes", settings.max_record_bytes.to_string())
+            // Small linger: batches form under load without adding latency when idle.
+            .set("linger.ms", "1")
+            .set("batch.num.messages", "10000")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("compression.type", "lz4");
+        let producer =
+            config.create().map_err(|source| ProducerError::Create { bootstrap_servers: settings.bootstrap_servers.clone(), source })?;
+        Ok(RdKafkaProducer { producer })
+    }
+}
+
+#[async_trait]
+impl EventProducer for RdKafkaProducer {
+    async fn send_all(&self, records: Vec<OutgoingRecord>) -> Vec<Result<(), ProduceError>> {
+        let mut deliveries = Vec::with_capacity(records.len());
+        for record in &records {
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+            for (name, value) in &record.headers {
+                headers = headers.insert(Header { key: name, value: Some(value) });
+            }
+            let mut future_record = FutureRecord::to(&record.topic).key(&record.key).headers(headers);
+            if let Some(payload) = &record.payload {
+                future_record = future_record.payload(payload);
+            }
+            // `send` waits only when librdkafka's local queue is full; delivery is awaited below,
+            // so the whole batch is in flight at once.
+            deliveries.push(self.producer.send(future_record, Duration::from_secs(5)));
+        }
+        futures::future::join_all(deliveries)
+            .await
+            .into_iter()
+            .map(|delivery| delivery.map(drop).map_err(|(error, _)| classify(&error)))
+            .collect()
+    }
+}
+
+fn classify(error: &KafkaError) -> ProduceError {
+    use RDKafkaErrorCode as Code;
+    match error.rdkafka_error_code() {
+        Some(
+            Code::MessageSizeTooLarge
+            | Code::InvalidMessageSize
+            | Code::InvalidMessage
+            | Code::UnknownTopicOrPartition
+            | Code::UnknownTopic
+            | Code::TopicAuthorizationFailed
+            | Code::InvalidRecord
+            | Code::PolicyViolation,
+        ) => ProduceError::Rejected(error.to_string()),
+        _ => ProduceError::Unavailable(error.to_string()),
+    }
+}
+
+/// An in-memory [`EventProducer`] for unit tests: records what was sent; topics can be made to
+/// reject records or the whole broker to be unavailable.
+#[derive(Debug, Default)]
+pub struct FakeProducer {
+    state: Mutex<FakeState>,
+}
+
+#[derive(Debug, Default)]
+struct FakeState {
+    sent: Vec<OutgoingRecord>,
+    rejecting_topics: Vec<String>,
+    unavailable: bool,
+}
+
+impl FakeProducer {
+    fn state(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn sent(&self) -> Vec<OutgoingRecord> {
+        self.state().sent.clone()
+    }
+
+    pub fn reject_topic(&self, topic: &str) {
+        self.state().rejecting_topics.push(topic.to_owned());
+    }
+
+    pub fn set_unavailable(&self, unavailable: bool) {
+        self.state().unavailable = unavailable;
+    }
+}
+
+#[async_trait]
+impl EventProducer for FakeProducer {
+    async fn send_all(&self, records: Vec<OutgoingRecord>) -> Vec<Result<(), ProduceError>> {
+        let mut state = self.state();
+        records
+            .into_iter()
+            .map(|record| {
+                if state.unavailable {
+                    Err(ProduceError::Unavailable("fake broker is down".into()))
+                } else if state.rejecting_topics.contains(&record.topic) {
+                    Err(ProduceError::Rejected(format!("fake broker rejects topic {}", record.topic)))
+                } else {
+                    state.sent.push(record);
+                    Ok(())
+                }
+            })
+            .collect()
+    }
+}
