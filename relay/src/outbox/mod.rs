@@ -8,6 +8,8 @@
 //! order are never skipped. A crash before the commit leaves the rows in place: they are sent
 //! again, with the same `ce_id`.
 
+#[cfg(test)]
+mod pg_tests;
 pub mod record;
 pub mod schema;
 
