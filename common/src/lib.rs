@@ -1,3 +1,4 @@
 //! What every Tributary binary shares.
 
+pub mod logging;
 pub mod server;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use kube::runtime::events::{Recorder, Reporter};
 use prometheus_client::registry::Registry;
 
@@ -16,6 +16,7 @@ use crate::conditions::{Clock, SystemClock};
 use crate::event_topic::{self, sync::SyncMode};
 use crate::kafka::{KafkaConnection, RdKafkaTopicAdmin, TopicAdmin};
 use crate::metrics::Metrics;
+use tributary_common::logging::{self, LogFormat};
 use tributary_common::server::{self, Readiness};
 
 #[derive(Debug, Parser)]
@@ -26,12 +27,6 @@ pub struct Cli {
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,7 +120,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Runs a parsed command line; the exit code says how it went.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    init_tracing(cli.log_format);
+    logging::init(cli.log_format);
     match cli.command {
         Command::Run(args) => run_controllers(args).await.map(|()| ExitCode::SUCCESS),
         Command::Crdgen(args) => {
@@ -137,15 +132,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Apply(args) => run_apply(args).await,
         Command::BenchTopics(args) => run_bench(args).await.map(|()| ExitCode::SUCCESS),
-    }
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 

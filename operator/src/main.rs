@@ -5,11 +5,5 @@ use tributary_operator::cli::{self, Cli};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match cli::run(Cli::parse()).await {
-        Ok(code) => code,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    tributary_common::logging::exit_code(cli::run(Cli::parse()).await)
 }

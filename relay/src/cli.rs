@@ -13,6 +13,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{watch, Notify};
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 use tracing::{error, info, warn};
+use tributary_common::logging::{self, LogFormat};
 use tributary_common::server::{self, Readiness};
 
 use crate::metrics::RelayMetrics;
@@ -29,12 +30,6 @@ pub struct Cli {
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -205,7 +200,7 @@ fn check_bootstrap_servers(servers: &str) -> Result<(), String> {
 
 /// Exit codes: 0 after a clean shutdown, 2 for configuration the relay cannot run with.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    init_tracing(cli.log_format);
+    logging::init(cli.log_format);
     match cli.command {
         Command::Migrate(args) => {
             let statements = match args.table.statements() {
@@ -228,15 +223,6 @@ fn usage_error(error: impl std::fmt::Display) -> ExitCode {
     error!("{error}");
     eprintln!("error: {error}");
     ExitCode::from(2)
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 /// An error and its causes, `a: b: c` (tokio-postgres keeps the useful part in the causes).

@@ -1,0 +1,28 @@
+//! Logging set-up shared by the binaries: `--log-format text|json`, filtered by `RUST_LOG`
+//! (default `info`), written to stderr.
+
+use clap::ValueEnum;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the global subscriber. Call once, first thing.
+pub fn init(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// The process exit code of a binary's `run`: its own code, or 1 with the error chain on stderr.
+pub fn exit_code(result: anyhow::Result<std::process::ExitCode>) -> std::process::ExitCode {
+    result.unwrap_or_else(|error| {
+        eprintln!("error: {error:#}");
+        std::process::ExitCode::FAILURE
+    })
+}
