@@ -65,7 +65,7 @@ for arg in "$@"; do
       --example | --example=* | --examples | --doc | --all-targets) all_targets=false ;;
   esac
 done
-cargo_args=(test)
+cargo_args=(test --no-fail-fast)
 if $workspace; then cargo_args+=(--workspace); fi
 if $all_targets; then cargo_args+=(--all-targets); fi
 # --locked keeps CI honest about Cargo.lock; without a lock file it cannot apply.
