@@ -38,6 +38,9 @@ pub enum Command {
     Migrate(Box<MigrateArgs>),
     /// Relay outbox rows to Kafka until SIGTERM.
     Outbox(Box<OutboxArgs>),
+    /// Benchmark: relay throughput and commit→ack latency against a real database and broker,
+    /// beside PostgreSQL-only and Kafka-only baselines; prints name=value lines.
+    Bench(Box<crate::bench::BenchArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -216,6 +219,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Outbox(args) => run_outbox(*args).await,
+        Command::Bench(args) => crate::bench::run(*args).await,
     }
 }
 

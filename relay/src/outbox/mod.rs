@@ -103,7 +103,8 @@ pub async fn process_batch(
     let database = |source| RelayError::Database { table: statements.table.to_string(), source };
     let transaction = client.transaction().await.map_err(database)?;
     let rows = transaction.query(&statements.claim, &[&settings.batch_size]).await.map_err(database)?;
-    let rows: Vec<OutboxRow> = rows.iter().map(decode_row).collect::<Result<_, _>>().map_err(database)?;
+    let rows: Vec<OutboxRow> =
+        rows.iter().map(|row| decode_row(row, settings.record.format)).collect::<Result<_, _>>().map_err(database)?;
     let mut outcome = BatchOutcome { claimed: rows.len(), ..BatchOutcome::default() };
     if rows.is_empty() {
         transaction.commit().await.map_err(database)?;
@@ -131,7 +132,7 @@ pub async fn process_batch(
     let results = producer.send_all(records).await;
     let acked_at = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default();
 
-    let mut acked_ids: Vec<&str> = Vec::with_capacity(sent_rows.len());
+    let mut acked_seqs: Vec<i64> = Vec::with_capacity(sent_rows.len());
     for (row, result) in sent_rows.iter().zip(results) {
         // Only an unbroken prefix of each aggregate is removed: a row acknowledged after one that
         // was not stays and is sent again after it (a duplicate, but never out of order).
@@ -140,7 +141,7 @@ pub async fn process_batch(
         }
         match result {
             Ok(()) => {
-                acked_ids.push(&row.id);
+                acked_seqs.push(row.seq);
                 metrics.observe_commit_to_ack(acked_at - row.created_at_epoch);
             }
             Err(ProduceError::Unavailable(message)) => {
@@ -157,12 +158,12 @@ pub async fn process_batch(
         }
     }
 
-    if !acked_ids.is_empty() {
+    if !acked_seqs.is_empty() {
         let cleanup = match settings.cleanup {
             Cleanup::Delete => &statements.delete_published,
             Cleanup::Mark { .. } => &statements.mark_published,
         };
-        transaction.execute(cleanup, &[&acked_ids]).await.map_err(database)?;
+        transaction.execute(cleanup, &[&acked_seqs]).await.map_err(database)?;
     }
     for (row, error, reason) in &row_failures {
         metrics.failed(reason);
@@ -172,34 +173,60 @@ pub async fn process_batch(
                 FailurePolicy::Skip => (&statements.move_failed, "moved to the failed table"),
             };
             warn!(event_id = %row.id, aggregate_id = %row.aggregate_id, %error, "outbox row failed {} times, {what}", row.attempts + 1);
-            transaction.execute(statement, &[&row.id, error]).await.map_err(database)?;
+            transaction.execute(statement, &[&row.seq, error]).await.map_err(database)?;
             outcome.failed += 1;
         } else {
             let delay = settings.retry_delay(row.attempts).as_secs_f64();
             debug!(event_id = %row.id, %error, delay, "outbox row will be retried");
-            transaction.execute(&statements.schedule_retry, &[&row.id, error, &delay]).await.map_err(database)?;
+            transaction.execute(&statements.schedule_retry, &[&row.seq, error, &delay]).await.map_err(database)?;
             outcome.retrying += 1;
         }
     }
     transaction.commit().await.map_err(database)?;
-    outcome.published = acked_ids.len();
-    metrics.published(acked_ids.len());
+    outcome.published = acked_seqs.len();
+    metrics.published(acked_seqs.len());
     Ok(outcome)
 }
 
-fn decode_row(row: &Row) -> Result<OutboxRow, tokio_postgres::Error> {
+/// A row of [`Statements::claim`](schema::Statements), in its column order.
+pub(crate) fn decode_row(row: &Row, format: schema::PayloadFormat) -> Result<OutboxRow, tokio_postgres::Error> {
+    // JSON arrives as text (PostgreSQL renders jsonb once, no bytea copy); the commit time as a
+    // timestamp, formatted here rather than by to_char for every row.
+    let payload = match format {
+        schema::PayloadFormat::Json => row.try_get::<_, Option<String>>(4)?.map(String::into_bytes),
+        schema::PayloadFormat::Binary => row.try_get(4)?,
+    };
+    let since_epoch = row.try_get::<_, SystemTime>(7)?.duration_since(UNIX_EPOCH).unwrap_or_default();
     Ok(OutboxRow {
         id: row.try_get(0)?,
         aggregate_type: row.try_get(1)?,
         aggregate_id: row.try_get(2)?,
         event_type: row.try_get(3)?,
-        payload: row.try_get(4)?,
+        payload,
         headers: row.try_get(5)?,
         topic: row.try_get(6)?,
-        created_at: row.try_get(7)?,
-        created_at_epoch: row.try_get(8)?,
-        attempts: row.try_get(9)?,
+        created_at: rfc3339_micros(since_epoch),
+        created_at_epoch: since_epoch.as_secs_f64(),
+        attempts: row.try_get(8)?,
+        seq: row.try_get(9)?,
     })
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC) of a time since the epoch.
+fn rfc3339_micros(since_epoch: Duration) -> String {
+    let seconds = since_epoch.as_secs();
+    let of_day = seconds % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's days_from_civil, inverted).
+    let days = i64::try_from(seconds / 86_400).unwrap_or(i64::MAX - 719_468) + 719_468;
+    let (era, day_of_era) = (days.div_euclid(146_097), days.rem_euclid(146_097));
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    let (hour, minute, second) = (of_day / 3600, of_day % 3600 / 60, of_day % 60);
+    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{:06}Z", since_epoch.subsec_micros())
 }
 
 /// Runs the migration: creates or completes the outbox table, idempotently.
@@ -355,5 +382,13 @@ mod tests {
         assert_eq!(delays, vec![100, 200, 350, 350]);
         backoff.reset();
         assert_eq!(backoff.next().as_millis(), 100);
+    }
+
+    #[test]
+    fn commit_times_format_as_rfc3339_utc_with_microseconds() {
+        assert_eq!(rfc3339_micros(Duration::ZERO), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(rfc3339_micros(Duration::from_micros(1_795_000_000_123_456)), "2026-11-18T11:06:40.123456Z");
+        assert_eq!(rfc3339_micros(Duration::from_secs(951_782_400)), "2000-02-29T00:00:00.000000Z");
+        assert_eq!(rfc3339_micros(Duration::from_secs(4_107_542_399)), "2100-02-28T23:59:59.000000Z");
     }
 }

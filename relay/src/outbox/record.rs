@@ -21,6 +21,8 @@ pub struct OutboxRow {
     /// Seconds since the epoch of `created_at`, for the commit→ack latency.
     pub created_at_epoch: f64,
     pub attempts: i32,
+    /// The relay's sequence number of the row (`tributary_seq`): how the relay updates it.
+    pub seq: i64,
 }
 
 /// Where rows go: the topic column, the routes by aggregate type, then `<prefix><aggregate type>`.
@@ -140,6 +142,7 @@ pub(crate) mod tests {
             created_at: "2026-11-24T12:00:00.000000Z".into(),
             created_at_epoch: 0.0,
             attempts: 0,
+            seq: 0,
         }
     }
 

@@ -63,6 +63,19 @@ impl Table {
     }
 }
 
+/// The NOTIFY channel of a table: `tributary_outbox_<schema>_<table>`, or, past PostgreSQL's 63
+/// bytes (where `pg_notify` raises "channel name too long" and so fails every INSERT), its first 46
+/// bytes and a hash of the whole name. Names are ASCII, so cutting at a byte is safe.
+fn channel_name(table: &Table) -> String {
+    let full = format!("tributary_outbox_{}_{}", table.schema.name(), table.name.name());
+    if full.len() <= 63 {
+        return full;
+    }
+    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    let hash = full.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3));
+    format!("{}_{hash:016x}", &full[..46])
+}
+
 impl fmt::Display for Table {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}", self.schema, self.name)
@@ -121,11 +134,11 @@ pub struct Statements {
 impl Statements {
     pub fn new(table: Table, columns: Columns, format: PayloadFormat) -> Result<Self, IdentError> {
         let failed_table = table.derived("failed")?;
-        let channel = format!("tributary_outbox_{}_{}", table.schema.name(), table.name.name());
+        let channel = channel_name(&table);
         let c = &columns;
         let t = &table;
         let payload = match format {
-            PayloadFormat::Json => format!("convert_to(o.{}::text, 'UTF8')", c.payload),
+            PayloadFormat::Json => format!("o.{}::text", c.payload),
             PayloadFormat::Binary => format!("o.{}", c.payload),
         };
         let optional_text = |column: &Option<Ident>| column.as_ref().map_or("NULL::text".to_owned(), |name| format!("o.{name}::text"));
@@ -135,8 +148,7 @@ impl Statements {
         // retry or has failed: that is what keeps per-aggregate order with many relays.
         let claim = format!(
             "SELECT o.{id}::text, o.{agg_type}::text, o.{agg_id}::text, o.{ty}::text, {payload}, {headers}, {topic}, \
-             to_char({created_at} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
-             extract(epoch from {created_at})::float8, o.{ATTEMPTS} \
+             {created_at}, o.{ATTEMPTS}, o.{SEQ} \
              FROM {t} o \
              WHERE o.{PUBLISHED_AT} IS NULL AND o.{FAILED_AT} IS NULL \
                AND (o.{NEXT_ATTEMPT_AT} IS NULL OR o.{NEXT_ATTEMPT_AT} <= now()) \
@@ -152,24 +164,23 @@ impl Statements {
             headers = optional_text(&c.headers),
             topic = optional_text(&c.topic),
         );
-        let by_ids = format!("{id}::text = ANY($1)", id = c.id);
+        // Claimed rows by their sequence number (bigint, whatever the id column's type), through
+        // the pending index: claimed rows are pending and locked until this transaction ends.
+        let pending = format!("{PUBLISHED_AT} IS NULL AND {FAILED_AT} IS NULL");
+        let by_seqs = format!("{pending} AND {SEQ} = ANY($1)");
+        let by_seq = format!("{pending} AND {SEQ} = $1");
         Ok(Statements {
-            delete_published: format!("DELETE FROM {t} WHERE {by_ids}"),
-            mark_published: format!("UPDATE {t} SET {PUBLISHED_AT} = now() WHERE {by_ids}"),
+            delete_published: format!("DELETE FROM {t} WHERE {by_seqs}"),
+            mark_published: format!("UPDATE {t} SET {PUBLISHED_AT} = now() WHERE {by_seqs}"),
             prune_published: format!("DELETE FROM {t} WHERE {PUBLISHED_AT} < now() - make_interval(secs => $1)"),
             schedule_retry: format!(
                 "UPDATE {t} SET {ATTEMPTS} = {ATTEMPTS} + 1, {LAST_ERROR} = $2, \
-                 {NEXT_ATTEMPT_AT} = now() + make_interval(secs => $3) WHERE {id}::text = $1",
-                id = c.id
+                 {NEXT_ATTEMPT_AT} = now() + make_interval(secs => $3) WHERE {by_seq}"
             ),
-            hold_failed: format!(
-                "UPDATE {t} SET {ATTEMPTS} = {ATTEMPTS} + 1, {LAST_ERROR} = $2, {FAILED_AT} = now() WHERE {id}::text = $1",
-                id = c.id
-            ),
+            hold_failed: format!("UPDATE {t} SET {ATTEMPTS} = {ATTEMPTS} + 1, {LAST_ERROR} = $2, {FAILED_AT} = now() WHERE {by_seq}"),
             move_failed: format!(
-                "WITH moved AS (DELETE FROM {t} WHERE {id}::text = $1 RETURNING *) \
-                 INSERT INTO {failed_table} SELECT moved.*, $2::text, now() FROM moved",
-                id = c.id
+                "WITH moved AS (DELETE FROM {t} WHERE {by_seq} RETURNING *) \
+                 INSERT INTO {failed_table} SELECT moved.*, $2::text, now() FROM moved"
             ),
             count_pending: format!("SELECT count(*) FROM {t} WHERE {PUBLISHED_AT} IS NULL AND {FAILED_AT} IS NULL"),
             claim,
@@ -285,7 +296,18 @@ mod tests {
         );
         assert!(claim.contains("ORDER BY o.tributary_seq LIMIT $1 FOR UPDATE SKIP LOCKED"), "{claim}");
         assert!(claim.contains("NOT EXISTS"), "{claim}");
+        // Claimed rows are updated by tributary_seq through the pending index, never by id::text
+        // (a sequential scan of the whole table per batch).
+        assert_eq!(
+            statements.delete_published,
+            "DELETE FROM \"public\".\"outbox\" WHERE tributary_published_at IS NULL AND tributary_failed_at IS NULL AND tributary_seq = ANY($1)"
+        );
+        assert!(!statements.schedule_retry.contains("::text = $1"), "{}", statements.schedule_retry);
         assert_eq!(statements.channel, "tributary_outbox_public_outbox");
+        let long = Table::parse("outbox_for_the_order_service_ledger_v2xy").expect("valid");
+        let other = Table::parse("outbox_for_the_order_service_ledger_v2xz").expect("valid");
+        assert_eq!(channel_name(&long).len(), 63);
+        assert_ne!(channel_name(&long), channel_name(&other));
         assert_eq!(statements.failed_table.to_string(), "\"public\".\"outbox_failed\"");
     }
 }
