@@ -305,7 +305,12 @@ async fn run_outbox(args: OutboxArgs) -> anyhow::Result<ExitCode> {
     let readiness = Readiness::default();
     let mut registry = Registry::default();
     let metrics = Arc::new(RelayMetrics::register(&mut registry, readiness.clone()));
-    tokio::spawn(server::serve(args.listen_address, Arc::new(registry), readiness));
+    let listen_address = args.listen_address;
+    tokio::spawn(async move {
+        if let Err(error) = server::serve(listen_address, Arc::new(registry), readiness).await {
+            error!(%error, %listen_address, "the /metrics, /healthz and /readyz server stopped");
+        }
+    });
 
     let (shutdown_tx, shutdown) = watch::channel(false);
     let wakers: Vec<Arc<Notify>> = (0..args.workers).map(|_| Arc::new(Notify::new())).collect();

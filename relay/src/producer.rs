@@ -70,7 +70,9 @@ pub enum ProducerError {
 
 /// The production [`EventProducer`].
 pub struct RdKafkaProducer {
-    producer: FutureProducer,
+    config: ClientConfig,
+    /// Replaced when it can no longer deliver (see `replace`).
+    producer: std::sync::RwLock<FutureProducer>,
 }
 
 impl RdKafkaProducer {
@@ -95,13 +97,40 @@ impl RdKafkaProducer {
             .set("compression.type", "lz4");
         let producer =
             config.create().map_err(|source| ProducerError::Create { bootstrap_servers: settings.bootstrap_servers.clone(), source })?;
-        Ok(RdKafkaProducer { producer })
+        Ok(RdKafkaProducer { config, producer: std::sync::RwLock::new(producer) })
+    }
+
+    fn current(&self) -> FutureProducer {
+        self.producer.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// Starts a new producer after a batch failed in a way the idempotent producer does not
+    /// recover from by itself: a fatal error (e.g. UNKNOWN_PRODUCER_ID with retries in flight), or
+    /// producer-state errors and timeouts after the broker lost its producer state (librdkafka
+    /// then bumps the epoch locally and a broker that never saw the producer id keeps refusing
+    /// it). The new producer asks the broker for a producer id again. Rows of the failed batch
+    /// are still in the table and are sent again, in order.
+    fn replace(&self, used: &FutureProducer, why: &str) {
+        let mut current = self.producer.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !same_producer(&current, used) {
+            return; // another worker replaced it already
+        }
+        match self.config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                tracing::warn!(reason = why, "replacing the Kafka producer");
+                let old = std::mem::replace(&mut *current, fresh);
+                // Dropping purges and flushes (up to 500 ms): not on the async workers.
+                std::thread::spawn(move || drop(old));
+            }
+            Err(error) => tracing::warn!(%error, "cannot replace the Kafka producer; retrying later"),
+        }
     }
 }
 
 #[async_trait]
 impl EventProducer for RdKafkaProducer {
     async fn send_all(&self, records: Vec<OutgoingRecord>) -> Vec<Result<(), ProduceError>> {
+        let producer = self.current();
         let mut deliveries = Vec::with_capacity(records.len());
         for record in &records {
             let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
@@ -114,14 +143,53 @@ impl EventProducer for RdKafkaProducer {
             }
             // `send` waits only when librdkafka's local queue is full; delivery is awaited below,
             // so the whole batch is in flight at once.
-            deliveries.push(self.producer.send(future_record, Duration::from_secs(5)));
+            deliveries.push(producer.send(future_record, Duration::from_secs(5)));
         }
-        futures::future::join_all(deliveries)
+        let mut stuck = None;
+        let results: Vec<_> = futures::future::join_all(deliveries)
             .await
             .into_iter()
-            .map(|delivery| delivery.map(drop).map_err(|(error, _)| classify(&error)))
-            .collect()
+            .map(|delivery| {
+                delivery.map(drop).map_err(|(error, _)| {
+                    if stuck.is_none() && needs_new_producer(&error) {
+                        stuck = Some(error.to_string());
+                    }
+                    classify(&error)
+                })
+            })
+            .collect();
+        {
+            use rdkafka::producer::Producer;
+            if let Some((_, reason)) = producer.client().fatal_error() {
+                stuck = Some(format!("fatal error: {reason}"));
+            }
+        }
+        if let Some(why) = stuck {
+            self.replace(&producer, &why);
+        }
+        results
     }
+}
+
+fn same_producer(a: &FutureProducer, b: &FutureProducer) -> bool {
+    use rdkafka::producer::Producer;
+    std::ptr::eq(a.client().native_ptr(), b.client().native_ptr())
+}
+
+fn needs_new_producer(error: &KafkaError) -> bool {
+    use RDKafkaErrorCode as Code;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            Code::Fatal
+                | Code::MessageTimedOut
+                | Code::UnknownProducerId
+                | Code::OutOfOrderSequenceNumber
+                | Code::InvalidProducerEpoch
+                | Code::InvalidProducerIdMapping
+                | Code::ProducerFenced
+        )
+    )
 }
 
 fn classify(error: &KafkaError) -> ProduceError {

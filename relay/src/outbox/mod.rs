@@ -112,8 +112,20 @@ pub async fn process_batch(
     }
     metrics.observe_batch(rows.len());
 
+    // The claim takes each aggregate's advisory lock row by row while it scans. When another
+    // transaction holding an aggregate ends during that scan (commit, rollback, a killed relay),
+    // the scan has skipped the aggregate's earlier rows (lock taken) and then claims later ones
+    // (lock free): publishing those would overtake the earlier rows. A statement of its own sees
+    // every earlier row; such aggregates wait for the next batch (their lock is ours until then).
+    let claimed: Vec<i64> = rows.iter().map(|row| row.seq).collect();
+    let behind: Vec<String> =
+        transaction.query(&statements.unclaimed_predecessors, &[&claimed]).await.map_err(database)?.iter().map(|row| row.get(0)).collect();
+    if !behind.is_empty() {
+        debug!(aggregates = behind.len(), "claimed rows behind unclaimed earlier rows of their aggregate; left for the next batch");
+    }
+
     // Rows of an aggregate after one that cannot go now stay for later, keeping its order.
-    let mut held_aggregates: HashSet<&str> = HashSet::new();
+    let mut held_aggregates: HashSet<&str> = behind.iter().map(String::as_str).collect();
     let mut to_send = Vec::with_capacity(rows.len());
     let mut row_failures: Vec<(&OutboxRow, String, &'static str)> = Vec::new();
     for row in &rows {

@@ -129,6 +129,10 @@ pub struct Statements {
     pub hold_failed: String,
     pub move_failed: String,
     pub count_pending: String,
+    /// Of the aggregates of the claimed rows (sequence numbers $1), those with an earlier
+    /// unpublished row that was not claimed. Run after the claim, as a statement of its own: it
+    /// sees every commit of earlier lock holders.
+    pub unclaimed_predecessors: String,
 }
 
 impl Statements {
@@ -183,6 +187,12 @@ impl Statements {
                  INSERT INTO {failed_table} SELECT moved.*, $2::text, now() FROM moved"
             ),
             count_pending: format!("SELECT count(*) FROM {t} WHERE {PUBLISHED_AT} IS NULL AND {FAILED_AT} IS NULL"),
+            unclaimed_predecessors: format!(
+                "SELECT DISTINCT o.{agg_id}::text FROM {t} o WHERE o.{SEQ} = ANY($1) \
+                 AND EXISTS (SELECT 1 FROM {t} e WHERE e.{agg_id} = o.{agg_id} AND e.{SEQ} < o.{SEQ} \
+                             AND e.{PUBLISHED_AT} IS NULL AND NOT e.{SEQ} = ANY($1))",
+                agg_id = c.aggregate_id,
+            ),
             claim,
             channel,
             table,
@@ -216,6 +226,7 @@ impl Statements {
         let trigger = Ident(format!("\"{}_tributary_notify\"", self.table.name.name()));
         let pending_index = Ident(format!("\"{}_tributary_pending\"", self.table.name.name()));
         let held_index = Ident(format!("\"{}_tributary_held\"", self.table.name.name()));
+        let aggregate_index = Ident(format!("\"{}_tributary_aggregate\"", self.table.name.name()));
         let schema = &t.schema;
         format!(
             "SET client_min_messages = warning;\n\
@@ -231,6 +242,7 @@ impl Statements {
              CREATE INDEX IF NOT EXISTS {pending_index} ON {t} ({SEQ}) WHERE {PUBLISHED_AT} IS NULL AND {FAILED_AT} IS NULL;\n\
              CREATE INDEX IF NOT EXISTS {held_index} ON {t} ({agg_id}, {SEQ}) \
                WHERE {FAILED_AT} IS NOT NULL OR {NEXT_ATTEMPT_AT} IS NOT NULL;\n\
+             CREATE INDEX IF NOT EXISTS {aggregate_index} ON {t} ({agg_id}, {SEQ}) WHERE {PUBLISHED_AT} IS NULL;\n\
              CREATE TABLE IF NOT EXISTS {failed} (LIKE {t} INCLUDING DEFAULTS);\n\
              ALTER TABLE {failed} ADD COLUMN IF NOT EXISTS tributary_error text, \
                ADD COLUMN IF NOT EXISTS tributary_moved_at timestamptz;\n\
