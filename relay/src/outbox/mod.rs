@@ -117,9 +117,17 @@ pub async fn process_batch(
     // the scan has skipped the aggregate's earlier rows (lock taken) and then claims later ones
     // (lock free): publishing those would overtake the earlier rows. A statement of its own sees
     // every earlier row; such aggregates wait for the next batch (their lock is ours until then).
-    let claimed: Vec<i64> = rows.iter().map(|row| row.seq).collect();
-    let behind: Vec<String> =
-        transaction.query(&statements.unclaimed_predecessors, &[&claimed]).await.map_err(database)?.iter().map(|row| row.get(0)).collect();
+    // Later claimed rows of an aggregate follow its first one without gaps (once the scan holds
+    // the aggregate's lock it takes every row it meets), so checking the first one suffices.
+    let mut seen_aggregates = HashSet::new();
+    let first_claimed: Vec<i64> = rows.iter().filter(|row| seen_aggregates.insert(row.aggregate_id.as_str())).map(|row| row.seq).collect();
+    let behind: Vec<String> = transaction
+        .query(&statements.unclaimed_predecessors, &[&first_claimed])
+        .await
+        .map_err(database)?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
     if !behind.is_empty() {
         debug!(aggregates = behind.len(), "claimed rows behind unclaimed earlier rows of their aggregate; left for the next batch");
     }

@@ -129,9 +129,9 @@ pub struct Statements {
     pub hold_failed: String,
     pub move_failed: String,
     pub count_pending: String,
-    /// Of the aggregates of the claimed rows (sequence numbers $1), those with an earlier
-    /// unpublished row that was not claimed. Run after the claim, as a statement of its own: it
-    /// sees every commit of earlier lock holders.
+    /// Of the first claimed row of each aggregate (sequence numbers $1), the aggregates that
+    /// still have an earlier unpublished row. Run after the claim, as a statement of its own: it
+    /// sees every commit of earlier lock holders. One index probe per aggregate.
     pub unclaimed_predecessors: String,
 }
 
@@ -188,9 +188,9 @@ impl Statements {
             ),
             count_pending: format!("SELECT count(*) FROM {t} WHERE {PUBLISHED_AT} IS NULL AND {FAILED_AT} IS NULL"),
             unclaimed_predecessors: format!(
-                "SELECT DISTINCT o.{agg_id}::text FROM {t} o WHERE o.{SEQ} = ANY($1) \
+                "SELECT o.{agg_id}::text FROM {t} o WHERE o.{SEQ} = ANY($1) \
                  AND EXISTS (SELECT 1 FROM {t} e WHERE e.{agg_id} = o.{agg_id} AND e.{SEQ} < o.{SEQ} \
-                             AND e.{PUBLISHED_AT} IS NULL AND NOT e.{SEQ} = ANY($1))",
+                             AND e.{PUBLISHED_AT} IS NULL)",
                 agg_id = c.aggregate_id,
             ),
             claim,
