@@ -659,17 +659,7 @@ impl RunningRelay {
         });
         listen_client.batch_execute(&format!("LISTEN \"{}\"", settings.statements.channel)).await.context("LISTEN")?;
 
-        let url = url.to_owned();
-        let connector: Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<Client, tokio_postgres::Error>> + Send + Sync> =
-            Arc::new(move || {
-                let url = url.clone();
-                async move {
-                    let (client, connection) = tokio_postgres::connect(&url, NoTls).await?;
-                    tokio::spawn(connection.map(drop));
-                    Ok(client)
-                }
-                .boxed()
-            });
+        let connector = outbox::connector(url.to_owned());
         let (shutdown, shutdown_receiver) = watch::channel(false);
         let workers = wakers
             .into_iter()

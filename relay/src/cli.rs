@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use prometheus_client::registry::Registry;
 use tokio::sync::{watch, Notify};
 use tokio_postgres::{AsyncMessage, Client, NoTls};
@@ -314,18 +314,7 @@ async fn run_outbox(args: OutboxArgs) -> anyhow::Result<ExitCode> {
 
     let (shutdown_tx, shutdown) = watch::channel(false);
     let wakers: Vec<Arc<Notify>> = (0..args.workers).map(|_| Arc::new(Notify::new())).collect();
-    let connector: Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<Client, tokio_postgres::Error>> + Send + Sync> = {
-        let url = database_url.clone();
-        Arc::new(move || {
-            let url = url.clone();
-            async move {
-                let (client, connection) = tokio_postgres::connect(&url, NoTls).await?;
-                tokio::spawn(connection.map(drop));
-                Ok(client)
-            }
-            .boxed()
-        })
-    };
+    let connector = outbox::connector(database_url.clone());
     let mut workers = Vec::new();
     for (index, wake) in wakers.iter().enumerate() {
         workers.push(tokio::spawn(outbox::run_worker(

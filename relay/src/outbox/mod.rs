@@ -303,11 +303,28 @@ pub async fn check_schema(client: &Client, statements: &Statements) -> Result<()
     Ok(())
 }
 
+/// Opens a new database connection for a worker (driving it in the background).
+pub type Connector = Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<Client, tokio_postgres::Error>> + Send + Sync>;
+
+/// A [`Connector`] for a PostgreSQL URL, without TLS.
+pub fn connector(url: String) -> Connector {
+    use futures::FutureExt;
+    Arc::new(move || {
+        let url = url.clone();
+        async move {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+            tokio::spawn(connection.map(drop));
+            Ok(client)
+        }
+        .boxed()
+    })
+}
+
 /// Runs one worker until shutdown: batches back to back while rows keep coming, then waits for a
 /// NOTIFY or the poll interval. Reconnects and backs off on failure.
 pub async fn run_worker(
     worker: usize,
-    connect: Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<Client, tokio_postgres::Error>> + Send + Sync>,
+    connect: Connector,
     settings: Arc<OutboxSettings>,
     producer: Arc<dyn EventProducer>,
     metrics: Arc<RelayMetrics>,
