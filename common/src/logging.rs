@@ -1,12 +1,20 @@
 //! Logging set-up shared by the binaries: `--log-format text|json`, filtered by `RUST_LOG`
 //! (default `info`), written to stderr.
 
-use clap::ValueEnum;
+use clap::{Args, ValueEnum};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// The logging flags every binary takes (`#[command(flatten)]` into its top-level parser).
+#[derive(Debug, Args)]
+pub struct LoggingArgs {
+    /// Log format.
+    #[arg(long, global = true, env = "TRIBUTARY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 /// Installs the global subscriber. Call once, first thing.

@@ -16,15 +16,14 @@ use crate::conditions::{Clock, SystemClock};
 use crate::event_topic::{self, sync::SyncMode};
 use crate::kafka::{KafkaConnection, RdKafkaTopicAdmin, TopicAdmin};
 use crate::metrics::Metrics;
-use tributary_common::logging::{self, LogFormat};
+use tributary_common::logging::{self, LoggingArgs};
 use tributary_common::server::{self, Readiness};
 
 #[derive(Debug, Parser)]
 #[command(name = "tributary-operator", version, about = "Reconciles tributary.dev resources into Kafka and workloads")]
 pub struct Cli {
-    /// Log format.
-    #[arg(long, global = true, env = "TRIBUTARY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub logging: LoggingArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -120,7 +119,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Runs a parsed command line; the exit code says how it went.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    logging::init(cli.log_format);
+    logging::init(cli.logging.log_format);
     match cli.command {
         Command::Run(args) => run_controllers(args).await.map(|()| ExitCode::SUCCESS),
         Command::Crdgen(args) => {

@@ -13,7 +13,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{watch, Notify};
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 use tracing::{error, info, warn};
-use tributary_common::logging::{self, LogFormat};
+use tributary_common::logging::{self, LoggingArgs};
 use tributary_common::server::{self, Readiness};
 
 use crate::metrics::RelayMetrics;
@@ -25,9 +25,8 @@ use crate::producer::{EventProducer, ProducerSettings, RdKafkaProducer};
 #[derive(Debug, Parser)]
 #[command(name = "tributary-relay", version, about = "Tributary's data plane: the transactional-outbox relay")]
 pub struct Cli {
-    /// Log format.
-    #[arg(long, global = true, env = "TRIBUTARY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub logging: LoggingArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -203,7 +202,7 @@ fn check_bootstrap_servers(servers: &str) -> Result<(), String> {
 
 /// Exit codes: 0 after a clean shutdown, 2 for configuration the relay cannot run with.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    logging::init(cli.log_format);
+    logging::init(cli.logging.log_format);
     match cli.command {
         Command::Migrate(args) => {
             let statements = match args.table.statements() {
