@@ -77,6 +77,9 @@ pub struct RunArgs {
     /// How often every topic is compared with Kafka, to correct drift.
     #[arg(long, env = "TRIBUTARY_RESYNC_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub resync_interval: Duration,
+    /// Image of `tributary-relay`, run as outbox relays and push dispatchers.
+    #[arg(long, env = "TRIBUTARY_RELAY_IMAGE", default_value = concat!("ghcr.io/tributary-dev/tributary-relay:", env!("CARGO_PKG_VERSION")))]
+    pub relay_image: String,
 }
 
 #[derive(Debug, Args)]

@@ -424,6 +424,8 @@ fn default_render_is_typed_labelled_and_wired_together() {
     assert_eq!(env_value(container, "TRIBUTARY_RESYNC_INTERVAL"), Some("5m"));
     assert_eq!(env_value(container, "TRIBUTARY_LOG_FORMAT"), Some("json"));
     assert_eq!(env_value(container, "RUST_LOG"), Some("info"));
+    let relay_image = format!("ghcr.io/tributary-dev/tributary-relay:{}", app_version());
+    assert_eq!(env_value(container, "TRIBUTARY_RELAY_IMAGE"), Some(relay_image.as_str()), "relay image defaults to the chart's version");
     assert!(!has_env(container, "TRIBUTARY_KAFKA_PROPERTIES_FILE"), "no properties file unless a Secret is given");
 
     let ports = container.ports.as_deref().unwrap_or_default();
@@ -560,6 +562,19 @@ fn kafka_properties_secret_is_mounted_read_only_and_passed_by_path() {
         assert!(mode.is_some_and(|mode| mode & 0o007 == 0), "the properties file holds credentials: no world access ({mode:?})");
         assert_eq!(env_value(container, "TRIBUTARY_BOOTSTRAP_SERVERS"), Some(BOOTSTRAP_SERVERS));
     }
+}
+
+#[test]
+fn relay_image_can_be_moved_and_pinned() {
+    let Some(helm) = helm() else { return };
+    let digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let rendered = helm.render(&with_bootstrap(&[
+        ("relayImage.repository", "registry.example.com/tributary-relay"),
+        ("relayImage.tag", "1.2.3"),
+        ("relayImage.digest", digest),
+    ]));
+    let expected = format!("registry.example.com/tributary-relay:1.2.3@{digest}");
+    assert_eq!(env_value(rendered.operator_container(), "TRIBUTARY_RELAY_IMAGE"), Some(expected.as_str()));
 }
 
 #[test]

@@ -65,9 +65,23 @@ Name of the ServiceAccount the operator runs as.
 The operator image reference: repository:tag, pinned by digest when one is given.
 */}}
 {{- define "tributary.image" -}}
-{{- $ref := printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
-{{- if .Values.image.digest }}
-{{- $ref = printf "%s@%s" $ref .Values.image.digest }}
+{{- include "tributary.imageRef" (dict "image" .Values.image "appVersion" .Chart.AppVersion) }}
+{{- end }}
+
+{{/*
+The tributary-relay image the operator puts into workloads (outbox relays, push dispatchers).
+*/}}
+{{- define "tributary.relayImage" -}}
+{{- include "tributary.imageRef" (dict "image" .Values.relayImage "appVersion" .Chart.AppVersion) }}
+{{- end }}
+
+{{/*
+repository:tag[@digest] of an image block; the tag defaults to the chart's appVersion.
+*/}}
+{{- define "tributary.imageRef" -}}
+{{- $ref := printf "%s:%s" .image.repository (.image.tag | default .appVersion) }}
+{{- if .image.digest }}
+{{- $ref = printf "%s@%s" $ref .image.digest }}
 {{- end }}
 {{- $ref }}
 {{- end }}
