@@ -85,6 +85,10 @@ pub struct BenchArgs {
     /// Phases to run (comma-separated); `ratio` needs broker, postgres and relay.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Phase::Broker, Phase::Postgres, Phase::Relay, Phase::Latency])]
     pub phases: Vec<Phase>,
+    /// Commit each relay batch synchronously (the relay's `--synchronous-cleanup`); the
+    /// PostgreSQL baseline's DELETEs commit the same way.
+    #[arg(long)]
+    pub synchronous_cleanup: bool,
     /// Process id of the broker, to report its CPU time per phase (e.g. `$(cat .run/broker.pid)`).
     #[arg(long)]
     pub broker_pid: Option<u32>,
@@ -164,10 +168,11 @@ impl Bench {
             .query_one("SELECT current_setting('autovacuum'), current_setting('synchronous_commit'), current_setting('fsync')", &[])
             .await?;
         println!(
-            "# postgres: autovacuum={} synchronous_commit={} fsync={}",
+            "# postgres: autovacuum={} synchronous_commit={} fsync={}; relay and pg_drain batches commit {}",
             settings.try_get::<_, String>(0)?,
             settings.try_get::<_, String>(1)?,
-            settings.try_get::<_, String>(2)?
+            settings.try_get::<_, String>(2)?,
+            if self.args.synchronous_cleanup { "synchronously" } else { "asynchronously (synchronous_commit=off)" }
         );
         self.create_topic().await?;
         let mut drains = DrainFigures::default();
@@ -276,6 +281,7 @@ impl Bench {
             max_attempts: 5,
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
+            synchronous_cleanup: self.args.synchronous_cleanup,
         }
     }
 
@@ -329,9 +335,12 @@ impl Bench {
              ORDER BY {SEQ} LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING *",
             t = statements.table
         );
+        // Connected as relay workers are, so both commit the same way.
+        let settings = self.outbox_settings(statements.clone());
+        let connector = outbox::connector(self.args.database_url.clone());
         let mut connections = Vec::new();
         for _ in 0..self.args.workers {
-            connections.push(connect(&self.args.database_url).await?);
+            connections.push(outbox::connect_worker(&connector, &settings).await?);
         }
         let batch_size = self.args.batch_size;
 
@@ -553,7 +562,7 @@ async fn connect(url: &str) -> anyhow::Result<Client> {
 /// transaction rolled back, so nothing changes) and `to_record`.
 async fn read_records(client: &mut Client, settings: &OutboxSettings, rows: i64) -> anyhow::Result<Vec<OutgoingRecord>> {
     let transaction = client.transaction().await?;
-    let claimed = transaction.query(&settings.statements.claim, &[&rows]).await?;
+    let claimed = transaction.query(&settings.statements.claim, &outbox::Shard::WHOLE.claim_parameters(&rows)).await?;
     let records = claimed
         .iter()
         .map(|row| Ok(to_record(&outbox::decode_row(row, settings.record.format)?, &settings.record)?))
@@ -627,6 +636,10 @@ impl EventProducer for AckRecorder {
         self.acked.fetch_add(acked as u64, Ordering::AcqRel);
         results
     }
+
+    async fn reachable(&self) -> bool {
+        self.inner.reachable().await
+    }
 }
 
 fn ce_id(record: &OutgoingRecord) -> Option<String> {
@@ -661,12 +674,13 @@ impl RunningRelay {
 
         let connector = outbox::connector(url.to_owned());
         let (shutdown, shutdown_receiver) = watch::channel(false);
+        let count = wakers.len();
         let workers = wakers
             .into_iter()
             .enumerate()
             .map(|(index, wake)| {
                 tokio::spawn(outbox::run_worker(
-                    index,
+                    outbox::Shard::of_worker(index, count),
                     connector.clone(),
                     settings.clone(),
                     producer.clone(),

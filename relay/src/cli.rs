@@ -153,6 +153,12 @@ pub struct OutboxArgs {
     /// Longest retry delay of a failing row.
     #[arg(long, env = "TRIBUTARY_RETRY_MAX_DELAY", default_value = "5m", value_parser = parse_duration)]
     pub retry_max_delay: Duration,
+    /// Wait for PostgreSQL to flush each batch's cleanup (delete or mark) to disk before going on.
+    /// Off by default: only a database crash can undo a cleanup, and undoing it re-sends rows
+    /// Kafka already has (same ce_id) — nothing is lost — while the flush costs every batch an
+    /// fsync. Rows' own inserts are the application's commits and keep its durability.
+    #[arg(long, env = "TRIBUTARY_SYNCHRONOUS_CLEANUP")]
+    pub synchronous_cleanup: bool,
     /// Largest record sent (librdkafka message.max.bytes); larger rows fail without being sent.
     #[arg(long, env = "TRIBUTARY_MAX_RECORD_BYTES", default_value_t = 1_000_000)]
     pub max_record_bytes: usize,
@@ -299,6 +305,7 @@ async fn run_outbox(args: OutboxArgs) -> anyhow::Result<ExitCode> {
         max_attempts: args.max_attempts,
         retry_initial: args.retry_initial_delay,
         retry_max: args.retry_max_delay,
+        synchronous_cleanup: args.synchronous_cleanup,
     });
 
     let readiness = Readiness::default();
@@ -317,7 +324,7 @@ async fn run_outbox(args: OutboxArgs) -> anyhow::Result<ExitCode> {
     let mut workers = Vec::new();
     for (index, wake) in wakers.iter().enumerate() {
         workers.push(tokio::spawn(outbox::run_worker(
-            index,
+            outbox::Shard::of_worker(index, wakers.len()),
             connector.clone(),
             settings.clone(),
             producer.clone(),
@@ -326,7 +333,8 @@ async fn run_outbox(args: OutboxArgs) -> anyhow::Result<ExitCode> {
             shutdown.clone(),
         )));
     }
-    let housekeeping = tokio::spawn(housekeeping(database_url, settings.clone(), metrics.clone(), wakers, shutdown.clone()));
+    let housekeeping =
+        tokio::spawn(housekeeping(database_url, settings.clone(), producer.clone(), metrics.clone(), wakers, shutdown.clone()));
     info!(table = %settings.statements.table, workers = args.workers, "relaying outbox");
 
     wait_for_shutdown_signal().await;
@@ -358,10 +366,12 @@ async fn wait_for_shutdown_signal() {
 }
 
 /// LISTENs for inserts (waking every worker), and every few seconds refreshes the pending-rows
-/// gauge and, with `mark` cleanup, prunes old published rows. Reconnects on failure.
+/// gauge, probes Kafka when there is nothing to send and, with `mark` cleanup, prunes old
+/// published rows. Reconnects on failure.
 async fn housekeeping(
     url: String,
     settings: Arc<OutboxSettings>,
+    producer: Arc<dyn EventProducer>,
     metrics: Arc<RelayMetrics>,
     wakers: Vec<Arc<Notify>>,
     mut shutdown: watch::Receiver<bool>,
@@ -395,7 +405,14 @@ async fn housekeeping(
                 _ = shutdown.changed() => break,
             }
             match client.query_one(&statements.count_pending, &[]).await {
-                Ok(row) => metrics.set_pending(row.get::<_, i64>(0)),
+                Ok(row) => {
+                    let pending = row.get::<_, i64>(0);
+                    metrics.set_pending(pending);
+                    // With rows pending, the workers' batches tell whether Kafka takes them.
+                    if pending == 0 {
+                        metrics.set_kafka_ready(producer.reachable().await);
+                    }
+                }
                 Err(error) => {
                     warn!(%error, "housekeeping query failed; reconnecting");
                     break;

@@ -44,6 +44,10 @@ pub enum ProduceError {
 pub trait EventProducer: Send + Sync {
     /// Queues every record at once (one pipelined batch), then waits for all acknowledgements.
     async fn send_all(&self, records: Vec<OutgoingRecord>) -> Vec<Result<(), ProduceError>>;
+
+    /// Whether a broker answers at all (a metadata request): what readiness rests on while
+    /// there is nothing to send.
+    async fn reachable(&self) -> bool;
 }
 
 /// How to reach Kafka.
@@ -169,7 +173,17 @@ impl EventProducer for RdKafkaProducer {
         }
         results
     }
+
+    async fn reachable(&self) -> bool {
+        use rdkafka::producer::Producer;
+        let producer = self.current();
+        // A blocking librdkafka call: off the async workers.
+        tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, REACHABILITY_TIMEOUT).is_ok()).await.unwrap_or(false)
+    }
 }
+
+/// How long a reachability probe waits for a broker's metadata answer.
+const REACHABILITY_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn same_producer(a: &FutureProducer, b: &FutureProducer) -> bool {
     use rdkafka::producer::Producer;
@@ -258,5 +272,9 @@ impl EventProducer for FakeProducer {
                 }
             })
             .collect()
+    }
+
+    async fn reachable(&self) -> bool {
+        !self.state().unavailable
     }
 }

@@ -617,6 +617,23 @@ async fn bad_input_is_refused_and_nothing_deleted() {
     eprintln!("bad_input: 4 refusals (exit 2) and a held malformed row verified in {}", since(started));
 }
 
+/// With nothing to send, /readyz follows whether a broker answers, not the last (empty) batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_relay_is_ready_only_when_kafka_answers() {
+    let Some(env) = test_env("an_idle_relay_is_ready_only_when_kafka_answers", false) else { return };
+    let _broker = BROKER.read().await;
+    let table = table_name("idle_ready");
+    let _guard = TableGuard::new(&env.database_url, &table);
+    migrate(&env, &table).await;
+    let nothing_listens = TestEnv { bootstrap_servers: free_address().to_string(), ..env.clone() };
+    let relays = [(Relay::spawn(&nothing_listens, &table, &[]), Some(503)), (Relay::spawn(&env, &table, &[]), Some(200))];
+    // Several housekeeping rounds (every 5 s; the first at start).
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    for (relay, expected) in &relays {
+        assert_eq!(relay.readyz().await, *expected, "idle relay's /readyz\n{}", logs(&[relay]));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. SIGTERM
 

@@ -13,7 +13,7 @@ mod pg_tests;
 pub mod record;
 pub mod schema;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -58,6 +58,8 @@ pub struct OutboxSettings {
     pub max_attempts: i32,
     pub retry_initial: Duration,
     pub retry_max: Duration,
+    /// Commit each batch synchronously (`synchronous_commit` stays on): see the CLI flag.
+    pub synchronous_cleanup: bool,
 }
 
 impl OutboxSettings {
@@ -78,6 +80,32 @@ pub enum RelayError {
     },
 }
 
+/// The aggregates one worker claims: those whose id hashes to `index` modulo `count`. The workers
+/// of one relay then never wait for each other's aggregates (a worker whose claim met only
+/// aggregates locked by a sibling would come back empty and idle); relay replicas still share
+/// every aggregate through the aggregate locks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: i64,
+    pub count: i64,
+}
+
+impl Shard {
+    /// Every aggregate.
+    pub const WHOLE: Shard = Shard { index: 0, count: 1 };
+
+    /// The shard of worker `index` of `count`.
+    pub fn of_worker(index: usize, count: usize) -> Shard {
+        let to_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        Shard { index: to_i64(index), count: to_i64(count.max(1)) }
+    }
+
+    /// The claim's parameters for a batch of `batch_size` rows.
+    pub fn claim_parameters<'a>(&'a self, batch_size: &'a i64) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 3] {
+        [batch_size, &self.count, &self.index]
+    }
+}
+
 /// What one batch did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BatchOutcome {
@@ -96,13 +124,14 @@ pub struct BatchOutcome {
 pub async fn process_batch(
     client: &mut Client,
     settings: &OutboxSettings,
+    shard: Shard,
     producer: &dyn EventProducer,
     metrics: &RelayMetrics,
 ) -> Result<BatchOutcome, RelayError> {
     let statements = &settings.statements;
     let database = |source| RelayError::Database { table: statements.table.to_string(), source };
     let transaction = client.transaction().await.map_err(database)?;
-    let rows = transaction.query(&statements.claim, &[&settings.batch_size]).await.map_err(database)?;
+    let rows = transaction.query(&statements.claim, &shard.claim_parameters(&settings.batch_size)).await.map_err(database)?;
     let rows: Vec<OutboxRow> =
         rows.iter().map(|row| decode_row(row, settings.record.format)).collect::<Result<_, _>>().map_err(database)?;
     let mut outcome = BatchOutcome { claimed: rows.len(), ..BatchOutcome::default() };
@@ -112,32 +141,27 @@ pub async fn process_batch(
     }
     metrics.observe_batch(rows.len());
 
-    // The claim takes each aggregate's advisory lock row by row while it scans. When another
-    // transaction holding an aggregate ends during that scan (commit, rollback, a killed relay),
-    // the scan has skipped the aggregate's earlier rows (lock taken) and then claims later ones
-    // (lock free): publishing those would overtake the earlier rows. A statement of its own sees
-    // every earlier row; such aggregates wait for the next batch (their lock is ours until then).
-    // Later claimed rows of an aggregate follow its first one without gaps (once the scan holds
-    // the aggregate's lock it takes every row it meets), so checking the first one suffices.
-    let mut seen_aggregates = HashSet::new();
-    let first_claimed: Vec<i64> = rows.iter().filter(|row| seen_aggregates.insert(row.aggregate_id.as_str())).map(|row| row.seq).collect();
-    let behind: Vec<String> = transaction
-        .query(&statements.unclaimed_predecessors, &[&first_claimed])
-        .await
-        .map_err(database)?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    if !behind.is_empty() {
-        debug!(aggregates = behind.len(), "claimed rows behind unclaimed earlier rows of their aggregate; left for the next batch");
+    let current = recheck(&transaction, statements, &rows).await.map_err(database)?;
+    let mut live_rows = Vec::with_capacity(rows.len());
+    for mut row in rows {
+        // Gone: the aggregate's previous lock holder published or failed it after the claim's
+        // snapshot (a failed row leaves the rest of its aggregate `behind`).
+        let Some(now) = current.get(&row.seq) else { continue };
+        row.attempts = now.attempts;
+        live_rows.push((row, now.sendable && !now.behind));
     }
 
     // Rows of an aggregate after one that cannot go now stay for later, keeping its order.
-    let mut held_aggregates: HashSet<&str> = behind.iter().map(String::as_str).collect();
-    let mut to_send = Vec::with_capacity(rows.len());
+    let mut held_aggregates: HashSet<&str> = HashSet::new();
+    let mut to_send = Vec::with_capacity(live_rows.len());
     let mut row_failures: Vec<(&OutboxRow, String, &'static str)> = Vec::new();
-    for row in &rows {
+    for (row, sendable) in &live_rows {
         if held_aggregates.contains(row.aggregate_id.as_str()) {
+            continue;
+        }
+        if !sendable {
+            debug!(aggregate_id = %row.aggregate_id, "claimed rows wait behind an earlier row of their aggregate; left for a later batch");
+            held_aggregates.insert(&row.aggregate_id);
             continue;
         }
         match to_record(row, &settings.record) {
@@ -206,6 +230,36 @@ pub async fn process_batch(
     outcome.published = acked_seqs.len();
     metrics.published(acked_seqs.len());
     Ok(outcome)
+}
+
+/// A claimed row as a statement of its own, after the claim, sees it.
+///
+/// The claim's snapshot is taken before it locks aggregates, so for an aggregate whose previous
+/// lock holder committed during the scan it can show rows that holder has since published or
+/// failed (both gone from the pending rows now) or rescheduled (no longer `sendable`), and it has
+/// skipped that aggregate's rows met while the lock was still taken. Either way the aggregate's
+/// first pending claimed row then has unpublished rows before it (`behind`), or is itself not
+/// sendable: the aggregate waits for a later batch (its lock is ours until this one ends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Recheck {
+    pub attempts: i32,
+    pub sendable: bool,
+    /// An earlier row of the aggregate is unpublished (pending but not claimed, or failed).
+    pub behind: bool,
+}
+
+/// [`Recheck`] of every claimed row still pending, by sequence number.
+pub(crate) async fn recheck(
+    transaction: &tokio_postgres::Transaction<'_>,
+    statements: &Statements,
+    rows: &[OutboxRow],
+) -> Result<HashMap<i64, Recheck>, tokio_postgres::Error> {
+    let seqs: Vec<i64> = rows.iter().map(|row| row.seq).collect();
+    let current = transaction.query(&statements.recheck, &[&seqs]).await?;
+    current
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, Recheck { attempts: row.try_get(1)?, sendable: row.try_get(2)?, behind: row.try_get(3)? })))
+        .collect()
 }
 
 /// A row of [`Statements::claim`](schema::Statements), in its column order.
@@ -323,7 +377,7 @@ pub fn connector(url: String) -> Connector {
 /// Runs one worker until shutdown: batches back to back while rows keep coming, then waits for a
 /// NOTIFY or the poll interval. Reconnects and backs off on failure.
 pub async fn run_worker(
-    worker: usize,
+    shard: Shard,
     connect: Connector,
     settings: Arc<OutboxSettings>,
     producer: Arc<dyn EventProducer>,
@@ -331,12 +385,13 @@ pub async fn run_worker(
     wake: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let worker = shard.index;
     let mut client: Option<Client> = None;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
     while !*shutdown.borrow() {
         let connection = match client.as_mut() {
             Some(connection) if !connection.is_closed() => connection,
-            _ => match connect().await {
+            _ => match connect_worker(&connect, &settings).await {
                 Ok(connection) => {
                     metrics.set_database_ready(true);
                     client.insert(connection)
@@ -349,13 +404,16 @@ pub async fn run_worker(
                 }
             },
         };
-        match process_batch(connection, &settings, producer.as_ref(), &metrics).await {
+        match process_batch(connection, &settings, shard, producer.as_ref(), &metrics).await {
             Ok(outcome) if outcome.kafka_unavailable => {
                 metrics.set_kafka_ready(false);
                 sleep_or_shutdown(backoff.next(), &mut shutdown).await;
             }
             Ok(outcome) => {
-                metrics.set_kafka_ready(true);
+                // An empty batch says nothing about Kafka; housekeeping probes it when idle.
+                if outcome.claimed > 0 {
+                    metrics.set_kafka_ready(true);
+                }
                 metrics.set_database_ready(true);
                 backoff.reset();
                 if outcome.claimed < usize::try_from(settings.batch_size).unwrap_or(usize::MAX) {
@@ -375,6 +433,15 @@ pub async fn run_worker(
         }
     }
     info!(worker, "worker stopped");
+}
+
+/// A worker's connection; without synchronous cleanup its commits return once written, not flushed.
+pub async fn connect_worker(connect: &Connector, settings: &OutboxSettings) -> Result<Client, tokio_postgres::Error> {
+    let client = connect().await?;
+    if !settings.synchronous_cleanup {
+        client.batch_execute("SET synchronous_commit = off").await?;
+    }
+    Ok(client)
 }
 
 async fn sleep_or_shutdown(delay: Duration, shutdown: &mut watch::Receiver<bool>) {

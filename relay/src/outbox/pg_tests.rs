@@ -8,9 +8,10 @@ use prometheus_client::registry::Registry;
 use tokio_postgres::{Client, NoTls};
 use tributary_common::server::Readiness;
 
+use super::record::OutboxRow;
 use super::record::{RecordSettings, Routing};
 use super::schema::{Columns, Ident, PayloadFormat, Statements, Table};
-use super::{migrate, process_batch, BatchOutcome, Cleanup, FailurePolicy, OutboxSettings};
+use super::{decode_row, migrate, process_batch, recheck, BatchOutcome, Cleanup, FailurePolicy, OutboxSettings, Shard};
 use crate::metrics::RelayMetrics;
 use crate::producer::FakeProducer;
 
@@ -67,6 +68,7 @@ async fn fresh_table(client: &mut Client, test: &str, cleanup: Cleanup, failure_
         max_attempts: 2,
         retry_initial: Duration::from_millis(1),
         retry_max: Duration::from_millis(1),
+        synchronous_cleanup: true,
     };
     TestTable { settings, name }
 }
@@ -116,7 +118,7 @@ async fn publishes_in_insertion_order_then_deletes() {
         table.insert(&client, "Order", "b", n).await;
     }
     let producer = FakeProducer::default();
-    let outcome = process_batch(&mut client, &table.settings, &producer, &metrics()).await.expect("batch");
+    let outcome = process_batch(&mut client, &table.settings, Shard::WHOLE, &producer, &metrics()).await.expect("batch");
     assert_eq!(outcome, BatchOutcome { claimed: 10, published: 10, ..BatchOutcome::default() });
     let a: Vec<i64> = sent(&producer).into_iter().filter(|(key, _)| key == "a").map(|(_, n)| n).collect();
     assert_eq!(a, vec![0, 1, 2, 3, 4]);
@@ -130,8 +132,8 @@ async fn mark_cleanup_keeps_rows_but_never_sends_them_again() {
     let table = fresh_table(&mut client, "mark", Cleanup::Mark { retention: Duration::from_secs(60) }, FailurePolicy::Block).await;
     table.insert(&client, "Order", "a", 1).await;
     let producer = FakeProducer::default();
-    process_batch(&mut client, &table.settings, &producer, &metrics()).await.expect("batch");
-    let again = process_batch(&mut client, &table.settings, &producer, &metrics()).await.expect("batch");
+    process_batch(&mut client, &table.settings, Shard::WHOLE, &producer, &metrics()).await.expect("batch");
+    let again = process_batch(&mut client, &table.settings, Shard::WHOLE, &producer, &metrics()).await.expect("batch");
     assert_eq!(again.claimed, 0);
     assert_eq!(producer.sent().len(), 1);
     assert_eq!(table.count(&client, "tributary_published_at IS NOT NULL").await, 1);
@@ -145,11 +147,11 @@ async fn kafka_outage_removes_nothing() {
     table.insert(&client, "Order", "a", 1).await;
     let producer = FakeProducer::default();
     producer.set_unavailable(true);
-    let outcome = process_batch(&mut client, &table.settings, &producer, &metrics()).await.expect("batch");
+    let outcome = process_batch(&mut client, &table.settings, Shard::WHOLE, &producer, &metrics()).await.expect("batch");
     assert!(outcome.kafka_unavailable && outcome.published == 0);
     assert_eq!(table.count(&client, "tributary_attempts = 0").await, 1, "an outage is not the row's fault");
     producer.set_unavailable(false);
-    assert_eq!(process_batch(&mut client, &table.settings, &producer, &metrics()).await.expect("batch").published, 1);
+    assert_eq!(process_batch(&mut client, &table.settings, Shard::WHOLE, &producer, &metrics()).await.expect("batch").published, 1);
     table.drop_table(&client).await;
 }
 
@@ -161,19 +163,19 @@ async fn failing_row_blocks_its_aggregate_until_it_fails_for_good() {
     table.insert(&client, "Order", "a", 1).await;
     table.insert(&client, "Order", "b", 1).await;
     let producer = FakeProducer::default();
-    let first = process_batch(&mut client, &table.settings, &producer, &metrics()).await.expect("batch");
+    let first = process_batch(&mut client, &table.settings, Shard::WHOLE, &producer, &metrics()).await.expect("batch");
     assert_eq!((first.published, first.retrying), (1, 1));
     assert_eq!(sent(&producer), vec![("b".to_owned(), 1)], "a's later row waits behind its failing head");
 
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let second = process_batch(&mut client, &table.settings, &producer, &metrics()).await.expect("batch");
+    let second = process_batch(&mut client, &table.settings, Shard::WHOLE, &producer, &metrics()).await.expect("batch");
     assert_eq!((second.published, second.failed), (0, 1));
     assert_eq!(
         table.count(&client, "tributary_failed_at IS NOT NULL AND tributary_last_error LIKE '%no topic for aggregate type%'").await,
         1
     );
 
-    let third = process_batch(&mut client, &table.settings, &producer, &metrics()).await.expect("batch");
+    let third = process_batch(&mut client, &table.settings, Shard::WHOLE, &producer, &metrics()).await.expect("batch");
     assert_eq!(third.claimed, 0, "a blocked aggregate stays blocked");
     table.drop_table(&client).await;
 }
@@ -186,10 +188,10 @@ async fn skip_policy_moves_the_failed_row_aside_and_the_aggregate_goes_on() {
     table.insert(&client, "Order", "a", 1).await;
     let producer = FakeProducer::default();
     for _ in 0..2 {
-        process_batch(&mut client, &table.settings, &producer, &metrics()).await.expect("batch");
+        process_batch(&mut client, &table.settings, Shard::WHOLE, &producer, &metrics()).await.expect("batch");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    process_batch(&mut client, &table.settings, &producer, &metrics()).await.expect("batch");
+    process_batch(&mut client, &table.settings, Shard::WHOLE, &producer, &metrics()).await.expect("batch");
     assert_eq!(sent(&producer), vec![("a".to_owned(), 1)]);
     let failed: i64 = client
         .query_one(&format!("SELECT count(*) FROM {}_failed WHERE tributary_error LIKE '%no topic%'", table.name), &[])
@@ -211,7 +213,7 @@ async fn an_aggregate_in_flight_elsewhere_is_skipped_and_late_commits_are_not_lo
     // Another relay holds aggregate "a" in an open transaction.
     let mut other = database().await.expect("second connection");
     let in_flight = other.transaction().await.expect("begin");
-    let claimed = in_flight.query(&table.settings.statements.claim, &[&1i64]).await.expect("claim");
+    let claimed = in_flight.query(&table.settings.statements.claim, &Shard::WHOLE.claim_parameters(&1)).await.expect("claim");
     assert_eq!(claimed.len(), 1);
 
     // A writer's row for "c" gets its sequence number now but commits later.
@@ -229,17 +231,89 @@ async fn an_aggregate_in_flight_elsewhere_is_skipped_and_late_commits_are_not_lo
     table.insert(&client, "Order", "d", 1).await;
 
     let producer = FakeProducer::default();
-    process_batch(&mut client, &table.settings, &producer, &metrics()).await.expect("batch");
+    process_batch(&mut client, &table.settings, Shard::WHOLE, &producer, &metrics()).await.expect("batch");
     let keys: Vec<String> = sent(&producer).into_iter().map(|(key, _)| key).collect();
     assert!(!keys.contains(&"a".to_owned()), "aggregate a is in flight in another transaction: {keys:?}");
     assert!(keys.contains(&"d".to_owned()), "{keys:?}");
 
     late.commit().await.expect("late commit");
     in_flight.rollback().await.expect("rollback");
-    process_batch(&mut client, &table.settings, &producer, &metrics()).await.expect("batch");
+    process_batch(&mut client, &table.settings, Shard::WHOLE, &producer, &metrics()).await.expect("batch");
     let keys: Vec<String> = sent(&producer).into_iter().map(|(key, _)| key).collect();
     assert!(keys.contains(&"c".to_owned()), "a row committed after a later one is still published: {keys:?}");
     assert!(keys.contains(&"a".to_owned()), "{keys:?}");
     assert_eq!(table.count(&client, "true").await, 0);
+    table.drop_table(&client).await;
+}
+
+#[tokio::test]
+async fn recheck_sees_what_the_previous_lock_holder_did_after_the_claims_snapshot() {
+    let Some(mut client) = database().await else { return };
+    let table = fresh_table(&mut client, "recheck", Cleanup::Delete, FailurePolicy::Block).await;
+    for (aggregate, n) in [("a", 1), ("a", 2), ("b", 1), ("b", 2), ("c", 1), ("c", 2), ("d", 1)] {
+        table.insert(&client, "Order", aggregate, n).await;
+    }
+    let other = database().await.expect("second connection");
+    let transaction = client.transaction().await.expect("begin");
+    let claimed = transaction.query(&table.settings.statements.claim, &Shard::WHOLE.claim_parameters(&100)).await.expect("claim");
+    let claimed: Vec<OutboxRow> = claimed.iter().map(|row| decode_row(row, PayloadFormat::Json).expect("decodes")).collect();
+    let seq_of = |aggregate: &str, nth: usize| claimed.iter().filter(|row| row.aggregate_id == aggregate).nth(nth).expect("claimed").seq;
+    let (a1, a2, b1, b2, c1, c2, d1) =
+        (seq_of("a", 0), seq_of("a", 1), seq_of("b", 0), seq_of("b", 1), seq_of("c", 0), seq_of("c", 1), seq_of("d", 0));
+
+    // As if the scan had met a1 while another relay still held "a", and that relay had meanwhile
+    // published b1, given up on c1 and rescheduled d1 after a failed attempt.
+    let rows: Vec<OutboxRow> = claimed.iter().filter(|row| row.seq != a1).cloned().collect();
+    other.execute(&format!("DELETE FROM {} WHERE tributary_seq = $1", table.name), &[&b1]).await.expect("publish b1");
+    other
+        .execute(&format!("UPDATE {} SET tributary_failed_at = now(), tributary_attempts = 2 WHERE tributary_seq = $1", table.name), &[&c1])
+        .await
+        .expect("fail c1");
+    other
+        .execute(
+            &format!(
+                "UPDATE {} SET tributary_next_attempt_at = now() + interval '1 hour', tributary_attempts = 1 WHERE tributary_seq = $1",
+                table.name
+            ),
+            &[&d1],
+        )
+        .await
+        .expect("reschedule d1");
+
+    let current = recheck(&transaction, &table.settings.statements, &rows).await.expect("recheck");
+    let state = |seq: i64| current.get(&seq).map(|now| (now.sendable, now.behind));
+    assert_eq!(state(a2), Some((true, true)), "a1 is unpublished and not claimed: a2 must wait");
+    assert_eq!(state(b1), None, "b1 was published by the previous holder");
+    assert_eq!(state(b2), Some((true, false)));
+    assert_eq!(state(c1), None, "c1 failed meanwhile");
+    assert_eq!(state(c2), Some((true, true)), "c2 must wait behind the failed c1");
+    assert_eq!(state(d1), Some((false, false)), "d1 waits for its retry");
+    assert_eq!(current.get(&d1).map(|now| now.attempts), Some(1), "attempts as they are now, not as claimed");
+    transaction.rollback().await.expect("rollback");
+    table.drop_table(&client).await;
+}
+
+#[tokio::test]
+async fn the_workers_shards_split_the_aggregates_between_them() {
+    let Some(mut client) = database().await else { return };
+    let table = fresh_table(&mut client, "shards", Cleanup::Delete, FailurePolicy::Block).await;
+    let aggregates: Vec<String> = (0..40).map(|n| format!("order-{n}")).collect();
+    for aggregate in &aggregates {
+        table.insert(&client, "Order", aggregate, 1).await;
+    }
+    let mut claimed_by_shard = Vec::new();
+    for index in 0..3 {
+        let transaction = client.transaction().await.expect("begin");
+        let rows =
+            transaction.query(&table.settings.statements.claim, &Shard::of_worker(index, 3).claim_parameters(&100)).await.expect("claim");
+        claimed_by_shard.push(rows.iter().map(|row| row.get::<_, String>(2)).collect::<Vec<_>>());
+        transaction.rollback().await.expect("rollback");
+    }
+    let mut all: Vec<&String> = claimed_by_shard.iter().flatten().collect();
+    all.sort();
+    let mut expected: Vec<&String> = aggregates.iter().collect();
+    expected.sort();
+    assert_eq!(all, expected, "every aggregate is in exactly one shard");
+    assert!(claimed_by_shard.iter().all(|shard| !shard.is_empty()), "40 aggregates spread over 3 shards: {claimed_by_shard:?}");
     table.drop_table(&client).await;
 }

@@ -129,10 +129,9 @@ pub struct Statements {
     pub hold_failed: String,
     pub move_failed: String,
     pub count_pending: String,
-    /// Of the first claimed row of each aggregate (sequence numbers $1), the aggregates that
-    /// still have an earlier unpublished row. Run after the claim, as a statement of its own: it
-    /// sees every commit of earlier lock holders. One index probe per aggregate.
-    pub unclaimed_predecessors: String,
+    /// The claimed rows (sequence numbers $1) as they are now, seen by a statement of its own:
+    /// see [`Recheck`](super::Recheck).
+    pub recheck: String,
 }
 
 impl Statements {
@@ -149,7 +148,13 @@ impl Statements {
         let created_at = c.created_at.as_ref().map_or("now()".to_owned(), |name| format!("o.{name}"));
         // One aggregate is processed by one transaction at a time (an advisory lock per aggregate,
         // held to commit), in insertion order, and never past an earlier row that is waiting for a
-        // retry or has failed: that is what keeps per-aggregate order with many relays.
+        // retry or has failed: that is what keeps per-aggregate order with many relays. No row
+        // locks: the aggregate lock already excludes every other relay, and a row lock would cost
+        // a write of each row on top of its deletion. What the claim's snapshot could not see
+        // (commits of the lock's previous holder) is checked by `recheck`. $2 and $3: the
+        // worker's shard (see `Shard`); CASE makes PostgreSQL test the shard before it takes the
+        // lock (the order of plain AND terms is the planner's), and keeps the plan an ordered
+        // index scan (the planner would guess a separate shard test very selective and sort).
         let claim = format!(
             "SELECT o.{id}::text, o.{agg_type}::text, o.{agg_id}::text, o.{ty}::text, {payload}, {headers}, {topic}, \
              {created_at}, o.{ATTEMPTS}, o.{SEQ} \
@@ -159,8 +164,9 @@ impl Statements {
                AND NOT EXISTS (SELECT 1 FROM {t} h WHERE h.{agg_id} = o.{agg_id} AND h.{SEQ} < o.{SEQ} \
                                AND h.{PUBLISHED_AT} IS NULL \
                                AND (h.{FAILED_AT} IS NOT NULL OR h.{NEXT_ATTEMPT_AT} > now())) \
-               AND pg_try_advisory_xact_lock(hashtext('{t}'), hashtext(o.{agg_id}::text)) \
-             ORDER BY o.{SEQ} LIMIT $1 FOR UPDATE SKIP LOCKED",
+               AND CASE WHEN (hashtext(o.{agg_id}::text)::bigint & 2147483647) % $2 = $3 \
+                   THEN pg_try_advisory_xact_lock(hashtext('{t}'), hashtext(o.{agg_id}::text)) ELSE false END \
+             ORDER BY o.{SEQ} LIMIT $1",
             id = c.id,
             agg_type = c.aggregate_type,
             agg_id = c.aggregate_id,
@@ -187,10 +193,15 @@ impl Statements {
                  INSERT INTO {failed_table} SELECT moved.*, $2::text, now() FROM moved"
             ),
             count_pending: format!("SELECT count(*) FROM {t} WHERE {PUBLISHED_AT} IS NULL AND {FAILED_AT} IS NULL"),
-            unclaimed_predecessors: format!(
-                "SELECT o.{agg_id}::text FROM {t} o WHERE o.{SEQ} = ANY($1) \
-                 AND EXISTS (SELECT 1 FROM {t} e WHERE e.{agg_id} = o.{agg_id} AND e.{SEQ} < o.{SEQ} \
-                             AND e.{PUBLISHED_AT} IS NULL)",
+            recheck: format!(
+                "WITH live AS (SELECT {SEQ} AS seq, {agg_id} AS aggregate, {ATTEMPTS} AS attempts, \
+                                 ({NEXT_ATTEMPT_AT} IS NULL OR {NEXT_ATTEMPT_AT} <= now()) AS sendable \
+                               FROM {t} WHERE {by_seqs}), \
+                      first_live AS (SELECT DISTINCT ON (aggregate) aggregate, seq FROM live ORDER BY aggregate, seq) \
+                 SELECT live.seq, live.attempts, live.sendable, \
+                        EXISTS (SELECT 1 FROM {t} e WHERE e.{agg_id} = first_live.aggregate AND e.{SEQ} < first_live.seq \
+                                AND e.{PUBLISHED_AT} IS NULL) AS behind \
+                 FROM live JOIN first_live USING (aggregate)",
                 agg_id = c.aggregate_id,
             ),
             claim,
@@ -306,7 +317,7 @@ mod tests {
             claim.contains("pg_try_advisory_xact_lock(hashtext('\"public\".\"outbox\"'), hashtext(o.\"aggregateid\"::text))"),
             "{claim}"
         );
-        assert!(claim.contains("ORDER BY o.tributary_seq LIMIT $1 FOR UPDATE SKIP LOCKED"), "{claim}");
+        assert!(claim.ends_with("ORDER BY o.tributary_seq LIMIT $1"), "row locks would write every claimed row: {claim}");
         assert!(claim.contains("NOT EXISTS"), "{claim}");
         // Claimed rows are updated by tributary_seq through the pending index, never by id::text
         // (a sequential scan of the whole table per batch).
