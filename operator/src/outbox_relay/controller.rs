@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
 use kube::core::Selector;
@@ -29,8 +30,8 @@ use tributary_api::outbox_relay::RelayReport;
 use tributary_api::{EventTopic, OutboxRelay, OutboxRelayStatus};
 
 use super::desired::{
-    managed_deployments_selector, relay_container, relay_port, sidecar_apply_body, sidecar_field_manager, sidecar_removal_body,
-    standalone_deployment, standalone_name, PlacementKind, RelaySettings, ResolvedRoute,
+    managed_deployments_selector, relay_port, relay_workload, sidecar_field_manager, sidecar_removal_body, standalone_name, PlacementKind,
+    RelaySettings, RelayWorkload, ResolvedRoute,
 };
 use super::probe::{ready_relays, RelayStatusSource};
 use super::resolve::{check_secret, get_deployment, lookup_topics, target_holder, validate};
@@ -124,7 +125,11 @@ pub async fn run(
 
 type RelayRef = ObjectRef<DeserializeGuard<OutboxRelay>>;
 
-fn matching_relays(relays: &[Arc<DeserializeGuard<OutboxRelay>>], namespace: Option<&str>, matches: impl Fn(&OutboxRelay) -> bool) -> Vec<RelayRef> {
+fn matching_relays(
+    relays: &[Arc<DeserializeGuard<OutboxRelay>>],
+    namespace: Option<&str>,
+    matches: impl Fn(&OutboxRelay) -> bool,
+) -> Vec<RelayRef> {
     relays
         .iter()
         .filter_map(|guard| guard.0.as_ref().ok())
@@ -219,7 +224,13 @@ async fn reconcile_relay(relay: &OutboxRelay, context: &Context) -> Result<Actio
     let status = build_status(relay, &observation, context.clock.now());
     let ready = crate::conditions::find(&status.conditions, READY).cloned();
     patch_status_if_changed(&api, relay, &status).await?;
-    if let Some(ready) = ready.filter(|ready| ready.status == "False" && ready_reason(relay.status.as_ref()) != Some(ready.reason.as_str())) {
+    // A warning when the relay stops for a new reason; waiting for pods to start is no warning.
+    let warn = |ready: &Condition| {
+        ready.status == "False"
+            && ready.reason != reason::RELAY_NOT_RUNNING
+            && ready_reason(relay.status.as_ref()) != Some(ready.reason.as_str())
+    };
+    if let Some(ready) = ready.filter(warn) {
         publish(context, &relay.object_ref(&()), EventType::Warning, &ready.reason, "Reconcile", ready.message).await;
     }
     Ok(if observation.invalid.is_some() { Action::await_change() } else { Action::requeue(context.settings.status_interval) })
@@ -238,25 +249,21 @@ async fn apply_relay(
 ) -> Result<Deployment> {
     let recorded = recorded_target(relay);
     if relay.status.as_ref().map(|status| (&status.placement, &status.target)) != Some((&recorded.placement, &recorded.target)) {
-        apply_status(api, &relay.name_any(), &recorded)
-            .await
-            .map_err(|source| Error::Kube { operation: "status patch", object: object_name(relay), source })?;
+        apply_status(api, &relay.name_any(), &recorded).await.map_err(|source| Error::Kube {
+            operation: "status patch",
+            object: object_name(relay),
+            source,
+        })?;
     }
-    let container = relay_container(relay, routes, &context.settings.relay);
+    let workload = relay_workload(relay, routes, &context.settings.relay);
+    let (name, manager) = (workload.deployment_name(), workload.field_manager());
     let deployments: Api<Deployment> = Api::namespaced(context.client.clone(), namespace);
-    let (applied, change) = match (&relay.spec.placement.sidecar, &relay.spec.placement.standalone) {
-        (Some(sidecar), _) => {
-            let target = &sidecar.target_ref.name;
-            let body = sidecar_apply_body(namespace, target, &container);
-            let applied = apply_deployment(&deployments, target, &sidecar_field_manager(relay), &body, relay).await?;
-            (applied, format!("put the relay container into Deployment {target}"))
+    let (applied, change) = match &workload {
+        RelayWorkload::Sidecar { body, .. } => {
+            (apply_deployment(&deployments, &name, &manager, body, relay).await?, format!("put the relay container into Deployment {name}"))
         }
-        (None, standalone) => {
-            let replicas = standalone.as_ref().map_or(1, |standalone| standalone.replicas);
-            let deployment = standalone_deployment(relay, replicas, container);
-            let name = standalone_name(relay);
-            let applied = apply_deployment(&deployments, &name, FIELD_MANAGER, &deployment, relay).await?;
-            (applied, format!("applied Deployment {name}"))
+        RelayWorkload::Standalone(deployment) => {
+            (apply_deployment(&deployments, &name, &manager, deployment, relay).await?, format!("applied Deployment {name}"))
         }
     };
     if before.and_then(|deployment| deployment.metadata.resource_version.as_ref()) != applied.metadata.resource_version.as_ref() {
@@ -266,10 +273,18 @@ async fn apply_relay(
     Ok(applied)
 }
 
-async fn apply_deployment(api: &Api<Deployment>, name: &str, manager: &str, body: &(impl Serialize + std::fmt::Debug), relay: &OutboxRelay) -> Result<Deployment> {
-    api.patch(name, &PatchParams::apply(manager).force(), &Patch::Apply(body))
-        .await
-        .map_err(|source| Error::Kube { operation: "Deployment apply", object: object_name(relay), source })
+async fn apply_deployment(
+    api: &Api<Deployment>,
+    name: &str,
+    manager: &str,
+    body: &(impl Serialize + std::fmt::Debug),
+    relay: &OutboxRelay,
+) -> Result<Deployment> {
+    api.patch(name, &PatchParams::apply(manager).force(), &Patch::Apply(body)).await.map_err(|source| Error::Kube {
+        operation: "Deployment apply",
+        object: object_name(relay),
+        source,
+    })
 }
 
 /// How many of the workload's pods run a ready relay, and the figures one of them reports. A

@@ -273,6 +273,51 @@ pub fn sidecar_removal_body(namespace: &str, target: &str) -> Value {
     })
 }
 
+/// What the relay's server-side apply writes, as the controller applies it and the offline
+/// `apply` prints it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RelayWorkload {
+    /// The container, into the application's Deployment `target`, under the relay's own field
+    /// manager.
+    Sidecar { target: String, field_manager: String, body: Value },
+    /// The relay's own Deployment, under the operator's field manager.
+    Standalone(Box<Deployment>),
+}
+
+impl RelayWorkload {
+    /// Name of the Deployment the apply goes to.
+    pub fn deployment_name(&self) -> String {
+        match self {
+            RelayWorkload::Sidecar { target, .. } => target.clone(),
+            RelayWorkload::Standalone(deployment) => deployment.name_any(),
+        }
+    }
+
+    pub fn field_manager(&self) -> String {
+        match self {
+            RelayWorkload::Sidecar { field_manager, .. } => field_manager.clone(),
+            RelayWorkload::Standalone(_) => crate::FIELD_MANAGER.to_owned(),
+        }
+    }
+}
+
+/// The relay, configured with `routes`, in the placement its spec asks for.
+pub fn relay_workload(relay: &OutboxRelay, routes: &[ResolvedRoute], settings: &RelaySettings) -> RelayWorkload {
+    let container = relay_container(relay, routes, settings);
+    let placement = &relay.spec.placement;
+    match (&placement.sidecar, &placement.standalone) {
+        (Some(sidecar), _) => {
+            let target = sidecar.target_ref.name.clone();
+            let body = sidecar_apply_body(&relay.namespace().unwrap_or_default(), &target, &container);
+            RelayWorkload::Sidecar { target, field_manager: sidecar_field_manager(relay), body }
+        }
+        (None, standalone) => {
+            let replicas = standalone.as_ref().map_or(1, |standalone| standalone.replicas);
+            RelayWorkload::Standalone(Box::new(standalone_deployment(relay, replicas, container)))
+        }
+    }
+}
+
 /// Labels that select a standalone relay's pods. Immutable once the Deployment exists.
 pub fn standalone_selector(relay: &OutboxRelay) -> BTreeMap<String, String> {
     BTreeMap::from([("app.kubernetes.io/name".into(), CONTAINER_NAME.into()), (RELAY_LABEL.into(), relay.name_any())])
@@ -473,7 +518,10 @@ failurePolicy: Block
         let deployment = standalone_deployment(&relay, 3, container.clone());
         assert_eq!(deployment.metadata.name.as_deref(), Some("billing-relay"));
         let owner = &deployment.metadata.owner_references.as_ref().expect("owner reference")[0];
-        assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str(), owner.controller), ("OutboxRelay", "billing", "uid-1", Some(true)));
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str(), owner.controller),
+            ("OutboxRelay", "billing", "uid-1", Some(true))
+        );
         let spec = deployment.spec.expect("spec");
         assert_eq!(spec.replicas, Some(3));
         let selector = spec.selector.match_labels.expect("selector");

@@ -64,7 +64,8 @@ async fn get_status(address: SocketAddr) -> Result<RelayReport, String> {
         if !response.status().is_success() {
             return Err(format!("answered {}", response.status()));
         }
-        let body = Limited::new(response.into_body(), MAX_BODY_BYTES).collect().await.map_err(|error| format!("reading the answer: {error}"))?;
+        let body =
+            Limited::new(response.into_body(), MAX_BODY_BYTES).collect().await.map_err(|error| format!("reading the answer: {error}"))?;
         serde_json::from_slice(&body.to_bytes()).map_err(|error| format!("the answer is not a relay status: {error}"))
     };
     // The connection is driven within this future, so a timeout drops it together with the request.
@@ -172,7 +173,8 @@ mod tests {
 
         let error = client.fetch(serve_once("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".into()).await).await.expect_err("404");
         assert!(error.message.contains("404"), "{error}");
-        let error = client.fetch(serve_once("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n[]".into()).await).await.expect_err("not a report");
+        let error =
+            client.fetch(serve_once("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n[]".into()).await).await.expect_err("not a report");
         assert!(error.message.contains("not a relay status"), "{error}");
 
         let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");

@@ -109,10 +109,11 @@ impl SecretCheck {
 /// The database Secret of `relay`, checked.
 pub async fn check_secret(client: &kube::Client, relay: &OutboxRelay, namespace: &str, object: &str) -> Result<SecretCheck> {
     let reference = &relay.spec.database.url_secret_ref;
-    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
-        .get_opt(&reference.name)
-        .await
-        .map_err(|source| Error::Kube { operation: "Secret lookup", object: object.to_owned(), source })?;
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace).get_opt(&reference.name).await.map_err(|source| Error::Kube {
+        operation: "Secret lookup",
+        object: object.to_owned(),
+        source,
+    })?;
     Ok(SecretCheck::of(secret.as_ref(), &reference.key))
 }
 
@@ -121,7 +122,8 @@ pub async fn lookup_topics(client: &kube::Client, relay: &OutboxRelay, namespace
     let api: Api<DeserializeGuard<EventTopic>> = Api::namespaced(client.clone(), namespace);
     let mut found = Vec::new();
     for name in referenced_topics(relay) {
-        let topic = api.get_opt(&name).await.map_err(|source| Error::Kube { operation: "EventTopic lookup", object: object.to_owned(), source })?;
+        let topic =
+            api.get_opt(&name).await.map_err(|source| Error::Kube { operation: "EventTopic lookup", object: object.to_owned(), source })?;
         found.push((name, TopicLookup::of(topic.as_ref())));
     }
     Ok(resolve_routes(relay, |name| {
@@ -131,10 +133,11 @@ pub async fn lookup_topics(client: &kube::Client, relay: &OutboxRelay, namespace
 
 /// A Deployment, if it exists.
 pub async fn get_deployment(client: &kube::Client, namespace: &str, name: &str, object: &str) -> Result<Option<Deployment>> {
-    Api::<Deployment>::namespaced(client.clone(), namespace)
-        .get_opt(name)
-        .await
-        .map_err(|source| Error::Kube { operation: "Deployment lookup", object: object.to_owned(), source })
+    Api::<Deployment>::namespaced(client.clone(), namespace).get_opt(name).await.map_err(|source| Error::Kube {
+        operation: "Deployment lookup",
+        object: object.to_owned(),
+        source,
+    })
 }
 
 /// The OutboxRelay that holds `me`'s sidecar target instead of it, if any: of the relays naming

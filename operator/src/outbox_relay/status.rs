@@ -88,7 +88,10 @@ impl Observation {
                 ))
             }
             Workload::NameTaken => {
-                return Some((reason::DEPLOYMENT_CONFLICT, "a Deployment of that name exists and does not belong to this OutboxRelay".into()))
+                return Some((
+                    reason::DEPLOYMENT_CONFLICT,
+                    "a Deployment of that name exists and does not belong to this OutboxRelay".into(),
+                ))
             }
             Workload::Target | Workload::Own => {}
         }
@@ -109,12 +112,9 @@ fn target_found(relay: &OutboxRelay, workload: &Workload) -> DesiredCondition {
     let target = workload_name(relay);
     let namespace = relay.namespace().unwrap_or_default();
     match workload {
-        Workload::Own | Workload::NameTaken => DesiredCondition::new(
-            TARGET_FOUND,
-            Status::True,
-            reason::STANDALONE,
-            format!("the relay runs in its own Deployment {target}"),
-        ),
+        Workload::Own | Workload::NameTaken => {
+            DesiredCondition::new(TARGET_FOUND, Status::True, reason::STANDALONE, format!("the relay runs in its own Deployment {target}"))
+        }
         Workload::TargetNotFound => DesiredCondition::new(
             TARGET_FOUND,
             Status::False,
@@ -134,7 +134,8 @@ fn topics_ready(routes: &Routes) -> DesiredCondition {
             condition(Status::True, reason::NO_ROUTES, "no routes to EventTopics; rows go to the topics their row or prefix names".into())
         }
         Routes::Ready(routes) => {
-            let list: Vec<String> = routes.iter().map(|r| format!("{} → {} ({:?})", r.aggregate_type, r.event_topic, r.kafka_topic)).collect();
+            let list: Vec<String> =
+                routes.iter().map(|r| format!("{} → {} ({:?})", r.aggregate_type, r.event_topic, r.kafka_topic)).collect();
             condition(Status::True, reason::TOPICS_READY, list.join(", "))
         }
         Routes::NotFound(names) => condition(
@@ -142,11 +143,9 @@ fn topics_ready(routes: &Routes) -> DesiredCondition {
             reason::TOPIC_NOT_FOUND,
             format!("spec.routing.routes name EventTopics that do not exist in this namespace: {}", names.join(", ")),
         ),
-        Routes::NotReady(names) => condition(
-            Status::False,
-            reason::TOPIC_NOT_READY,
-            format!("waiting for EventTopics to become Ready: {}", names.join(", ")),
-        ),
+        Routes::NotReady(names) => {
+            condition(Status::False, reason::TOPIC_NOT_READY, format!("waiting for EventTopics to become Ready: {}", names.join(", ")))
+        }
     }
 }
 
@@ -235,7 +234,11 @@ placement: { sidecar: { targetRef: { name: shop-api } } }
     fn running() -> Observation {
         Observation {
             workload: Workload::Target,
-            routes: Routes::Ready(vec![ResolvedRoute { aggregate_type: "Order".into(), event_topic: "orders".into(), kafka_topic: "shop.orders".into() }]),
+            routes: Routes::Ready(vec![ResolvedRoute {
+                aggregate_type: "Order".into(),
+                event_topic: "orders".into(),
+                kafka_topic: "shop.orders".into(),
+            }]),
             secret: SecretCheck::Found,
             invalid: None,
             ready_relays: Some(2),
@@ -253,7 +256,10 @@ placement: { sidecar: { targetRef: { name: shop-api } } }
         let mut relay = outbox_relay("shop-outbox", SIDECAR);
         relay.metadata.generation = Some(3);
         let status = build_status(&relay, &running(), at(1000));
-        assert_eq!(condition(&status, READY), ("True", reason::RELAYING, "2 pod(s) of Deployment shop-api run a ready tributary-relay container"));
+        assert_eq!(
+            condition(&status, READY),
+            ("True", reason::RELAYING, "2 pod(s) of Deployment shop-api run a ready tributary-relay container")
+        );
         assert_eq!(condition(&status, TARGET_FOUND).1, reason::TARGET_FOUND);
         assert_eq!(condition(&status, TOPICS_READY), ("True", reason::TOPICS_READY, "Order → orders (\"shop.orders\")"));
         assert_eq!((status.placement.as_deref(), status.target.as_deref()), (Some("Sidecar"), Some("shop-api")));
@@ -265,12 +271,28 @@ placement: { sidecar: { targetRef: { name: shop-api } } }
     fn each_blocker_names_its_reason_in_ready_and_its_own_condition() {
         let relay = outbox_relay("shop-outbox", SIDECAR);
         let cases = [
-            (Observation { workload: Workload::TargetNotFound, ..running() }, reason::TARGET_NOT_FOUND, "Deployment shop-api does not exist"),
+            (
+                Observation { workload: Workload::TargetNotFound, ..running() },
+                reason::TARGET_NOT_FOUND,
+                "Deployment shop-api does not exist",
+            ),
             (Observation { workload: Workload::TargetHeldBy("first".into()), ..running() }, reason::TARGET_IN_USE, "OutboxRelay first"),
-            (Observation { secret: SecretCheck::Missing, ..running() }, reason::SECRET_NOT_FOUND, "Secret shop-db (spec.database.urlSecretRef) does not exist"),
+            (
+                Observation { secret: SecretCheck::Missing, ..running() },
+                reason::SECRET_NOT_FOUND,
+                "Secret shop-db (spec.database.urlSecretRef) does not exist",
+            ),
             (Observation { secret: SecretCheck::KeyMissing, ..running() }, reason::SECRET_KEY_NOT_FOUND, "has no key \"dsn\""),
-            (Observation { routes: Routes::NotFound(vec!["orders".into()]), ..running() }, reason::TOPIC_NOT_FOUND, "do not exist in this namespace: orders"),
-            (Observation { routes: Routes::NotReady(vec!["orders".into()]), ..running() }, reason::TOPIC_NOT_READY, "waiting for EventTopics to become Ready: orders"),
+            (
+                Observation { routes: Routes::NotFound(vec!["orders".into()]), ..running() },
+                reason::TOPIC_NOT_FOUND,
+                "do not exist in this namespace: orders",
+            ),
+            (
+                Observation { routes: Routes::NotReady(vec!["orders".into()]), ..running() },
+                reason::TOPIC_NOT_READY,
+                "waiting for EventTopics to become Ready: orders",
+            ),
             (Observation { invalid: Some("spec.pollInterval: too long".into()), ..running() }, reason::INVALID_CONFIG, "spec.pollInterval"),
             (Observation { ready_relays: Some(0), ..running() }, reason::RELAY_NOT_RUNNING, "no pod of Deployment shop-api"),
         ];
@@ -301,7 +323,10 @@ placement: { sidecar: { targetRef: { name: shop-api } } }
 
     #[test]
     fn standalone_placement_names_its_own_deployment() {
-        let relay = outbox_relay("billing", "database: { urlSecretRef: { name: db } }\nrouting: { topicPrefix: b. }\nplacement: { standalone: {} }");
+        let relay = outbox_relay(
+            "billing",
+            "database: { urlSecretRef: { name: db } }\nrouting: { topicPrefix: b. }\nplacement: { standalone: {} }",
+        );
         let status = build_status(&relay, &Observation { workload: Workload::Own, routes: Routes::Ready(vec![]), ..running() }, at(1));
         assert_eq!((status.placement.as_deref(), status.target.as_deref()), (Some("Standalone"), Some("billing-relay")));
         assert_eq!(condition(&status, TARGET_FOUND).1, reason::STANDALONE);
