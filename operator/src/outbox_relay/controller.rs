@@ -33,7 +33,7 @@ use super::desired::{
     managed_deployments_selector, relay_port, relay_workload, sidecar_field_manager, sidecar_removal_body, standalone_name, PlacementKind,
     RelaySettings, RelayWorkload, ResolvedRoute,
 };
-use super::probe::{ready_relays, RelayStatusSource};
+use super::probe::{ready_relays, ProbeSchedule, RelayStatusSource};
 use super::resolve::{check_secret, get_deployment, lookup_topics, target_holder, validate};
 use super::status::{build_status, ready_reason, reason, recorded_target, Observation, Workload, READY};
 use crate::conditions::{Clock, DesiredCondition, Status};
@@ -74,6 +74,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
     pub relay_status: Arc<dyn RelayStatusSource>,
+    pub probe_schedule: ProbeSchedule,
     /// Every OutboxRelay, to find the one holding a sidecar target.
     pub store: Store<DeserializeGuard<OutboxRelay>>,
     pub settings: Settings,
@@ -104,7 +105,8 @@ pub async fn run(
     });
     let (by_target, by_topic) = (store.clone(), store.clone());
     let owned = watcher::Config::default().labels(&managed_deployments_selector()).any_semantic();
-    let context = Arc::new(Context { client: client.clone(), recorder, metrics, clock, relay_status, store, settings });
+    let probe_schedule = ProbeSchedule::default();
+    let context = Arc::new(Context { client: client.clone(), recorder, metrics, clock, relay_status, probe_schedule, store, settings });
     controller
         .owns(Api::<Deployment>::all(client.clone()), owned)
         .watches(Api::<Deployment>::all(client.clone()), watcher::Config::default().any_semantic(), move |deployment| {
@@ -287,8 +289,9 @@ async fn apply_deployment(
     })
 }
 
-/// How many of the workload's pods run a ready relay, and the figures one of them reports. A
-/// relay that does not answer leaves the figures as they were (logged at debug level).
+/// How many of the workload's pods run a ready relay, and the figures one of them reports (at
+/// most every half `status_interval`). A relay that does not answer leaves the figures as they
+/// were (logged at debug level).
 async fn observe_relay(relay: &OutboxRelay, live: &Deployment, namespace: &str, context: &Context) -> Result<(usize, Option<RelayReport>)> {
     let Some(selector) = live.spec.as_ref().and_then(|spec| Selector::try_from(spec.selector.clone()).ok()) else {
         return Ok((0, None));
@@ -299,6 +302,10 @@ async fn observe_relay(relay: &OutboxRelay, live: &Deployment, namespace: &str, 
         .map_err(|source| Error::Kube { operation: "pod list", object: object_name(relay), source })?;
     let (ready, address) = ready_relays(&pods.items, relay_port(&relay.spec.placement));
     let Some(address) = address else { return Ok((ready, None)) };
+    let key = format!("{namespace}/{}", relay.name_any());
+    if !context.probe_schedule.due(&key, context.clock.now(), context.settings.status_interval / 2) {
+        return Ok((ready, None));
+    }
     match context.relay_status.fetch(address).await {
         Ok(report) => Ok((ready, Some(report))),
         Err(error) => {

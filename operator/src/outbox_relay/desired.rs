@@ -129,13 +129,7 @@ pub fn relay_env(relay: &OutboxRelay, routes: &[ResolvedRoute], settings: &Relay
     let database_url = EnvVar {
         name: "TRIBUTARY_DATABASE_URL".into(),
         value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret.name.clone(),
-                key: secret.key.clone(),
-                // In the application's pods a missing Secret must not keep the application from
-                // starting: the relay container alone fails, and the status says why.
-                optional: placement.sidecar.is_some().then_some(true),
-            }),
+            secret_key_ref: Some(SecretKeySelector { name: secret.name.clone(), key: secret.key.clone(), optional: None }),
             ..EnvVarSource::default()
         }),
         ..EnvVar::default()
@@ -407,7 +401,7 @@ placement: { sidecar: { targetRef: { name: shop-api } } }
         assert_eq!(container.image.as_deref(), Some("relay:test"));
         assert_eq!(container.args, Some(vec!["outbox".to_owned()]));
         let expected: BTreeMap<String, Value> = [
-            ("TRIBUTARY_DATABASE_URL", json!({"secretKeyRef": {"name": "shop-db", "key": "url", "optional": true}})),
+            ("TRIBUTARY_DATABASE_URL", json!({"secretKeyRef": {"name": "shop-db", "key": "url"}})),
             ("TRIBUTARY_OUTBOX_TABLE", json!("outbox")),
             ("TRIBUTARY_COLUMN_ID", json!("id")),
             ("TRIBUTARY_COLUMN_AGGREGATE_TYPE", json!("aggregatetype")),

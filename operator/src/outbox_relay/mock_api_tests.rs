@@ -20,6 +20,7 @@ use tributary_api::OutboxRelay;
 
 use super::controller::{reconcile, relays_routing_to, relays_targeting, Context, Settings, FINALIZER};
 use super::probe::fake::FakeRelayStatus;
+use super::probe::ProbeSchedule;
 use super::test_support::{outbox_relay, relay_pod, settings};
 use crate::conditions::FixedClock;
 use crate::fixtures::{mock_client, ApiServerVerifier, RecordedRequest};
@@ -58,6 +59,7 @@ fn harness() -> (Harness, ApiServerVerifier) {
         metrics: Arc::new(Metrics::register(&mut Registry::default())),
         clock: Arc::new(FixedClock::new(Timestamp::from_second(NOW).expect("timestamp"))),
         relay_status: relay_status.clone(),
+        probe_schedule: ProbeSchedule::default(),
         store,
         settings: Settings::new(settings()),
     });
@@ -137,7 +139,7 @@ fn expected_sidecar_container() -> Value {
         "image": "relay:test",
         "args": ["outbox"],
         "env": [
-            {"name": "TRIBUTARY_DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "shop-db", "key": "url", "optional": true}}},
+            {"name": "TRIBUTARY_DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "shop-db", "key": "url"}}},
             env("TRIBUTARY_OUTBOX_TABLE", "outbox"),
             env("TRIBUTARY_COLUMN_ID", "id"),
             env("TRIBUTARY_COLUMN_AGGREGATE_TYPE", "aggregatetype"),
@@ -248,6 +250,49 @@ async fn sidecar_is_applied_under_its_own_field_manager_with_only_the_container(
     let sent = scenario.await.expect("scenario ran");
     assert_no_database_url(&sent);
     assert_eq!(harness.relay_status.asked(), vec!["10.1.0.7:8081".parse().expect("address")], "only the ready relay is asked");
+}
+
+#[tokio::test]
+async fn a_reconcile_soon_after_its_own_status_patch_changes_nothing() {
+    let (harness, mut api) = harness();
+    let relay = stored(outbox_relay("shop-outbox", SIDECAR), NOW - 10);
+    let relay_address = "10.1.0.7:8081".parse().expect("address");
+    harness.relay_status.answer(relay_address, RelayReport { pending_rows: Some(3), last_published_time: None });
+    let response = echo(&relay);
+    let ready_pod = pods(&[relay_pod("shop-api-0", "10.1.0.7", true, Some(8081))]);
+    let ready_pod_again = ready_pod.clone();
+    let first = tokio::spawn(async move {
+        api.expect(Method::PATCH, &format!("{RELAYS}/shop-outbox"), response.clone()).await;
+        api.expect(Method::GET, &format!("{SECRETS}/shop-db"), secret("url")).await;
+        api.expect(Method::GET, &format!("{TOPICS}/orders"), event_topic("orders", true)).await;
+        api.expect(Method::GET, &format!("{DEPLOYMENTS}/shop-api"), app_deployment("100", &[])).await;
+        api.expect(Method::PATCH, &format!("{RELAYS}/shop-outbox/status"), response.clone()).await;
+        api.expect(Method::PATCH, &format!("{DEPLOYMENTS}/shop-api"), app_deployment("101", &[])).await;
+        api.expect_event("default").await;
+        api.expect(Method::GET, PODS, ready_pod).await;
+        let status = api.expect(Method::PATCH, &format!("{RELAYS}/shop-outbox/status"), response).await;
+        (api, status.body)
+    });
+    harness.reconcile(&relay).await.expect("first reconcile");
+    let (mut api, status) = first.await.expect("scenario ran");
+
+    // The status patch comes back through the watch; the relay now has more to report.
+    harness.relay_status.answer(relay_address, RelayReport { pending_rows: Some(900), last_published_time: None });
+    let mut with_status = relay.clone();
+    with_status.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    with_status.status = Some(serde_json::from_value(status["status"].clone()).expect("status parses"));
+    let second = tokio::spawn(async move {
+        api.expect(Method::GET, &format!("{SECRETS}/shop-db"), secret("url")).await;
+        api.expect(Method::GET, &format!("{TOPICS}/orders"), event_topic("orders", true)).await;
+        api.expect(Method::GET, &format!("{DEPLOYMENTS}/shop-api"), app_deployment("101", &[])).await;
+        // The apply changes nothing (same resourceVersion): no Event.
+        api.expect(Method::PATCH, &format!("{DEPLOYMENTS}/shop-api"), app_deployment("101", &[])).await;
+        api.expect(Method::GET, PODS, ready_pod_again).await;
+        api.expect_no_more_requests().await;
+    });
+    harness.reconcile(&with_status).await.expect("second reconcile");
+    second.await.expect("scenario ran");
+    assert_eq!(harness.relay_status.asked(), vec![relay_address], "asked once: the figures are not due again yet");
 }
 
 #[tokio::test]

@@ -5,13 +5,16 @@
 //! no Kubernetes credentials: as a sidecar it runs with the application's ServiceAccount, which
 //! must not gain rights to patch Tributary's resources.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use tributary_api::outbox_relay::{RelayReport, RELAY_STATUS_PATH};
 
@@ -72,6 +75,27 @@ async fn get_status(address: SocketAddr) -> Result<RelayReport, String> {
     tokio::select! {
         result = exchange => result,
         Err(error) = connection => Err(format!("connection failed: {error}")),
+    }
+}
+
+/// When each relay was last asked, so that its figures are read at most once per interval however
+/// often it is reconciled: the status patch that stores new figures is itself a watch event, and
+/// under load the figures change every time.
+#[derive(Debug, Default)]
+pub struct ProbeSchedule(Mutex<HashMap<String, Timestamp>>);
+
+impl ProbeSchedule {
+    /// Whether the relay `key` may be asked at `now`, `interval` after it last was; if so, `now`
+    /// is recorded. Entries of relays not asked for many intervals (deleted ones) are dropped.
+    pub fn due(&self, key: &str, now: Timestamp, interval: Duration) -> bool {
+        let interval = SignedDuration::try_from(interval).unwrap_or(SignedDuration::MAX);
+        let mut asked = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        asked.retain(|_, at| now.duration_since(*at) < interval.saturating_mul(10));
+        let due = asked.get(key).is_none_or(|at| now.duration_since(*at) >= interval);
+        if due {
+            asked.insert(key.to_owned(), now);
+        }
+        due
     }
 }
 
@@ -160,6 +184,19 @@ mod tests {
             stream.write_all(response.as_bytes()).await.expect("answers");
         });
         address
+    }
+
+    #[test]
+    fn each_relay_is_asked_at_most_once_per_interval() {
+        let schedule = ProbeSchedule::default();
+        let at = |seconds| Timestamp::from_second(seconds).expect("timestamp");
+        let interval = Duration::from_secs(15);
+        assert!(schedule.due("a", at(100), interval));
+        assert!(!schedule.due("a", at(110), interval), "10 s later");
+        assert!(schedule.due("b", at(110), interval), "relays are scheduled apart");
+        assert!(schedule.due("a", at(115), interval));
+        assert!(schedule.due("b", at(1000), interval));
+        assert_eq!(schedule.0.lock().expect("not poisoned").len(), 1, "a relay not asked for long is forgotten");
     }
 
     #[tokio::test]
