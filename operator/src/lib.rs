@@ -6,6 +6,7 @@ pub mod apply;
 pub mod bench;
 pub mod cli;
 pub mod conditions;
+pub mod controller_support;
 pub mod crdgen;
 pub mod error;
 pub mod event_topic;

@@ -9,23 +9,22 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
-use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
+use kube::core::error_boundary::DeserializeGuard;
 use kube::core::Selector;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde_json::json;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, info};
 use tributary_api::outbox_relay::RelayReport;
 use tributary_api::{EventTopic, OutboxRelay, OutboxRelayStatus};
 
@@ -36,10 +35,10 @@ use super::desired::{
 use super::probe::{ready_relays, ProbeSchedule, RelayStatusSource};
 use super::resolve::{check_secret, get_deployment, lookup_topics, target_holder, validate};
 use super::status::{build_status, ready_reason, reason, recorded_target, Observation, Workload, READY};
-use crate::conditions::{Clock, DesiredCondition, Status};
+use crate::conditions::Clock;
+use crate::controller_support::{self, object_name, publish, reconcile_guarded, set_finalizer, Reporting};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::FIELD_MANAGER;
 
 /// Name of this controller in metrics and logs.
 pub const CONTROLLER: &str = "outboxrelay";
@@ -97,17 +96,12 @@ pub async fn run(
     let api: RelayApi = Api::all(client.clone());
     let controller = Controller::new(api, watcher::Config::default().any_semantic());
     let store = controller.store();
-    let readiness_store = store.clone();
-    tokio::spawn(async move {
-        if readiness_store.wait_until_ready().await.is_ok() {
-            ready();
-        }
-    });
+    controller_support::signal_when_synced(store.clone(), ready);
     let (by_target, by_topic) = (store.clone(), store.clone());
     let owned = watcher::Config::default().labels(&managed_deployments_selector()).any_semantic();
     let probe_schedule = ProbeSchedule::default();
     let context = Arc::new(Context { client: client.clone(), recorder, metrics, clock, relay_status, probe_schedule, store, settings });
-    controller
+    let results = controller
         .owns(Api::<Deployment>::all(client.clone()), owned)
         .watches(Api::<Deployment>::all(client.clone()), watcher::Config::default().any_semantic(), move |deployment| {
             relays_targeting(&by_target.state(), deployment.namespace().as_deref(), &deployment.name_any())
@@ -116,13 +110,8 @@ pub async fn run(
             relays_routing_to(&by_topic.state(), topic.namespace().as_deref(), &topic.name_any())
         })
         .shutdown_on_signal()
-        .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                warn!(%error, "OutboxRelay reconcile failed");
-            }
-        })
-        .await;
+        .run(reconcile, error_policy, context);
+    controller_support::log_failures(results, "OutboxRelay").await;
 }
 
 type RelayRef = ObjectRef<DeserializeGuard<OutboxRelay>>;
@@ -152,31 +141,16 @@ pub fn relays_routing_to(relays: &[Arc<DeserializeGuard<OutboxRelay>>], namespac
 
 /// Reconciles one OutboxRelay, or reports one the API server holds but that does not parse.
 pub async fn reconcile(guard: Arc<DeserializeGuard<OutboxRelay>>, context: Arc<Context>) -> Result<Action> {
-    let started = Instant::now();
-    let result = match &guard.0 {
-        Ok(relay) => {
-            let span = tracing::info_span!(
-                "reconcile",
-                controller = CONTROLLER,
-                namespace = relay.namespace().unwrap_or_default(),
-                name = relay.name_any()
-            );
-            let result = reconcile_relay(relay, &context).instrument(span).await;
-            if let Err(error) = &result {
-                publish(&context, &relay.object_ref(&()), EventType::Warning, "ReconcileFailed", "Reconcile", error.to_string()).await;
-            }
-            result
-        }
-        Err(invalid) => report_invalid_object(invalid, &context).await,
-    };
-    context.metrics.reconciled(CONTROLLER, started.elapsed());
-    result
+    let reporting =
+        Reporting { client: &context.client, recorder: &context.recorder, metrics: &context.metrics, clock: context.clock.as_ref() };
+    let invalid_status =
+        |observed_generation, conditions| OutboxRelayStatus { observed_generation, conditions, ..OutboxRelayStatus::default() };
+    reconcile_guarded(&guard, CONTROLLER, reporting, async |relay| reconcile_relay(relay, &context).await, invalid_status).await
 }
 
 /// Failed reconciles are retried after a pause; the failure is counted by reason.
 pub fn error_policy(_guard: Arc<DeserializeGuard<OutboxRelay>>, error: &Error, context: Arc<Context>) -> Action {
-    context.metrics.failed(CONTROLLER, error.metric_label());
-    Action::requeue(context.settings.error_retry)
+    controller_support::retry_after_failure(&context.metrics, CONTROLLER, error, context.settings.error_retry)
 }
 
 async fn reconcile_relay(relay: &OutboxRelay, context: &Context) -> Result<Action> {
@@ -193,7 +167,7 @@ async fn reconcile_relay(relay: &OutboxRelay, context: &Context) -> Result<Actio
     let occupied = relay.spec.placement.sidecar.as_ref().filter(|_| holder.is_none()).map(|sidecar| sidecar.target_ref.name.as_str());
     release_previous_workload(relay, occupied, &namespace, context).await?;
     if occupied.is_some() != has_finalizer(relay) {
-        set_finalizer(&api, relay, occupied.is_some()).await?;
+        set_finalizer(&api, relay, FINALIZER, occupied.is_some()).await?;
     }
 
     let secret = check_secret(&context.client, relay, &namespace, &object).await?;
@@ -225,7 +199,9 @@ async fn reconcile_relay(relay: &OutboxRelay, context: &Context) -> Result<Actio
 
     let status = build_status(relay, &observation, context.clock.now());
     let ready = crate::conditions::find(&status.conditions, READY).cloned();
-    patch_status_if_changed(&api, relay, &status).await?;
+    if relay.status.as_ref() != Some(&status) {
+        controller_support::patch_status(&api, relay, &status).await?;
+    }
     // A warning when the relay stops for a new reason; waiting for pods to start is no warning.
     let warn = |ready: &Condition| {
         ready.status == "False"
@@ -233,7 +209,7 @@ async fn reconcile_relay(relay: &OutboxRelay, context: &Context) -> Result<Actio
             && ready_reason(relay.status.as_ref()) != Some(ready.reason.as_str())
     };
     if let Some(ready) = ready.filter(warn) {
-        publish(context, &relay.object_ref(&()), EventType::Warning, &ready.reason, "Reconcile", ready.message).await;
+        publish(&context.recorder, &relay.object_ref(&()), EventType::Warning, &ready.reason, "Reconcile", ready.message).await;
     }
     Ok(if observation.invalid.is_some() { Action::await_change() } else { Action::requeue(context.settings.status_interval) })
 }
@@ -251,11 +227,7 @@ async fn apply_relay(
 ) -> Result<Deployment> {
     let recorded = recorded_target(relay);
     if relay.status.as_ref().map(|status| (&status.placement, &status.target)) != Some((&recorded.placement, &recorded.target)) {
-        apply_status(api, &relay.name_any(), &recorded).await.map_err(|source| Error::Kube {
-            operation: "status patch",
-            object: object_name(relay),
-            source,
-        })?;
+        controller_support::patch_status(api, relay, &recorded).await?;
     }
     let workload = relay_workload(relay, routes, &context.settings.relay);
     let (name, manager) = (workload.deployment_name(), workload.field_manager());
@@ -270,7 +242,7 @@ async fn apply_relay(
     };
     if before.and_then(|deployment| deployment.metadata.resource_version.as_ref()) != applied.metadata.resource_version.as_ref() {
         info!(%change, "relay applied");
-        publish(context, &relay.object_ref(&()), EventType::Normal, "RelayApplied", "Apply", change).await;
+        publish(&context.recorder, &relay.object_ref(&()), EventType::Normal, "RelayApplied", "Apply", change).await;
     }
     Ok(applied)
 }
@@ -352,7 +324,7 @@ async fn remove_sidecar(relay: &OutboxRelay, namespace: &str, target: &str, cont
         .map_err(|source| Error::Kube { operation: "sidecar removal", object, source })?;
     let note = format!("removed the relay container from Deployment {target}");
     info!(%note, "sidecar removed");
-    publish(context, &relay.object_ref(&()), EventType::Normal, "SidecarRemoved", "Remove", note).await;
+    publish(&context.recorder, &relay.object_ref(&()), EventType::Normal, "SidecarRemoved", "Remove", note).await;
     Ok(true)
 }
 
@@ -385,7 +357,7 @@ async fn finalize(relay: &OutboxRelay, api: &RelayApi, namespace: &str, context:
     for target in &targets {
         remove_sidecar(relay, namespace, target, context).await?;
     }
-    set_finalizer(api, relay, false).await?;
+    set_finalizer(api, relay, FINALIZER, false).await?;
     Ok(Action::await_change())
 }
 
@@ -396,81 +368,4 @@ fn is_controlled_by(deployment: &Deployment, relay: &OutboxRelay) -> bool {
 
 fn has_finalizer(relay: &OutboxRelay) -> bool {
     relay.finalizers().iter().any(|finalizer| finalizer == FINALIZER)
-}
-
-/// Adds or removes the finalizer by server-side apply, touching no other finalizer.
-async fn set_finalizer(api: &RelayApi, relay: &OutboxRelay, present: bool) -> Result<()> {
-    let finalizers: Vec<&str> = if present { vec![FINALIZER] } else { Vec::new() };
-    let patch = json!({
-        "apiVersion": OutboxRelay::api_version(&()),
-        "kind": OutboxRelay::kind(&()),
-        "metadata": { "name": relay.name_any(), "finalizers": finalizers },
-    });
-    api.patch(&relay.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map_err(|source| Error::Kube { operation: "finalizer patch", object: object_name(relay), source })?;
-    Ok(())
-}
-
-async fn patch_status_if_changed(api: &RelayApi, relay: &OutboxRelay, status: &OutboxRelayStatus) -> Result<()> {
-    if relay.status.as_ref() == Some(status) {
-        return Ok(());
-    }
-    apply_status(api, &relay.name_any(), status).await.map_err(|source| Error::Kube {
-        operation: "status patch",
-        object: object_name(relay),
-        source,
-    })
-}
-
-async fn apply_status(api: &RelayApi, name: &str, status: &OutboxRelayStatus) -> Result<(), kube::Error> {
-    let patch = json!({
-        "apiVersion": OutboxRelay::api_version(&()),
-        "kind": OutboxRelay::kind(&()),
-        "status": status,
-    });
-    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await.map(drop)
-}
-
-/// Reports an OutboxRelay whose spec does not match the schema this operator knows, without
-/// stalling the watch for the others.
-async fn report_invalid_object(invalid: &InvalidObject, context: &Context) -> Result<Action> {
-    let name = invalid.metadata.name.clone().unwrap_or_default();
-    let namespace = invalid.metadata.namespace.clone().unwrap_or_default();
-    let message = format!("cannot read OutboxRelay {namespace}/{name}: {}", invalid.error);
-    warn!(%namespace, %name, error = %invalid.error, "OutboxRelay does not match the schema");
-    let reference = ObjectReference {
-        api_version: Some(OutboxRelay::api_version(&()).into_owned()),
-        kind: Some(OutboxRelay::kind(&()).into_owned()),
-        name: Some(name.clone()),
-        namespace: Some(namespace.clone()),
-        uid: invalid.metadata.uid.clone(),
-        ..ObjectReference::default()
-    };
-    publish(context, &reference, EventType::Warning, reason::INVALID_CONFIG, "Validate", message.clone()).await;
-    let ready = DesiredCondition::new(READY, Status::False, reason::INVALID_CONFIG, message);
-    let status = OutboxRelayStatus {
-        observed_generation: invalid.metadata.generation,
-        conditions: crate::conditions::merge_conditions(&[], &[ready], invalid.metadata.generation, context.clock.now()),
-        ..OutboxRelayStatus::default()
-    };
-    let api: RelayApi = Api::namespaced(context.client.clone(), &namespace);
-    apply_status(&api, &name, &status).await.map_err(|source| Error::Kube {
-        operation: "status patch",
-        object: format!("OutboxRelay {namespace}/{name}"),
-        source,
-    })?;
-    Ok(Action::await_change())
-}
-
-/// Publishes an Event; a failure to do so is logged, never fails the reconcile.
-async fn publish(context: &Context, reference: &ObjectReference, type_: EventType, reason: &str, action: &str, note: String) {
-    let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
-    if let Err(error) = context.recorder.publish(&event, reference).await {
-        warn!(%error, reason, "could not publish Kubernetes Event");
-    }
-}
-
-fn object_name(relay: &OutboxRelay) -> String {
-    format!("OutboxRelay {}/{}", relay.namespace().unwrap_or_default(), relay.name_any())
 }

@@ -358,11 +358,25 @@ fn applied_sidecar(spec: &str) -> OutboxRelay {
     relay
 }
 
+/// That relay, being deleted.
+fn deleted_sidecar() -> OutboxRelay {
+    let mut relay = applied_sidecar(SIDECAR);
+    relay.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(NOW - 1).expect("timestamp")));
+    relay
+}
+
+/// Expects the finalizer to be released by server-side apply, and nothing after.
+async fn expect_finalizer_released(mut api: ApiServerVerifier, response: Value) {
+    let finalizer = api.expect(Method::PATCH, &format!("{RELAYS}/shop-outbox"), response).await;
+    assert!(finalizer.uri.contains("fieldManager=tributary-operator") && finalizer.uri.contains("force=true"), "{}", finalizer.uri);
+    assert_eq!(finalizer.body["metadata"]["finalizers"], json!([]));
+    api.expect_no_more_requests().await;
+}
+
 #[tokio::test]
 async fn deletion_removes_exactly_the_relay_container_then_the_finalizer() {
     let (harness, mut api) = harness();
-    let mut relay = applied_sidecar(SIDECAR);
-    relay.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(NOW - 1).expect("timestamp")));
+    let relay = deleted_sidecar();
     let response = echo(&relay);
     let scenario = tokio::spawn(async move {
         api.expect(
@@ -379,9 +393,7 @@ async fn deletion_removes_exactly_the_relay_container_then_the_finalizer() {
         );
         let removed = api.expect_event("default").await;
         assert_eq!(removed["reason"].as_str(), Some("SidecarRemoved"));
-        let finalizer = api.expect(Method::PATCH, &format!("{RELAYS}/shop-outbox"), response).await;
-        assert_eq!(finalizer.body["metadata"]["finalizers"], json!([]));
-        api.expect_no_more_requests().await;
+        expect_finalizer_released(api, response).await;
     });
     assert_eq!(harness.reconcile(&relay).await.expect("reconciles"), Action::await_change());
     scenario.await.expect("scenario ran");
@@ -390,14 +402,11 @@ async fn deletion_removes_exactly_the_relay_container_then_the_finalizer() {
 #[tokio::test]
 async fn deleting_a_relay_whose_target_never_existed_only_releases_the_finalizer() {
     let (harness, mut api) = harness();
-    let mut relay = applied_sidecar(SIDECAR);
-    relay.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(NOW - 1).expect("timestamp")));
+    let relay = deleted_sidecar();
     let response = echo(&relay);
     let scenario = tokio::spawn(async move {
         api.expect_not_found(Method::GET, &format!("{DEPLOYMENTS}/shop-api")).await;
-        let finalizer = api.expect(Method::PATCH, &format!("{RELAYS}/shop-outbox"), response).await;
-        assert_eq!(finalizer.body["metadata"]["finalizers"], json!([]));
-        api.expect_no_more_requests().await;
+        expect_finalizer_released(api, response).await;
     });
     assert_eq!(harness.reconcile(&relay).await.expect("reconciles"), Action::await_change());
     scenario.await.expect("scenario ran");
