@@ -25,7 +25,10 @@ pub const SQL_IDENTIFIER_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$";
     printcolumn(name = "Placement", type_ = "string", json_path = ".status.placement"),
     printcolumn(name = "Target", type_ = "string", json_path = ".status.target", priority = 1),
     printcolumn(name = "Pending", type_ = "integer", json_path = ".status.pendingRows", description = "Outbox rows not yet in Kafka"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("size(self.metadata.name) <= 63").message(
+        "metadata.name of an OutboxRelay is at most 63 characters: it labels the relay's pods and names its field manager"
+    ),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct OutboxRelaySpec {
@@ -210,8 +213,9 @@ pub struct Routing {
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Route {
-    /// Value of the aggregate type column.
-    #[schemars(length(min = 1))]
+    /// Value of the aggregate type column. It cannot contain `,` or `=`, which separate routes in
+    /// the relay's configuration.
+    #[schemars(regex(pattern = r"^[^,=]+$"))]
     pub aggregate_type: String,
     /// metadata.name of an EventTopic in this namespace.
     #[schemars(length(min = 1, max = 253))]
@@ -237,7 +241,20 @@ pub struct Placement {
 pub struct SidecarPlacement {
     /// The Deployment (in this namespace) the relay container is added to.
     pub target_ref: DeploymentReference,
+    /// Port of the relay's `/metrics`, `/healthz` and `/status` in the application's pods; change
+    /// it when the application itself listens on 8081.
+    #[serde(default = "default_sidecar_port")]
+    #[schemars(range(min = 1024, max = 65535))]
+    pub port: i32,
 }
+
+fn default_sidecar_port() -> i32 {
+    RELAY_PORT
+}
+
+/// Port of the relay's HTTP server (`/metrics`, `/healthz`, `/readyz`, `/status`) unless a sidecar
+/// placement names another.
+pub const RELAY_PORT: i32 = 8081;
 
 /// A Deployment in the same namespace.
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
@@ -327,4 +344,32 @@ pub struct OutboxRelayStatus {
     /// When the relay last published a row.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_published_time: Option<Time>,
+}
+
+/// Path of the relay's status endpoint, served on its HTTP port beside `/metrics`.
+pub const RELAY_STATUS_PATH: &str = "/status";
+
+/// What a running relay answers on [`RELAY_STATUS_PATH`]; the operator copies it into the
+/// OutboxRelay's status. The relay reports over HTTP, rather than patching the status itself, so
+/// that it needs no Kubernetes credentials: as a sidecar it runs with the application's
+/// ServiceAccount, which must not gain rights on Tributary's resources.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RelayReport {
+    /// Outbox rows not yet published; `null` until the relay first counted them.
+    pub pending_rows: Option<i64>,
+    /// When the relay last published a row (whole seconds); `null` when it has not yet.
+    pub last_published_time: Option<Time>,
+}
+
+impl RelayReport {
+    /// A report from what the relay measured (a time outside what Kubernetes can represent reads
+    /// as unknown).
+    pub fn new(pending_rows: Option<i64>, last_published: Option<std::time::SystemTime>) -> Self {
+        let last_published_time = last_published
+            .and_then(|time| k8s_openapi::jiff::Timestamp::try_from(time).ok())
+            .and_then(|time| k8s_openapi::jiff::Timestamp::from_second(time.as_second()).ok())
+            .map(Time);
+        RelayReport { pending_rows, last_published_time }
+    }
 }

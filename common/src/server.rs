@@ -46,8 +46,14 @@ pub fn router(registry: Arc<Registry>, readiness: Readiness) -> Router {
 
 /// Serves until the process ends.
 pub async fn serve(address: SocketAddr, registry: Arc<Registry>, readiness: Readiness) -> std::io::Result<()> {
+    serve_with(address, registry, readiness, Router::new()).await
+}
+
+/// Serves the common routes plus `extra`, the binary's own (such as the relay's `/status`), until
+/// the process ends.
+pub async fn serve_with(address: SocketAddr, registry: Arc<Registry>, readiness: Readiness, extra: Router) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(address).await?;
-    axum::serve(listener, router(registry, readiness)).await
+    axum::serve(listener, router(registry, readiness).merge(extra)).await
 }
 
 async fn metrics(State(state): State<ServerState>) -> impl IntoResponse {

@@ -1,5 +1,7 @@
 //! `tributary-operator apply -f`: the Kafka side of EventTopics from files, without a cluster,
-//! through the same desired-state, sync and status code the controller uses.
+//! through the same desired-state, sync and status code the controller uses; and, for every
+//! OutboxRelay, the relay container (sidecar) or Deployment (standalone) the controller would
+//! apply, built by the controller's own builders.
 //!
 //! Every document is validated (CRD schema and CEL rules) before anything touches Kafka, so bad
 //! input changes nothing.
@@ -21,6 +23,9 @@ use crate::event_topic::desired::desired_topics;
 use crate::event_topic::status::{build_status, Outcome, READY};
 use crate::event_topic::sync::{sync_topics, SyncMode, TopicReport};
 use crate::kafka::TopicAdmin;
+use crate::outbox_relay::desired::{relay_workload, PlacementKind, RelaySettings, RelayWorkload};
+use crate::outbox_relay::resolve::{resolve_routes, validate, SecretCheck, TopicLookup};
+use crate::outbox_relay::status::{self as relay_status, Observation, Workload};
 
 /// One YAML document and where it came from.
 #[derive(Debug, Clone)]
@@ -281,6 +286,89 @@ fn describe_plan(report: &TopicReport, mode: SyncMode) -> Vec<String> {
     lines
 }
 
+/// What the controller would apply for one OutboxRelay, or why it would wait.
+#[derive(Debug, Clone)]
+pub struct RelayPlan {
+    pub relay: OutboxRelay,
+    /// The workload, or the Ready reason and message that keep it from running.
+    pub workload: Result<RelayWorkload, (String, String)>,
+}
+
+/// Plans every OutboxRelay against the EventTopics of the same input (and what applying them
+/// made of them). Offline there is no cluster: the database Secret and a sidecar's target
+/// Deployment are taken to exist.
+pub fn plan_outbox_relays(relays: &[OutboxRelay], topics: &[TopicResult], settings: &RelaySettings, now: Timestamp) -> Vec<RelayPlan> {
+    relays
+        .iter()
+        .map(|relay| {
+            let lookup = |name: &str| {
+                topics.iter().find(|result| result.topic.namespace() == relay.namespace() && result.topic.name_any() == name).map_or(
+                    TopicLookup::Missing,
+                    |result| TopicLookup::Found { kafka_topic: result.topic.kafka_topic_name().to_owned(), ready: result.is_ready() },
+                )
+            };
+            let observation = Observation {
+                workload: match PlacementKind::of(relay) {
+                    PlacementKind::Sidecar => Workload::Target,
+                    PlacementKind::Standalone => Workload::Own,
+                },
+                routes: resolve_routes(relay, lookup),
+                secret: SecretCheck::Found,
+                invalid: validate(relay).err(),
+                ready_relays: None,
+                report: None,
+            };
+            let workload = match observation.routes_to_apply() {
+                Some(routes) => Ok(relay_workload(relay, routes, settings)),
+                None => {
+                    let status = relay_status::build_status(relay, &observation, now);
+                    let ready = crate::conditions::find(&status.conditions, relay_status::READY);
+                    Err(ready.map(|c| (c.reason.clone(), c.message.clone())).unwrap_or_default())
+                }
+            };
+            RelayPlan { relay: relay.clone(), workload }
+        })
+        .collect()
+}
+
+/// Per OutboxRelay, the server-side apply it would make, as YAML, or why it would wait.
+pub fn render_relay_plans(plans: &[RelayPlan]) -> String {
+    let mut out = String::new();
+    for plan in plans {
+        let relay = &plan.relay;
+        let namespace = relay.namespace().unwrap_or_default();
+        let _ = write!(out, "OutboxRelay {namespace}/{}", relay.name_any());
+        let yaml = match &plan.workload {
+            Err((reason, message)) => {
+                let _ = writeln!(out, ": would wait: {reason}: {message}");
+                continue;
+            }
+            Ok(workload @ RelayWorkload::Sidecar { body, .. }) => {
+                let _ = writeln!(
+                    out,
+                    " → container tributary-relay in Deployment {namespace}/{} (server-side apply, field manager {}):",
+                    workload.deployment_name(),
+                    workload.field_manager()
+                );
+                serde_yaml::to_string(body)
+            }
+            Ok(workload @ RelayWorkload::Standalone(deployment)) => {
+                let _ = writeln!(
+                    out,
+                    " → Deployment {namespace}/{} (server-side apply, field manager {}):",
+                    workload.deployment_name(),
+                    workload.field_manager()
+                );
+                serde_yaml::to_string(deployment)
+            }
+        };
+        for line in yaml.unwrap_or_else(|error| format!("cannot render: {error}")).lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,6 +459,85 @@ metadata: { name: y }
         let yaml = format!("{TWO_TOPICS}\n---\n{}", TWO_TOPICS.split("---").next().expect("first doc"));
         let problems = validate_documents(&documents(&yaml)).expect_err("duplicate");
         assert!(problems[0].contains("EventTopic shop/orders appears more than once"), "{problems:?}");
+    }
+
+    const RELAYS: &str = r#"
+apiVersion: tributary.dev/v1alpha1
+kind: OutboxRelay
+metadata: { name: shop-outbox, namespace: shop }
+spec:
+  database: { urlSecretRef: { name: shop-db } }
+  routing: { routes: [{ aggregateType: Order, eventTopic: orders }] }
+  placement: { sidecar: { targetRef: { name: shop-api } } }
+---
+apiVersion: tributary.dev/v1alpha1
+kind: OutboxRelay
+metadata: { name: billing, namespace: shop }
+spec:
+  database: { urlSecretRef: { name: billing-db } }
+  routing: { routes: [{ aggregateType: Invoice, eventTopic: invoices }] }
+  placement: { standalone: { replicas: 2 } }
+"#;
+
+    #[tokio::test]
+    async fn outbox_relays_render_the_sidecar_apply_or_the_deployment_the_controller_would_make() {
+        let objects = validate_documents(&documents(&format!("{TWO_TOPICS}\n---\n{RELAYS}"))).expect("valid");
+        let relays: Vec<OutboxRelay> =
+            objects.iter().filter_map(|object| if let Object::OutboxRelay(relay) = object { Some(*relay.clone()) } else { None }).collect();
+        let admin = FakeTopicAdmin::new();
+        let topics = apply_event_topics(&admin, &event_topics(objects), SyncMode::Apply, Timestamp::UNIX_EPOCH).await;
+        let settings = RelaySettings { image: "relay:1".into(), bootstrap_servers: "kafka:9092".into() };
+        let plans = plan_outbox_relays(&relays, &topics, &settings, Timestamp::UNIX_EPOCH);
+
+        let sidecar = plans[0].workload.as_ref().expect("orders exists in shop and is Ready");
+        let container = crate::outbox_relay::desired::relay_container(
+            &relays[0],
+            &[crate::outbox_relay::desired::ResolvedRoute {
+                aggregate_type: "Order".into(),
+                event_topic: "orders".into(),
+                kafka_topic: "orders".into(),
+            }],
+            &settings,
+        );
+        assert_eq!(
+            sidecar,
+            &RelayWorkload::Sidecar {
+                target: "shop-api".into(),
+                field_manager: "tributary-operator/outbox-relay/shop-outbox".into(),
+                body: crate::outbox_relay::desired::sidecar_apply_body("shop", "shop-api", &container),
+            }
+        );
+        assert_eq!(plans[1].workload.as_ref().map_err(|(reason, _)| reason.as_str()).err(), Some("TopicNotFound"));
+
+        let report = render_relay_plans(&plans);
+        assert!(
+            report.contains("OutboxRelay shop/shop-outbox → container tributary-relay in Deployment shop/shop-api (server-side apply, field manager tributary-operator/outbox-relay/shop-outbox):\n  apiVersion: apps/v1\n"),
+            "{report}"
+        );
+        assert!(report.contains("  - name: TRIBUTARY_ROUTES\n            value: Order=orders\n"), "{report}");
+        assert!(report.contains("OutboxRelay shop/billing: would wait: TopicNotFound: "), "{report}");
+    }
+
+    #[tokio::test]
+    async fn standalone_relays_render_their_deployment() {
+        let yaml = RELAYS.split("---").nth(1).expect("second document").replace("eventTopic: invoices", "eventTopic: orders");
+        let objects = validate_documents(&documents(&format!("{TWO_TOPICS}\n---\n{yaml}"))).expect("valid");
+        let relays: Vec<OutboxRelay> =
+            objects.iter().filter_map(|object| if let Object::OutboxRelay(relay) = object { Some(*relay.clone()) } else { None }).collect();
+        let topics = apply_event_topics(&FakeTopicAdmin::new(), &event_topics(objects), SyncMode::DryRun, Timestamp::UNIX_EPOCH).await;
+        let settings = RelaySettings { image: "relay:1".into(), bootstrap_servers: "kafka:9092".into() };
+        let plans = plan_outbox_relays(&relays, &topics, &settings, Timestamp::UNIX_EPOCH);
+        let Ok(RelayWorkload::Standalone(deployment)) = &plans[0].workload else { panic!("{:?}", plans[0].workload) };
+        assert_eq!(deployment.metadata.name.as_deref(), Some("billing-relay"));
+        assert!(deployment.metadata.owner_references.is_none(), "offline objects have no uid to own by");
+        let report = render_relay_plans(&plans);
+        assert!(
+            report.contains(
+                "OutboxRelay shop/billing → Deployment shop/billing-relay (server-side apply, field manager tributary-operator):"
+            ),
+            "{report}"
+        );
+        assert!(report.contains("  replicas: 2"), "{report}");
     }
 
     #[tokio::test]

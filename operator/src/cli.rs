@@ -1,8 +1,9 @@
-//! The command line: `run` (the controller), `crdgen`, `apply` (offline) and `bench-topics`.
+//! The command line: `run` (the controllers), `crdgen`, `apply` (offline) and `bench-topics`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use crate::conditions::{Clock, SystemClock};
 use crate::event_topic::{self, sync::SyncMode};
 use crate::kafka::{KafkaConnection, RdKafkaTopicAdmin, TopicAdmin};
 use crate::metrics::Metrics;
+use crate::outbox_relay::{self, desired::RelaySettings, probe::HttpRelayStatus};
 use tributary_common::logging::{self, LoggingArgs};
 use tributary_common::server::{self, Readiness};
 
@@ -34,7 +36,8 @@ pub enum Command {
     Run(RunArgs),
     /// Print every CRD as YAML, or write one file per kind into a directory.
     Crdgen(CrdgenArgs),
-    /// Reconcile the Kafka side of the EventTopics in files, without a cluster.
+    /// Reconcile the Kafka side of the EventTopics in files, without a cluster, and print the
+    /// relays the OutboxRelays in them would run.
     Apply(ApplyArgs),
     /// Benchmark: reconcile N fresh EventTopics against a broker and print topics_per_s and peak_rss_mib.
     BenchTopics(BenchArgs),
@@ -99,6 +102,9 @@ pub struct ApplyArgs {
     pub dry_run: bool,
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    /// Image of `tributary-relay` in the printed relays.
+    #[arg(long, env = "TRIBUTARY_RELAY_IMAGE", default_value = concat!("ghcr.io/tributary-dev/tributary-relay:", env!("CARGO_PKG_VERSION")))]
+    pub relay_image: String,
 }
 
 #[derive(Debug, Args)]
@@ -152,10 +158,41 @@ async fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let recorder = Recorder::new(client.clone(), reporter);
-    let controller = event_topic::controller::run(client, admin, metrics, clock, recorder, settings, move || readiness.mark_ready());
+    let synced = SyncedControllers::new(readiness, 2);
+    let topics =
+        event_topic::controller::run(client.clone(), admin, metrics.clone(), clock.clone(), recorder.clone(), settings, synced.callback());
+    let relay_settings = outbox_relay::Settings::new(RelaySettings {
+        image: args.relay_image.clone(),
+        bootstrap_servers: args.kafka.bootstrap_servers.clone(),
+    });
+    let relay_status = Arc::new(HttpRelayStatus { timeout: Duration::from_secs(2) });
+    let relays = outbox_relay::controller::run(client, metrics, clock, recorder, relay_status, relay_settings, synced.callback());
     tokio::select! {
-        () = controller => Ok(()),
+        _ = futures::future::join(topics, relays) => Ok(()),
         served = server => Err(anyhow::anyhow!("the metrics and health server stopped: {:?}", served)),
+    }
+}
+
+/// Turns `/readyz` ready once every controller's watch has synced.
+#[derive(Clone)]
+struct SyncedControllers {
+    readiness: Readiness,
+    pending: Arc<AtomicUsize>,
+}
+
+impl SyncedControllers {
+    fn new(readiness: Readiness, controllers: usize) -> Self {
+        SyncedControllers { readiness, pending: Arc::new(AtomicUsize::new(controllers)) }
+    }
+
+    /// What one controller calls once synced.
+    fn callback(&self) -> impl FnOnce() + Send + 'static {
+        let synced = self.clone();
+        move || {
+            if synced.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+                synced.readiness.mark_ready();
+            }
+        }
     }
 }
 
@@ -171,23 +208,30 @@ async fn run_apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let mut topics = Vec::new();
+    let (mut topics, mut relays) = (Vec::new(), Vec::new());
     for object in objects {
         match object {
             apply::Object::EventTopic(topic) => topics.push(*topic),
-            apply::Object::Subscription(_) | apply::Object::OutboxRelay(_) => {}
+            apply::Object::OutboxRelay(relay) => relays.push(*relay),
+            apply::Object::Subscription(_) => {}
         }
     }
     let mode = if args.dry_run { SyncMode::DryRun } else { SyncMode::Apply };
     let admin = args.kafka.admin()?;
     let results = apply::apply_event_topics(admin.as_ref(), &topics, mode, SystemClock.now()).await;
     print!("{}", apply::render_report(&results, mode));
+    let relay_settings = RelaySettings { image: args.relay_image, bootstrap_servers: args.kafka.bootstrap_servers };
+    let relay_plans = apply::plan_outbox_relays(&relays, &results, &relay_settings, SystemClock.now());
+    print!("{}", apply::render_relay_plans(&relay_plans));
     let not_ready = results.iter().filter(|result| !result.is_ready()).count();
+    let blocked = relay_plans.iter().filter(|plan| plan.workload.is_err()).count();
     if mode == SyncMode::Apply && not_ready > 0 {
         eprintln!("error: {not_ready} of {} EventTopics are not Ready (see their status above)", results.len());
-        return Ok(ExitCode::FAILURE);
     }
-    Ok(ExitCode::SUCCESS)
+    if blocked > 0 {
+        eprintln!("error: {blocked} of {} OutboxRelays cannot run (see above)", relay_plans.len());
+    }
+    Ok(if (mode == SyncMode::Apply && not_ready > 0) || blocked > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {

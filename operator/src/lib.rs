@@ -6,6 +6,7 @@ pub mod apply;
 pub mod bench;
 pub mod cli;
 pub mod conditions;
+pub mod controller_support;
 pub mod crdgen;
 pub mod error;
 pub mod event_topic;
@@ -13,6 +14,7 @@ pub mod event_topic;
 pub(crate) mod fixtures;
 pub mod kafka;
 pub mod metrics;
+pub mod outbox_relay;
 
 /// The one field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "tributary-operator";

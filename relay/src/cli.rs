@@ -165,7 +165,7 @@ pub struct OutboxArgs {
     /// How long Kafka may take to acknowledge before the batch is retried.
     #[arg(long, env = "TRIBUTARY_DELIVERY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub delivery_timeout: Duration,
-    /// Address serving /metrics, /healthz and /readyz.
+    /// Address serving /metrics, /healthz, /readyz and /status.
     #[arg(long, env = "TRIBUTARY_LISTEN_ADDRESS", default_value = "0.0.0.0:8081")]
     pub listen_address: SocketAddr,
 }
@@ -312,9 +312,10 @@ async fn run_outbox(args: OutboxArgs) -> anyhow::Result<ExitCode> {
     let mut registry = Registry::default();
     let metrics = Arc::new(RelayMetrics::register(&mut registry, readiness.clone()));
     let listen_address = args.listen_address;
+    let status = crate::metrics::status_routes(metrics.clone());
     tokio::spawn(async move {
-        if let Err(error) = server::serve(listen_address, Arc::new(registry), readiness).await {
-            error!(%error, %listen_address, "the /metrics, /healthz and /readyz server stopped");
+        if let Err(error) = server::serve_with(listen_address, Arc::new(registry), readiness, status).await {
+            error!(%error, %listen_address, "the /metrics, /healthz, /readyz and /status server stopped");
         }
     });
 

@@ -1,6 +1,13 @@
-//! Relay metrics, registered in a registry the caller owns, and the readiness they imply.
+//! Relay metrics, registered in a registry the caller owns, the readiness they imply, and the
+//! report the operator reads from `GET /status`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::http::{header, StatusCode};
+use axum::routing::get;
+use axum::Router;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -8,6 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use tributary_api::outbox_relay::{RelayReport, RELAY_STATUS_PATH};
 use tributary_common::server::Readiness;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -25,6 +33,10 @@ pub struct RelayMetrics {
     database_ready: AtomicBool,
     kafka_ready: AtomicBool,
     readiness: Readiness,
+    /// Whether `pending` holds a count yet (the gauge alone cannot tell 0 from "not counted").
+    pending_counted: AtomicBool,
+    /// Milliseconds since the Unix epoch of the last publish; 0 until the first.
+    last_published_ms: AtomicU64,
 }
 
 impl RelayMetrics {
@@ -38,6 +50,8 @@ impl RelayMetrics {
             database_ready: AtomicBool::new(false),
             kafka_ready: AtomicBool::new(false),
             readiness,
+            pending_counted: AtomicBool::new(false),
+            last_published_ms: AtomicU64::new(0),
         };
         let registry = registry.sub_registry_with_prefix("tributary_relay");
         registry.register("pending_rows", "Outbox rows not yet published", metrics.pending.clone());
@@ -50,10 +64,25 @@ impl RelayMetrics {
 
     pub fn set_pending(&self, rows: i64) {
         self.pending.set(rows);
+        self.pending_counted.store(true, Ordering::Release);
     }
 
     pub fn published(&self, rows: usize) {
         self.published.inc_by(rows as u64);
+        if rows > 0 {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            self.last_published_ms.store(u64::try_from(now.as_millis()).unwrap_or(u64::MAX), Ordering::Release);
+        }
+    }
+
+    /// What `GET /status` answers.
+    pub fn report(&self) -> RelayReport {
+        let pending = self.pending_counted.load(Ordering::Acquire).then(|| self.pending.get());
+        let last_published = match self.last_published_ms.load(Ordering::Acquire) {
+            0 => None,
+            ms => UNIX_EPOCH.checked_add(Duration::from_millis(ms)),
+        };
+        RelayReport::new(pending, last_published)
     }
 
     pub fn failed(&self, reason: &'static str) {
@@ -81,5 +110,48 @@ impl RelayMetrics {
     /// Ready while the last attempts reached both the database and Kafka.
     pub fn is_ready(&self) -> bool {
         self.database_ready.load(Ordering::Acquire) && self.kafka_ready.load(Ordering::Acquire)
+    }
+}
+
+/// `GET /status`: the relay's [`RelayReport`] as JSON, served beside `/metrics`.
+pub fn status_routes(metrics: Arc<RelayMetrics>) -> Router {
+    Router::new().route(
+        RELAY_STATUS_PATH,
+        get(move || {
+            let metrics = metrics.clone();
+            async move {
+                match serde_json::to_string(&metrics.report()) {
+                    Ok(body) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body),
+                    Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], error.to_string()),
+                }
+            }
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_is_empty_until_the_relay_counted_and_published() {
+        let metrics = RelayMetrics::register(&mut Registry::default(), Readiness::default());
+        assert_eq!(
+            serde_json::to_value(metrics.report()).expect("serializes"),
+            serde_json::json!({"pendingRows": null, "lastPublishedTime": null})
+        );
+
+        metrics.set_pending(0);
+        metrics.published(0);
+        assert_eq!(metrics.report(), RelayReport { pending_rows: Some(0), last_published_time: None }, "an empty batch publishes nothing");
+
+        let before = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_secs();
+        metrics.set_pending(7);
+        metrics.published(3);
+        let report = metrics.report();
+        assert_eq!(report.pending_rows, Some(7));
+        let published = report.last_published_time.expect("a publish time").0;
+        assert!(published.as_second() >= i64::try_from(before).expect("seconds fit"), "{published} is before {before}");
+        assert_eq!(published.subsec_nanosecond(), 0, "whole seconds, as Kubernetes stores times");
     }
 }

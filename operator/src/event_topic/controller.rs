@@ -2,19 +2,16 @@
 //! sync Kafka → conditions (pure) → status patch when it changed.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::api::{Patch, PatchParams};
-use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
+use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
-use serde_json::json;
-use tracing::{info, instrument, warn, Instrument};
+use tracing::{info, instrument, warn};
 use tributary_api::event_topic::DeletionPolicy;
 use tributary_api::{EventTopic, EventTopicStatus};
 
@@ -22,11 +19,11 @@ use super::conflict::find_conflict;
 use super::desired::desired_topics;
 use super::status::{build_status, needs_patch, paused_status, reason, Outcome};
 use super::sync::{sync_topics, SyncMode};
-use crate::conditions::{Clock, DesiredCondition, Status};
+use crate::conditions::{Clock, Status};
+use crate::controller_support::{self, reconcile_guarded, Reporting};
 use crate::error::{Error, Result};
 use crate::kafka::{KafkaError, TopicAdmin};
 use crate::metrics::Metrics;
-use crate::FIELD_MANAGER;
 
 /// Name of this controller in metrics and logs.
 pub const CONTROLLER: &str = "eventtopic";
@@ -87,51 +84,24 @@ pub async fn run(
     let api: Api<DeserializeGuard<EventTopic>> = Api::all(client.clone());
     let controller = Controller::new(api, watcher::Config::default().any_semantic());
     let store = controller.store();
-    let readiness_store = store.clone();
-    tokio::spawn(async move {
-        if readiness_store.wait_until_ready().await.is_ok() {
-            ready();
-        }
-    });
+    controller_support::signal_when_synced(store.clone(), ready);
     let context = Arc::new(Context { client, admin, recorder, metrics, clock, store, settings });
-    controller
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                warn!(%error, "EventTopic reconcile failed");
-            }
-        })
-        .await;
+    let results = controller.shutdown_on_signal().run(reconcile, error_policy, context);
+    controller_support::log_failures(results, "EventTopic").await;
 }
 
 /// Reconciles one EventTopic, or reports one the API server holds but that does not parse.
 pub async fn reconcile(guard: Arc<DeserializeGuard<EventTopic>>, context: Arc<Context>) -> Result<Action> {
-    let started = Instant::now();
-    let result = match &guard.0 {
-        Ok(topic) => {
-            let span = tracing::info_span!(
-                "reconcile",
-                controller = CONTROLLER,
-                namespace = topic.namespace().unwrap_or_default(),
-                name = topic.name_any()
-            );
-            let result = reconcile_topic(topic, &context).instrument(span).await;
-            if let Err(error) = &result {
-                publish(&context, &topic.object_ref(&()), EventType::Warning, "ReconcileFailed", "Reconcile", error.to_string()).await;
-            }
-            result
-        }
-        Err(invalid) => report_invalid_object(invalid, &context).await,
-    };
-    context.metrics.reconciled(CONTROLLER, started.elapsed());
-    result
+    let reporting =
+        Reporting { client: &context.client, recorder: &context.recorder, metrics: &context.metrics, clock: context.clock.as_ref() };
+    let invalid_status =
+        |observed_generation, conditions| EventTopicStatus { observed_generation, conditions, ..EventTopicStatus::default() };
+    reconcile_guarded(&guard, CONTROLLER, reporting, async |topic| reconcile_topic(topic, &context).await, invalid_status).await
 }
 
 /// Failed reconciles are retried after a pause; the failure is counted by reason.
 pub fn error_policy(_guard: Arc<DeserializeGuard<EventTopic>>, error: &Error, context: Arc<Context>) -> Action {
-    context.metrics.failed(CONTROLLER, error.metric_label());
-    Action::requeue(context.settings.error_retry)
+    controller_support::retry_after_failure(&context.metrics, CONTROLLER, error, context.settings.error_retry)
 }
 
 async fn reconcile_topic(topic: &EventTopic, context: &Context) -> Result<Action> {
@@ -236,38 +206,6 @@ fn kafka_topic_names(topic: &EventTopic) -> Vec<String> {
     names
 }
 
-/// Reports an object whose spec does not match the schema this operator knows (for example one
-/// written before a CRD upgrade), without stalling the watch for everything else.
-async fn report_invalid_object(invalid: &InvalidObject, context: &Context) -> Result<Action> {
-    let name = invalid.metadata.name.clone().unwrap_or_default();
-    let namespace = invalid.metadata.namespace.clone().unwrap_or_default();
-    let message = format!("cannot read EventTopic {namespace}/{name}: {}", invalid.error);
-    warn!(%namespace, %name, error = %invalid.error, "EventTopic does not match the schema");
-    let reference = ObjectReference {
-        api_version: Some(EventTopic::api_version(&()).into_owned()),
-        kind: Some(EventTopic::kind(&()).into_owned()),
-        name: Some(name.clone()),
-        namespace: Some(namespace.clone()),
-        uid: invalid.metadata.uid.clone(),
-        resource_version: invalid.metadata.resource_version.clone(),
-        ..ObjectReference::default()
-    };
-    publish(context, &reference, EventType::Warning, reason::INVALID_CONFIG, "Validate", message.clone()).await;
-    let ready = DesiredCondition::new(super::status::READY, Status::False, reason::INVALID_CONFIG, message);
-    let status = EventTopicStatus {
-        observed_generation: invalid.metadata.generation,
-        conditions: crate::conditions::merge_conditions(&[], &[ready], invalid.metadata.generation, context.clock.now()),
-        ..EventTopicStatus::default()
-    };
-    let api: TopicApi = Api::namespaced(context.client.clone(), &namespace);
-    apply_status(&api, &name, &status).await.map_err(|source| Error::Kube {
-        operation: "status patch",
-        object: format!("EventTopic {namespace}/{name}"),
-        source,
-    })?;
-    Ok(Action::await_change())
-}
-
 fn is_paused(topic: &EventTopic) -> bool {
     topic.annotations().get(tributary_api::PAUSED_ANNOTATION).is_some_and(|value| value == "true")
 }
@@ -276,19 +214,8 @@ fn has_finalizer(topic: &EventTopic) -> bool {
     topic.finalizers().iter().any(|finalizer| finalizer == FINALIZER)
 }
 
-/// Adds or removes our finalizer by server-side apply: applying the list with or without it
-/// changes only the entry this field manager owns, never finalizers of others.
 async fn set_finalizer(api: &TopicApi, topic: &EventTopic, present: bool) -> Result<()> {
-    let finalizers: Vec<&str> = if present { vec![FINALIZER] } else { Vec::new() };
-    let patch = json!({
-        "apiVersion": EventTopic::api_version(&()),
-        "kind": EventTopic::kind(&()),
-        "metadata": { "name": topic.name_any(), "finalizers": finalizers },
-    });
-    api.patch(&topic.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map_err(|source| Error::Kube { operation: "finalizer patch", object: object_name(topic), source })?;
-    Ok(())
+    controller_support::set_finalizer(api, topic, FINALIZER, present).await
 }
 
 #[instrument(skip_all)]
@@ -298,28 +225,11 @@ async fn patch_status_if_changed(api: &TopicApi, topic: &EventTopic, status: Eve
     if !needs_patch(topic.status.as_ref(), &status, context.settings.resync_interval / 2) {
         return Ok(());
     }
-    apply_status(api, &topic.name_any(), &status).await.map_err(|source| Error::Kube {
-        operation: "status patch",
-        object: object_name(topic),
-        source,
-    })
+    controller_support::patch_status(api, topic, &status).await
 }
 
-async fn apply_status(api: &TopicApi, name: &str, status: &EventTopicStatus) -> Result<(), kube::Error> {
-    let patch = json!({
-        "apiVersion": EventTopic::api_version(&()),
-        "kind": EventTopic::kind(&()),
-        "status": status,
-    });
-    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await.map(drop)
-}
-
-/// Publishes an Event; a failure to do so is logged, never fails the reconcile.
 async fn publish(context: &Context, reference: &ObjectReference, type_: EventType, reason: &str, action: &str, note: String) {
-    let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
-    if let Err(error) = context.recorder.publish(&event, reference).await {
-        warn!(%error, reason, "could not publish Kubernetes Event");
-    }
+    controller_support::publish(&context.recorder, reference, type_, reason, action, note).await;
 }
 
 fn object_name(topic: &EventTopic) -> String {

@@ -324,16 +324,26 @@ impl Relay {
     /// `tributary-relay outbox --database-url … --bootstrap-servers … --table … --listen-address …`
     /// plus `args`.
     pub fn spawn(env: &TestEnv, table: &str, args: &[String]) -> Relay {
+        let listen = free_address();
+        let mut all: Vec<String> =
+            ["outbox", "--database-url", &env.database_url, "--bootstrap-servers", &env.bootstrap_servers, "--table", table]
+                .map(str::to_owned)
+                .into();
+        all.extend(["--listen-address".to_owned(), listen.to_string()]);
+        all.extend_from_slice(args);
+        Relay::start(&all, &[], listen)
+    }
+
+    /// `tributary-relay <args>` with `vars` as its only TRIBUTARY_* environment; `listen` is where
+    /// its configuration makes it serve HTTP.
+    pub fn start(args: &[String], vars: &[(String, String)], listen: SocketAddr) -> Relay {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("relay.log");
-        let listen = free_address();
         let stderr = std::fs::File::create(&log).expect("log file");
         let child = tokio::process::Command::new(RELAY)
-            .arg("outbox")
-            .args(["--database-url", &env.database_url, "--bootstrap-servers", &env.bootstrap_servers, "--table", table])
-            .args(["--listen-address", &listen.to_string()])
             .args(args)
             .env_clear_tributary()
+            .envs(vars.iter().map(|(name, value)| (name, value)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

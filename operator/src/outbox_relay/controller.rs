@@ -1,0 +1,371 @@
+//! The OutboxRelay controller: release a workload the relay no longer occupies → resolve the
+//! Secret, EventTopics and Deployment (reads) → validate and build the relay (pure) → server-side
+//! apply → read the relay's figures → conditions (pure) → status patch when it changed.
+//!
+//! A sidecar lives in a Deployment the application owns, so a finalizer takes the container out
+//! again when the OutboxRelay goes; the status records the Deployment before every apply, so a
+//! change of target or placement cleans up the old one. A standalone Deployment is an owned child
+//! and goes with its owner.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::core::error_boundary::DeserializeGuard;
+use kube::core::Selector;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde_json::json;
+use tracing::{debug, info};
+use tributary_api::outbox_relay::RelayReport;
+use tributary_api::{EventTopic, OutboxRelay, OutboxRelayStatus};
+
+use super::desired::{
+    managed_deployments_selector, relay_port, relay_workload, sidecar_field_manager, sidecar_removal_body, standalone_name, PlacementKind,
+    RelaySettings, RelayWorkload, ResolvedRoute,
+};
+use super::probe::{ready_relays, ProbeSchedule, RelayStatusSource};
+use super::resolve::{check_secret, get_deployment, lookup_topics, target_holder, validate};
+use super::status::{build_status, ready_reason, reason, recorded_target, Observation, Workload, READY};
+use crate::conditions::Clock;
+use crate::controller_support::{self, object_name, publish, reconcile_guarded, set_finalizer, Reporting};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+
+/// Name of this controller in metrics and logs.
+pub const CONTROLLER: &str = "outboxrelay";
+
+/// Held while the relay container may be in a Deployment the OutboxRelay does not own.
+pub const FINALIZER: &str = "tributary.dev/remove-relay-sidecar";
+
+/// What the OutboxRelay controller needs besides the cluster.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub relay: RelaySettings,
+    /// How often each relay's figures and pods are read again when nothing changed.
+    pub status_interval: Duration,
+    /// Delay before retrying after the API server failed.
+    pub error_retry: Duration,
+}
+
+impl Settings {
+    pub fn new(relay: RelaySettings) -> Self {
+        Settings { relay, status_interval: Duration::from_secs(30), error_retry: Duration::from_secs(15) }
+    }
+}
+
+/// Writes go through the guard type too, so a response holding an object this operator cannot
+/// parse still counts as a successful write.
+type RelayApi = Api<DeserializeGuard<OutboxRelay>>;
+
+/// What every reconcile needs.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub clock: Arc<dyn Clock>,
+    pub relay_status: Arc<dyn RelayStatusSource>,
+    pub probe_schedule: ProbeSchedule,
+    /// Every OutboxRelay, to find the one holding a sidecar target.
+    pub store: Store<DeserializeGuard<OutboxRelay>>,
+    pub settings: Settings,
+}
+
+/// Runs the controller until shutdown is signalled. Besides OutboxRelays it watches the
+/// standalone Deployments it owns, every Deployment (mapped to the relays naming it as their
+/// sidecar target, so a target that appears later gets its relay at once) and EventTopics (mapped
+/// to the relays routing to them). Secrets are not watched, which would need the right to list
+/// every Secret: a missing one is looked for again every `status_interval`.
+pub async fn run(
+    client: Client,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+    recorder: Recorder,
+    relay_status: Arc<dyn RelayStatusSource>,
+    settings: Settings,
+    ready: impl FnOnce() + Send + 'static,
+) {
+    let api: RelayApi = Api::all(client.clone());
+    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    controller_support::signal_when_synced(store.clone(), ready);
+    let (by_target, by_topic) = (store.clone(), store.clone());
+    let owned = watcher::Config::default().labels(&managed_deployments_selector()).any_semantic();
+    let probe_schedule = ProbeSchedule::default();
+    let context = Arc::new(Context { client: client.clone(), recorder, metrics, clock, relay_status, probe_schedule, store, settings });
+    let results = controller
+        .owns(Api::<Deployment>::all(client.clone()), owned)
+        .watches(Api::<Deployment>::all(client.clone()), watcher::Config::default().any_semantic(), move |deployment| {
+            relays_targeting(&by_target.state(), deployment.namespace().as_deref(), &deployment.name_any())
+        })
+        .watches(Api::<DeserializeGuard<EventTopic>>::all(client), watcher::Config::default().any_semantic(), move |topic| {
+            relays_routing_to(&by_topic.state(), topic.namespace().as_deref(), &topic.name_any())
+        })
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, context);
+    controller_support::log_failures(results, "OutboxRelay").await;
+}
+
+type RelayRef = ObjectRef<DeserializeGuard<OutboxRelay>>;
+
+fn matching_relays(
+    relays: &[Arc<DeserializeGuard<OutboxRelay>>],
+    namespace: Option<&str>,
+    matches: impl Fn(&OutboxRelay) -> bool,
+) -> Vec<RelayRef> {
+    relays
+        .iter()
+        .filter_map(|guard| guard.0.as_ref().ok())
+        .filter(|relay| relay.namespace().as_deref() == namespace && matches(relay))
+        .map(|relay| ObjectRef::new(&relay.name_any()).within(namespace.unwrap_or_default()))
+        .collect()
+}
+
+/// The relays whose sidecar target is the Deployment `namespace/name`.
+pub fn relays_targeting(relays: &[Arc<DeserializeGuard<OutboxRelay>>], namespace: Option<&str>, name: &str) -> Vec<RelayRef> {
+    matching_relays(relays, namespace, |relay| relay.spec.placement.sidecar.as_ref().is_some_and(|sidecar| sidecar.target_ref.name == name))
+}
+
+/// The relays with a route to the EventTopic `namespace/name`.
+pub fn relays_routing_to(relays: &[Arc<DeserializeGuard<OutboxRelay>>], namespace: Option<&str>, name: &str) -> Vec<RelayRef> {
+    matching_relays(relays, namespace, |relay| relay.spec.routing.routes.iter().any(|route| route.event_topic == name))
+}
+
+/// Reconciles one OutboxRelay, or reports one the API server holds but that does not parse.
+pub async fn reconcile(guard: Arc<DeserializeGuard<OutboxRelay>>, context: Arc<Context>) -> Result<Action> {
+    let reporting =
+        Reporting { client: &context.client, recorder: &context.recorder, metrics: &context.metrics, clock: context.clock.as_ref() };
+    let invalid_status =
+        |observed_generation, conditions| OutboxRelayStatus { observed_generation, conditions, ..OutboxRelayStatus::default() };
+    reconcile_guarded(&guard, CONTROLLER, reporting, async |relay| reconcile_relay(relay, &context).await, invalid_status).await
+}
+
+/// Failed reconciles are retried after a pause; the failure is counted by reason.
+pub fn error_policy(_guard: Arc<DeserializeGuard<OutboxRelay>>, error: &Error, context: Arc<Context>) -> Action {
+    controller_support::retry_after_failure(&context.metrics, CONTROLLER, error, context.settings.error_retry)
+}
+
+async fn reconcile_relay(relay: &OutboxRelay, context: &Context) -> Result<Action> {
+    let object = object_name(relay);
+    let namespace = relay.namespace().ok_or_else(|| Error::MissingNamespace { object: object.clone() })?;
+    let api: RelayApi = Api::namespaced(context.client.clone(), &namespace);
+    if relay.metadata.deletion_timestamp.is_some() {
+        return finalize(relay, &api, &namespace, context).await;
+    }
+
+    let relays = context.store.state();
+    let holder = target_holder(relay, relays.iter().filter_map(|guard| guard.0.as_ref().ok()));
+    // The Deployment whose pods this relay may join now: its target, unless an older relay has it.
+    let occupied = relay.spec.placement.sidecar.as_ref().filter(|_| holder.is_none()).map(|sidecar| sidecar.target_ref.name.as_str());
+    release_previous_workload(relay, occupied, &namespace, context).await?;
+    if occupied.is_some() != has_finalizer(relay) {
+        set_finalizer(&api, relay, FINALIZER, occupied.is_some()).await?;
+    }
+
+    let secret = check_secret(&context.client, relay, &namespace, &object).await?;
+    let routes = lookup_topics(&context.client, relay, &namespace, &object).await?;
+    let (workload, live) = match (&relay.spec.placement.sidecar, holder) {
+        (Some(_), Some(holder)) => (Workload::TargetHeldBy(holder), None),
+        (Some(sidecar), None) => match get_deployment(&context.client, &namespace, &sidecar.target_ref.name, &object).await? {
+            Some(deployment) => (Workload::Target, Some(deployment)),
+            None => (Workload::TargetNotFound, None),
+        },
+        (None, _) => match get_deployment(&context.client, &namespace, &standalone_name(relay), &object).await? {
+            Some(deployment) if is_controlled_by(&deployment, relay) => (Workload::Own, Some(deployment)),
+            Some(_) => (Workload::NameTaken, None),
+            None => (Workload::Own, None),
+        },
+    };
+    let mut observation = Observation { workload, routes, secret, invalid: validate(relay).err(), ready_relays: None, report: None };
+
+    // Blocked: whatever relay runs keeps running as it is, and the status says what is missing.
+    let live = match observation.routes_to_apply() {
+        Some(routes) => Some(apply_relay(relay, routes, live.as_ref(), &api, &namespace, context).await?),
+        None => live,
+    };
+    if let Some(live) = &live {
+        let (ready, report) = observe_relay(relay, live, &namespace, context).await?;
+        observation.ready_relays = Some(ready);
+        observation.report = report;
+    }
+
+    let status = build_status(relay, &observation, context.clock.now());
+    let ready = crate::conditions::find(&status.conditions, READY).cloned();
+    if relay.status.as_ref() != Some(&status) {
+        controller_support::patch_status(&api, relay, &status).await?;
+    }
+    // A warning when the relay stops for a new reason; waiting for pods to start is no warning.
+    let warn = |ready: &Condition| {
+        ready.status == "False"
+            && ready.reason != reason::RELAY_NOT_RUNNING
+            && ready_reason(relay.status.as_ref()) != Some(ready.reason.as_str())
+    };
+    if let Some(ready) = ready.filter(warn) {
+        publish(&context.recorder, &relay.object_ref(&()), EventType::Warning, &ready.reason, "Reconcile", ready.message).await;
+    }
+    Ok(if observation.invalid.is_some() { Action::await_change() } else { Action::requeue(context.settings.status_interval) })
+}
+
+/// Server-side applies the relay: the container into the target (under the relay's own field
+/// manager) or the standalone Deployment (under the operator's). Records the workload in the
+/// status first when it is new.
+async fn apply_relay(
+    relay: &OutboxRelay,
+    routes: &[ResolvedRoute],
+    before: Option<&Deployment>,
+    api: &RelayApi,
+    namespace: &str,
+    context: &Context,
+) -> Result<Deployment> {
+    let recorded = recorded_target(relay);
+    if relay.status.as_ref().map(|status| (&status.placement, &status.target)) != Some((&recorded.placement, &recorded.target)) {
+        controller_support::patch_status(api, relay, &recorded).await?;
+    }
+    let workload = relay_workload(relay, routes, &context.settings.relay);
+    let (name, manager) = (workload.deployment_name(), workload.field_manager());
+    let deployments: Api<Deployment> = Api::namespaced(context.client.clone(), namespace);
+    let (applied, change) = match &workload {
+        RelayWorkload::Sidecar { body, .. } => {
+            (apply_deployment(&deployments, &name, &manager, body, relay).await?, format!("put the relay container into Deployment {name}"))
+        }
+        RelayWorkload::Standalone(deployment) => {
+            (apply_deployment(&deployments, &name, &manager, deployment, relay).await?, format!("applied Deployment {name}"))
+        }
+    };
+    if before.and_then(|deployment| deployment.metadata.resource_version.as_ref()) != applied.metadata.resource_version.as_ref() {
+        info!(%change, "relay applied");
+        publish(&context.recorder, &relay.object_ref(&()), EventType::Normal, "RelayApplied", "Apply", change).await;
+    }
+    Ok(applied)
+}
+
+async fn apply_deployment(
+    api: &Api<Deployment>,
+    name: &str,
+    manager: &str,
+    body: &(impl Serialize + std::fmt::Debug),
+    relay: &OutboxRelay,
+) -> Result<Deployment> {
+    api.patch(name, &PatchParams::apply(manager).force(), &Patch::Apply(body)).await.map_err(|source| Error::Kube {
+        operation: "Deployment apply",
+        object: object_name(relay),
+        source,
+    })
+}
+
+/// How many of the workload's pods run a ready relay, and the figures one of them reports (at
+/// most every half `status_interval`). A relay that does not answer leaves the figures as they
+/// were (logged at debug level).
+async fn observe_relay(relay: &OutboxRelay, live: &Deployment, namespace: &str, context: &Context) -> Result<(usize, Option<RelayReport>)> {
+    let Some(selector) = live.spec.as_ref().and_then(|spec| Selector::try_from(spec.selector.clone()).ok()) else {
+        return Ok((0, None));
+    };
+    let pods = Api::<Pod>::namespaced(context.client.clone(), namespace)
+        .list(&ListParams::default().labels_from(&selector))
+        .await
+        .map_err(|source| Error::Kube { operation: "pod list", object: object_name(relay), source })?;
+    let (ready, address) = ready_relays(&pods.items, relay_port(&relay.spec.placement));
+    let Some(address) = address else { return Ok((ready, None)) };
+    let key = format!("{namespace}/{}", relay.name_any());
+    if !context.probe_schedule.due(&key, context.clock.now(), context.settings.status_interval / 2) {
+        return Ok((ready, None));
+    }
+    match context.relay_status.fetch(address).await {
+        Ok(report) => Ok((ready, Some(report))),
+        Err(error) => {
+            debug!(%error, "the relay did not report its status; keeping the last figures");
+            Ok((ready, None))
+        }
+    }
+}
+
+/// Takes the relay out of the workload the status recorded when it no longer runs there: a
+/// sidecar target that changed, was given up to an older relay or was left for standalone; or
+/// the standalone Deployment when the relay became a sidecar.
+async fn release_previous_workload(relay: &OutboxRelay, occupied: Option<&str>, namespace: &str, context: &Context) -> Result<()> {
+    let Some(status) = &relay.status else { return Ok(()) };
+    let Some(previous) = status.target.as_deref() else { return Ok(()) };
+    match status.placement.as_deref() {
+        Some(placement) if placement == PlacementKind::Sidecar.as_str() && occupied != Some(previous) => {
+            remove_sidecar(relay, namespace, previous, context).await.map(drop)
+        }
+        Some(placement) if placement == PlacementKind::Standalone.as_str() && PlacementKind::of(relay) == PlacementKind::Sidecar => {
+            delete_standalone(relay, namespace, previous, context).await
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Removes this relay's container from `target` if its field manager still owns fields there.
+/// Reads first, so that it never applies to a Deployment that is gone (an apply would try to
+/// create it) and writes nothing when there is nothing of this relay's left.
+async fn remove_sidecar(relay: &OutboxRelay, namespace: &str, target: &str, context: &Context) -> Result<bool> {
+    let object = object_name(relay);
+    let manager = sidecar_field_manager(relay);
+    let Some(deployment) = get_deployment(&context.client, namespace, target, &object).await? else { return Ok(false) };
+    let owns_fields = deployment.metadata.managed_fields.iter().flatten().any(|entry| {
+        entry.manager.as_deref() == Some(manager.as_str()) && entry.fields_v1.as_ref().is_some_and(|fields| fields.0 != json!({}))
+    });
+    if !owns_fields {
+        return Ok(false);
+    }
+    let deployments: Api<Deployment> = Api::namespaced(context.client.clone(), namespace);
+    deployments
+        .patch(target, &PatchParams::apply(&manager).force(), &Patch::Apply(&sidecar_removal_body(namespace, target)))
+        .await
+        .map_err(|source| Error::Kube { operation: "sidecar removal", object, source })?;
+    let note = format!("removed the relay container from Deployment {target}");
+    info!(%note, "sidecar removed");
+    publish(&context.recorder, &relay.object_ref(&()), EventType::Normal, "SidecarRemoved", "Remove", note).await;
+    Ok(true)
+}
+
+async fn delete_standalone(relay: &OutboxRelay, namespace: &str, name: &str, context: &Context) -> Result<()> {
+    let object = object_name(relay);
+    match get_deployment(&context.client, namespace, name, &object).await? {
+        Some(deployment) if is_controlled_by(&deployment, relay) => {
+            Api::<Deployment>::namespaced(context.client.clone(), namespace)
+                .delete(name, &DeleteParams::background())
+                .await
+                .map_err(|source| Error::Kube { operation: "Deployment deletion", object, source })?;
+            info!(deployment = name, "deleted the standalone relay Deployment");
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Takes the container out of every Deployment it may be in (the spec's target and the recorded
+/// one), then releases the finalizer. Safe to repeat, and when nothing was ever applied.
+async fn finalize(relay: &OutboxRelay, api: &RelayApi, namespace: &str, context: &Context) -> Result<Action> {
+    if !has_finalizer(relay) {
+        return Ok(Action::await_change());
+    }
+    let mut targets = BTreeSet::new();
+    targets.extend(relay.spec.placement.sidecar.as_ref().map(|sidecar| sidecar.target_ref.name.clone()));
+    if let Some(status) = relay.status.as_ref().filter(|status| status.placement.as_deref() == Some(PlacementKind::Sidecar.as_str())) {
+        targets.extend(status.target.clone());
+    }
+    for target in &targets {
+        remove_sidecar(relay, namespace, target, context).await?;
+    }
+    set_finalizer(api, relay, FINALIZER, false).await?;
+    Ok(Action::await_change())
+}
+
+fn is_controlled_by(deployment: &Deployment, relay: &OutboxRelay) -> bool {
+    let uid = relay.metadata.uid.as_deref();
+    deployment.owner_references().iter().any(|owner| owner.controller == Some(true) && Some(owner.uid.as_str()) == uid)
+}
+
+fn has_finalizer(relay: &OutboxRelay) -> bool {
+    relay.finalizers().iter().any(|finalizer| finalizer == FINALIZER)
+}

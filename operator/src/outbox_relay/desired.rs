@@ -1,0 +1,533 @@
+//! What runs an OutboxRelay (pure): the `tributary-relay` container, configured entirely through
+//! environment variables; the Deployment that runs it standalone; and the server-side apply bodies
+//! that add it to, and remove it from, an application's Deployment.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use serde_json::{json, Value};
+use tributary_api::outbox_relay::{CleanupMode, Columns, FailurePolicy, PayloadFormat, Placement, RELAY_PORT};
+use tributary_api::{OutboxRelay, OutboxRelaySpec};
+
+/// Name of the relay container, in the standalone Deployment and in an application's pods.
+pub const CONTAINER_NAME: &str = "tributary-relay";
+/// Name of the relay container's HTTP port (`/metrics`, `/healthz`, `/readyz`, `/status`).
+pub const PORT_NAME: &str = "outbox-relay";
+/// `app.kubernetes.io/component` of standalone relay Deployments.
+pub const COMPONENT: &str = "outbox-relay";
+/// Label naming the OutboxRelay a standalone relay pod belongs to.
+pub const RELAY_LABEL: &str = "tributary.dev/outbox-relay";
+
+/// What every relay gets from the operator's own configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelaySettings {
+    /// The `tributary-relay` image.
+    pub image: String,
+    /// Kafka bootstrap servers, the operator's own.
+    pub bootstrap_servers: String,
+}
+
+/// A route with its EventTopic resolved to the Kafka topic the relay writes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedRoute {
+    pub aggregate_type: String,
+    pub event_topic: String,
+    pub kafka_topic: String,
+}
+
+/// Where the spec places the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlacementKind {
+    Sidecar,
+    Standalone,
+}
+
+impl PlacementKind {
+    pub fn of(relay: &OutboxRelay) -> Self {
+        if relay.spec.placement.sidecar.is_some() {
+            PlacementKind::Sidecar
+        } else {
+            PlacementKind::Standalone
+        }
+    }
+
+    /// As `status.placement` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlacementKind::Sidecar => "Sidecar",
+            PlacementKind::Standalone => "Standalone",
+        }
+    }
+}
+
+/// The Deployment running the relay: the sidecar's target, or the relay's own.
+pub fn workload_name(relay: &OutboxRelay) -> String {
+    match &relay.spec.placement.sidecar {
+        Some(sidecar) => sidecar.target_ref.name.clone(),
+        None => standalone_name(relay),
+    }
+}
+
+/// Name of the standalone Deployment. The suffix keeps it from ever being an application's own
+/// Deployment named like the OutboxRelay.
+pub fn standalone_name(relay: &OutboxRelay) -> String {
+    format!("{}-relay", relay.name_any())
+}
+
+/// Field manager of the sidecar's server-side applies, one per OutboxRelay, in place of the
+/// operator's single `FIELD_MANAGER`. An apply removes whatever its manager owned before and no
+/// longer sends, so the manager is what scopes removal: with its own manager, taking one relay's
+/// container out of a Deployment (when the relay is deleted, retargeted, or loses the target to an
+/// older relay) removes exactly the fields that relay set, never another relay's leftovers nor a
+/// push dispatcher the Subscription controller added. OutboxRelay names are at most 63
+/// characters (a CRD rule), so this stays within the API server's 128.
+pub fn sidecar_field_manager(relay: &OutboxRelay) -> String {
+    format!("{}/outbox-relay/{}", crate::FIELD_MANAGER, relay.name_any())
+}
+
+/// CloudEvents `source` of the relay's events: the spec's, or `/tributary/<namespace>/<name>`.
+pub fn cloud_events_source(relay: &OutboxRelay) -> String {
+    relay
+        .spec
+        .cloud_events_source
+        .clone()
+        .unwrap_or_else(|| format!("/tributary/{}/{}", relay.namespace().unwrap_or_default(), relay.name_any()))
+}
+
+/// Port of the relay's HTTP server.
+pub fn relay_port(placement: &Placement) -> i32 {
+    placement.sidecar.as_ref().map_or(RELAY_PORT, |sidecar| sidecar.port)
+}
+
+/// The relay's configuration. Every spec field that affects the relay ends up here, so changing
+/// any of them changes the pod template and rolls the relay.
+pub fn relay_env(relay: &OutboxRelay, routes: &[ResolvedRoute], settings: &RelaySettings) -> Vec<EnvVar> {
+    // Destructured without `..`: a new spec field does not compile until it is handled here.
+    let OutboxRelaySpec {
+        database,
+        table,
+        columns,
+        payload_format,
+        routing,
+        placement,
+        batch_size,
+        poll_interval,
+        cleanup,
+        failure_policy,
+        cloud_events_source: _,
+    } = &relay.spec;
+    let Columns { id, aggregate_type, aggregate_id, r#type, payload, headers, created_at } = columns;
+    let secret = &database.url_secret_ref;
+    let database_url = EnvVar {
+        name: "TRIBUTARY_DATABASE_URL".into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector { name: secret.name.clone(), key: secret.key.clone(), optional: None }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    };
+    let routes = routes.iter().map(|route| format!("{}={}", route.aggregate_type, route.kafka_topic)).collect::<Vec<_>>().join(",");
+    let optional = [
+        ("TRIBUTARY_COLUMN_HEADERS", headers.clone()),
+        ("TRIBUTARY_COLUMN_CREATED_AT", created_at.clone()),
+        ("TRIBUTARY_COLUMN_TOPIC", routing.topic_column.clone()),
+        ("TRIBUTARY_ROUTES", (!routes.is_empty()).then_some(routes)),
+        ("TRIBUTARY_TOPIC_PREFIX", routing.topic_prefix.clone()),
+    ];
+    let plain = [
+        ("TRIBUTARY_OUTBOX_TABLE", table.clone()),
+        ("TRIBUTARY_COLUMN_ID", id.clone()),
+        ("TRIBUTARY_COLUMN_AGGREGATE_TYPE", aggregate_type.clone()),
+        ("TRIBUTARY_COLUMN_AGGREGATE_ID", aggregate_id.clone()),
+        ("TRIBUTARY_COLUMN_TYPE", r#type.clone()),
+        ("TRIBUTARY_COLUMN_PAYLOAD", payload.clone()),
+        (
+            "TRIBUTARY_PAYLOAD_FORMAT",
+            match payload_format {
+                PayloadFormat::Json => "json",
+                PayloadFormat::Binary => "binary",
+            }
+            .into(),
+        ),
+        ("TRIBUTARY_BOOTSTRAP_SERVERS", settings.bootstrap_servers.clone()),
+        ("TRIBUTARY_CLOUDEVENTS_SOURCE", cloud_events_source(relay)),
+        ("TRIBUTARY_BATCH_SIZE", batch_size.to_string()),
+        ("TRIBUTARY_POLL_INTERVAL", poll_interval.clone()),
+        (
+            "TRIBUTARY_CLEANUP",
+            match cleanup.mode {
+                CleanupMode::Delete => "delete",
+                CleanupMode::Mark => "mark",
+            }
+            .into(),
+        ),
+        ("TRIBUTARY_CLEANUP_RETENTION", cleanup.retention.clone()),
+        (
+            "TRIBUTARY_FAILURE_POLICY",
+            match failure_policy {
+                FailurePolicy::Block => "block",
+                FailurePolicy::Skip => "skip",
+            }
+            .into(),
+        ),
+        ("TRIBUTARY_LISTEN_ADDRESS", format!("0.0.0.0:{}", relay_port(placement))),
+    ];
+    let literal = |(name, value): (&str, String)| EnvVar { name: name.into(), value: Some(value), value_from: None };
+    std::iter::once(database_url)
+        .chain(plain.into_iter().map(literal))
+        .chain(optional.into_iter().filter_map(|(name, value)| value.map(|value| literal((name, value)))))
+        .collect()
+}
+
+fn http_probe(path: &str, period_seconds: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction { path: Some(path.into()), port: IntOrString::String(PORT_NAME.into()), ..HTTPGetAction::default() }),
+        period_seconds: Some(period_seconds),
+        timeout_seconds: Some(3),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    }
+}
+
+/// The `tributary-relay outbox` container.
+pub fn relay_container(relay: &OutboxRelay, routes: &[ResolvedRoute], settings: &RelaySettings) -> Container {
+    let sidecar = relay.spec.placement.sidecar.is_some();
+    Container {
+        name: CONTAINER_NAME.into(),
+        image: Some(settings.image.clone()),
+        args: Some(vec!["outbox".into()]),
+        env: Some(relay_env(relay, routes, settings)),
+        ports: Some(vec![ContainerPort {
+            name: Some(PORT_NAME.into()),
+            container_port: relay_port(&relay.spec.placement),
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        liveness_probe: Some(http_probe("/healthz", 10)),
+        // A sidecar has no readiness probe: a database or Kafka outage must not take the
+        // application's pods out of their Services. The relay's own pods do report it.
+        readiness_probe: (!sidecar).then(|| http_probe("/readyz", 5)),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([("cpu".into(), Quantity("10m".into())), ("memory".into(), Quantity("32Mi".into()))])),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
+            ..SecurityContext::default()
+        }),
+        // Configuration errors end the relay with exit code 2 and a one-line reason on stderr;
+        // this puts that line into the pod's status.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Container::default()
+    }
+}
+
+/// The server-side apply body that adds the relay container to the application's Deployment.
+///
+/// It holds the container and nothing else: no replicas, no selector, no labels. The API server
+/// merges an apply into the live object, so a partial body is valid against an existing
+/// Deployment (only a create would need a selector and template labels, and the controller
+/// applies only to a Deployment it has just read). Containers are a list-map keyed by `name`, so
+/// this field manager comes to own the entry `tributary-relay` and the fields inside it, while the
+/// application's own containers stay with whoever applied them: `kubectl apply` (client- or
+/// server-side), Helm and GitOps tools leave the entry alone, because it is not in their
+/// configuration. It is built as JSON, not as a typed `Deployment`, which would serialize the
+/// required `spec.selector` (an atomic field) as `{}` and take it over.
+pub fn sidecar_apply_body(namespace: &str, target: &str, container: &Container) -> Value {
+    json!({
+        "apiVersion": <Deployment as k8s_openapi::Resource>::API_VERSION,
+        "kind": <Deployment as k8s_openapi::Resource>::KIND,
+        "metadata": { "name": target, "namespace": namespace },
+        "spec": { "template": { "spec": { "containers": [container] } } },
+    })
+}
+
+/// The body that takes the relay container out again: the same field manager applies a
+/// configuration without it, and the API server removes every field that manager owned and no
+/// longer sends (and that no other manager owns). Unlike a JSON patch, which would address the
+/// container by its index in a list others change concurrently, this cannot remove anything but
+/// what this relay added.
+pub fn sidecar_removal_body(namespace: &str, target: &str) -> Value {
+    json!({
+        "apiVersion": <Deployment as k8s_openapi::Resource>::API_VERSION,
+        "kind": <Deployment as k8s_openapi::Resource>::KIND,
+        "metadata": { "name": target, "namespace": namespace },
+    })
+}
+
+/// What the relay's server-side apply writes, as the controller applies it and the offline
+/// `apply` prints it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RelayWorkload {
+    /// The container, into the application's Deployment `target`, under the relay's own field
+    /// manager.
+    Sidecar { target: String, field_manager: String, body: Value },
+    /// The relay's own Deployment, under the operator's field manager.
+    Standalone(Box<Deployment>),
+}
+
+impl RelayWorkload {
+    /// Name of the Deployment the apply goes to.
+    pub fn deployment_name(&self) -> String {
+        match self {
+            RelayWorkload::Sidecar { target, .. } => target.clone(),
+            RelayWorkload::Standalone(deployment) => deployment.name_any(),
+        }
+    }
+
+    pub fn field_manager(&self) -> String {
+        match self {
+            RelayWorkload::Sidecar { field_manager, .. } => field_manager.clone(),
+            RelayWorkload::Standalone(_) => crate::FIELD_MANAGER.to_owned(),
+        }
+    }
+}
+
+/// The relay, configured with `routes`, in the placement its spec asks for.
+pub fn relay_workload(relay: &OutboxRelay, routes: &[ResolvedRoute], settings: &RelaySettings) -> RelayWorkload {
+    let container = relay_container(relay, routes, settings);
+    let placement = &relay.spec.placement;
+    match (&placement.sidecar, &placement.standalone) {
+        (Some(sidecar), _) => {
+            let target = sidecar.target_ref.name.clone();
+            let body = sidecar_apply_body(&relay.namespace().unwrap_or_default(), &target, &container);
+            RelayWorkload::Sidecar { target, field_manager: sidecar_field_manager(relay), body }
+        }
+        (None, standalone) => {
+            let replicas = standalone.as_ref().map_or(1, |standalone| standalone.replicas);
+            RelayWorkload::Standalone(Box::new(standalone_deployment(relay, replicas, container)))
+        }
+    }
+}
+
+/// Labels that select a standalone relay's pods. Immutable once the Deployment exists.
+pub fn standalone_selector(relay: &OutboxRelay) -> BTreeMap<String, String> {
+    BTreeMap::from([("app.kubernetes.io/name".into(), CONTAINER_NAME.into()), (RELAY_LABEL.into(), relay.name_any())])
+}
+
+/// Label selector of every standalone relay Deployment, for the controller's watch.
+pub fn managed_deployments_selector() -> String {
+    format!("app.kubernetes.io/managed-by={},app.kubernetes.io/component={COMPONENT}", crate::FIELD_MANAGER)
+}
+
+/// The relay's own Deployment, owned by the OutboxRelay (no owner reference when the relay has
+/// no uid, as in the offline `apply`). Several replicas are safe: each aggregate is published by
+/// one relay at a time, in order.
+pub fn standalone_deployment(relay: &OutboxRelay, replicas: i32, container: Container) -> Deployment {
+    let mut labels = standalone_selector(relay);
+    labels.extend([
+        ("app.kubernetes.io/instance".to_owned(), relay.name_any()),
+        ("app.kubernetes.io/component".to_owned(), COMPONENT.to_owned()),
+        ("app.kubernetes.io/managed-by".to_owned(), crate::FIELD_MANAGER.to_owned()),
+    ]);
+    Deployment {
+        metadata: ObjectMeta {
+            name: Some(standalone_name(relay)),
+            namespace: relay.namespace(),
+            labels: Some(labels.clone()),
+            owner_references: relay.controller_owner_ref(&()).map(|owner| vec![owner]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector { match_labels: Some(standalone_selector(relay)), ..LabelSelector::default() },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels), ..ObjectMeta::default() }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    // The relay talks to PostgreSQL and Kafka only, never to the Kubernetes API.
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
+                        ..PodSecurityContext::default()
+                    }),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox_relay::test_support::{outbox_relay, settings};
+
+    const SIDECAR: &str = r#"
+database: { urlSecretRef: { name: shop-db } }
+routing: { routes: [{ aggregateType: Order, eventTopic: orders }] }
+placement: { sidecar: { targetRef: { name: shop-api } } }
+"#;
+
+    fn routes() -> Vec<ResolvedRoute> {
+        vec![ResolvedRoute { aggregate_type: "Order".into(), event_topic: "orders".into(), kafka_topic: "shop.orders".into() }]
+    }
+
+    fn env_map(container: &Container) -> BTreeMap<String, Value> {
+        container
+            .env
+            .iter()
+            .flatten()
+            .map(|var| {
+                let value = match (&var.value, &var.value_from) {
+                    (Some(value), None) => json!(value),
+                    (None, Some(from)) => serde_json::to_value(from).expect("serializes"),
+                    other => panic!("{}: {other:?}", var.name),
+                };
+                (var.name.clone(), value)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn defaults_render_the_relay_flags_and_the_secret_reference() {
+        let container = relay_container(&outbox_relay("shop-outbox", SIDECAR), &routes(), &settings());
+        assert_eq!(container.image.as_deref(), Some("relay:test"));
+        assert_eq!(container.args, Some(vec!["outbox".to_owned()]));
+        let expected: BTreeMap<String, Value> = [
+            ("TRIBUTARY_DATABASE_URL", json!({"secretKeyRef": {"name": "shop-db", "key": "url"}})),
+            ("TRIBUTARY_OUTBOX_TABLE", json!("outbox")),
+            ("TRIBUTARY_COLUMN_ID", json!("id")),
+            ("TRIBUTARY_COLUMN_AGGREGATE_TYPE", json!("aggregatetype")),
+            ("TRIBUTARY_COLUMN_AGGREGATE_ID", json!("aggregateid")),
+            ("TRIBUTARY_COLUMN_TYPE", json!("type")),
+            ("TRIBUTARY_COLUMN_PAYLOAD", json!("payload")),
+            ("TRIBUTARY_PAYLOAD_FORMAT", json!("json")),
+            ("TRIBUTARY_BOOTSTRAP_SERVERS", json!("kafka:9092")),
+            ("TRIBUTARY_ROUTES", json!("Order=shop.orders")),
+            ("TRIBUTARY_CLOUDEVENTS_SOURCE", json!("/tributary/default/shop-outbox")),
+            ("TRIBUTARY_BATCH_SIZE", json!("500")),
+            ("TRIBUTARY_POLL_INTERVAL", json!("1s")),
+            ("TRIBUTARY_CLEANUP", json!("delete")),
+            ("TRIBUTARY_CLEANUP_RETENTION", json!("7d")),
+            ("TRIBUTARY_FAILURE_POLICY", json!("block")),
+            ("TRIBUTARY_LISTEN_ADDRESS", json!("0.0.0.0:8081")),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect();
+        assert_eq!(env_map(&container), expected);
+        assert!(container.readiness_probe.is_none(), "a sidecar must not gate the application's readiness");
+        assert_eq!(container.ports.as_ref().map(|ports| ports[0].container_port), Some(8081));
+    }
+
+    #[test]
+    fn every_spec_field_changes_the_container() {
+        let base = r#"
+database: { urlSecretRef: { name: db, key: url } }
+table: outbox
+columns: { id: id, aggregateType: aggregatetype, aggregateId: aggregateid, type: type, payload: payload }
+payloadFormat: Json
+routing: { routes: [{ aggregateType: Order, eventTopic: orders }] }
+placement: { sidecar: { targetRef: { name: app }, port: 8081 } }
+batchSize: 500
+pollInterval: 1s
+cleanup: { mode: Delete, retention: 7d }
+failurePolicy: Block
+"#;
+        let changes = [
+            ("database", "database: { urlSecretRef: { name: other-db, key: url } }"),
+            ("database", "database: { urlSecretRef: { name: db, key: dsn } }"),
+            ("table", "table: app.outbox"),
+            ("columns", "columns: { id: event_id }"),
+            ("columns", "columns: { aggregateType: kind }"),
+            ("columns", "columns: { aggregateId: key }"),
+            ("columns", "columns: { type: event_type }"),
+            ("columns", "columns: { payload: body }"),
+            ("columns", "columns: { headers: headers }"),
+            ("columns", "columns: { createdAt: created_at }"),
+            ("payloadFormat", "payloadFormat: Binary"),
+            ("routing", "routing: { routes: [{ aggregateType: Order, eventTopic: orders }], topicColumn: topic }"),
+            ("routing", "routing: { routes: [{ aggregateType: Order, eventTopic: orders }], topicPrefix: 'shop.' }"),
+            ("placement", "placement: { sidecar: { targetRef: { name: app }, port: 9000 } }"),
+            ("placement", "placement: { standalone: { replicas: 1 } }"),
+            ("batchSize", "batchSize: 50"),
+            ("pollInterval", "pollInterval: 250ms"),
+            ("cleanup", "cleanup: { mode: Mark, retention: 7d }"),
+            ("cleanup", "cleanup: { mode: Delete, retention: 1d }"),
+            ("failurePolicy", "failurePolicy: Skip"),
+            ("cloudEventsSource", "cloudEventsSource: /shop/orders"),
+        ];
+        let render = |yaml: &str| relay_container(&outbox_relay("r", yaml), &routes(), &settings());
+        let original = render(base);
+        for (field, replacement) in changes {
+            let mut lines: Vec<&str> = base.lines().filter(|line| !line.starts_with(&format!("{field}:"))).collect();
+            lines.push(replacement);
+            assert_ne!(render(&lines.join("\n")), original, "changing spec.{field} ({replacement}) must change the relay container");
+        }
+        let other_route = [ResolvedRoute { kafka_topic: "shop.orders.v2".into(), ..routes()[0].clone() }];
+        assert_ne!(relay_container(&outbox_relay("r", base), &other_route, &settings()), original, "a route's topic is configuration too");
+    }
+
+    #[test]
+    fn sidecar_bodies_hold_only_the_container() {
+        let container = relay_container(&outbox_relay("shop-outbox", SIDECAR), &routes(), &settings());
+        let body = sidecar_apply_body("shop", "shop-api", &container);
+        assert_eq!(
+            body,
+            json!({
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "shop-api", "namespace": "shop"},
+                "spec": {"template": {"spec": {"containers": [serde_json::to_value(&container).expect("serializes")]}}},
+            })
+        );
+        assert_eq!(
+            sidecar_removal_body("shop", "shop-api"),
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "shop-api", "namespace": "shop"}})
+        );
+        assert_eq!(sidecar_field_manager(&outbox_relay("shop-outbox", SIDECAR)), "tributary-operator/outbox-relay/shop-outbox");
+    }
+
+    #[test]
+    fn standalone_deployment_is_owned_labelled_and_ready_checked() {
+        let mut relay = outbox_relay(
+            "billing",
+            "database: { urlSecretRef: { name: db } }\nrouting: { topicPrefix: 'billing.' }\nplacement: { standalone: { replicas: 3 } }",
+        );
+        relay.metadata.uid = Some("uid-1".into());
+        let container = relay_container(&relay, &[], &settings());
+        assert!(container.readiness_probe.is_some());
+        let env = env_map(&container);
+        assert_eq!(env["TRIBUTARY_DATABASE_URL"], json!({"secretKeyRef": {"name": "db", "key": "url"}}));
+        assert_eq!(env["TRIBUTARY_TOPIC_PREFIX"], json!("billing."));
+        assert!(!env.contains_key("TRIBUTARY_ROUTES"));
+
+        let deployment = standalone_deployment(&relay, 3, container.clone());
+        assert_eq!(deployment.metadata.name.as_deref(), Some("billing-relay"));
+        let owner = &deployment.metadata.owner_references.as_ref().expect("owner reference")[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str(), owner.controller),
+            ("OutboxRelay", "billing", "uid-1", Some(true))
+        );
+        let spec = deployment.spec.expect("spec");
+        assert_eq!(spec.replicas, Some(3));
+        let selector = spec.selector.match_labels.expect("selector");
+        let template_labels = spec.template.metadata.and_then(|m| m.labels).expect("template labels");
+        assert!(selector.iter().all(|(key, value)| template_labels.get(key) == Some(value)), "the selector selects the template");
+        let pod = spec.template.spec.expect("pod spec");
+        assert_eq!(pod.containers, vec![container]);
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let managed = managed_deployments_selector();
+        for requirement in managed.split(',') {
+            let (key, value) = requirement.split_once('=').expect("key=value");
+            assert_eq!(deployment.metadata.labels.as_ref().and_then(|l| l.get(key)).map(String::as_str), Some(value), "{managed}");
+        }
+    }
+}

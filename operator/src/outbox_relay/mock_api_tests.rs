@@ -1,0 +1,605 @@
+//! Controller tests against a mock API server and a fake relay `/status`: each scenario scripts
+//! the exact requests one reconcile must make, in order.
+
+use std::sync::Arc;
+
+use http::Method;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::ByteString;
+use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::watcher;
+use prometheus_client::registry::Registry;
+use serde_json::{json, Value};
+use tributary_api::outbox_relay::RelayReport;
+use tributary_api::OutboxRelay;
+
+use super::controller::{reconcile, relays_routing_to, relays_targeting, Context, Settings, FINALIZER};
+use super::probe::fake::FakeRelayStatus;
+use super::probe::ProbeSchedule;
+use super::test_support::{outbox_relay, relay_pod, settings};
+use crate::conditions::FixedClock;
+use crate::fixtures::{mock_client, ApiServerVerifier, RecordedRequest};
+use crate::metrics::Metrics;
+
+const RELAYS: &str = "/apis/tributary.dev/v1alpha1/namespaces/default/outboxrelays";
+const TOPICS: &str = "/apis/tributary.dev/v1alpha1/namespaces/default/eventtopics";
+const SECRETS: &str = "/api/v1/namespaces/default/secrets";
+const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
+const PODS: &str = "/api/v1/namespaces/default/pods";
+const NOW: i64 = 1_800_000_000;
+const NOW_TEXT: &str = "2027-01-15T08:00:00Z";
+const DATABASE_URL: &str = "postgres://shop:s3cret-password@db.shop:5432/shop";
+const SIDECAR_MANAGER: &str = "fieldManager=tributary-operator%2Foutbox-relay%2Fshop-outbox";
+
+const SIDECAR: &str = r#"
+database: { urlSecretRef: { name: shop-db } }
+routing: { routes: [{ aggregateType: Order, eventTopic: orders }] }
+placement: { sidecar: { targetRef: { name: shop-api } } }
+"#;
+
+struct Harness {
+    context: Arc<Context>,
+    relay_status: Arc<FakeRelayStatus>,
+    store_writer: Writer<DeserializeGuard<OutboxRelay>>,
+}
+
+fn harness() -> (Harness, ApiServerVerifier) {
+    let (client, verifier) = mock_client();
+    let relay_status = Arc::new(FakeRelayStatus::default());
+    let (store, store_writer) = reflector::store();
+    let reporter = Reporter { controller: crate::FIELD_MANAGER.into(), instance: None };
+    let context = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(client, reporter),
+        metrics: Arc::new(Metrics::register(&mut Registry::default())),
+        clock: Arc::new(FixedClock::new(Timestamp::from_second(NOW).expect("timestamp"))),
+        relay_status: relay_status.clone(),
+        probe_schedule: ProbeSchedule::default(),
+        store,
+        settings: Settings::new(settings()),
+    });
+    (Harness { context, relay_status, store_writer }, verifier)
+}
+
+impl Harness {
+    /// Makes `relay` known to the controller's store, as the watch would.
+    fn seen(&mut self, relay: &OutboxRelay) {
+        self.store_writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(relay.clone()))));
+    }
+
+    async fn reconcile(&self, relay: &OutboxRelay) -> Result<Action, crate::error::Error> {
+        reconcile(Arc::new(DeserializeGuard(Ok(relay.clone()))), self.context.clone()).await
+    }
+}
+
+fn stored(mut relay: OutboxRelay, created_at: i64) -> OutboxRelay {
+    relay.metadata.uid = Some(format!("uid-{}", relay.metadata.name.as_deref().unwrap_or_default()));
+    relay.metadata.generation = Some(1);
+    relay.metadata.creation_timestamp = Some(Time(Timestamp::from_second(created_at).expect("timestamp")));
+    relay
+}
+
+fn echo(relay: &OutboxRelay) -> Value {
+    serde_json::to_value(relay).expect("serializes")
+}
+
+fn secret(key: &str) -> Value {
+    let mut secret = Secret { data: Some([(key.to_owned(), ByteString(DATABASE_URL.into()))].into()), ..Secret::default() };
+    secret.metadata.name = Some("shop-db".into());
+    serde_json::to_value(secret).expect("serializes")
+}
+
+fn event_topic(name: &str, ready: bool) -> Value {
+    json!({
+        "apiVersion": "tributary.dev/v1alpha1", "kind": "EventTopic",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"topicName": format!("shop.{name}")},
+        "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }, "reason": "Created", "message": "", "lastTransitionTime": NOW_TEXT}]},
+    })
+}
+
+/// The application's Deployment; `managers` are the field managers that own fields in it.
+fn app_deployment(resource_version: &str, managers: &[&str]) -> Value {
+    let managed: Vec<Value> = managers
+        .iter()
+        .map(|manager| json!({"manager": manager, "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}))
+        .collect();
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "shop-api", "namespace": "default", "resourceVersion": resource_version, "managedFields": managed},
+        "spec": {
+            "selector": {"matchLabels": {"app": "shop-api"}},
+            "template": {"metadata": {"labels": {"app": "shop-api"}}, "spec": {"containers": [{"name": "app", "image": "shop:1"}]}},
+        },
+    })
+}
+
+fn pods(items: &[k8s_openapi::api::core::v1::Pod]) -> Value {
+    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items})
+}
+
+fn condition<'a>(status_patch: &'a Value, type_: &str) -> (&'a str, &'a str) {
+    let condition = status_patch["status"]["conditions"]
+        .as_array()
+        .and_then(|conditions| conditions.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition in {status_patch}"));
+    (condition["status"].as_str().unwrap_or_default(), condition["reason"].as_str().unwrap_or_default())
+}
+
+/// The relay container the operator must add for the `SIDECAR` spec, spelled out.
+fn expected_sidecar_container() -> Value {
+    let env = |name: &str, value: &str| json!({"name": name, "value": value});
+    json!({
+        "name": "tributary-relay",
+        "image": "relay:test",
+        "args": ["outbox"],
+        "env": [
+            {"name": "TRIBUTARY_DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "shop-db", "key": "url"}}},
+            env("TRIBUTARY_OUTBOX_TABLE", "outbox"),
+            env("TRIBUTARY_COLUMN_ID", "id"),
+            env("TRIBUTARY_COLUMN_AGGREGATE_TYPE", "aggregatetype"),
+            env("TRIBUTARY_COLUMN_AGGREGATE_ID", "aggregateid"),
+            env("TRIBUTARY_COLUMN_TYPE", "type"),
+            env("TRIBUTARY_COLUMN_PAYLOAD", "payload"),
+            env("TRIBUTARY_PAYLOAD_FORMAT", "json"),
+            env("TRIBUTARY_BOOTSTRAP_SERVERS", "kafka:9092"),
+            env("TRIBUTARY_CLOUDEVENTS_SOURCE", "/tributary/default/shop-outbox"),
+            env("TRIBUTARY_BATCH_SIZE", "500"),
+            env("TRIBUTARY_POLL_INTERVAL", "1s"),
+            env("TRIBUTARY_CLEANUP", "delete"),
+            env("TRIBUTARY_CLEANUP_RETENTION", "7d"),
+            env("TRIBUTARY_FAILURE_POLICY", "block"),
+            env("TRIBUTARY_LISTEN_ADDRESS", "0.0.0.0:8081"),
+            env("TRIBUTARY_ROUTES", "Order=shop.orders"),
+        ],
+        "ports": [{"name": "outbox-relay", "containerPort": 8081, "protocol": "TCP"}],
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "outbox-relay"}, "periodSeconds": 10, "timeoutSeconds": 3, "failureThreshold": 3},
+        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "runAsNonRoot": true,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    })
+}
+
+/// Neither the database URL nor its base64 form may appear in anything the operator sends.
+fn assert_no_database_url(requests: &[RecordedRequest]) {
+    let encoded = serde_json::to_value(ByteString(DATABASE_URL.into())).expect("serializes");
+    for request in requests {
+        let body = request.body.to_string();
+        assert!(!body.contains(DATABASE_URL) && !body.contains(encoded.as_str().unwrap_or("?")), "the URL leaked into {request:#?}");
+    }
+}
+
+#[tokio::test]
+async fn sidecar_is_applied_under_its_own_field_manager_with_only_the_container() {
+    let (harness, mut api) = harness();
+    let relay = stored(outbox_relay("shop-outbox", SIDECAR), NOW - 10);
+    let response = echo(&relay);
+    harness.relay_status.answer(
+        "10.1.0.7:8081".parse().expect("address"),
+        RelayReport { pending_rows: Some(42), last_published_time: Some(Time(Timestamp::from_second(NOW - 3).expect("timestamp"))) },
+    );
+    let scenario = tokio::spawn(async move {
+        let mut sent = Vec::new();
+        let finalizer = api.expect(Method::PATCH, &format!("{RELAYS}/shop-outbox"), response.clone()).await;
+        assert!(finalizer.uri.contains("fieldManager=tributary-operator") && !finalizer.uri.contains("%2F"), "{}", finalizer.uri);
+        assert_eq!(finalizer.body["metadata"]["finalizers"], json!([FINALIZER]));
+        sent.push(finalizer);
+        sent.push(api.expect(Method::GET, &format!("{SECRETS}/shop-db"), secret("url")).await);
+        sent.push(api.expect(Method::GET, &format!("{TOPICS}/orders"), event_topic("orders", true)).await);
+        sent.push(api.expect(Method::GET, &format!("{DEPLOYMENTS}/shop-api"), app_deployment("100", &["kubectl"])).await);
+        // Where the relay goes is recorded before it goes there.
+        let recorded = api.expect(Method::PATCH, &format!("{RELAYS}/shop-outbox/status"), response.clone()).await;
+        assert_eq!(recorded.body["status"], json!({"placement": "Sidecar", "target": "shop-api"}));
+        sent.push(recorded);
+
+        let apply = api.expect(Method::PATCH, &format!("{DEPLOYMENTS}/shop-api"), app_deployment("101", &["kubectl", "x"])).await;
+        assert!(apply.uri.contains(SIDECAR_MANAGER) && apply.uri.contains("force=true"), "{}", apply.uri);
+        assert_eq!(
+            apply.body,
+            json!({
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "shop-api", "namespace": "default"},
+                "spec": {"template": {"spec": {"containers": [expected_sidecar_container()]}}},
+            })
+        );
+        sent.push(apply);
+        let applied = api.expect_event("default").await;
+        assert_eq!((applied["type"].as_str(), applied["reason"].as_str()), (Some("Normal"), Some("RelayApplied")));
+
+        let listed = api
+            .expect(
+                Method::GET,
+                PODS,
+                pods(&[relay_pod("shop-api-1", "10.1.0.9", false, Some(8081)), relay_pod("shop-api-0", "10.1.0.7", true, Some(8081))]),
+            )
+            .await;
+        assert!(listed.uri.contains("labelSelector=app%3Dshop-api"), "{}", listed.uri);
+        let status = api.expect(Method::PATCH, &format!("{RELAYS}/shop-outbox/status"), response).await;
+        assert_eq!(
+            status.body["status"],
+            json!({
+                "observedGeneration": 1,
+                "conditions": [
+                    {"type": "Ready", "status": "True", "reason": "Relaying", "message": "1 pod(s) of Deployment shop-api run a ready tributary-relay container", "observedGeneration": 1, "lastTransitionTime": NOW_TEXT},
+                    {"type": "TargetFound", "status": "True", "reason": "TargetFound", "message": "Deployment shop-api exists", "observedGeneration": 1, "lastTransitionTime": NOW_TEXT},
+                    {"type": "TopicsReady", "status": "True", "reason": "TopicsReady", "message": "Order → orders (\"shop.orders\")", "observedGeneration": 1, "lastTransitionTime": NOW_TEXT},
+                ],
+                "placement": "Sidecar",
+                "target": "shop-api",
+                "pendingRows": 42,
+                "lastPublishedTime": "2027-01-15T07:59:57Z",
+            })
+        );
+        sent.push(status);
+        api.expect_no_more_requests().await;
+        sent
+    });
+    assert_eq!(harness.reconcile(&relay).await.expect("reconciles"), Action::requeue(Settings::new(settings()).status_interval));
+    let sent = scenario.await.expect("scenario ran");
+    assert_no_database_url(&sent);
+    assert_eq!(harness.relay_status.asked(), vec!["10.1.0.7:8081".parse().expect("address")], "only the ready relay is asked");
+}
+
+#[tokio::test]
+async fn a_reconcile_soon_after_its_own_status_patch_changes_nothing() {
+    let (harness, mut api) = harness();
+    let relay = stored(outbox_relay("shop-outbox", SIDECAR), NOW - 10);
+    let relay_address = "10.1.0.7:8081".parse().expect("address");
+    harness.relay_status.answer(relay_address, RelayReport { pending_rows: Some(3), last_published_time: None });
+    let response = echo(&relay);
+    let ready_pod = pods(&[relay_pod("shop-api-0", "10.1.0.7", true, Some(8081))]);
+    let ready_pod_again = ready_pod.clone();
+    let first = tokio::spawn(async move {
+        api.expect(Method::PATCH, &format!("{RELAYS}/shop-outbox"), response.clone()).await;
+        api.expect(Method::GET, &format!("{SECRETS}/shop-db"), secret("url")).await;
+        api.expect(Method::GET, &format!("{TOPICS}/orders"), event_topic("orders", true)).await;
+        api.expect(Method::GET, &format!("{DEPLOYMENTS}/shop-api"), app_deployment("100", &[])).await;
+        api.expect(Method::PATCH, &format!("{RELAYS}/shop-outbox/status"), response.clone()).await;
+        api.expect(Method::PATCH, &format!("{DEPLOYMENTS}/shop-api"), app_deployment("101", &[])).await;
+        api.expect_event("default").await;
+        api.expect(Method::GET, PODS, ready_pod).await;
+        let status = api.expect(Method::PATCH, &format!("{RELAYS}/shop-outbox/status"), response).await;
+        (api, status.body)
+    });
+    harness.reconcile(&relay).await.expect("first reconcile");
+    let (mut api, status) = first.await.expect("scenario ran");
+
+    // The status patch comes back through the watch; the relay now has more to report.
+    harness.relay_status.answer(relay_address, RelayReport { pending_rows: Some(900), last_published_time: None });
+    let mut with_status = relay.clone();
+    with_status.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    with_status.status = Some(serde_json::from_value(status["status"].clone()).expect("status parses"));
+    let second = tokio::spawn(async move {
+        api.expect(Method::GET, &format!("{SECRETS}/shop-db"), secret("url")).await;
+        api.expect(Method::GET, &format!("{TOPICS}/orders"), event_topic("orders", true)).await;
+        api.expect(Method::GET, &format!("{DEPLOYMENTS}/shop-api"), app_deployment("101", &[])).await;
+        // The apply changes nothing (same resourceVersion): no Event.
+        api.expect(Method::PATCH, &format!("{DEPLOYMENTS}/shop-api"), app_deployment("101", &[])).await;
+        api.expect(Method::GET, PODS, ready_pod_again).await;
+        api.expect_no_more_requests().await;
+    });
+    harness.reconcile(&with_status).await.expect("second reconcile");
+    second.await.expect("scenario ran");
+    assert_eq!(harness.relay_status.asked(), vec![relay_address], "asked once: the figures are not due again yet");
+}
+
+#[tokio::test]
+async fn a_target_that_appears_later_gets_the_relay() {
+    let (harness, mut api) = harness();
+    let relay = stored(outbox_relay("shop-outbox", SIDECAR), NOW - 10);
+    let response = echo(&relay);
+    let first = tokio::spawn(async move {
+        api.expect(Method::PATCH, &format!("{RELAYS}/shop-outbox"), response.clone()).await;
+        api.expect(Method::GET, &format!("{SECRETS}/shop-db"), secret("url")).await;
+        api.expect(Method::GET, &format!("{TOPICS}/orders"), event_topic("orders", true)).await;
+        api.expect_not_found(Method::GET, &format!("{DEPLOYMENTS}/shop-api")).await;
+        let status = api.expect(Method::PATCH, &format!("{RELAYS}/shop-outbox/status"), response).await;
+        assert_eq!(condition(&status.body, "TargetFound"), ("False", "TargetNotFound"));
+        assert_eq!(condition(&status.body, "Ready"), ("False", "TargetNotFound"));
+        assert_eq!(
+            (status.body["status"]["placement"].as_str(), status.body["status"]["target"].as_str()),
+            (Some("Sidecar"), Some("shop-api"))
+        );
+        let warning = api.expect_event("default").await;
+        assert_eq!((warning["type"].as_str(), warning["reason"].as_str()), (Some("Warning"), Some("TargetNotFound")));
+        (api, status.body)
+    });
+    assert_eq!(harness.reconcile(&relay).await.expect("reconciles"), Action::requeue(Settings::new(settings()).status_interval));
+    let (mut api, status) = first.await.expect("scenario ran");
+
+    // The watch on Deployments maps the new Deployment to this relay.
+    let mut with_status = relay.clone();
+    with_status.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    with_status.status = Some(serde_json::from_value(status["status"].clone()).expect("status parses"));
+    let mut harness = harness;
+    harness.seen(&with_status);
+    let triggered = relays_targeting(&harness.context.store.state(), Some("default"), "shop-api");
+    assert_eq!(triggered.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), vec!["shop-outbox"]);
+    assert!(relays_targeting(&harness.context.store.state(), Some("other"), "shop-api").is_empty());
+
+    let response = echo(&with_status);
+    let second = tokio::spawn(async move {
+        api.expect(Method::GET, &format!("{SECRETS}/shop-db"), secret("url")).await;
+        api.expect(Method::GET, &format!("{TOPICS}/orders"), event_topic("orders", true)).await;
+        api.expect(Method::GET, &format!("{DEPLOYMENTS}/shop-api"), app_deployment("7", &["kubectl"])).await;
+        // The target is already recorded: no second write before the apply.
+        let apply = api.expect(Method::PATCH, &format!("{DEPLOYMENTS}/shop-api"), app_deployment("8", &["kubectl"])).await;
+        assert!(apply.uri.contains(SIDECAR_MANAGER), "{}", apply.uri);
+        assert_eq!(apply.body["spec"]["template"]["spec"]["containers"], json!([expected_sidecar_container()]));
+        api.expect_event("default").await;
+        api.expect(Method::GET, PODS, pods(&[])).await;
+        let status = api.expect(Method::PATCH, &format!("{RELAYS}/shop-outbox/status"), response).await;
+        assert_eq!(condition(&status.body, "TargetFound"), ("True", "TargetFound"));
+        assert_eq!(condition(&status.body, "Ready"), ("False", "RelayNotRunning"));
+        // Pods that have yet to start are no reason for a warning.
+        api.expect_no_more_requests().await;
+    });
+    harness.reconcile(&with_status).await.expect("reconciles");
+    second.await.expect("scenario ran");
+}
+
+/// A relay that ran in `shop-api`, with its finalizer and a status recording the target.
+fn applied_sidecar(spec: &str) -> OutboxRelay {
+    let mut relay = stored(outbox_relay("shop-outbox", spec), NOW - 100);
+    relay.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    relay.status = Some(serde_json::from_value(json!({"placement": "Sidecar", "target": "shop-api"})).expect("status"));
+    relay
+}
+
+/// That relay, being deleted.
+fn deleted_sidecar() -> OutboxRelay {
+    let mut relay = applied_sidecar(SIDECAR);
+    relay.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(NOW - 1).expect("timestamp")));
+    relay
+}
+
+/// Expects the finalizer to be released by server-side apply, and nothing after.
+async fn expect_finalizer_released(mut api: ApiServerVerifier, response: Value) {
+    let finalizer = api.expect(Method::PATCH, &format!("{RELAYS}/shop-outbox"), response).await;
+    assert!(finalizer.uri.contains("fieldManager=tributary-operator") && finalizer.uri.contains("force=true"), "{}", finalizer.uri);
+    assert_eq!(finalizer.body["metadata"]["finalizers"], json!([]));
+    api.expect_no_more_requests().await;
+}
+
+#[tokio::test]
+async fn deletion_removes_exactly_the_relay_container_then_the_finalizer() {
+    let (harness, mut api) = harness();
+    let relay = deleted_sidecar();
+    let response = echo(&relay);
+    let scenario = tokio::spawn(async move {
+        api.expect(
+            Method::GET,
+            &format!("{DEPLOYMENTS}/shop-api"),
+            app_deployment("5", &["argocd-controller", "tributary-operator/outbox-relay/shop-outbox"]),
+        )
+        .await;
+        let removal = api.expect(Method::PATCH, &format!("{DEPLOYMENTS}/shop-api"), app_deployment("6", &["argocd-controller"])).await;
+        assert!(removal.uri.contains(SIDECAR_MANAGER) && removal.uri.contains("force=true"), "{}", removal.uri);
+        assert_eq!(
+            removal.body,
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "shop-api", "namespace": "default"}})
+        );
+        let removed = api.expect_event("default").await;
+        assert_eq!(removed["reason"].as_str(), Some("SidecarRemoved"));
+        expect_finalizer_released(api, response).await;
+    });
+    assert_eq!(harness.reconcile(&relay).await.expect("reconciles"), Action::await_change());
+    scenario.await.expect("scenario ran");
+}
+
+#[tokio::test]
+async fn deleting_a_relay_whose_target_never_existed_only_releases_the_finalizer() {
+    let (harness, mut api) = harness();
+    let relay = deleted_sidecar();
+    let response = echo(&relay);
+    let scenario = tokio::spawn(async move {
+        api.expect_not_found(Method::GET, &format!("{DEPLOYMENTS}/shop-api")).await;
+        expect_finalizer_released(api, response).await;
+    });
+    assert_eq!(harness.reconcile(&relay).await.expect("reconciles"), Action::await_change());
+    scenario.await.expect("scenario ran");
+}
+
+#[tokio::test]
+async fn changing_the_target_removes_the_container_from_the_old_one_first() {
+    let (harness, mut api) = harness();
+    let relay = applied_sidecar(&SIDECAR.replace("name: shop-api", "name: shop-worker"));
+    let response = echo(&relay);
+    let scenario = tokio::spawn(async move {
+        api.expect(Method::GET, &format!("{DEPLOYMENTS}/shop-api"), app_deployment("5", &["tributary-operator/outbox-relay/shop-outbox"]))
+            .await;
+        let removal = api.expect(Method::PATCH, &format!("{DEPLOYMENTS}/shop-api"), app_deployment("6", &[])).await;
+        assert!(removal.uri.contains(SIDECAR_MANAGER), "{}", removal.uri);
+        assert!(removal.body.get("spec").is_none(), "{}", removal.body);
+        api.expect_event("default").await;
+        api.expect(Method::GET, &format!("{SECRETS}/shop-db"), secret("url")).await;
+        api.expect(Method::GET, &format!("{TOPICS}/orders"), event_topic("orders", true)).await;
+        api.expect(Method::GET, &format!("{DEPLOYMENTS}/shop-worker"), app_deployment("9", &[])).await;
+        let recorded = api.expect(Method::PATCH, &format!("{RELAYS}/shop-outbox/status"), response.clone()).await;
+        assert_eq!(recorded.body["status"]["target"], json!("shop-worker"));
+        let apply = api.expect(Method::PATCH, &format!("{DEPLOYMENTS}/shop-worker"), app_deployment("10", &[])).await;
+        assert_eq!(apply.body["metadata"]["name"], json!("shop-worker"));
+        api.expect_event("default").await;
+        api.expect(Method::GET, PODS, pods(&[])).await;
+        api.expect(Method::PATCH, &format!("{RELAYS}/shop-outbox/status"), response).await;
+        api.expect_no_more_requests().await;
+    });
+    harness.reconcile(&relay).await.expect("reconciles");
+    scenario.await.expect("scenario ran");
+}
+
+#[tokio::test]
+async fn standalone_relay_is_an_owned_deployment_under_the_operator_field_manager() {
+    let (harness, mut api) = harness();
+    let spec = "database: { urlSecretRef: { name: shop-db, key: dsn } }\nrouting: { topicPrefix: 'shop.' }\nplacement: { standalone: { replicas: 2 } }";
+    let relay = stored(outbox_relay("billing", spec), NOW - 10);
+    let response = echo(&relay);
+    harness
+        .relay_status
+        .answer("10.2.0.1:8081".parse().expect("address"), RelayReport { pending_rows: Some(0), last_published_time: None });
+    let scenario = tokio::spawn(async move {
+        let mut sent = vec![api.expect(Method::GET, &format!("{SECRETS}/shop-db"), secret("dsn")).await];
+        sent.push(api.expect_not_found(Method::GET, &format!("{DEPLOYMENTS}/billing-relay")).await);
+        sent.push(api.expect(Method::PATCH, &format!("{RELAYS}/billing/status"), response.clone()).await);
+        let labels = json!({"app.kubernetes.io/name": "tributary-relay", "tributary.dev/outbox-relay": "billing"});
+        let created = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "billing-relay", "resourceVersion": "1"},
+            "spec": {"selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels}, "spec": {"containers": []}}},
+        });
+        let apply = api.expect(Method::PATCH, &format!("{DEPLOYMENTS}/billing-relay"), created).await;
+        assert!(
+            apply.uri.contains("fieldManager=tributary-operator") && !apply.uri.contains("%2F") && apply.uri.contains("force=true"),
+            "{}",
+            apply.uri
+        );
+        let body = &apply.body;
+        assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], json!("uid-billing"));
+        assert_eq!(body["metadata"]["ownerReferences"][0]["controller"], json!(true));
+        assert_eq!(body["spec"]["replicas"], json!(2));
+        assert_eq!(body["spec"]["selector"]["matchLabels"], labels);
+        let container = &body["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(
+            container["env"][0],
+            json!({"name": "TRIBUTARY_DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "shop-db", "key": "dsn"}}})
+        );
+        assert_eq!(container["readinessProbe"]["httpGet"]["path"], json!("/readyz"));
+        sent.push(apply);
+        api.expect_event("default").await;
+        let listed = api.expect(Method::GET, PODS, pods(&[relay_pod("billing-relay-x", "10.2.0.1", true, Some(8081))])).await;
+        assert!(listed.uri.contains("tributary.dev%2Foutbox-relay%3Dbilling"), "{}", listed.uri);
+        let status = api.expect(Method::PATCH, &format!("{RELAYS}/billing/status"), response).await;
+        assert_eq!(condition(&status.body, "Ready"), ("True", "Relaying"));
+        assert_eq!(condition(&status.body, "TargetFound"), ("True", "Standalone"));
+        assert_eq!(condition(&status.body, "TopicsReady"), ("True", "NoRoutes"));
+        assert_eq!(
+            (status.body["status"]["target"].as_str(), status.body["status"]["pendingRows"].as_i64()),
+            (Some("billing-relay"), Some(0))
+        );
+        sent.push(status);
+        api.expect_no_more_requests().await;
+        sent
+    });
+    harness.reconcile(&relay).await.expect("reconciles");
+    assert_no_database_url(&scenario.await.expect("scenario ran"));
+}
+
+#[tokio::test]
+async fn a_deployment_of_the_same_name_that_is_not_ours_is_left_alone() {
+    let (harness, mut api) = harness();
+    let relay = stored(
+        outbox_relay(
+            "billing",
+            "database: { urlSecretRef: { name: shop-db } }\nrouting: { topicPrefix: x }\nplacement: { standalone: {} }",
+        ),
+        NOW,
+    );
+    let response = echo(&relay);
+    let scenario = tokio::spawn(async move {
+        api.expect(Method::GET, &format!("{SECRETS}/shop-db"), secret("url")).await;
+        api.expect(
+            Method::GET,
+            &format!("{DEPLOYMENTS}/billing-relay"),
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "billing-relay"}}),
+        )
+        .await;
+        let status = api.expect(Method::PATCH, &format!("{RELAYS}/billing/status"), response).await;
+        assert_eq!(condition(&status.body, "Ready"), ("False", "DeploymentConflict"));
+        api.expect_event("default").await;
+        api.expect_no_more_requests().await;
+    });
+    harness.reconcile(&relay).await.expect("reconciles");
+    scenario.await.expect("scenario ran");
+}
+
+#[tokio::test]
+async fn a_missing_secret_key_or_topic_is_reported_and_nothing_is_applied() {
+    let two_routes = SIDECAR.replace("}] }", "}, { aggregateType: Refund, eventTopic: refunds }] }");
+    for (secret_key, orders_ready, refunds, ready_reason, topics_reason) in [
+        ("url", true, None, "TopicNotFound", "TopicNotFound"),
+        ("url", false, Some(true), "TopicNotReady", "TopicNotReady"),
+        ("dsn", true, Some(true), "SecretKeyNotFound", "TopicsReady"),
+    ] {
+        let (harness, mut api) = harness();
+        let relay = stored(outbox_relay("shop-outbox", &two_routes), NOW - 10);
+        let response = echo(&relay);
+        let scenario = tokio::spawn(async move {
+            api.expect(Method::PATCH, &format!("{RELAYS}/shop-outbox"), response.clone()).await;
+            api.expect(Method::GET, &format!("{SECRETS}/shop-db"), secret(secret_key)).await;
+            api.expect(Method::GET, &format!("{TOPICS}/orders"), event_topic("orders", orders_ready)).await;
+            match refunds {
+                Some(ready) => api.expect(Method::GET, &format!("{TOPICS}/refunds"), event_topic("refunds", ready)).await,
+                None => api.expect_not_found(Method::GET, &format!("{TOPICS}/refunds")).await,
+            };
+            api.expect(Method::GET, &format!("{DEPLOYMENTS}/shop-api"), app_deployment("1", &[])).await;
+            // Blocked: no apply; the pods are still looked at, for a relay that ran before.
+            api.expect(Method::GET, PODS, pods(&[])).await;
+            let status = api.expect(Method::PATCH, &format!("{RELAYS}/shop-outbox/status"), response).await;
+            assert_eq!(condition(&status.body, "Ready"), ("False", ready_reason));
+            assert_eq!(condition(&status.body, "TopicsReady").1, topics_reason);
+            assert_eq!(condition(&status.body, "TargetFound"), ("True", "TargetFound"));
+            let warning = api.expect_event("default").await;
+            assert_eq!(warning["reason"].as_str(), Some(ready_reason));
+            api.expect_no_more_requests().await;
+        });
+        let action = harness.reconcile(&relay).await.expect("reconciles");
+        assert_eq!(action, Action::requeue(Settings::new(settings()).status_interval), "waits and looks again");
+        scenario.await.expect("scenario ran");
+    }
+}
+
+#[tokio::test]
+async fn a_younger_relay_on_the_same_target_waits_without_touching_it() {
+    let (mut harness, mut api) = harness();
+    let older = stored(outbox_relay("first", SIDECAR), NOW - 100);
+    let younger = stored(outbox_relay("shop-outbox", SIDECAR), NOW - 10);
+    harness.seen(&older);
+    harness.seen(&younger);
+    let response = echo(&younger);
+    let scenario = tokio::spawn(async move {
+        api.expect(Method::GET, &format!("{SECRETS}/shop-db"), secret("url")).await;
+        api.expect(Method::GET, &format!("{TOPICS}/orders"), event_topic("orders", true)).await;
+        let status = api.expect(Method::PATCH, &format!("{RELAYS}/shop-outbox/status"), response).await;
+        assert_eq!(condition(&status.body, "Ready"), ("False", "TargetInUse"));
+        api.expect_event("default").await;
+        api.expect_no_more_requests().await;
+    });
+    harness.reconcile(&younger).await.expect("reconciles");
+    scenario.await.expect("scenario ran");
+    let routed = relays_routing_to(&harness.context.store.state(), Some("default"), "orders");
+    assert_eq!(routed.len(), 2, "both relays route to orders and are woken by its changes");
+}
+
+#[tokio::test]
+async fn malformed_object_is_reported_without_failing() {
+    let (harness, mut api) = harness();
+    let invalid: DeserializeGuard<OutboxRelay> = serde_json::from_value(json!({
+        "apiVersion": "tributary.dev/v1alpha1",
+        "kind": "OutboxRelay",
+        "metadata": {"name": "broken", "namespace": "default", "generation": 2},
+        "spec": {"database": "somewhere"},
+    }))
+    .expect("a guard always deserializes");
+    assert!(matches!(&invalid.0, Err(InvalidObject { .. })));
+    let scenario = tokio::spawn(async move {
+        let event = api.expect_event("default").await;
+        assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("InvalidConfig")));
+        let status = api.expect(Method::PATCH, &format!("{RELAYS}/broken/status"), json!({})).await;
+        assert_eq!(condition(&status.body, "Ready"), ("False", "InvalidConfig"));
+        assert_eq!(status.body["status"]["observedGeneration"], json!(2));
+    });
+    assert_eq!(reconcile(Arc::new(invalid), harness.context.clone()).await.expect("reported"), Action::await_change());
+    scenario.await.expect("scenario ran");
+}

@@ -1,0 +1,267 @@
+//! The references of an OutboxRelay: its EventTopics, the database Secret, the target Deployment
+//! and other relays claiming it. Lookups read the cluster; everything that decides is pure.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use kube::core::error_boundary::DeserializeGuard;
+use kube::{Api, ResourceExt};
+use tributary_api::{EventTopic, OutboxRelay};
+
+use super::desired::ResolvedRoute;
+use crate::error::{Error, Result};
+use crate::event_topic::status as event_topic_status;
+
+/// An EventTopic a route names, as the cluster has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicLookup {
+    Missing,
+    /// It exists but this operator cannot read it (see the EventTopic's own status).
+    Unreadable,
+    Found {
+        kafka_topic: String,
+        ready: bool,
+    },
+}
+
+impl TopicLookup {
+    /// What the cluster's EventTopic says.
+    pub fn of(topic: Option<&DeserializeGuard<EventTopic>>) -> Self {
+        match topic.map(|guard| guard.0.as_ref()) {
+            None => TopicLookup::Missing,
+            Some(Err(_)) => TopicLookup::Unreadable,
+            Some(Ok(topic)) => {
+                let ready = topic.status.as_ref().and_then(|status| crate::conditions::find(&status.conditions, event_topic_status::READY));
+                TopicLookup::Found {
+                    kafka_topic: topic.kafka_topic_name().to_owned(),
+                    ready: ready.is_some_and(|condition| condition.status == "True"),
+                }
+            }
+        }
+    }
+}
+
+/// Whether every route leads to a Ready EventTopic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Routes {
+    Ready(Vec<ResolvedRoute>),
+    /// EventTopics that do not exist, by name.
+    NotFound(Vec<String>),
+    /// EventTopics that exist but are not Ready (or cannot be read), by name.
+    NotReady(Vec<String>),
+}
+
+/// The EventTopics the routes name, each once, in order.
+pub fn referenced_topics(relay: &OutboxRelay) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    relay.spec.routing.routes.iter().map(|route| route.event_topic.clone()).filter(|name| seen.insert(name.clone())).collect()
+}
+
+/// Resolves every route through `lookup` (by EventTopic name). Missing topics outrank topics that
+/// are not Ready yet: they will not become Ready by waiting.
+pub fn resolve_routes(relay: &OutboxRelay, lookup: impl Fn(&str) -> TopicLookup) -> Routes {
+    let mut resolved = Vec::new();
+    let (mut missing, mut not_ready) = (Vec::new(), Vec::new());
+    let push_once = |names: &mut Vec<String>, name: &String| {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    };
+    for route in &relay.spec.routing.routes {
+        match lookup(&route.event_topic) {
+            TopicLookup::Found { kafka_topic, ready: true } => resolved.push(ResolvedRoute {
+                aggregate_type: route.aggregate_type.clone(),
+                event_topic: route.event_topic.clone(),
+                kafka_topic,
+            }),
+            TopicLookup::Found { ready: false, .. } | TopicLookup::Unreadable => push_once(&mut not_ready, &route.event_topic),
+            TopicLookup::Missing => push_once(&mut missing, &route.event_topic),
+        }
+    }
+    if !missing.is_empty() {
+        Routes::NotFound(missing)
+    } else if !not_ready.is_empty() {
+        Routes::NotReady(not_ready)
+    } else {
+        Routes::Ready(resolved)
+    }
+}
+
+/// The database Secret, checked for the key without keeping (or logging) its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretCheck {
+    Found,
+    Missing,
+    KeyMissing,
+}
+
+impl SecretCheck {
+    pub fn of(secret: Option<&Secret>, key: &str) -> Self {
+        match secret {
+            None => SecretCheck::Missing,
+            Some(secret) if secret.data.as_ref().is_some_and(|data| data.contains_key(key)) => SecretCheck::Found,
+            Some(_) => SecretCheck::KeyMissing,
+        }
+    }
+}
+
+/// The database Secret of `relay`, checked.
+pub async fn check_secret(client: &kube::Client, relay: &OutboxRelay, namespace: &str, object: &str) -> Result<SecretCheck> {
+    let reference = &relay.spec.database.url_secret_ref;
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace).get_opt(&reference.name).await.map_err(|source| Error::Kube {
+        operation: "Secret lookup",
+        object: object.to_owned(),
+        source,
+    })?;
+    Ok(SecretCheck::of(secret.as_ref(), &reference.key))
+}
+
+/// Every EventTopic the routes name, looked up once each.
+pub async fn lookup_topics(client: &kube::Client, relay: &OutboxRelay, namespace: &str, object: &str) -> Result<Routes> {
+    let api: Api<DeserializeGuard<EventTopic>> = Api::namespaced(client.clone(), namespace);
+    let mut found = Vec::new();
+    for name in referenced_topics(relay) {
+        let topic =
+            api.get_opt(&name).await.map_err(|source| Error::Kube { operation: "EventTopic lookup", object: object.to_owned(), source })?;
+        found.push((name, TopicLookup::of(topic.as_ref())));
+    }
+    Ok(resolve_routes(relay, |name| {
+        found.iter().find(|(known, _)| known == name).map_or(TopicLookup::Missing, |(_, lookup)| lookup.clone())
+    }))
+}
+
+/// A Deployment, if it exists.
+pub async fn get_deployment(client: &kube::Client, namespace: &str, name: &str, object: &str) -> Result<Option<Deployment>> {
+    Api::<Deployment>::namespaced(client.clone(), namespace).get_opt(name).await.map_err(|source| Error::Kube {
+        operation: "Deployment lookup",
+        object: object.to_owned(),
+        source,
+    })
+}
+
+/// The OutboxRelay that holds `me`'s sidecar target instead of it, if any: of the relays naming
+/// the same Deployment, the oldest (then the first by name) adds its container; the others wait.
+/// Two relays cannot share a pod: both containers would be `tributary-relay`, on one port.
+pub fn target_holder<'a>(me: &OutboxRelay, all: impl IntoIterator<Item = &'a OutboxRelay>) -> Option<String> {
+    let target = |relay: &OutboxRelay| relay.spec.placement.sidecar.as_ref().map(|sidecar| sidecar.target_ref.name.clone());
+    let my_target = target(me)?;
+    // No creation timestamp (not yet stored) sorts last.
+    let seniority = |relay: &OutboxRelay| {
+        let created = relay.metadata.creation_timestamp.as_ref().map(|time| time.0);
+        (created.is_none(), created, relay.name_any())
+    };
+    all.into_iter()
+        .filter(|other| other.namespace() == me.namespace() && other.name_any() != me.name_any())
+        .filter(|other| other.metadata.deletion_timestamp.is_none() && target(other).as_ref() == Some(&my_target))
+        .filter(|other| seniority(other) < seniority(me))
+        .min_by_key(|other| seniority(other))
+        .map(|other| other.name_any())
+}
+
+/// Spec values the schema accepts but the relay could not run with (durations too large).
+pub fn validate(relay: &OutboxRelay) -> Result<(), String> {
+    let spec = &relay.spec;
+    for (field, value) in [("pollInterval", &spec.poll_interval), ("cleanup.retention", &spec.cleanup.retention)] {
+        tributary_api::duration::parse(value).map_err(|error| format!("spec.{field}: {error}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox_relay::test_support::outbox_relay;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
+    use k8s_openapi::ByteString;
+
+    const ROUTES: &str = r#"
+database: { urlSecretRef: { name: db } }
+routing: { routes: [{ aggregateType: Order, eventTopic: orders }, { aggregateType: Refund, eventTopic: payments }, { aggregateType: Payment, eventTopic: payments }] }
+placement: { standalone: {} }
+"#;
+
+    fn found(kafka_topic: &str, ready: bool) -> TopicLookup {
+        TopicLookup::Found { kafka_topic: kafka_topic.into(), ready }
+    }
+
+    #[test]
+    fn routes_resolve_to_kafka_topics_when_every_topic_is_ready() {
+        let relay = outbox_relay("r", ROUTES);
+        assert_eq!(referenced_topics(&relay), vec!["orders", "payments"]);
+        let routes = resolve_routes(&relay, |name| found(&format!("shop.{name}"), true));
+        let Routes::Ready(routes) = routes else { panic!("{routes:?}") };
+        let pairs: Vec<(&str, &str)> = routes.iter().map(|r| (r.aggregate_type.as_str(), r.kafka_topic.as_str())).collect();
+        assert_eq!(pairs, vec![("Order", "shop.orders"), ("Refund", "shop.payments"), ("Payment", "shop.payments")]);
+    }
+
+    #[test]
+    fn missing_topics_outrank_topics_that_are_not_ready() {
+        let relay = outbox_relay("r", ROUTES);
+        let not_ready = resolve_routes(&relay, |name| if name == "orders" { found("orders", false) } else { TopicLookup::Unreadable });
+        assert_eq!(not_ready, Routes::NotReady(vec!["orders".into(), "payments".into()]));
+        let missing = resolve_routes(&relay, |name| if name == "orders" { found("orders", false) } else { TopicLookup::Missing });
+        assert_eq!(missing, Routes::NotFound(vec!["payments".into()]));
+    }
+
+    #[test]
+    fn topic_lookup_reads_kafka_name_and_ready_condition() {
+        let topic: EventTopic = serde_json::from_value(serde_json::json!({
+            "apiVersion": "tributary.dev/v1alpha1", "kind": "EventTopic",
+            "metadata": {"name": "orders", "namespace": "default"},
+            "spec": {"topicName": "shop.orders"},
+            "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Created", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]},
+        }))
+        .expect("valid EventTopic");
+        assert_eq!(TopicLookup::of(Some(&DeserializeGuard(Ok(topic.clone())))), found("shop.orders", true));
+        let fresh = EventTopic { status: None, ..topic };
+        assert_eq!(TopicLookup::of(Some(&DeserializeGuard(Ok(fresh)))), found("shop.orders", false));
+        assert_eq!(TopicLookup::of(None), TopicLookup::Missing);
+    }
+
+    #[test]
+    fn secret_check_needs_the_key() {
+        let secret = |keys: &[&str]| Secret {
+            data: Some(keys.iter().map(|key| ((*key).to_owned(), ByteString(b"postgres://x".to_vec()))).collect()),
+            ..Secret::default()
+        };
+        assert_eq!(SecretCheck::of(Some(&secret(&["url"])), "url"), SecretCheck::Found);
+        assert_eq!(SecretCheck::of(Some(&secret(&["dsn"])), "url"), SecretCheck::KeyMissing);
+        assert_eq!(SecretCheck::of(Some(&Secret::default()), "url"), SecretCheck::KeyMissing);
+        assert_eq!(SecretCheck::of(None, "url"), SecretCheck::Missing);
+    }
+
+    #[test]
+    fn the_oldest_relay_on_a_target_holds_it() {
+        let sidecar = |name: &str, target: &str, created: Option<i64>| {
+            let mut relay = outbox_relay(
+                name,
+                &format!("database: {{ urlSecretRef: {{ name: db }} }}\nrouting: {{ topicPrefix: x }}\nplacement: {{ sidecar: {{ targetRef: {{ name: {target} }} }} }}"),
+            );
+            relay.metadata.creation_timestamp = created.map(|s| Time(Timestamp::from_second(s).expect("timestamp")));
+            relay
+        };
+        let old = sidecar("b-old", "app", Some(1));
+        let young = sidecar("a-young", "app", Some(2));
+        let unsaved = sidecar("0-unsaved", "app", None);
+        let elsewhere = sidecar("c", "other", Some(0));
+        let all = [old.clone(), young.clone(), unsaved.clone(), elsewhere.clone()];
+        assert_eq!(target_holder(&old, &all), None);
+        assert_eq!(target_holder(&young, &all), Some("b-old".into()));
+        assert_eq!(target_holder(&unsaved, &all), Some("b-old".into()));
+        assert_eq!(target_holder(&elsewhere, &all), None);
+        let mut leaving = old.clone();
+        leaving.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(3).expect("timestamp")));
+        assert_eq!(target_holder(&young, &[leaving, young.clone()]), None, "a relay being deleted gives its target up");
+        let same_time = sidecar("a-same", "app", Some(1));
+        assert_eq!(target_holder(&old, &[old.clone(), same_time]), Some("a-same".into()), "equal ages: the first name wins");
+    }
+
+    #[test]
+    fn durations_beyond_range_are_invalid() {
+        let relay = outbox_relay("r", &format!("{ROUTES}\npollInterval: 99999999999999999999h"));
+        assert!(validate(&relay).is_err_and(|message| message.starts_with("spec.pollInterval: ")));
+        assert_eq!(validate(&outbox_relay("r", ROUTES)), Ok(()));
+    }
+}

@@ -1,0 +1,131 @@
+//! The relay as the operator configures it, against a real PostgreSQL and a real Kafka-protocol
+//! broker: the OutboxRelay controller's own builder renders the `tributary-relay` container; its
+//! environment (the database URL resolved from a test Secret, as the kubelet resolves a
+//! `secretKeyRef`) and arguments run the real binary; committed rows must arrive in Kafka with the
+//! routed topic and the default CloudEvents source, and `GET /status`, read with the operator's
+//! client, must report them published. Environment as in `outbox_broker.rs`.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::core::v1::Container;
+use kube::core::error_boundary::DeserializeGuard;
+use serde_json::json;
+use support::*;
+use tributary_api::{EventTopic, OutboxRelay};
+use tributary_operator::outbox_relay::desired::{cloud_events_source, relay_container, RelaySettings};
+use tributary_operator::outbox_relay::probe::{HttpRelayStatus, RelayStatusSource};
+use tributary_operator::outbox_relay::resolve::{resolve_routes, Routes, TopicLookup};
+
+/// The container's environment as the kubelet would set it: literal values as they are,
+/// `secretKeyRef`s from `secrets` (by Secret name and key); anything else fails the test.
+fn kubelet_env(container: &Container, secrets: &HashMap<(&str, &str), String>) -> Vec<(String, String)> {
+    container
+        .env
+        .iter()
+        .flatten()
+        .map(|var| {
+            let value = match (&var.value, var.value_from.as_ref().and_then(|from| from.secret_key_ref.as_ref())) {
+                (Some(value), None) => value.clone(),
+                (None, Some(reference)) => secrets
+                    .get(&(reference.name.as_str(), reference.key.as_str()))
+                    .unwrap_or_else(|| panic!("{}: no Secret {}/{}", var.name, reference.name, reference.key))
+                    .clone(),
+                other => panic!("{}: unexpected value {other:?}", var.name),
+            };
+            (var.name.clone(), value)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_runs_with_the_configuration_the_operator_renders() {
+    let Some(env) = test_env("the_relay_runs_with_the_configuration_the_operator_renders", false) else { return };
+    let _broker = BROKER.read().await;
+    let started = Instant::now();
+    let table = table_name("operator_config");
+    let _table = TableGuard::new(&env.database_url, &table);
+    migrate(&env, &table).await;
+    let topic = topic_name("operator_config");
+    create_topics(&env.bootstrap_servers, std::slice::from_ref(&topic), 4).await;
+
+    let port = free_address().port();
+    let relay: OutboxRelay = serde_json::from_value(json!({
+        "apiVersion": "tributary.dev/v1alpha1", "kind": "OutboxRelay",
+        "metadata": {"name": "shop-outbox", "namespace": "shop"},
+        "spec": {
+            "database": {"urlSecretRef": {"name": "shop-db", "key": "dsn"}},
+            "table": table,
+            "routing": {"routes": [{"aggregateType": "Order", "eventTopic": "orders"}]},
+            "placement": {"sidecar": {"targetRef": {"name": "shop-api"}, "port": port}},
+            "batchSize": 50,
+            "pollInterval": "200ms",
+        },
+    }))
+    .expect("a valid OutboxRelay");
+    let orders: EventTopic = serde_json::from_value(json!({
+        "apiVersion": "tributary.dev/v1alpha1", "kind": "EventTopic",
+        "metadata": {"name": "orders", "namespace": "shop"},
+        "spec": {"topicName": topic},
+        "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Created", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]},
+    }))
+    .expect("a valid EventTopic");
+    let orders = DeserializeGuard(Ok(orders));
+    let Routes::Ready(routes) = resolve_routes(&relay, |name| TopicLookup::of((name == "orders").then_some(&orders))) else {
+        panic!("the route to a Ready EventTopic resolves")
+    };
+    let settings = RelaySettings { image: "not used".into(), bootstrap_servers: env.bootstrap_servers.clone() };
+    let container = relay_container(&relay, &routes, &settings);
+    let secrets = HashMap::from([(("shop-db", "dsn"), env.database_url.clone())]);
+    let vars = kubelet_env(&container, &secrets);
+    let listen = SocketAddr::from(([127, 0, 0, 1], port));
+    let relay_process = Relay::start(container.args.as_deref().unwrap_or_default(), &vars, listen);
+
+    let plan = WriterPlan {
+        table: table.clone(),
+        aggregate_type: "Order".into(),
+        aggregates: (0..5).map(|a| format!("Order-{a}")).collect(),
+        rows_per_aggregate: 20,
+        pause: Duration::ZERO,
+    };
+    let written_after = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_secs();
+    let inserted = write(env.database_url.clone(), plan, Arc::new(AtomicBool::new(false)), Sink::default()).await;
+    let db = pg(&env.database_url).await;
+    assert!(
+        wait_until_empty(&db, &table, Duration::from_secs(60)).await,
+        "{} row(s) still in {table} after 60 s\n{}",
+        count_rows(&db, &table).await,
+        relay_process.log_tail(25)
+    );
+
+    let ids: HashSet<String> = inserted.iter().map(|row| row.id.clone()).collect();
+    let reader = Collector::read_back(&env.bootstrap_servers, std::slice::from_ref(&topic), &ids, Duration::from_secs(60)).await;
+    let topic_of = |_: &str| topic.clone();
+    let source = cloud_events_source(&relay);
+    assert_eq!(source, "/tributary/shop/shop-outbox");
+    let verdict = verify(&reader.records(), &inserted, &Expect { topic_of: &topic_of, source: &source, absent_ok: &HashSet::new() });
+    verdict.assert_clean("relay configured by the operator");
+
+    // The relay counts pending rows every few seconds; wait for a count after the drain.
+    let client = HttpRelayStatus { timeout: Duration::from_secs(2) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let report = loop {
+        let answer = client.fetch(listen).await;
+        if let Ok(report) = &answer {
+            if report.pending_rows == Some(0) && report.last_published_time.is_some() {
+                break report.clone();
+            }
+        }
+        assert!(Instant::now() < deadline, "GET /status never reported the drained table: {answer:?}\n{}", relay_process.log_tail(25));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let published = report.last_published_time.expect("a publish time").0.as_second();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_secs();
+    assert!((written_after as i64..=now as i64).contains(&published), "last publish {published} not within [{written_after}, {now}]");
+    eprintln!("{} rows relayed with the operator's configuration in {}", inserted.len(), since(started));
+}
