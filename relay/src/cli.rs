@@ -215,7 +215,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(statements) => statements,
                 Err(error) => return Ok(usage_error(error)),
             };
-            let mut client = match connect(&args.table.database_url).await {
+            // A one-off command: an unreachable database is an error, not something to wait for.
+            let connected = match parse_database_url(&args.table.database_url) {
+                Ok(config) => connect(&config).await,
+                Err(error) => Err(error),
+            };
+            let mut client = match connected {
                 Ok(client) => client,
                 Err(error) => return Ok(usage_error(error)),
             };
@@ -246,8 +251,11 @@ fn with_causes(error: &dyn std::error::Error) -> String {
 }
 
 /// Connects, driving the connection in the background; errors name the cause, never the password.
-async fn connect(url: &str) -> Result<Client, String> {
-    let config: tokio_postgres::Config = url.parse().map_err(|error| format!("the database URL is invalid: {error}"))?;
+fn parse_database_url(url: &str) -> Result<tokio_postgres::Config, String> {
+    url.parse().map_err(|error| format!("the database URL is invalid: {error}"))
+}
+
+async fn connect(config: &tokio_postgres::Config) -> Result<Client, String> {
     let (client, connection) =
         config.connect(NoTls).await.map_err(|error| format!("cannot connect to the database: {}", with_causes(&error)))?;
     tokio::spawn(async move {
@@ -256,6 +264,22 @@ async fn connect(url: &str) -> Result<Client, String> {
         }
     });
     Ok(client)
+}
+
+/// Connects, retrying with capped backoff: the database may come up after the relay (a sidecar
+/// starts with its application), and exiting would restart-loop the application's pod.
+async fn connect_when_reachable(config: &tokio_postgres::Config) -> Client {
+    let mut backoff = outbox::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    loop {
+        match connect(config).await {
+            Ok(client) => return client,
+            Err(error) => {
+                let retry_in = backoff.next();
+                warn!(%error, retry_in = ?retry_in, "waiting for the database");
+                tokio::time::sleep(retry_in).await;
+            }
+        }
+    }
 }
 
 async fn run_outbox(args: OutboxArgs) -> anyhow::Result<ExitCode> {
@@ -267,13 +291,10 @@ async fn run_outbox(args: OutboxArgs) -> anyhow::Result<ExitCode> {
         return Ok(usage_error(error));
     }
     let database_url = args.table.database_url.clone();
-    let client = match connect(&database_url).await {
-        Ok(client) => client,
+    let database = match parse_database_url(&database_url) {
+        Ok(config) => config,
         Err(error) => return Ok(usage_error(error)),
     };
-    if let Err(problem) = outbox::check_schema(&client, &statements).await {
-        return Ok(usage_error(problem));
-    }
     let producer = RdKafkaProducer::new(&ProducerSettings {
         bootstrap_servers: args.bootstrap_servers.clone(),
         properties_file: args.kafka_properties_file.clone(),
@@ -318,6 +339,16 @@ async fn run_outbox(args: OutboxArgs) -> anyhow::Result<ExitCode> {
             error!(%error, %listen_address, "the /metrics, /healthz, /readyz and /status server stopped");
         }
     });
+
+    // Not ready until it is connected; /healthz answers meanwhile.
+    let client = tokio::select! {
+        client = connect_when_reachable(&database) => client,
+        () = wait_for_shutdown_signal() => return Ok(ExitCode::SUCCESS),
+    };
+    if let Err(problem) = outbox::check_schema(&client, &settings.statements).await {
+        return Ok(usage_error(problem));
+    }
+    drop(client);
 
     let (shutdown_tx, shutdown) = watch::channel(false);
     let wakers: Vec<Arc<Notify>> = (0..args.workers).map(|_| Arc::new(Notify::new())).collect();

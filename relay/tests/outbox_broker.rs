@@ -573,7 +573,7 @@ async fn bad_input_is_refused_and_nothing_deleted() {
     let cases = [
         ("missing payload column", outbox(url, servers, &table, &["--column-payload", "nope"]), "nope"),
         ("unknown table", outbox(url, servers, &no_such_table, &[]), no_such_table.as_str()),
-        ("unreachable database", outbox("postgres://x@127.0.0.1:1/db", servers, &table, &[]), "cannot connect"),
+        ("malformed database URL", outbox("postgres://x@127.0.0.1:port/db", servers, &table, &[]), "database URL is invalid"),
         ("bootstrap servers without a port", outbox(url, "localhost", &table, &[]), "localhost"),
     ];
     let rows_before = count_rows(&db, &table).await;
@@ -584,6 +584,21 @@ async fn bad_input_is_refused_and_nothing_deleted() {
         assert!(!stderr.contains("panicked"), "{what}: {stderr}");
         assert_eq!(count_rows(&db, &table).await, rows_before, "{what}: rows changed");
     }
+
+    // An unreachable database is waited for (a sidecar must not restart-loop its application's
+    // pod): alive, not ready, the cause in the log; SIGTERM still ends it cleanly.
+    let args = outbox("postgres://x@127.0.0.1:1/db", servers, &table, &[]);
+    let listen =
+        args.iter().skip_while(|arg| *arg != "--listen-address").nth(1).and_then(|address| address.parse().ok()).expect("listen address");
+    let mut waiting = Relay::start(&args, &[], listen);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(http_status(listen, "/healthz").await, Some(200), "alive while waiting\n{}", logs(&[&waiting]));
+    assert_eq!(waiting.readyz().await, Some(503), "not ready while waiting\n{}", logs(&[&waiting]));
+    assert!(waiting.log_text().contains("cannot connect to the database"), "the log names the cause\n{}", logs(&[&waiting]));
+    waiting.sigterm();
+    let status = tokio::time::timeout(Duration::from_secs(10), waiting.child.wait()).await.expect("exits after SIGTERM").expect("status");
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM while waiting");
+    assert_eq!(count_rows(&db, &table).await, rows_before, "waiting for the database: rows changed");
 
     // Malformed JSON in a text payload column: held as failed, never published, never deleted.
     let topic = topic_name("badinput");
