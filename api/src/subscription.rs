@@ -34,7 +34,9 @@ use serde::{Deserialize, Serialize};
     ),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.readyReplicas"),
     printcolumn(name = "Engine", type_ = "string", json_path = ".status.engine", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("size(self.metadata.name) <= 63")
+        .message("metadata.name must be at most 63 characters: it labels the consumer pods, and label values are limited to 63"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SubscriptionSpec {
@@ -86,7 +88,7 @@ pub struct TopicReference {
 }
 
 /// The consumer container and the pod it runs in.
-#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq, Default)]
+#[derive(Serialize, Deserialize, KubeSchema, Debug, Clone, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ConsumerTemplate {
     /// Container image of the consumer.
@@ -105,8 +107,11 @@ pub struct ConsumerTemplate {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
 
-    /// Extra environment variables. The operator adds the `TRIBUTARY_*` ones itself.
+    /// Extra environment variables. The operator sets the `TRIBUTARY_*` ones itself.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    #[x_kube(validation = Rule::new("self.all(e, !e.name.startsWith('TRIBUTARY_'))")
+        .message("spec.template.env must not set TRIBUTARY_* variables: the operator sets them"))]
     pub env: Vec<EnvVar>,
 
     /// Environment variables taken from ConfigMaps or Secrets.
@@ -280,13 +285,16 @@ pub enum Backoff {
 }
 
 /// Dead-letter target of a Subscription.
-#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+#[derive(Serialize, Deserialize, KubeSchema, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SubscriptionDeadLetter {
     /// Kafka topic for this Subscription's dead letters. Defaults to the dead-letter topic of the
-    /// EventTopic the event came from, or `<consumerGroup>.dlq` when it has none.
+    /// EventTopic when the Subscription reads exactly one EventTopic and it has one, and to
+    /// `<consumerGroup>.dlq` otherwise. The operator creates this topic when no EventTopic
+    /// manages it, and leaves it in place when the Subscription is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    #[x_kube(validation = Rule::new("self != '.' && self != '..'").message("'.' and '..' are not valid Kafka topic names"))]
     pub topic_name: Option<String>,
 }
 
@@ -438,6 +446,15 @@ pub struct SubscriptionStatus {
     /// When the replica count last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<Time>,
+
+    /// Since when lag has asked for fewer replicas than run; the built-in scaler scales down once
+    /// this is `cooldown` old.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_lag_since: Option<Time>,
+
+    /// The Kafka topic dead letters go to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_topic: Option<String>,
 
     /// Progress of the latest replay.
     #[serde(default, skip_serializing_if = "Option::is_none")]

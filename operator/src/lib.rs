@@ -13,6 +13,7 @@ pub mod event_topic;
 pub(crate) mod fixtures;
 pub mod kafka;
 pub mod metrics;
+pub mod subscription;
 
 /// The one field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "tributary-operator";
