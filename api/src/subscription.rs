@@ -427,9 +427,13 @@ pub struct SubscriptionStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lag: Vec<TopicLag>,
 
-    /// Lag summed over all topics.
+    /// Lag summed over all topics. Absent while Kafka cannot be asked: unknown, not zero.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_lag: Option<i64>,
+
+    /// When the lag above was read from Kafka.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_observed_time: Option<Time>,
 
     /// Replicas the autoscaler asks for.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -17,7 +17,7 @@ pub enum Error {
         #[source]
         source: KafkaError,
     },
-    #[error("{object} has no namespace; EventTopics are namespaced")]
+    #[error("{object} has no namespace; Tributary resources are namespaced")]
     MissingNamespace { object: String },
 }
 
