@@ -79,6 +79,27 @@ fn default_start_from() -> String {
     "latest".into()
 }
 
+impl Subscription {
+    /// The Kafka consumer group: `spec.consumerGroup`, else `<namespace>.<name>`.
+    pub fn consumer_group(&self) -> String {
+        self.spec.consumer_group.clone().unwrap_or_else(|| {
+            format!("{}.{}", self.metadata.namespace.as_deref().unwrap_or_default(), self.metadata.name.as_deref().unwrap_or_default())
+        })
+    }
+
+    /// The Kafka topic dead letters go to, given the dead-letter topic of each EventTopic it reads
+    /// (in `spec.topics` order): `spec.delivery.deadLetter.topicName`, else the dead-letter topic
+    /// of its one EventTopic, else `<consumerGroup>.dlq`.
+    pub fn dead_letter_topic_name(&self, source_dead_letters: &[Option<String>]) -> String {
+        let explicit = self.spec.delivery.dead_letter.as_ref().and_then(|dead_letter| dead_letter.topic_name.clone());
+        match (explicit, source_dead_letters) {
+            (Some(topic), _) => topic,
+            (None, [Some(only)]) => only.clone(),
+            (None, _) => format!("{}.dlq", self.consumer_group()),
+        }
+    }
+}
+
 /// A reference to an EventTopic in the Subscription's namespace.
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
 pub struct TopicReference {

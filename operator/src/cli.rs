@@ -1,8 +1,9 @@
-//! The command line: `run` (the controller), `crdgen`, `apply` (offline) and `bench-topics`.
+//! The command line: `run` (the controllers), `crdgen`, `apply` (offline) and `bench-topics`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use crate::conditions::{Clock, SystemClock};
 use crate::event_topic::{self, sync::SyncMode};
 use crate::kafka::{KafkaConnection, RdKafkaTopicAdmin, TopicAdmin};
 use crate::metrics::Metrics;
+use crate::subscription;
 use tributary_common::logging::{self, LoggingArgs};
 use tributary_common::server::{self, Readiness};
 
@@ -34,7 +36,8 @@ pub enum Command {
     Run(RunArgs),
     /// Print every CRD as YAML, or write one file per kind into a directory.
     Crdgen(CrdgenArgs),
-    /// Reconcile the Kafka side of the EventTopics in files, without a cluster.
+    /// Reconcile the Kafka side of the EventTopics and Subscriptions in files, without a cluster,
+    /// and print the Kubernetes objects the Subscriptions would get.
     Apply(ApplyArgs),
     /// Benchmark: reconcile N fresh EventTopics against a broker and print topics_per_s and peak_rss_mib.
     BenchTopics(BenchArgs),
@@ -54,13 +57,36 @@ pub struct KafkaArgs {
 }
 
 impl KafkaArgs {
-    fn admin(&self) -> anyhow::Result<Arc<dyn TopicAdmin>> {
+    /// The Kafka admin client, serving both topics and consumer groups.
+    fn client(&self) -> anyhow::Result<Arc<RdKafkaTopicAdmin>> {
         let connection = KafkaConnection {
             bootstrap_servers: self.bootstrap_servers.clone(),
             properties_file: self.kafka_properties_file.clone(),
             request_timeout: self.kafka_request_timeout,
         };
         Ok(Arc::new(RdKafkaTopicAdmin::connect(&connection)?))
+    }
+
+    fn admin(&self) -> anyhow::Result<Arc<dyn TopicAdmin>> {
+        Ok(self.client()?)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct WorkloadArgs {
+    /// Secret, in each Subscription's namespace, holding `kafka.properties` (librdkafka SASL/TLS
+    /// settings) and the files it names; mounted into consumers and dispatchers.
+    #[arg(long, env = "TRIBUTARY_WORKLOAD_KAFKA_PROPERTIES_SECRET")]
+    pub workload_kafka_properties_secret: Option<String>,
+}
+
+impl WorkloadArgs {
+    fn settings(&self, kafka: &KafkaArgs, relay_image: &str) -> subscription::desired::WorkloadSettings {
+        subscription::desired::WorkloadSettings {
+            bootstrap_servers: kafka.bootstrap_servers.clone(),
+            relay_image: relay_image.to_owned(),
+            kafka_properties_secret: self.workload_kafka_properties_secret.clone(),
+        }
     }
 }
 
@@ -80,6 +106,11 @@ pub struct RunArgs {
     /// Image of `tributary-relay`, run as outbox relays and push dispatchers.
     #[arg(long, env = "TRIBUTARY_RELAY_IMAGE", default_value = concat!("ghcr.io/tributary-dev/tributary-relay:", env!("CARGO_PKG_VERSION")))]
     pub relay_image: String,
+    /// How often the built-in scaler reads consumer lag and sets a Subscription's replicas.
+    #[arg(long, env = "TRIBUTARY_SCALE_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    pub scale_interval: Duration,
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
 }
 
 #[derive(Debug, Args)]
@@ -99,6 +130,11 @@ pub struct ApplyArgs {
     pub dry_run: bool,
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    /// Image of `tributary-relay` in the printed Push-mode Deployments.
+    #[arg(long, env = "TRIBUTARY_RELAY_IMAGE", default_value = concat!("ghcr.io/tributary-dev/tributary-relay:", env!("CARGO_PKG_VERSION")))]
+    pub relay_image: String,
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
 }
 
 #[derive(Debug, Args)]
@@ -139,7 +175,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default().await.context("cannot reach the Kubernetes API")?;
-    let admin = args.kafka.admin()?;
+    let kafka = args.kafka.client()?;
+    let admin: Arc<dyn TopicAdmin> = kafka.clone();
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
     let readiness = Readiness::default();
@@ -152,10 +189,39 @@ async fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let recorder = Recorder::new(client.clone(), reporter);
-    let controller = event_topic::controller::run(client, admin, metrics, clock, recorder, settings, move || readiness.mark_ready());
+    let ready = ready_after(readiness, 2);
+    let subscriptions = subscription::controller::run(
+        subscription::Dependencies {
+            client: client.clone(),
+            admin: admin.clone(),
+            groups: kafka,
+            recorder: recorder.clone(),
+            metrics: metrics.clone(),
+            clock: clock.clone(),
+            settings: subscription::Settings {
+                scale_interval: args.scale_interval,
+                resync_interval: args.resync_interval,
+                ..subscription::Settings::default()
+            },
+            workload: args.workload.settings(&args.kafka, &args.relay_image),
+        },
+        ready.clone(),
+    );
+    let event_topics = event_topic::controller::run(client, admin, metrics, clock, recorder, settings, ready);
     tokio::select! {
-        () = controller => Ok(()),
+        _ = async { tokio::join!(event_topics, subscriptions) } => Ok(()),
         served = server => Err(anyhow::anyhow!("the metrics and health server stopped: {:?}", served)),
+    }
+}
+
+/// A callback that marks the operator ready on its `count`-th call: once every controller's
+/// watch has synced.
+fn ready_after(readiness: Readiness, count: usize) -> impl Fn() + Clone + Send + 'static {
+    let pending = Arc::new(AtomicUsize::new(count));
+    move || {
+        if pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            readiness.mark_ready();
+        }
     }
 }
 
@@ -172,19 +238,30 @@ async fn run_apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let mut topics = Vec::new();
+    let mut subscriptions = Vec::new();
     for object in objects {
         match object {
             apply::Object::EventTopic(topic) => topics.push(*topic),
-            apply::Object::Subscription(_) | apply::Object::OutboxRelay(_) => {}
+            apply::Object::Subscription(subscription) => subscriptions.push(*subscription),
+            apply::Object::OutboxRelay(_) => {}
         }
     }
     let mode = if args.dry_run { SyncMode::DryRun } else { SyncMode::Apply };
     let admin = args.kafka.admin()?;
     let results = apply::apply_event_topics(admin.as_ref(), &topics, mode, SystemClock.now()).await;
     print!("{}", apply::render_report(&results, mode));
+    let settings = args.workload.settings(&args.kafka, &args.relay_image);
+    let subscription_results = apply::apply_subscriptions(admin.as_ref(), &subscriptions, &results, mode, &settings).await;
+    print!("{}", apply::render_subscriptions(&subscription_results, mode));
     let not_ready = results.iter().filter(|result| !result.is_ready()).count();
+    let not_applied = subscription_results.iter().filter(|result| !result.is_applied()).count();
     if mode == SyncMode::Apply && not_ready > 0 {
         eprintln!("error: {not_ready} of {} EventTopics are not Ready (see their status above)", results.len());
+    }
+    if not_applied > 0 {
+        eprintln!("error: {not_applied} of {} Subscriptions cannot be applied (see above)", subscription_results.len());
+    }
+    if (mode == SyncMode::Apply && not_ready > 0) || not_applied > 0 {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)

@@ -34,11 +34,23 @@ impl ApiServerVerifier {
     /// Waits for the next request, checks its method and path (query ignored), answers with
     /// `response` (200 OK) and returns it for further assertions.
     pub async fn expect(&mut self, method: Method, path: &str, response: Value) -> RecordedRequest {
+        self.expect_answered(method, path, StatusCode::OK, response).await
+    }
+
+    /// Like [`Self::expect`], answering 404 Not Found as the API server does for a missing object.
+    pub async fn expect_not_found(&mut self, method: Method, path: &str) -> RecordedRequest {
+        let status = serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found",
+        });
+        self.expect_answered(method, path, StatusCode::NOT_FOUND, status).await
+    }
+
+    async fn expect_answered(&mut self, method: Method, path: &str, status: StatusCode, response: Value) -> RecordedRequest {
         let request = self.next().await;
         let recorded = &request.recorded;
         let request_path = recorded.uri.split('?').next().unwrap_or_default().to_owned();
         assert_eq!((&recorded.method, request_path.as_str()), (&method, path), "unexpected request: {recorded:#?}");
-        request.respond(StatusCode::OK, response)
+        request.respond(status, response)
     }
 
     /// Expects an Event to be published for the object and returns its body.

@@ -512,11 +512,12 @@ fn default_render_is_typed_labelled_and_wired_together() {
 
 /// Every (API group, resource, verb) the operator needs, and nothing else.
 fn expected_permissions() -> BTreeSet<(String, String, String)> {
-    let table: [(&str, &[&str], &[&str]); 6] = [
+    let table: [(&str, &[&str], &[&str]); 7] = [
         ("tributary.dev", &["eventtopics", "subscriptions", "outboxrelays"], &["get", "list", "watch", "patch"]),
         ("tributary.dev", &["eventtopics/status", "subscriptions/status", "outboxrelays/status"], &["get", "patch"]),
         ("events.k8s.io", &["events"], &["create", "patch"]),
         ("apps", &["deployments"], &["get", "list", "watch", "create", "patch", "delete"]),
+        ("", &["configmaps"], &["list", "watch", "create", "patch"]),
         ("apiextensions.k8s.io", &["customresourcedefinitions"], &["get", "list", "watch"]),
         ("keda.sh", &["scaledobjects"], &["get", "list", "watch", "create", "patch", "delete"]),
     ];

@@ -1,7 +1,7 @@
 //! Integration tests against a real Kafka-protocol broker (Tansu in the test rig), named by
 //! `TRIBUTARY_BOOTSTRAP_SERVERS`: consumer-group lag, partition counts and offset resets as the
-//! Subscription controller reads and makes them. Without a broker they skip, unless
-//! `TRIBUTARY_TEST_STRICT=1`.
+//! Subscription controller reads and makes them, and the built-in scaler fed by those readings.
+//! Without a broker they skip, unless `TRIBUTARY_TEST_STRICT=1`.
 
 use std::time::Duration;
 
@@ -9,8 +9,11 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+use super::scaler::{decide, Lag, Observation, Policy, Reason};
 use crate::fixtures::{test_bootstrap_servers, unique_name};
-use crate::kafka::{ConsumerGroups, KafkaConnection, KafkaError, RdKafkaTopicAdmin, StartFrom, TopicAdmin, TopicSpec};
+use crate::kafka::{ConsumerGroups, GroupLag, KafkaConnection, KafkaError, RdKafkaTopicAdmin, StartFrom, TopicAdmin, TopicSpec};
 
 /// Record timestamps: two batches an hour apart.
 const EARLY: i64 = 1_700_000_000_000;
@@ -153,7 +156,7 @@ async fn reset_is_refused_while_the_group_has_a_member() {
     // Tansu reports no members in DescribeConsumerGroups; Kafka reports the one.
     let members = broker.admin.group_members(&group).await.expect("describe group");
     assert!(matches!(members, Some(0) | Some(1)), "{members:?}");
-    let refused = broker.admin.reset_offsets(&group, &[topic.clone()], EARLY).await;
+    let refused = broker.admin.reset_offsets(&group, std::slice::from_ref(&topic), EARLY).await;
     assert!(matches!(refused, Err(KafkaError::Rejected { .. })), "{refused:?}");
     drop(member);
     broker.admin.reset_offsets(&group, &[topic], EARLY).await.expect("reset once the member left");
@@ -171,4 +174,55 @@ async fn an_unreachable_broker_is_an_error_not_zero_lag() {
     assert!(matches!(lag, Err(KafkaError::Unavailable(_))), "{lag:?}");
     let reset = admin.reset_offsets("any", &["orders".to_owned()], EARLY).await;
     assert!(matches!(reset, Err(KafkaError::Unavailable(_))), "{reset:?}");
+}
+
+#[tokio::test]
+async fn the_builtin_scaler_follows_real_lag_readings() {
+    let Some(broker) = broker() else { return };
+    let topic = broker.topic_with_records("scaler", 5, 3).await;
+    let topics = [topic.clone()];
+    let group = unique_name("group");
+    let policy = Policy {
+        min_replicas: 1,
+        max_replicas: 10,
+        lag_threshold: 3,
+        activation_lag_threshold: 0,
+        scale_to_zero: true,
+        cooldown: Duration::from_secs(60),
+    };
+    let start = Timestamp::now();
+    let observe = |lag: &GroupLag, current: i32, low_lag_since: Option<Timestamp>, seconds: i64| Observation {
+        lag: Some(Lag { total: lag.total(), partitions: lag.partition_count() }),
+        current: Some(current),
+        low_lag_since,
+        now: start + SignedDuration::from_secs(seconds),
+    };
+
+    // 8 records behind, 3 per replica: 3 wanted, but the topic has only 2 partitions.
+    let behind = broker.admin.group_lag(&group, &topics, StartFrom::Earliest).await.expect("lag");
+    let up = decide(&policy, &observe(&behind, 0, None, 0));
+    assert_eq!((up.replicas, up.reason), (2, Reason::AtTarget));
+
+    // Caught up: zero is wanted, after the cooldown.
+    broker.commit(&group, &[(&topic, 0, 5), (&topic, 1, 3)]);
+    let caught_up = broker.admin.group_lag(&group, &topics, StartFrom::Earliest).await.expect("lag");
+    let cooling = decide(&policy, &observe(&caught_up, 2, None, 10));
+    assert_eq!(cooling.replicas, 2);
+    let idle = decide(&policy, &observe(&caught_up, 2, cooling.low_lag_since, 70));
+    assert_eq!(idle.replicas, 0);
+
+    // Unreachable: no reading, no scale-down.
+    let connection = KafkaConnection { request_timeout: Duration::from_secs(2), ..KafkaConnection::new("127.0.0.1:1") };
+    let unreachable = RdKafkaTopicAdmin::connect(&connection).expect("client");
+    let unknown = unreachable.group_lag(&group, &topics, StartFrom::Earliest).await.ok();
+    let kept = decide(
+        &policy,
+        &Observation {
+            lag: unknown.map(|lag| Lag { total: lag.total(), partitions: lag.partition_count() }),
+            current: Some(2),
+            low_lag_since: None,
+            now: start,
+        },
+    );
+    assert_eq!((kept.replicas, kept.reason), (2, Reason::LagUnknown));
 }

@@ -37,7 +37,7 @@ use super::status::{self, build_status, needs_patch, paused_status, reason, LagW
 use crate::conditions::{Clock, DesiredCondition, Status};
 use crate::error::{Error, Result};
 use crate::event_topic::sync::SyncMode;
-use crate::kafka::{ConsumerGroups, KafkaError, TopicAdmin, TopicSpec};
+use crate::kafka::{ConsumerGroups, GroupLag, KafkaError, TopicAdmin, TopicSpec};
 use crate::metrics::Metrics;
 use crate::FIELD_MANAGER;
 
@@ -219,7 +219,7 @@ async fn reconcile_subscription(subscription: &Subscription, context: &Context) 
         patch_status_if_changed(&api, subscription, paused_status(subscription, deps.clock.now()), context).await?;
         return Ok(Action::await_change());
     }
-    let group = resolve::consumer_group(subscription);
+    let group = subscription.consumer_group();
     let report = |outcome: Outcome| report(&api, subscription, &group, outcome, context);
 
     // Resolve.
@@ -321,10 +321,9 @@ impl Run {
             problems.push(format!("cannot create the dead-letter topic {:?}: {error}", workload.dead_letter.topic));
             kafka_errors.push(error);
         }
-        let lag = deps.groups.group_lag(&workload.group, &workload.kafka_topics(), workload.start_from).await;
-        if let Err(error) = &lag {
-            kafka_errors.push(error.clone());
-        }
+        let topics = workload.kafka_topics();
+        let read_lag = || deps.groups.group_lag(&workload.group, &topics, workload.start_from);
+        let mut lag = read_lag().await;
 
         let deployment_spec = existing.and_then(|deployment| deployment.spec.as_ref());
         let deployment_status = existing.and_then(|deployment| deployment.status.as_ref());
@@ -332,12 +331,16 @@ impl Run {
         let ready = deployment_status.and_then(|status| status.ready_replicas).unwrap_or(0);
         let running = deployment_status.and_then(|status| status.replicas).unwrap_or(0);
         let policy = Policy::new(&subscription.spec.scaling, workload.cooldown);
-        let lag_reading = lag.as_ref().ok().map(|lag| scaler::Lag { total: lag.total(), partitions: lag.partition_count() });
+        let reading = |lag: &Result<GroupLag, KafkaError>| {
+            lag.as_ref().ok().map(|lag| scaler::Lag { total: lag.total(), partitions: lag.partition_count() })
+        };
+        let lag_reading = reading(&lag);
 
         // The replay, when one is asked for.
         let requested = subscription.spec.replay.as_ref().map(|replay| &replay.to_timestamp);
         let waiting_for_consumers = previous.replay.as_ref().is_some_and(|replay| {
-            requested == Some(&replay.to_timestamp) && matches!(replay.phase, ReplayPhase::ScalingDown | ReplayPhase::ResettingOffsets)
+            requested.is_some_and(|requested| replay::is_for(replay, requested))
+                && matches!(replay.phase, ReplayPhase::ScalingDown | ReplayPhase::ResettingOffsets)
         });
         // Unknown members (a broker that cannot tell, or an error) leave the check to the broker,
         // which refuses to reset a group with members.
@@ -350,6 +353,8 @@ impl Run {
                 Ok(()) => {
                     info!(group = %workload.group, "moved the consumer group's offsets for the replay");
                     replay_status = Some(replay::offsets_reset(resetting, now));
+                    // The consumers come back sized for what is to be read again.
+                    lag = read_lag().await;
                 }
                 Err(error) => {
                     problems.push(format!("cannot move the offsets of consumer group {:?}: {error}", workload.group));
@@ -360,11 +365,14 @@ impl Run {
         let hold_at_zero =
             replay_status.as_ref().is_some_and(|replay| matches!(replay.phase, ReplayPhase::ScalingDown | ReplayPhase::ResettingOffsets));
 
+        if let Err(error) = &lag {
+            kafka_errors.push(error.clone());
+        }
         let (scaler, replicas, desired_replicas) = match engine {
             ScalingEngine::Keda => (Scaler::Keda, None, current),
             _ => {
-                let observation =
-                    scaler::Observation { lag: lag_reading, current, low_lag_since: previous.low_lag_since.map(|time| time.0), now };
+                let low_lag_since = previous.low_lag_since.map(|time| time.0);
+                let observation = scaler::Observation { lag: reading(&lag), current, low_lag_since, now };
                 let mut decision = scaler::decide(&policy, &observation);
                 if hold_at_zero {
                     decision = Decision { replicas: 0, low_lag_since: None, ..decision };
@@ -496,7 +504,8 @@ async fn apply_status(api: &SubscriptionApi, name: &str, status: &SubscriptionSt
     api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await.map(drop)
 }
 
-/// Events for what changed: the replica count, and each replay phase.
+/// Events for what changed: the replica count, and each replay phase. Each kind of change has
+/// its own reason: the event recorder folds events of one reason into a series.
 async fn announce(context: &Context, reference: &ObjectReference, before: &SubscriptionStatus, after: &SubscriptionStatus) {
     if let (Some(from), Some(to)) = (before.desired_replicas, after.desired_replicas) {
         if from != to && after.engine == Some(ScalingEngine::Builtin) {
@@ -504,14 +513,21 @@ async fn announce(context: &Context, reference: &ObjectReference, before: &Subsc
             let lag = after.total_lag.map(|lag| format!("lag {lag}")).unwrap_or_else(|| "lag unknown".into());
             let note = format!("scaled the consumers from {from} to {to} replicas ({lag})");
             info!(%note);
-            publish(context, reference, EventType::Normal, "Scaled", "Scale", note).await;
+            let reason = if to > from { "ScaledUp" } else { "ScaledDown" };
+            publish(context, reference, EventType::Normal, reason, "Scale", note).await;
         }
     }
     let phase = |status: &SubscriptionStatus| status.replay.as_ref().map(|replay| (replay.to_timestamp.clone(), replay.phase));
-    if let Some((to, now)) = phase(after).filter(|current| phase(before).as_ref() != Some(current)) {
-        let note = format!("replay to {}: {now:?}", to.0);
+    if let Some((to, phase_now)) = phase(after).filter(|current| phase(before).as_ref() != Some(current)) {
+        let (reason, what) = match phase_now {
+            ReplayPhase::ScalingDown => ("ReplayScalingDown", "stopping the consumers"),
+            ReplayPhase::ResettingOffsets => ("ReplayResettingOffsets", "the consumers stopped; moving the group's offsets"),
+            ReplayPhase::ScalingUp => ("ReplayScalingUp", "offsets moved; starting the consumers"),
+            ReplayPhase::Completed => ("ReplayCompleted", "the consumers are back"),
+        };
+        let note = format!("replay to {}: {what}", to.0);
         info!(%note);
-        publish(context, reference, EventType::Normal, "Replay", "Replay", note).await;
+        publish(context, reference, EventType::Normal, reason, "Replay", note).await;
     }
 }
 

@@ -5,6 +5,8 @@
 mod broker_tests;
 pub mod controller;
 pub mod desired;
+#[cfg(test)]
+mod mock_api_tests;
 pub mod replay;
 pub mod resolve;
 pub mod scaler;

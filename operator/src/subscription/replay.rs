@@ -29,6 +29,13 @@ impl Consumers {
     }
 }
 
+/// Whether a replay status is about the requested time. Times are compared to the second: status
+/// is written with whole seconds (as Kubernetes writes times), so a request of `…:01.5Z` must
+/// still match the `…:01Z` it was recorded as.
+pub fn is_for(status: &ReplayStatus, requested: &Time) -> bool {
+    status.to_timestamp.0.as_second() == requested.0.as_second()
+}
+
 /// What the replay asks of this reconcile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -61,7 +68,7 @@ pub fn advance(
         let kept = previous.filter(|status| status.phase == ReplayPhase::Completed).cloned();
         return (kept, Step::Idle);
     };
-    let Some(previous) = previous.filter(|status| status.to_timestamp == *requested) else {
+    let Some(previous) = previous.filter(|status| is_for(status, requested)) else {
         let started =
             ReplayStatus { to_timestamp: requested.clone(), phase: ReplayPhase::ScalingDown, last_transition_time: Some(Time(now)) };
         return (Some(started), Step::HoldAtZero);
@@ -157,6 +164,16 @@ mod tests {
 
         assert_eq!(advance(None, Some(&status(ReplayPhase::ScalingDown, 0)), &RUNNING, at(1)), (None, Step::Idle));
         assert_eq!(advance(None, Some(&completed), &RUNNING, at(1)), (Some(completed), Step::Idle));
+    }
+
+    #[test]
+    fn a_fractional_request_matches_the_whole_seconds_status_records() {
+        let requested: Time = serde_json::from_value(serde_json::json!("2027-01-15T08:00:01.500Z")).expect("time");
+        let (started, _) = advance(Some(&requested), None, &RUNNING, at(0));
+        let recorded: ReplayStatus = serde_json::from_value(serde_json::to_value(started).expect("serializes")).expect("parses");
+        assert_eq!(recorded.to_timestamp.0.as_second(), requested.0.as_second());
+        let (next, step) = advance(Some(&requested), Some(&recorded), &STOPPING, at(1));
+        assert_eq!((next.map(|s| s.phase), step), (Some(ReplayPhase::ScalingDown), Step::HoldAtZero), "not started over");
     }
 
     #[test]

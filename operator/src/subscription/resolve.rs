@@ -88,19 +88,10 @@ fn not_ready_reason(topic: &EventTopic) -> Option<String> {
     }
 }
 
-/// The Kafka consumer group: `spec.consumerGroup`, else `<namespace>.<name>`.
-pub fn consumer_group(subscription: &Subscription) -> String {
-    subscription
-        .spec
-        .consumer_group
-        .clone()
-        .unwrap_or_else(|| format!("{}.{}", subscription.namespace().unwrap_or_default(), subscription.name_any()))
-}
-
 /// The older Subscription (`namespace/name`), in any namespace, that uses the same consumer group:
 /// two Deployments in one group would split its partitions between unrelated consumers.
 pub fn find_group_conflict<'a>(me: &Subscription, all: impl IntoIterator<Item = &'a Subscription>) -> Option<String> {
-    let group = consumer_group(me);
+    let group = me.consumer_group();
     // Oldest first; objects not yet stored (no timestamp) last; then by namespace and name.
     let seniority = |subscription: &Subscription| {
         let created = subscription.metadata.creation_timestamp.as_ref().map(|time| time.0);
@@ -108,7 +99,7 @@ pub fn find_group_conflict<'a>(me: &Subscription, all: impl IntoIterator<Item = 
     };
     let mine = seniority(me);
     all.into_iter()
-        .filter(|other| seniority(other) < mine && consumer_group(other) == group)
+        .filter(|other| seniority(other) < mine && other.consumer_group() == group)
         .min_by_key(|other| seniority(other))
         .map(|owner| format!("{}/{}", owner.namespace().unwrap_or_default(), owner.name_any()))
 }
@@ -173,8 +164,8 @@ pub fn workload(subscription: &Subscription, topics: Vec<ResolvedTopic>) -> Resu
     if spec.delivery.filters.iter().any(|filter| filter.value.contains(['\n', '\r'])) {
         return Err(field("delivery.filters", "a filter value cannot contain a line break".into()));
     }
-    let group = consumer_group(subscription);
-    let dead_letter = dead_letter(subscription, &group, &topics)?;
+    let group = subscription.consumer_group();
+    let dead_letter = dead_letter(subscription, &topics)?;
     Ok(Workload {
         subscription,
         name: subscription.name_any(),
@@ -187,25 +178,18 @@ pub fn workload(subscription: &Subscription, topics: Vec<ResolvedTopic>) -> Resu
     })
 }
 
-fn dead_letter(subscription: &Subscription, group: &str, topics: &[ResolvedTopic]) -> Result<DeadLetter, SpecError> {
-    let explicit = subscription.spec.delivery.dead_letter.as_ref().and_then(|dead_letter| dead_letter.topic_name.clone());
-    if let Some(topic) = explicit {
-        if let Some(source) = topics.iter().find(|source| source.kafka_topic == topic) {
-            return Err(SpecError::DeadLetterIsSource { topic, event_topic: source.name.clone() });
-        }
-        let managed = topics.iter().any(|source| source.dead_letter_topic.as_deref() == Some(topic.as_str()));
-        return Ok(DeadLetter { topic, owned: !managed });
+/// The dead-letter topic, which the Subscription owns unless a referenced EventTopic manages it.
+fn dead_letter(subscription: &Subscription, topics: &[ResolvedTopic]) -> Result<DeadLetter, SpecError> {
+    let sources: Vec<Option<String>> = topics.iter().map(|source| source.dead_letter_topic.clone()).collect();
+    let topic = subscription.dead_letter_topic_name(&sources);
+    if let Some(source) = topics.iter().find(|source| source.kafka_topic == topic) {
+        return Err(SpecError::DeadLetterIsSource { topic, event_topic: source.name.clone() });
     }
-    if let [only] = topics {
-        if let Some(topic) = &only.dead_letter_topic {
-            return Ok(DeadLetter { topic: topic.clone(), owned: false });
-        }
-    }
-    let topic = format!("{group}.dlq");
     if topic.len() > MAX_TOPIC_NAME {
         return Err(SpecError::DeadLetterNameTooLong(topic));
     }
-    Ok(DeadLetter { topic, owned: true })
+    let managed = sources.iter().any(|source| source.as_deref() == Some(topic.as_str()));
+    Ok(DeadLetter { topic, owned: !managed })
 }
 
 #[cfg(test)]
@@ -252,8 +236,8 @@ mod tests {
 
     #[test]
     fn consumer_group_defaults_to_namespace_and_name() {
-        assert_eq!(consumer_group(&subscription("billing", "")), "default.billing");
-        assert_eq!(consumer_group(&subscription("billing", "consumerGroup: billing-v2")), "billing-v2");
+        assert_eq!(subscription("billing", "").consumer_group(), "default.billing");
+        assert_eq!(subscription("billing", "consumerGroup: billing-v2").consumer_group(), "billing-v2");
     }
 
     #[test]
