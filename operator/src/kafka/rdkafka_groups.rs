@@ -153,21 +153,31 @@ unsafe fn partition_entries(list: *const rdsys::rd_kafka_topic_partition_list_t)
     (0..count).map(|index| partition_entry((*list).elems.add(index))).collect()
 }
 
-/// The error of a per-group result, if any, sorted like any other Kafka error.
+/// The partitions and offsets of per-group results, or the first error among them (of a group or
+/// of a partition), sorted like any other Kafka error.
 ///
 /// # Safety
-/// `result` must point to a valid group result.
-unsafe fn group_result_error(
-    result: *const rdsys::rd_kafka_group_result_t,
+/// `results` must point to `count` valid group results.
+unsafe fn group_result_offsets(
+    results: *mut *const rdsys::rd_kafka_group_result_t,
+    count: usize,
     operation: &'static str,
     group: &str,
-) -> Result<(), KafkaError> {
-    let error = rdsys::rd_kafka_group_result_error(result);
-    if error.is_null() {
-        return Ok(());
+) -> Result<Vec<(Partition, i64)>, KafkaError> {
+    let mut offsets = Vec::new();
+    for index in 0..count {
+        let result = *results.add(index);
+        let error = rdsys::rd_kafka_group_result_error(result);
+        if !error.is_null() {
+            let code: RDKafkaErrorCode = rdsys::rd_kafka_error_code(error).into();
+            let message = format!("consumer group {group:?}: {}", c_string(rdsys::rd_kafka_error_string(error)));
+            return Err(classify_code(code, operation, group, message));
+        }
+        for entry in partition_entries(rdsys::rd_kafka_group_result_partitions(result)) {
+            offsets.push((entry.key.clone(), entry.offset(operation)?));
+        }
     }
-    let code: RDKafkaErrorCode = rdsys::rd_kafka_error_code(error).into();
-    Err(classify_code(code, operation, group, format!("consumer group {group:?}: {}", c_string(rdsys::rd_kafka_error_string(error)))))
+    Ok(offsets)
 }
 
 fn c_group(group: &str, operation: &'static str) -> Result<CString, KafkaError> {
@@ -238,16 +248,8 @@ fn committed_offsets(
         let result = rdsys::rd_kafka_event_ListConsumerGroupOffsets_result(event.0);
         let mut count = 0usize;
         let groups = rdsys::rd_kafka_ListConsumerGroupOffsets_result_groups(result, &mut count);
-        let mut committed = BTreeMap::new();
-        for index in 0..count {
-            let group_result = *groups.add(index);
-            group_result_error(group_result, OPERATION, group)?;
-            for entry in partition_entries(rdsys::rd_kafka_group_result_partitions(group_result)) {
-                let offset = entry.offset(OPERATION)?;
-                committed.insert(entry.key, (offset >= 0).then_some(offset));
-            }
-        }
-        Ok(committed)
+        let offsets = group_result_offsets(groups, count, OPERATION, group)?;
+        Ok(offsets.into_iter().map(|(key, offset)| (key, (offset >= 0).then_some(offset))).collect())
     }
 }
 
@@ -278,14 +280,7 @@ fn alter_group_offsets(
         let result = rdsys::rd_kafka_event_AlterConsumerGroupOffsets_result(event.0);
         let mut count = 0usize;
         let groups = rdsys::rd_kafka_AlterConsumerGroupOffsets_result_groups(result, &mut count);
-        for index in 0..count {
-            let group_result = *groups.add(index);
-            group_result_error(group_result, OPERATION, group)?;
-            for entry in partition_entries(rdsys::rd_kafka_group_result_partitions(group_result)) {
-                entry.offset(OPERATION)?;
-            }
-        }
-        Ok(())
+        group_result_offsets(groups, count, OPERATION, group).map(drop)
     }
 }
 
