@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
 use tracing::{info, instrument, warn, Instrument};
-use tributary_api::subscription::{ReplayPhase, ScalingEngine};
+use tributary_api::subscription::{ReplayPhase, ReplayStatus, ScalingEngine};
 use tributary_api::{EventTopic, Subscription, SubscriptionStatus};
 
 use super::desired::{self, WorkloadSettings, SUBSCRIPTION_LABEL};
@@ -336,31 +336,16 @@ impl Run {
         };
         let lag_reading = reading(&lag);
 
-        // The replay, when one is asked for.
-        let requested = subscription.spec.replay.as_ref().map(|replay| &replay.to_timestamp);
-        let waiting_for_consumers = previous.replay.as_ref().is_some_and(|replay| {
-            requested.is_some_and(|requested| replay::is_for(replay, requested))
-                && matches!(replay.phase, ReplayPhase::ScalingDown | ReplayPhase::ResettingOffsets)
-        });
-        // Unknown members (a broker that cannot tell, or an error) leave the check to the broker,
-        // which refuses to reset a group with members.
-        let members = if waiting_for_consumers { deps.groups.group_members(&workload.group).await.ok().flatten() } else { None };
         let wanted = lag_reading.map(|lag| policy.target(lag.total, lag.partitions)).unwrap_or_else(|| policy.initial());
-        let consumers = Consumers { ready, running, members, wanted };
-        let (mut replay_status, step) = replay::advance(requested, previous.replay.as_ref(), &consumers, now);
-        if let (Step::ResetOffsets(to), Some(resetting)) = (&step, &replay_status) {
-            match deps.groups.reset_offsets(&workload.group, &workload.kafka_topics(), *to).await {
-                Ok(()) => {
-                    info!(group = %workload.group, "moved the consumer group's offsets for the replay");
-                    replay_status = Some(replay::offsets_reset(resetting, now));
-                    // The consumers come back sized for what is to be read again.
-                    lag = read_lag().await;
-                }
-                Err(error) => {
-                    problems.push(format!("cannot move the offsets of consumer group {:?}: {error}", workload.group));
-                    kafka_errors.push(error);
-                }
+        let (replay_status, reset) = advance_replay(subscription, workload, ready, running, wanted, context).await;
+        match reset {
+            // The consumers come back sized for what is to be read again.
+            Some(Ok(())) => lag = read_lag().await,
+            Some(Err(error)) => {
+                problems.push(format!("cannot move the offsets of consumer group {:?}: {error}", workload.group));
+                kafka_errors.push(error);
             }
+            None => {}
         }
         let hold_at_zero =
             replay_status.as_ref().is_some_and(|replay| matches!(replay.phase, ReplayPhase::ScalingDown | ReplayPhase::ResettingOffsets));
@@ -391,6 +376,39 @@ impl Run {
             kafka_problem: (!problems.is_empty()).then(|| problems.join("; ")),
         };
         Run { reconciled, replicas, hold_at_zero, previous_engine: previous.engine, kafka_errors }
+    }
+}
+
+/// The replay status after this reconcile, and the outcome of the offset reset if it made one.
+async fn advance_replay(
+    subscription: &Subscription,
+    workload: &Workload<'_>,
+    ready: i32,
+    running: i32,
+    wanted: i32,
+    context: &Context,
+) -> (Option<ReplayStatus>, Option<Result<(), KafkaError>>) {
+    let groups = context.deps.groups.as_ref();
+    let now = context.deps.clock.now();
+    let previous = subscription.status.as_ref().and_then(|status| status.replay.as_ref());
+    let requested = subscription.spec.replay.as_ref().map(|replay| &replay.to_timestamp);
+    let waiting_for_consumers = previous.is_some_and(|replay| {
+        requested.is_some_and(|requested| replay::is_for(replay, requested))
+            && matches!(replay.phase, ReplayPhase::ScalingDown | ReplayPhase::ResettingOffsets)
+    });
+    // Unknown members (a broker that cannot tell, or an error) leave the check to the broker,
+    // which refuses to reset a group with members.
+    let members = if waiting_for_consumers { groups.group_members(&workload.group).await.ok().flatten() } else { None };
+    let (status, step) = replay::advance(requested, previous, &Consumers { ready, running, members, wanted }, now);
+    let (Step::ResetOffsets(to), Some(resetting)) = (step, &status) else {
+        return (status, None);
+    };
+    match groups.reset_offsets(&workload.group, &workload.kafka_topics(), to).await {
+        Ok(()) => {
+            info!(group = %workload.group, "moved the consumer group's offsets for the replay");
+            (Some(replay::offsets_reset(resetting, now)), Some(Ok(())))
+        }
+        Err(error) => (status, Some(Err(error))),
     }
 }
 
