@@ -198,11 +198,11 @@ fn ready_condition(outcome: &Outcome) -> DesiredCondition {
             if replay::in_progress(reconciled.replay.as_ref()) {
                 return not_ready(reason::REPLAYING, "a replay is in progress; see ReplayInProgress".into());
             }
-            let desired = reconciled.desired_replicas.unwrap_or(0);
-            match (desired, reconciled.ready_replicas) {
-                (0, _) => condition(READY, Status::True, reason::SCALED_TO_ZERO, "no consumer is needed: there is no lag"),
-                (_, 0) => not_ready(reason::CONSUMERS_NOT_READY, format!("none of {desired} consumers is ready")),
-                (_, ready) => condition(READY, Status::True, reason::RUNNING, format!("{ready} of {desired} consumers ready")),
+            match (reconciled.desired_replicas, reconciled.ready_replicas) {
+                (None, _) => not_ready(reason::CONSUMERS_NOT_READY, "the Deployment is new; waiting for the autoscaler to size it".into()),
+                (Some(0), _) => condition(READY, Status::True, reason::SCALED_TO_ZERO, "no consumer is needed: there is no lag"),
+                (Some(desired), 0) => not_ready(reason::CONSUMERS_NOT_READY, format!("none of {desired} consumers is ready")),
+                (Some(desired), ready) => condition(READY, Status::True, reason::RUNNING, format!("{ready} of {desired} consumers ready")),
             }
         }
     }
