@@ -34,7 +34,9 @@ use serde::{Deserialize, Serialize};
     ),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.readyReplicas"),
     printcolumn(name = "Engine", type_ = "string", json_path = ".status.engine", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("size(self.metadata.name) <= 63")
+        .message("metadata.name must be at most 63 characters: it labels the consumer pods, and label values are limited to 63"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SubscriptionSpec {
@@ -77,6 +79,27 @@ fn default_start_from() -> String {
     "latest".into()
 }
 
+impl Subscription {
+    /// The Kafka consumer group: `spec.consumerGroup`, else `<namespace>.<name>`.
+    pub fn consumer_group(&self) -> String {
+        self.spec.consumer_group.clone().unwrap_or_else(|| {
+            format!("{}.{}", self.metadata.namespace.as_deref().unwrap_or_default(), self.metadata.name.as_deref().unwrap_or_default())
+        })
+    }
+
+    /// The Kafka topic dead letters go to, given the dead-letter topic of each EventTopic it reads
+    /// (in `spec.topics` order): `spec.delivery.deadLetter.topicName`, else the dead-letter topic
+    /// of its one EventTopic, else `<consumerGroup>.dlq`.
+    pub fn dead_letter_topic_name(&self, source_dead_letters: &[Option<String>]) -> String {
+        let explicit = self.spec.delivery.dead_letter.as_ref().and_then(|dead_letter| dead_letter.topic_name.clone());
+        match (explicit, source_dead_letters) {
+            (Some(topic), _) => topic,
+            (None, [Some(only)]) => only.clone(),
+            (None, _) => format!("{}.dlq", self.consumer_group()),
+        }
+    }
+}
+
 /// A reference to an EventTopic in the Subscription's namespace.
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
 pub struct TopicReference {
@@ -86,7 +109,7 @@ pub struct TopicReference {
 }
 
 /// The consumer container and the pod it runs in.
-#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq, Default)]
+#[derive(Serialize, Deserialize, KubeSchema, Debug, Clone, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ConsumerTemplate {
     /// Container image of the consumer.
@@ -105,8 +128,11 @@ pub struct ConsumerTemplate {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
 
-    /// Extra environment variables. The operator adds the `TRIBUTARY_*` ones itself.
+    /// Extra environment variables. The operator sets the `TRIBUTARY_*` ones itself.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    #[x_kube(validation = Rule::new("self.all(e, !e.name.startsWith('TRIBUTARY_'))")
+        .message("spec.template.env must not set TRIBUTARY_* variables: the operator sets them"))]
     pub env: Vec<EnvVar>,
 
     /// Environment variables taken from ConfigMaps or Secrets.
@@ -280,13 +306,16 @@ pub enum Backoff {
 }
 
 /// Dead-letter target of a Subscription.
-#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+#[derive(Serialize, Deserialize, KubeSchema, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SubscriptionDeadLetter {
     /// Kafka topic for this Subscription's dead letters. Defaults to the dead-letter topic of the
-    /// EventTopic the event came from, or `<consumerGroup>.dlq` when it has none.
+    /// EventTopic when the Subscription reads exactly one EventTopic and it has one, and to
+    /// `<consumerGroup>.dlq` otherwise. The operator creates this topic when no EventTopic
+    /// manages it, and leaves it in place when the Subscription is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    #[x_kube(validation = Rule::new("self != '.' && self != '..'").message("'.' and '..' are not valid Kafka topic names"))]
     pub topic_name: Option<String>,
 }
 
@@ -419,9 +448,13 @@ pub struct SubscriptionStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lag: Vec<TopicLag>,
 
-    /// Lag summed over all topics.
+    /// Lag summed over all topics. Absent while Kafka cannot be asked: unknown, not zero.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_lag: Option<i64>,
+
+    /// When the lag above was read from Kafka.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_observed_time: Option<Time>,
 
     /// Replicas the autoscaler asks for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -438,6 +471,15 @@ pub struct SubscriptionStatus {
     /// When the replica count last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<Time>,
+
+    /// Since when lag has asked for fewer replicas than run; the built-in scaler scales down once
+    /// this is `cooldown` old.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_lag_since: Option<Time>,
+
+    /// The Kafka topic dead letters go to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_topic: Option<String>,
 
     /// Progress of the latest replay.
     #[serde(default, skip_serializing_if = "Option::is_none")]

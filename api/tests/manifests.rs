@@ -17,8 +17,9 @@ use serde_json::Value;
 use tributary_api::validation::{validate_manifest, FieldError};
 use tributary_api::{EventTopic, OutboxRelay, Subscription};
 
-/// The README demo creates every example topic on one test broker; keep it light.
-const MAX_DEMO_TOPICS: usize = 25;
+/// The README demo creates every example topic (and the Subscriptions' own dead-letter topics) on
+/// one test broker; keep it light.
+const MAX_DEMO_TOPICS: usize = 30;
 
 const MIN_INVALID_EVENT_TOPICS: usize = 18;
 const MIN_INVALID_SUBSCRIPTIONS: usize = 16;
@@ -285,10 +286,22 @@ fn the_demo_creates_a_modest_number_of_distinct_kafka_topics() {
     let mut extra = BTreeSet::new();
     for example in &examples {
         if let Typed::Subscription(subscription) = &example.object {
-            if let Some(name) = subscription.spec.delivery.dead_letter.as_ref().and_then(|d| d.topic_name.as_ref()) {
-                if !kafka_topics.contains_key(name) {
-                    extra.insert(name.clone());
-                }
+            let sources: Vec<Option<String>> = subscription
+                .spec
+                .topics
+                .iter()
+                .map(|reference| {
+                    examples.iter().find_map(|other| match &other.object {
+                        Typed::Topic(topic) if other.folder == example.folder && other.name() == reference.name => {
+                            topic.dead_letter_topic_name()
+                        }
+                        _ => None,
+                    })
+                })
+                .collect();
+            let name = subscription.dead_letter_topic_name(&sources);
+            if !kafka_topics.contains_key(&name) {
+                extra.insert(name);
             }
         }
     }

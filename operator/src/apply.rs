@@ -1,7 +1,8 @@
-//! `tributary-operator apply -f`: the Kafka side of EventTopics from files, without a cluster,
-//! through the same desired-state, sync and status code the controller uses; and, for every
-//! OutboxRelay, the relay container (sidecar) or Deployment (standalone) the controller would
-//! apply, built by the controller's own builders.
+//! `tributary-operator apply -f`: the Kafka side of EventTopics and Subscriptions from files,
+//! without a cluster, through the same desired-state, sync and status code the controllers use;
+//! for Subscriptions also the Kubernetes objects the controller would apply, and for every
+//! OutboxRelay the relay container (sidecar) or Deployment (standalone), printed as YAML and
+//! built by the controllers' own builders.
 //!
 //! Every document is validated (CRD schema and CEL rules) before anything touches Kafka, so bad
 //! input changes nothing.
@@ -11,10 +12,12 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::jiff::Timestamp;
+use kube::core::error_boundary::DeserializeGuard;
 use kube::ResourceExt;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
+use tributary_api::subscription::ScalingEngine;
 use tributary_api::validation::validate_manifest;
 use tributary_api::{EventTopic, EventTopicStatus, OutboxRelay, Subscription};
 
@@ -26,6 +29,10 @@ use crate::kafka::TopicAdmin;
 use crate::outbox_relay::desired::{relay_workload, PlacementKind, RelaySettings, RelayWorkload};
 use crate::outbox_relay::resolve::{resolve_routes, validate, SecretCheck, TopicLookup};
 use crate::outbox_relay::status::{self as relay_status, Observation, Workload};
+use crate::subscription::controller::ensure_dead_letter_topic;
+use crate::subscription::desired::{self, WorkloadSettings};
+use crate::subscription::resolve::{self, DeadLetter};
+use crate::subscription::scaler::Policy;
 
 /// One YAML document and where it came from.
 #[derive(Debug, Clone)]
@@ -254,6 +261,145 @@ pub fn render_report(results: &[TopicResult], mode: SyncMode) -> String {
         } else if !matches!(result.outcome, Outcome::Synced(_)) {
             let ready = crate::event_topic::status::ready_condition(&result.outcome, None);
             let _ = writeln!(out, "  would not sync: {}: {}", ready.reason, ready.message);
+        }
+    }
+    out
+}
+
+/// What the offline apply did for one Subscription.
+#[derive(Debug, Clone)]
+pub struct SubscriptionResult {
+    pub subscription: Subscription,
+    pub group: String,
+    pub outcome: SubscriptionOutcome,
+}
+
+#[derive(Debug, Clone)]
+pub enum SubscriptionOutcome {
+    /// Its EventTopics are missing or not Ready, its consumer group is taken, its spec cannot
+    /// run, or Kafka could not be asked.
+    NotApplied(String),
+    Applied {
+        engine: ScalingEngine,
+        dead_letter: DeadLetter,
+        /// The dead-letter topic was (or, in a dry run, would be) created.
+        dead_letter_created: bool,
+        /// The Kubernetes objects the controller would apply.
+        objects: Vec<Value>,
+    },
+}
+
+impl SubscriptionResult {
+    pub fn is_applied(&self) -> bool {
+        matches!(self.outcome, SubscriptionOutcome::Applied { .. })
+    }
+}
+
+/// Brings each Subscription's Kafka side (its dead-letter topic) in line, in input order, and
+/// builds its Kubernetes objects. Its EventTopics must be among `topics` (the results of applying
+/// them) and Ready. Without a cluster there is no lag to read and no KEDA to find: the built-in
+/// engine is assumed unless the spec asks for KEDA, and the Deployment starts at minReplicas.
+pub async fn apply_subscriptions(
+    admin: &dyn TopicAdmin,
+    subscriptions: &[Subscription],
+    topics: &[TopicResult],
+    mode: SyncMode,
+    settings: &WorkloadSettings,
+) -> Vec<SubscriptionResult> {
+    let applied: Vec<EventTopic> =
+        topics.iter().map(|result| EventTopic { status: Some(result.status.clone()), ..result.topic.clone() }).collect();
+    let mut results = Vec::with_capacity(subscriptions.len());
+    for subscription in subscriptions {
+        let outcome = apply_subscription(admin, subscription, subscriptions, &applied, mode, settings).await;
+        results.push(SubscriptionResult { subscription: subscription.clone(), group: subscription.consumer_group(), outcome });
+    }
+    results
+}
+
+async fn apply_subscription(
+    admin: &dyn TopicAdmin,
+    subscription: &Subscription,
+    all: &[Subscription],
+    topics: &[EventTopic],
+    mode: SyncMode,
+    settings: &WorkloadSettings,
+) -> SubscriptionOutcome {
+    let not_applied = SubscriptionOutcome::NotApplied;
+    let fetched: Vec<_> = subscription
+        .spec
+        .topics
+        .iter()
+        .map(|reference| {
+            let found = topics
+                .iter()
+                .find(|topic| topic.metadata.namespace == subscription.metadata.namespace && topic.name_any() == reference.name);
+            (reference.name.clone(), found.map(|topic| DeserializeGuard(Ok(topic.clone()))))
+        })
+        .collect();
+    let resolved = match resolve::resolve_topics(&fetched) {
+        Ok(resolved) => resolved,
+        Err(problem) => return not_applied(format!("its EventTopics must be in the input and Ready: {problem}")),
+    };
+    if let Some(owner) = resolve::find_group_conflict(subscription, all) {
+        return not_applied(format!("consumer group {:?} belongs to Subscription {owner}", subscription.consumer_group()));
+    }
+    let workload = match resolve::workload(subscription, resolved) {
+        Ok(workload) => workload,
+        Err(invalid) => return not_applied(invalid.to_string()),
+    };
+    let dead_letter_created = match ensure_dead_letter_topic(admin, &workload.dead_letter, mode).await {
+        Ok(created) => created,
+        Err(error) => return not_applied(format!("cannot create the dead-letter topic {:?}: {error}", workload.dead_letter.topic)),
+    };
+    let engine = if subscription.spec.scaling.engine == ScalingEngine::Keda { ScalingEngine::Keda } else { ScalingEngine::Builtin };
+    let replicas = (engine == ScalingEngine::Builtin).then(|| Policy::new(&subscription.spec.scaling, workload.cooldown).initial());
+    let mut objects = vec![
+        serde_json::to_value(desired::config_map(&workload, settings)),
+        serde_json::to_value(desired::deployment(&workload, settings, replicas)),
+    ];
+    if engine == ScalingEngine::Keda {
+        objects.push(serde_json::to_value(desired::scaled_object(&workload, settings, false)));
+    }
+    match objects.into_iter().collect::<Result<Vec<_>, _>>() {
+        Ok(objects) => SubscriptionOutcome::Applied { engine, dead_letter: workload.dead_letter.clone(), dead_letter_created, objects },
+        Err(error) => not_applied(format!("cannot render its objects: {error}")),
+    }
+}
+
+/// Per Subscription, what happened as `#` comment lines, then its objects as YAML documents, so
+/// that from the first `---` on the output is a YAML stream `kubectl apply -f -` accepts.
+pub fn render_subscriptions(results: &[SubscriptionResult], mode: SyncMode) -> String {
+    let mut out = String::new();
+    for result in results {
+        let subscription = &result.subscription;
+        let _ = writeln!(
+            out,
+            "# Subscription {}/{} → consumer group {:?}",
+            subscription.namespace().unwrap_or_default(),
+            subscription.name_any(),
+            result.group
+        );
+        let (engine, dead_letter, created, objects) = match &result.outcome {
+            SubscriptionOutcome::NotApplied(message) => {
+                let _ = writeln!(out, "#   not applied: {message}");
+                continue;
+            }
+            SubscriptionOutcome::Applied { engine, dead_letter, dead_letter_created, objects } => {
+                (engine, dead_letter, *dead_letter_created, objects)
+            }
+        };
+        let topic_state = match (dead_letter.owned, created, mode) {
+            (false, _, _) => "managed by its EventTopic",
+            (true, true, SyncMode::DryRun) => "would create",
+            (true, true, SyncMode::Apply) => "created",
+            (true, false, _) => "exists",
+        };
+        let _ = writeln!(out, "#   engine {engine:?}; dead letters to {:?} ({topic_state})", dead_letter.topic);
+        if subscription.spec.replay.is_some() {
+            let _ = writeln!(out, "#   spec.replay is carried out by the operator in a cluster, not here");
+        }
+        for object in objects {
+            let _ = write!(out, "---\n{}", serde_yaml::to_string(object).unwrap_or_default());
         }
     }
     out
@@ -538,6 +684,89 @@ spec:
             "{report}"
         );
         assert!(report.contains("  replicas: 2"), "{report}");
+    }
+
+    const SUBSCRIPTIONS: &str = r#"
+apiVersion: tributary.dev/v1alpha1
+kind: Subscription
+metadata: { name: billing, namespace: shop }
+spec:
+  topics: [{ name: orders }]
+  template: { image: ghcr.io/shop/billing:1.0.0 }
+  delivery: { deadLetter: { topicName: billing.dead } }
+---
+apiVersion: tributary.dev/v1alpha1
+kind: Subscription
+metadata: { name: notifier, namespace: shop }
+spec:
+  topics: [{ name: orders }]
+  template: { image: ghcr.io/shop/notifier:1.0.0 }
+  delivery: { mode: Push, sink: { port: 8080 } }
+  scaling: { engine: Keda }
+---
+apiVersion: tributary.dev/v1alpha1
+kind: Subscription
+metadata: { name: lost }
+spec:
+  topics: [{ name: orders }]
+  template: { image: ghcr.io/shop/lost:1.0.0 }
+"#;
+
+    fn settings() -> WorkloadSettings {
+        WorkloadSettings { bootstrap_servers: "kafka:9092".into(), relay_image: "relay:1".into(), kafka_properties_secret: None }
+    }
+
+    async fn apply_all(admin: &FakeTopicAdmin, mode: SyncMode) -> (Vec<SubscriptionResult>, String) {
+        let objects = validate_documents(&documents(&format!("{TWO_TOPICS}\n---{SUBSCRIPTIONS}"))).expect("valid");
+        let subscriptions: Vec<Subscription> =
+            objects.iter().filter_map(|object| if let Object::Subscription(s) = object { Some(*s.clone()) } else { None }).collect();
+        let topics = apply_event_topics(admin, &event_topics(objects), mode, Timestamp::UNIX_EPOCH).await;
+        let results = apply_subscriptions(admin, &subscriptions, &topics, mode, &settings()).await;
+        let report = render_subscriptions(&results, mode);
+        (results, report)
+    }
+
+    #[tokio::test]
+    async fn subscriptions_get_their_dead_letter_topics_and_their_objects_printed() {
+        let admin = FakeTopicAdmin::new();
+        let (results, report) = apply_all(&admin, SyncMode::Apply).await;
+        assert!(admin.topic("billing.dead").is_some(), "the Subscription's own dead-letter topic");
+        assert!(report.contains("#   engine Builtin; dead letters to \"billing.dead\" (created)"), "{report}");
+        assert!(report.contains("#   engine Keda; dead letters to \"orders.dlq\" (managed by its EventTopic)"), "{report}");
+        assert!(!results[2].is_applied(), "default/lost reads an EventTopic of another namespace");
+        assert!(
+            report.contains("#   not applied: its EventTopics must be in the input and Ready: EventTopic \"orders\" does not exist"),
+            "{report}"
+        );
+
+        // From the first `---` on, the report is the objects, as YAML.
+        let yaml = &report[report.find("---").expect("objects")..];
+        let kinds: Vec<(String, String)> = serde_yaml::Deserializer::from_str(yaml)
+            .map(|document| Value::deserialize(document).expect("YAML"))
+            .map(|object| {
+                (object["kind"].as_str().unwrap_or_default().to_owned(), object["metadata"]["name"].as_str().unwrap_or_default().to_owned())
+            })
+            .collect();
+        let expected = [
+            ("ConfigMap", "billing-consumer"),
+            ("Deployment", "billing"),
+            ("ConfigMap", "notifier-consumer"),
+            ("Deployment", "notifier"),
+            ("ScaledObject", "notifier"),
+        ];
+        assert_eq!(kinds, expected.map(|(kind, name)| (kind.to_owned(), name.to_owned())).to_vec());
+        let SubscriptionOutcome::Applied { objects, .. } = &results[0].outcome else { panic!("applied") };
+        assert_eq!(objects[1]["spec"]["replicas"], 1, "built-in engine offline: minReplicas");
+        assert!(objects[1]["metadata"].get("ownerReferences").is_none(), "no owner without a cluster");
+    }
+
+    #[tokio::test]
+    async fn dry_run_creates_no_dead_letter_topic() {
+        let admin = FakeTopicAdmin::new();
+        let (results, report) = apply_all(&admin, SyncMode::DryRun).await;
+        assert!(admin.calls().is_empty(), "{:?}", admin.calls());
+        assert!(results[0].is_applied());
+        assert!(report.contains("dead letters to \"billing.dead\" (would create)"), "{report}");
     }
 
     #[tokio::test]

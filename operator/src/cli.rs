@@ -18,6 +18,7 @@ use crate::event_topic::{self, sync::SyncMode};
 use crate::kafka::{KafkaConnection, RdKafkaTopicAdmin, TopicAdmin};
 use crate::metrics::Metrics;
 use crate::outbox_relay::{self, desired::RelaySettings, probe::HttpRelayStatus};
+use crate::subscription;
 use tributary_common::logging::{self, LoggingArgs};
 use tributary_common::server::{self, Readiness};
 
@@ -36,8 +37,8 @@ pub enum Command {
     Run(RunArgs),
     /// Print every CRD as YAML, or write one file per kind into a directory.
     Crdgen(CrdgenArgs),
-    /// Reconcile the Kafka side of the EventTopics in files, without a cluster, and print the
-    /// relays the OutboxRelays in them would run.
+    /// Reconcile the Kafka side of the EventTopics and Subscriptions in files, without a cluster,
+    /// and print the Kubernetes objects the Subscriptions and OutboxRelays would get.
     Apply(ApplyArgs),
     /// Benchmark: reconcile N fresh EventTopics against a broker and print topics_per_s and peak_rss_mib.
     BenchTopics(BenchArgs),
@@ -57,13 +58,36 @@ pub struct KafkaArgs {
 }
 
 impl KafkaArgs {
-    fn admin(&self) -> anyhow::Result<Arc<dyn TopicAdmin>> {
+    /// The Kafka admin client, serving both topics and consumer groups.
+    fn client(&self) -> anyhow::Result<Arc<RdKafkaTopicAdmin>> {
         let connection = KafkaConnection {
             bootstrap_servers: self.bootstrap_servers.clone(),
             properties_file: self.kafka_properties_file.clone(),
             request_timeout: self.kafka_request_timeout,
         };
         Ok(Arc::new(RdKafkaTopicAdmin::connect(&connection)?))
+    }
+
+    fn admin(&self) -> anyhow::Result<Arc<dyn TopicAdmin>> {
+        Ok(self.client()?)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct WorkloadArgs {
+    /// Secret, in each Subscription's namespace, holding `kafka.properties` (librdkafka SASL/TLS
+    /// settings) and the files it names; mounted into consumers and dispatchers.
+    #[arg(long, env = "TRIBUTARY_WORKLOAD_KAFKA_PROPERTIES_SECRET")]
+    pub workload_kafka_properties_secret: Option<String>,
+}
+
+impl WorkloadArgs {
+    fn settings(&self, kafka: &KafkaArgs, relay_image: &str) -> subscription::desired::WorkloadSettings {
+        subscription::desired::WorkloadSettings {
+            bootstrap_servers: kafka.bootstrap_servers.clone(),
+            relay_image: relay_image.to_owned(),
+            kafka_properties_secret: self.workload_kafka_properties_secret.clone(),
+        }
     }
 }
 
@@ -83,6 +107,11 @@ pub struct RunArgs {
     /// Image of `tributary-relay`, run as outbox relays and push dispatchers.
     #[arg(long, env = "TRIBUTARY_RELAY_IMAGE", default_value = concat!("ghcr.io/tributary-dev/tributary-relay:", env!("CARGO_PKG_VERSION")))]
     pub relay_image: String,
+    /// How often the built-in scaler reads consumer lag and sets a Subscription's replicas.
+    #[arg(long, env = "TRIBUTARY_SCALE_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    pub scale_interval: Duration,
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
 }
 
 #[derive(Debug, Args)]
@@ -102,9 +131,11 @@ pub struct ApplyArgs {
     pub dry_run: bool,
     #[command(flatten)]
     pub kafka: KafkaArgs,
-    /// Image of `tributary-relay` in the printed relays.
+    /// Image of `tributary-relay` in the printed relays and Push-mode Deployments.
     #[arg(long, env = "TRIBUTARY_RELAY_IMAGE", default_value = concat!("ghcr.io/tributary-dev/tributary-relay:", env!("CARGO_PKG_VERSION")))]
     pub relay_image: String,
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
 }
 
 #[derive(Debug, Args)]
@@ -145,7 +176,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default().await.context("cannot reach the Kubernetes API")?;
-    let admin = args.kafka.admin()?;
+    let kafka = args.kafka.client()?;
+    let admin: Arc<dyn TopicAdmin> = kafka.clone();
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
     let readiness = Readiness::default();
@@ -158,7 +190,24 @@ async fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let recorder = Recorder::new(client.clone(), reporter);
-    let synced = SyncedControllers::new(readiness, 2);
+    let synced = SyncedControllers::new(readiness, 3);
+    let subscriptions = subscription::controller::run(
+        subscription::Dependencies {
+            client: client.clone(),
+            admin: admin.clone(),
+            groups: kafka,
+            recorder: recorder.clone(),
+            metrics: metrics.clone(),
+            clock: clock.clone(),
+            settings: subscription::Settings {
+                scale_interval: args.scale_interval,
+                resync_interval: args.resync_interval,
+                ..subscription::Settings::default()
+            },
+            workload: args.workload.settings(&args.kafka, &args.relay_image),
+        },
+        synced.callback(),
+    );
     let topics =
         event_topic::controller::run(client.clone(), admin, metrics.clone(), clock.clone(), recorder.clone(), settings, synced.callback());
     let relay_settings = outbox_relay::Settings::new(RelaySettings {
@@ -168,7 +217,7 @@ async fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
     let relay_status = Arc::new(HttpRelayStatus { timeout: Duration::from_secs(2) });
     let relays = outbox_relay::controller::run(client, metrics, clock, recorder, relay_status, relay_settings, synced.callback());
     tokio::select! {
-        _ = futures::future::join(topics, relays) => Ok(()),
+        _ = async { tokio::join!(topics, subscriptions, relays) } => Ok(()),
         served = server => Err(anyhow::anyhow!("the metrics and health server stopped: {:?}", served)),
     }
 }
@@ -208,30 +257,37 @@ async fn run_apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let (mut topics, mut relays) = (Vec::new(), Vec::new());
+    let (mut topics, mut subscriptions, mut relays) = (Vec::new(), Vec::new(), Vec::new());
     for object in objects {
         match object {
             apply::Object::EventTopic(topic) => topics.push(*topic),
+            apply::Object::Subscription(subscription) => subscriptions.push(*subscription),
             apply::Object::OutboxRelay(relay) => relays.push(*relay),
-            apply::Object::Subscription(_) => {}
         }
     }
     let mode = if args.dry_run { SyncMode::DryRun } else { SyncMode::Apply };
     let admin = args.kafka.admin()?;
     let results = apply::apply_event_topics(admin.as_ref(), &topics, mode, SystemClock.now()).await;
     print!("{}", apply::render_report(&results, mode));
+    let workload = args.workload.settings(&args.kafka, &args.relay_image);
+    let subscription_results = apply::apply_subscriptions(admin.as_ref(), &subscriptions, &results, mode, &workload).await;
+    print!("{}", apply::render_subscriptions(&subscription_results, mode));
     let relay_settings = RelaySettings { image: args.relay_image, bootstrap_servers: args.kafka.bootstrap_servers };
     let relay_plans = apply::plan_outbox_relays(&relays, &results, &relay_settings, SystemClock.now());
     print!("{}", apply::render_relay_plans(&relay_plans));
     let not_ready = results.iter().filter(|result| !result.is_ready()).count();
+    let not_applied = subscription_results.iter().filter(|result| !result.is_applied()).count();
     let blocked = relay_plans.iter().filter(|plan| plan.workload.is_err()).count();
     if mode == SyncMode::Apply && not_ready > 0 {
         eprintln!("error: {not_ready} of {} EventTopics are not Ready (see their status above)", results.len());
     }
+    if not_applied > 0 {
+        eprintln!("error: {not_applied} of {} Subscriptions cannot be applied (see above)", subscription_results.len());
+    }
     if blocked > 0 {
         eprintln!("error: {blocked} of {} OutboxRelays cannot run (see above)", relay_plans.len());
     }
-    Ok(if (mode == SyncMode::Apply && not_ready > 0) || blocked > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if (mode == SyncMode::Apply && not_ready > 0) || not_applied > 0 || blocked > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {

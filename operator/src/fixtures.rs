@@ -1,5 +1,6 @@
-//! A mock Kubernetes API server for controller tests (the kube-rs `tower-test` pattern): the test
-//! scripts the requests a reconcile must make, in order, and answers each one.
+//! Test fixtures: a mock Kubernetes API server for controller tests (the kube-rs `tower-test`
+//! pattern: the test scripts the requests a reconcile must make, in order, and answers each one),
+//! and the address of the test broker.
 
 use std::time::Duration;
 
@@ -100,4 +101,25 @@ impl PendingRequest {
         self.send.send_response(response);
         self.recorded
     }
+}
+
+/// The test broker's bootstrap servers (`TRIBUTARY_BOOTSTRAP_SERVERS`). Without it, broker tests
+/// skip (after saying so), unless `TRIBUTARY_TEST_STRICT=1`, where a missing broker fails them.
+pub fn test_bootstrap_servers() -> Option<String> {
+    match std::env::var("TRIBUTARY_BOOTSTRAP_SERVERS") {
+        Ok(servers) if !servers.is_empty() => Some(servers),
+        _ if std::env::var("TRIBUTARY_TEST_STRICT").as_deref() == Ok("1") => {
+            panic!("TRIBUTARY_BOOTSTRAP_SERVERS is not set; scripts/test.sh starts a broker and sets it")
+        }
+        _ => {
+            eprintln!("skipping broker test: TRIBUTARY_BOOTSTRAP_SERVERS is not set (run scripts/test.sh)");
+            None
+        }
+    }
+}
+
+/// A Kafka name no other test (or earlier run against the same broker) uses.
+pub fn unique_name(name: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
+    format!("it-{name}-{}-{nanos}", std::process::id())
 }

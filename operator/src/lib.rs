@@ -15,6 +15,7 @@ pub(crate) mod fixtures;
 pub mod kafka;
 pub mod metrics;
 pub mod outbox_relay;
+pub mod subscription;
 
 /// The one field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "tributary-operator";

@@ -20,11 +20,18 @@ pub struct FailureLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScalingLabels {
+    /// `up` or `down`.
+    pub direction: &'static str,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     reconciles: Family<ControllerLabels, Counter>,
     failures: Family<FailureLabels, Counter>,
     duration: Family<ControllerLabels, Histogram>,
+    scalings: Family<ScalingLabels, Counter>,
 }
 
 impl Metrics {
@@ -33,11 +40,13 @@ impl Metrics {
             reconciles: Family::default(),
             failures: Family::default(),
             duration: Family::new_with_constructor(|| Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])),
+            scalings: Family::default(),
         };
         let registry = registry.sub_registry_with_prefix("tributary");
         registry.register("reconciles", "Reconcile runs", metrics.reconciles.clone());
         registry.register("reconcile_failures", "Reconcile runs that failed, by reason", metrics.failures.clone());
         registry.register("reconcile_duration_seconds", "Time a reconcile run took", metrics.duration.clone());
+        registry.register("subscription_scalings", "Replica changes the built-in scaler made, by direction", metrics.scalings.clone());
         metrics
     }
 
@@ -49,6 +58,11 @@ impl Metrics {
 
     pub fn failed(&self, controller: &'static str, reason: &'static str) {
         self.failures.get_or_create(&FailureLabels { controller, reason }).inc();
+    }
+
+    pub fn scaled(&self, from: i32, to: i32) {
+        let direction = if to > from { "up" } else { "down" };
+        self.scalings.get_or_create(&ScalingLabels { direction }).inc();
     }
 }
 
@@ -62,10 +76,12 @@ mod tests {
         let metrics = Metrics::register(&mut registry);
         metrics.reconciled("eventtopic", Duration::from_millis(20));
         metrics.failed("eventtopic", "kafka_unavailable");
+        metrics.scaled(3, 1);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
         assert!(text.contains(r#"tributary_reconciles_total{controller="eventtopic"} 1"#), "{text}");
         assert!(text.contains(r#"tributary_reconcile_failures_total{controller="eventtopic",reason="kafka_unavailable"} 1"#), "{text}");
         assert!(text.contains(r#"tributary_reconcile_duration_seconds_count{controller="eventtopic"} 1"#), "{text}");
+        assert!(text.contains(r#"tributary_subscription_scalings_total{direction="down"} 1"#), "{text}");
     }
 }

@@ -512,13 +512,14 @@ fn default_render_is_typed_labelled_and_wired_together() {
 
 /// Every (API group, resource, verb) the operator needs, and nothing else.
 fn expected_permissions() -> BTreeSet<(String, String, String)> {
-    let table: [(&str, &[&str], &[&str]); 8] = [
+    let table: [(&str, &[&str], &[&str]); 9] = [
         ("tributary.dev", &["eventtopics", "subscriptions", "outboxrelays"], &["get", "list", "watch", "patch"]),
         ("tributary.dev", &["eventtopics/status", "subscriptions/status", "outboxrelays/status"], &["get", "patch"]),
         ("events.k8s.io", &["events"], &["create", "patch"]),
         ("apps", &["deployments"], &["get", "list", "watch", "create", "patch", "delete"]),
         ("", &["secrets"], &["get"]),
         ("", &["pods"], &["list"]),
+        ("", &["configmaps"], &["list", "watch", "create", "patch"]),
         ("apiextensions.k8s.io", &["customresourcedefinitions"], &["get", "list", "watch"]),
         ("keda.sh", &["scaledobjects"], &["get", "list", "watch", "create", "patch", "delete"]),
     ];

@@ -21,27 +21,12 @@ use super::sync::SyncMode;
 use super::test_support::event_topic;
 use crate::apply::reconcile_offline;
 use crate::conditions::FixedClock;
-use crate::fixtures::mock_client;
+use crate::fixtures::{mock_client, test_bootstrap_servers, unique_name as unique};
 use crate::kafka::{KafkaConnection, RdKafkaTopicAdmin, TopicAdmin, TopicSpec};
 use crate::metrics::Metrics;
 
 fn broker() -> Option<RdKafkaTopicAdmin> {
-    match std::env::var("TRIBUTARY_BOOTSTRAP_SERVERS") {
-        Ok(servers) if !servers.is_empty() => Some(RdKafkaTopicAdmin::connect(&KafkaConnection::new(servers)).expect("admin client")),
-        _ if std::env::var("TRIBUTARY_TEST_STRICT").as_deref() == Ok("1") => {
-            panic!("TRIBUTARY_BOOTSTRAP_SERVERS is not set; scripts/test.sh starts a broker and sets it")
-        }
-        _ => {
-            eprintln!("skipping broker test: TRIBUTARY_BOOTSTRAP_SERVERS is not set (run scripts/test.sh)");
-            None
-        }
-    }
-}
-
-/// A topic name no other test (or earlier run against the same broker) uses.
-fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
-    format!("it-{name}-{}-{nanos}", std::process::id())
+    test_bootstrap_servers().map(|servers| RdKafkaTopicAdmin::connect(&KafkaConnection::new(servers)).expect("admin client"))
 }
 
 fn topic_with(name: &str, spec: &str) -> EventTopic {

@@ -1,14 +1,20 @@
-//! The operator's view of Kafka: a small admin trait the reconcilers call, an rdkafka
-//! implementation for production, and an in-memory one for unit and controller tests.
+//! The operator's view of Kafka: small admin traits the reconcilers call (topics, consumer
+//! groups), rdkafka implementations for production, and in-memory ones for unit and controller
+//! tests.
 
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
+mod consumer_groups;
 mod fake;
+mod fake_groups;
 mod rdkafka_admin;
+mod rdkafka_groups;
 
+pub use consumer_groups::{ConsumerGroups, GroupLag, PartitionOffsets, StartFrom};
 pub use fake::FakeTopicAdmin;
+pub use fake_groups::FakeConsumerGroups;
 pub use rdkafka_admin::{KafkaConnection, RdKafkaTopicAdmin};
 
 /// A topic as the spec wants it.

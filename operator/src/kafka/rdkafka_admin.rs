@@ -86,7 +86,7 @@ impl RdKafkaTopicAdmin {
     }
 
     /// Runs a blocking librdkafka call off the async runtime.
-    async fn blocking<T: Send + 'static>(
+    pub(super) async fn blocking<T: Send + 'static>(
         &self,
         call: impl FnOnce(&AdminClient<DefaultClientContext>, Duration) -> T + Send + 'static,
     ) -> Result<T, KafkaError> {
@@ -184,7 +184,7 @@ impl TopicAdmin for RdKafkaTopicAdmin {
 }
 
 /// An admin result event, destroyed when dropped.
-struct AdminEvent(*mut rdsys::rd_kafka_event_t);
+pub(super) struct AdminEvent(pub(super) *mut rdsys::rd_kafka_event_t);
 
 impl Drop for AdminEvent {
     fn drop(&mut self) {
@@ -199,7 +199,7 @@ impl Drop for AdminEvent {
 /// rdkafka wraps only some admin requests; this serves the others without the per-topic handles
 /// that `fetch_metadata` creates (librdkafka keeps those and refreshes metadata for all of them,
 /// which makes every later request slower as topics accumulate).
-fn run_admin_request(
+pub(super) fn run_admin_request(
     client: &AdminClient<DefaultClientContext>,
     operation: &'static str,
     topic: &str,
@@ -238,7 +238,7 @@ fn run_admin_request(
 ///
 /// # Safety
 /// `text` must be null or point to a NUL-terminated string that stays valid during the call.
-unsafe fn c_string(text: *const std::ffi::c_char) -> String {
+pub(super) unsafe fn c_string(text: *const std::ffi::c_char) -> String {
     if text.is_null() {
         String::new()
     } else {
@@ -378,7 +378,7 @@ fn classify(error: RdError, operation: &'static str, topic: &str) -> KafkaError 
 }
 
 /// Sorts a Kafka error code into what the reconciler does about it.
-fn classify_code(code: RDKafkaErrorCode, operation: &'static str, topic: &str, message: String) -> KafkaError {
+pub(super) fn classify_code(code: RDKafkaErrorCode, operation: &'static str, topic: &str, message: String) -> KafkaError {
     use RDKafkaErrorCode as Code;
     let message = if message.is_empty() { code.to_string() } else { message };
     match code {

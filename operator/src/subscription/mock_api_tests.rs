@@ -1,0 +1,599 @@
+//! Controller tests against a mock API server and in-memory Kafka: each scenario scripts the exact
+//! requests the reconciles must make.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::watcher;
+use prometheus_client::registry::Registry;
+use serde_json::{json, Value};
+use tributary_api::{Subscription, SubscriptionStatus};
+
+use super::controller::{reconcile, Context, Dependencies, Settings};
+use super::desired::WorkloadSettings;
+use super::test_support::{ready, subscription};
+use crate::conditions::FixedClock;
+use crate::event_topic::test_support::event_topic;
+use crate::fixtures::{mock_client, ApiServerVerifier, RecordedRequest};
+use crate::kafka::{FakeConsumerGroups, FakeTopicAdmin};
+use crate::metrics::Metrics;
+
+const SUBSCRIPTIONS: &str = "/apis/tributary.dev/v1alpha1/namespaces/default/subscriptions";
+const TOPICS: &str = "/apis/tributary.dev/v1alpha1/namespaces/default/eventtopics";
+const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/default/deployments/billing";
+const CONFIG_MAP: &str = "/api/v1/namespaces/default/configmaps/billing-consumer";
+const SCALED_OBJECT: &str = "/apis/keda.sh/v1alpha1/namespaces/default/scaledobjects/billing";
+const KEDA_CRD: &str = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/scaledobjects.keda.sh";
+const STATUS: &str = "/apis/tributary.dev/v1alpha1/namespaces/default/subscriptions/billing/status";
+const NOW: i64 = 1_800_000_000;
+const GROUP: &str = "default.billing";
+
+struct Harness {
+    context: Arc<Context>,
+    kafka: Arc<FakeTopicAdmin>,
+    groups: Arc<FakeConsumerGroups>,
+    clock: Arc<FixedClock>,
+    store_writer: Writer<DeserializeGuard<Subscription>>,
+}
+
+fn harness() -> (Harness, ApiServerVerifier) {
+    let (client, verifier) = mock_client();
+    let kafka = Arc::new(FakeTopicAdmin::new());
+    let groups = Arc::new(FakeConsumerGroups::new());
+    let clock = Arc::new(FixedClock::new(Timestamp::from_second(NOW).expect("timestamp")));
+    let (store, store_writer) = reflector::store();
+    let deps = Dependencies {
+        client: client.clone(),
+        admin: kafka.clone(),
+        groups: groups.clone(),
+        recorder: Recorder::new(client, Reporter { controller: crate::FIELD_MANAGER.into(), instance: None }),
+        metrics: Arc::new(Metrics::register(&mut Registry::default())),
+        clock: clock.clone(),
+        settings: Settings::default(),
+        workload: WorkloadSettings {
+            bootstrap_servers: "kafka:9092".into(),
+            relay_image: "ghcr.io/tributary-dev/tributary-relay:0.1.0".into(),
+            kafka_properties_secret: None,
+        },
+    };
+    (Harness { context: Arc::new(Context::new(deps, store)), kafka, groups, clock, store_writer }, verifier)
+}
+
+impl Harness {
+    fn seen(&mut self, subscription: &Subscription) {
+        self.store_writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(subscription.clone()))));
+    }
+
+    async fn reconcile(&self, subscription: &Subscription) -> Result<Action, crate::error::Error> {
+        reconcile(Arc::new(DeserializeGuard(Ok(subscription.clone()))), self.context.clone()).await
+    }
+
+    /// The Kafka topic `orders` with `partitions` partitions holding `records` records each.
+    fn orders_topic(&self, partitions: usize, records: usize) {
+        self.groups.add_topic("orders", partitions);
+        for partition in 0..partitions {
+            self.groups.produce("orders", partition, records, 1_000);
+        }
+    }
+}
+
+fn stored(mut subscription: Subscription) -> Subscription {
+    subscription.metadata.uid = Some("uid-billing".into());
+    subscription.metadata.generation = Some(1);
+    subscription.metadata.creation_timestamp = Some(Time(Timestamp::from_second(NOW - 100).expect("timestamp")));
+    subscription
+}
+
+/// The Subscription as the watch brings it back after the status patch `request`.
+fn with_status(subscription: &Subscription, request: &RecordedRequest) -> Subscription {
+    let status: SubscriptionStatus = serde_json::from_value(request.body["status"].clone()).expect("status parses");
+    Subscription { status: Some(status), ..subscription.clone() }
+}
+
+fn ready_orders() -> Value {
+    serde_json::to_value(ready(event_topic("orders", ""))).expect("serializes")
+}
+
+/// A Deployment the controller made earlier, with its current scale.
+fn our_deployment(replicas: i32, ready_replicas: i32) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {
+            "name": "billing", "namespace": "default",
+            "ownerReferences": [{"apiVersion": "tributary.dev/v1alpha1", "kind": "Subscription", "name": "billing", "uid": "uid-billing", "controller": true}],
+        },
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"tributary.dev/subscription": "billing"}}, "template": {}},
+        "status": {"replicas": ready_replicas, "readyReplicas": ready_replicas},
+    })
+}
+
+fn applied(kind: &str, api_version: &str, name: &str) -> Value {
+    json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": name, "namespace": "default"}})
+}
+
+fn assert_server_side_apply(request: &RecordedRequest) {
+    assert!(request.uri.contains("fieldManager=tributary-operator") && request.uri.contains("force=true"), "{}", request.uri);
+}
+
+fn condition<'a>(status_patch: &'a Value, type_: &str) -> (&'a str, &'a str) {
+    let found = status_patch["status"]["conditions"]
+        .as_array()
+        .and_then(|conditions| conditions.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition in {status_patch}"));
+    (found["status"].as_str().unwrap_or_default(), found["reason"].as_str().unwrap_or_default())
+}
+
+fn containers(deployment_patch: &Value) -> &Vec<Value> {
+    deployment_patch["spec"]["template"]["spec"]["containers"].as_array().expect("containers")
+}
+
+fn env<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
+    container["env"].as_array()?.iter().find(|var| var["name"] == name)?["value"].as_str()
+}
+
+/// Serves a reconcile up to and including the Deployment apply: the EventTopic, the Deployment
+/// found (`None`: there is none), KEDA's CRD (`None`: already known from an earlier reconcile),
+/// then the ConfigMap and Deployment applies. Returns the Deployment apply.
+async fn serve_until_applied(api: &mut ApiServerVerifier, found: Option<Value>, keda_installed: Option<bool>) -> RecordedRequest {
+    api.expect(Method::GET, &format!("{TOPICS}/orders"), ready_orders()).await;
+    match found {
+        Some(deployment) => api.expect(Method::GET, DEPLOYMENT, deployment).await,
+        None => api.expect_not_found(Method::GET, DEPLOYMENT).await,
+    };
+    match keda_installed {
+        Some(true) => {
+            api.expect(Method::GET, KEDA_CRD, json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": "scaledobjects.keda.sh"}})).await;
+        }
+        Some(false) => {
+            api.expect_not_found(Method::GET, KEDA_CRD).await;
+        }
+        None => {}
+    }
+    let config_map = api.expect(Method::PATCH, CONFIG_MAP, applied("ConfigMap", "v1", "billing-consumer")).await;
+    assert_server_side_apply(&config_map);
+    let deployment = api.expect(Method::PATCH, DEPLOYMENT, applied("Deployment", "apps/v1", "billing")).await;
+    assert_server_side_apply(&deployment);
+    deployment
+}
+
+#[tokio::test]
+async fn pull_mode_without_keda_gets_a_deployment_the_builtin_scaler_sizes() {
+    let (harness, mut api) = harness();
+    harness.orders_topic(4, 60);
+    let subscription = stored(subscription("billing", "startFrom: earliest"));
+    let scenario = tokio::spawn(async move {
+        api.expect(Method::GET, &format!("{TOPICS}/orders"), ready_orders()).await;
+        api.expect_not_found(Method::GET, DEPLOYMENT).await;
+        api.expect_not_found(Method::GET, KEDA_CRD).await;
+        let config_map = api.expect(Method::PATCH, CONFIG_MAP, applied("ConfigMap", "v1", "billing-consumer")).await;
+        assert_server_side_apply(&config_map);
+        assert_eq!(config_map.body["metadata"]["ownerReferences"][0]["uid"], "uid-billing");
+        let properties = config_map.body["data"]["consumer.properties"].as_str().expect("properties");
+        assert!(properties.contains("group.id=default.billing\n") && properties.contains("auto.offset.reset=earliest\n"), "{properties}");
+
+        let deployment = api.expect(Method::PATCH, DEPLOYMENT, applied("Deployment", "apps/v1", "billing")).await;
+        assert_server_side_apply(&deployment);
+        let body = &deployment.body;
+        assert_eq!((body["apiVersion"].as_str(), body["kind"].as_str()), (Some("apps/v1"), Some("Deployment")));
+        assert_eq!(body["metadata"]["ownerReferences"][0]["controller"], true);
+        assert_eq!(body["spec"]["replicas"], 3, "240 records of lag at 100 per replica");
+        assert_eq!(body["spec"]["selector"]["matchLabels"], json!({"tributary.dev/subscription": "billing"}));
+        let containers = containers(body);
+        assert_eq!(containers.len(), 1, "no sidecar in Pull mode");
+        assert_eq!(env(&containers[0], "TRIBUTARY_TOPICS"), Some("orders"));
+        assert_eq!(env(&containers[0], "TRIBUTARY_GROUP"), Some(GROUP));
+        assert_eq!(env(&containers[0], "TRIBUTARY_DEAD_LETTER_TOPIC"), Some("default.billing.dlq"));
+
+        let status = api.expect(Method::PATCH, STATUS, json!({})).await;
+        assert_server_side_apply(&status);
+        let reported = &status.body["status"];
+        assert_eq!(
+            (
+                reported["engine"].as_str(),
+                reported["totalLag"].as_i64(),
+                reported["desiredReplicas"].as_i64(),
+                reported["readyReplicas"].as_i64()
+            ),
+            (Some("Builtin"), Some(240), Some(3), Some(0))
+        );
+        assert_eq!(reported["lag"], json!([{"topic": "orders", "lag": 240}]));
+        assert_eq!((reported["consumerGroup"].as_str(), reported["deadLetterTopic"].as_str()), (Some(GROUP), Some("default.billing.dlq")));
+        assert_eq!(reported["observedGeneration"], 1);
+        assert_eq!(condition(&status.body, "Ready"), ("False", "ConsumersNotReady"));
+        assert_eq!(condition(&status.body, "TopicsReady"), ("True", "TopicsReady"));
+        assert_eq!(condition(&status.body, "Scaled"), ("True", "AtTarget"));
+        assert_eq!(condition(&status.body, "ReplayInProgress"), ("False", "NoReplay"));
+        api.expect_no_more_requests().await;
+    });
+    assert_eq!(harness.reconcile(&subscription).await.expect("reconciles"), Action::requeue(Settings::default().scale_interval));
+    scenario.await.expect("scenario ran");
+    assert_eq!(harness.kafka.topic_names(), vec!["default.billing.dlq"], "the Subscription's own dead-letter topic");
+}
+
+#[tokio::test]
+async fn push_mode_with_keda_gets_a_scaled_object_and_leaves_replicas_to_its_hpa() {
+    let (harness, mut api) = harness();
+    harness.orders_topic(2, 0);
+    let spec =
+        "delivery: { mode: Push, sink: { port: 8080, path: /events } }\nscaling: { minReplicas: 1, maxReplicas: 4, lagThreshold: 50 }";
+    let subscription = stored(subscription("billing", spec));
+    let scenario = tokio::spawn(async move {
+        let deployment = serve_until_applied(&mut api, Some(our_deployment(2, 2)), Some(true)).await;
+        assert!(deployment.body["spec"].get("replicas").is_none(), "the HPA owns replicas: {}", deployment.body["spec"]);
+        let containers = containers(&deployment.body);
+        assert_eq!(
+            containers.iter().map(|c| c["name"].as_str().unwrap_or_default()).collect::<Vec<_>>(),
+            vec!["consumer", "tributary-relay"]
+        );
+        let relay = &containers[1];
+        assert_eq!(relay["image"], "ghcr.io/tributary-dev/tributary-relay:0.1.0");
+        assert_eq!(relay["args"], json!(["dispatch"]));
+        assert_eq!(env(relay, "TRIBUTARY_SINK"), Some("http://127.0.0.1:8080/events"));
+        assert_eq!(env(relay, "TRIBUTARY_LISTEN_ADDRESS"), Some("0.0.0.0:8082"));
+        assert_eq!(relay["readinessProbe"]["httpGet"], json!({"path": "/readyz", "port": "tributary-http"}));
+        assert_eq!(relay["securityContext"]["runAsNonRoot"], true);
+
+        let scaled_object = api.expect(Method::PATCH, SCALED_OBJECT, applied("ScaledObject", "keda.sh/v1alpha1", "billing")).await;
+        assert_server_side_apply(&scaled_object);
+        assert_eq!(scaled_object.body["metadata"]["ownerReferences"][0]["uid"], "uid-billing");
+        let spec = &scaled_object.body["spec"];
+        assert_eq!(spec["scaleTargetRef"]["name"], "billing");
+        assert_eq!((spec["minReplicaCount"].as_i64(), spec["maxReplicaCount"].as_i64()), (Some(1), Some(4)));
+        assert_eq!(spec["triggers"][0]["metadata"]["topic"], "orders");
+        assert_eq!(spec["triggers"][0]["metadata"]["lagThreshold"], "50");
+
+        let status = api.expect(Method::PATCH, STATUS, json!({})).await;
+        let reported = &status.body["status"];
+        assert_eq!((reported["engine"].as_str(), reported["desiredReplicas"].as_i64()), (Some("Keda"), Some(2)));
+        assert_eq!(condition(&status.body, "Scaled"), ("True", "KedaScaledObject"));
+        assert_eq!(condition(&status.body, "Ready"), ("True", "Running"));
+        api.expect_no_more_requests().await;
+    });
+    assert_eq!(harness.reconcile(&subscription).await.expect("reconciles"), Action::requeue(Settings::default().resync_interval));
+    scenario.await.expect("scenario ran");
+}
+
+#[tokio::test]
+async fn a_missing_event_topic_is_waited_for_and_its_arrival_runs_the_subscription() {
+    let (harness, mut api) = harness();
+    harness.orders_topic(1, 0);
+    let subscription = stored(subscription("billing", ""));
+    let scenario = tokio::spawn(async move {
+        api.expect_not_found(Method::GET, &format!("{TOPICS}/orders")).await;
+        let status = api.expect(Method::PATCH, STATUS, json!({})).await;
+        assert_eq!(condition(&status.body, "TopicsReady"), ("False", "TopicNotFound"));
+        assert_eq!(condition(&status.body, "Ready"), ("False", "TopicsNotReady"));
+        assert_eq!(condition(&status.body, "Scaled"), ("Unknown", "NotReconciled"));
+        assert!(status.body["status"]["conditions"][0]["message"].as_str().is_some_and(|m| m.contains("\"orders\" does not exist")));
+        api
+    });
+    assert_eq!(harness.reconcile(&subscription).await.expect("reconciles"), Action::await_change(), "woken by the EventTopic watch");
+    let mut api = scenario.await.expect("scenario ran");
+    assert!(harness.kafka.calls().is_empty(), "nothing is created while waiting");
+
+    // The EventTopic became Ready: the watch maps it to this Subscription, which now runs.
+    let woken = super::controller::subscriptions_reading(
+        &[Arc::new(DeserializeGuard(Ok(subscription.clone())))],
+        &DeserializeGuard(Ok(ready(event_topic("orders", "")))),
+    );
+    assert_eq!(woken.len(), 1);
+    let scenario = tokio::spawn(async move {
+        serve_until_applied(&mut api, None, Some(false)).await;
+        let status = api.expect(Method::PATCH, STATUS, json!({})).await;
+        assert_eq!(condition(&status.body, "TopicsReady"), ("True", "TopicsReady"));
+    });
+    harness.reconcile(&subscription).await.expect("reconciles");
+    scenario.await.expect("scenario ran");
+}
+
+#[tokio::test]
+async fn keda_engine_without_keda_is_reported_and_nothing_is_applied() {
+    let (harness, mut api) = harness();
+    let subscription = stored(subscription("billing", "scaling: { engine: Keda }"));
+    let scenario = tokio::spawn(async move {
+        api.expect(Method::GET, &format!("{TOPICS}/orders"), ready_orders()).await;
+        api.expect_not_found(Method::GET, DEPLOYMENT).await;
+        api.expect_not_found(Method::GET, KEDA_CRD).await;
+        let status = api.expect(Method::PATCH, STATUS, json!({})).await;
+        assert_eq!(condition(&status.body, "Scaled"), ("False", "KedaNotInstalled"));
+        assert_eq!(condition(&status.body, "Ready"), ("False", "KedaNotInstalled"));
+        api.expect_no_more_requests().await;
+    });
+    assert_eq!(harness.reconcile(&subscription).await.expect("reconciles"), Action::requeue(Settings::default().resync_interval));
+    scenario.await.expect("scenario ran");
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_keeps_the_replicas_and_reports_unknown_lag() {
+    let (harness, mut api) = harness();
+    harness.orders_topic(4, 0);
+    harness.groups.set_unavailable(true);
+    harness.kafka.set_unavailable(true);
+    let subscription = stored(subscription("billing", "scaling: { engine: Builtin, scaleToZero: true }"));
+    let scenario = tokio::spawn(async move {
+        // Builtin is asked for explicitly: no KEDA lookup.
+        let deployment = serve_until_applied(&mut api, Some(our_deployment(4, 4)), None).await;
+        assert_eq!(deployment.body["spec"]["replicas"], 4, "no scale-down on an unknown lag");
+        let status = api.expect(Method::PATCH, STATUS, json!({})).await;
+        let reported = &status.body["status"];
+        assert!(reported.get("totalLag").is_none() && reported.get("lag").is_none(), "unknown, not zero: {reported}");
+        assert_eq!(condition(&status.body, "Scaled"), ("False", "LagUnknown"));
+        assert_eq!(condition(&status.body, "Ready"), ("False", "KafkaUnavailable"));
+        let event = api.expect_event("default").await;
+        assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("ReconcileFailed")));
+        api.expect_no_more_requests().await;
+    });
+    let error = harness.reconcile(&subscription).await.expect_err("retried");
+    assert_eq!(error.metric_label(), "kafka_unavailable");
+    scenario.await.expect("scenario ran");
+}
+
+#[tokio::test]
+async fn the_builtin_scaler_cools_down_before_scaling_to_zero_and_says_so() {
+    let (harness, mut api) = harness();
+    harness.orders_topic(4, 10);
+    for partition in 0..4 {
+        harness.groups.commit(GROUP, "orders", partition, 10);
+    }
+    let subscription = stored(subscription("billing", "scaling: { engine: Builtin, scaleToZero: true, cooldown: 2m }"));
+    let (round_one, api_back) = {
+        let scenario = tokio::spawn(async move {
+            let deployment = serve_until_applied(&mut api, Some(our_deployment(3, 3)), None).await;
+            assert_eq!(deployment.body["spec"]["replicas"], 3, "cooling down");
+            let status = api.expect(Method::PATCH, STATUS, json!({})).await;
+            assert_eq!(condition(&status.body, "Scaled"), ("True", "CoolingDown"));
+            assert_eq!(status.body["status"]["lowLagSince"], "2027-01-15T08:00:00Z");
+            (status, api)
+        });
+        harness.reconcile(&subscription).await.expect("reconciles");
+        scenario.await.expect("scenario ran")
+    };
+    let mut api = api_back;
+    let subscription = with_status(&subscription, &round_one);
+    harness.clock.advance(Duration::from_secs(120));
+    let scenario = tokio::spawn(async move {
+        let deployment = serve_until_applied(&mut api, Some(our_deployment(3, 3)), None).await;
+        assert_eq!(deployment.body["spec"]["replicas"], 0, "idle for the whole cooldown");
+        let status = api.expect(Method::PATCH, STATUS, json!({})).await;
+        assert_eq!(condition(&status.body, "Ready"), ("True", "ScaledToZero"));
+        assert_eq!(status.body["status"]["lastScaleTime"], "2027-01-15T08:02:00Z");
+        let event = api.expect_event("default").await;
+        assert_eq!(
+            (event["reason"].as_str(), event["note"].as_str()),
+            (Some("ScaledDown"), Some("scaled the consumers from 3 to 0 replicas (lag 0)"))
+        );
+        api.expect_no_more_requests().await;
+    });
+    harness.reconcile(&subscription).await.expect("reconciles");
+    scenario.await.expect("scenario ran");
+}
+
+#[tokio::test]
+async fn unchanged_status_is_not_written_again() {
+    let (harness, mut api) = harness();
+    harness.orders_topic(1, 50);
+    let subscription = stored(subscription("billing", "scaling: { engine: Builtin }\nstartFrom: earliest"));
+    let scenario = tokio::spawn(async move {
+        serve_until_applied(&mut api, Some(our_deployment(1, 1)), None).await;
+        let status = api.expect(Method::PATCH, STATUS, json!({})).await;
+        (status, api)
+    });
+    harness.reconcile(&subscription).await.expect("reconciles");
+    let (status, mut api) = scenario.await.expect("scenario ran");
+    let subscription = with_status(&subscription, &status);
+    harness.clock.advance(Duration::from_secs(15));
+    let scenario = tokio::spawn(async move {
+        serve_until_applied(&mut api, Some(our_deployment(1, 1)), None).await;
+        api.expect_no_more_requests().await;
+    });
+    harness.reconcile(&subscription).await.expect("reconciles");
+    scenario.await.expect("scenario ran");
+}
+
+#[tokio::test]
+async fn replay_scales_down_resets_offsets_scales_up_and_completes() {
+    let (harness, mut api) = harness();
+    // 100 old records, then 50 from t = 2s; the group has read them all.
+    harness.groups.add_topic("orders", 1);
+    harness.groups.produce("orders", 0, 100, 1_000);
+    harness.groups.produce("orders", 0, 50, 2_000);
+    harness.groups.commit(GROUP, "orders", 0, 150);
+    let mut subscription =
+        stored(subscription("billing", "scaling: { engine: Builtin }\nreplay: { toTimestamp: '1970-01-01T00:00:01.500Z' }"));
+    subscription.status = Some(SubscriptionStatus { desired_replicas: Some(2), ..SubscriptionStatus::default() });
+
+    // 1: ScalingDown: the consumers go to zero.
+    let scenario = tokio::spawn(async move {
+        let deployment = serve_until_applied(&mut api, Some(our_deployment(2, 2)), None).await;
+        assert_eq!(deployment.body["spec"]["replicas"], 0);
+        let status = api.expect(Method::PATCH, STATUS, json!({})).await;
+        assert_eq!(status.body["status"]["replay"]["phase"], "ScalingDown");
+        assert_eq!(condition(&status.body, "ReplayInProgress"), ("True", "ScalingDown"));
+        assert_eq!(condition(&status.body, "Ready"), ("False", "Replaying"));
+        assert_eq!(condition(&status.body, "Scaled"), ("False", "HeldForReplay"));
+        assert_eq!(api.expect_event("default").await["reason"], "ScaledDown");
+        let event = api.expect_event("default").await;
+        assert_eq!(
+            (event["reason"].as_str(), event["note"].as_str()),
+            (Some("ReplayScalingDown"), Some("replay to 1970-01-01T00:00:01.5Z: stopping the consumers"))
+        );
+        (status, api)
+    });
+    harness.reconcile(&subscription).await.expect("reconciles");
+    let (status, mut api) = scenario.await.expect("scenario ran");
+    subscription = with_status(&subscription, &status);
+
+    // 2: the pods are gone and the group is empty: ResettingOffsets is recorded first.
+    let scenario = tokio::spawn(async move {
+        let deployment = serve_until_applied(&mut api, Some(our_deployment(0, 0)), None).await;
+        assert_eq!(deployment.body["spec"]["replicas"], 0);
+        let status = api.expect(Method::PATCH, STATUS, json!({})).await;
+        assert_eq!(status.body["status"]["replay"]["phase"], "ResettingOffsets");
+        assert_eq!(api.expect_event("default").await["reason"], "ReplayResettingOffsets");
+        (status, api)
+    });
+    harness.reconcile(&subscription).await.expect("reconciles");
+    let (status, mut api) = scenario.await.expect("scenario ran");
+    subscription = with_status(&subscription, &status);
+    assert!(harness.groups.resets().is_empty(), "not before the phase is recorded");
+
+    // 3: the offsets move to the first record at or after 1.5s; the consumers come back.
+    let scenario = tokio::spawn(async move {
+        let deployment = serve_until_applied(&mut api, Some(our_deployment(0, 0)), None).await;
+        assert_eq!(deployment.body["spec"]["replicas"], 1, "50 records to read again");
+        let status = api.expect(Method::PATCH, STATUS, json!({})).await;
+        assert_eq!(status.body["status"]["replay"]["phase"], "ScalingUp");
+        assert_eq!(status.body["status"]["totalLag"], 50, "read again after the reset");
+        assert_eq!(api.expect_event("default").await["reason"], "ScaledUp");
+        assert_eq!(api.expect_event("default").await["reason"], "ReplayScalingUp");
+        (status, api)
+    });
+    harness.reconcile(&subscription).await.expect("reconciles");
+    let (status, mut api) = scenario.await.expect("scenario ran");
+    subscription = with_status(&subscription, &status);
+    assert_eq!(harness.groups.resets(), vec![GROUP.to_owned()]);
+    assert_eq!(harness.groups.committed(GROUP, "orders", 0), Some(100));
+
+    // 4: a consumer is ready again: Completed, and the timestamp is remembered.
+    let scenario = tokio::spawn(async move {
+        serve_until_applied(&mut api, Some(our_deployment(1, 1)), None).await;
+        let status = api.expect(Method::PATCH, STATUS, json!({})).await;
+        assert_eq!(
+            status.body["status"]["replay"],
+            json!({"toTimestamp": "1970-01-01T00:00:01Z", "phase": "Completed", "lastTransitionTime": "2027-01-15T08:00:00Z"})
+        );
+        assert_eq!(condition(&status.body, "ReplayInProgress"), ("False", "ReplayCompleted"));
+        assert_eq!(condition(&status.body, "Ready"), ("True", "Running"));
+        assert_eq!(api.expect_event("default").await["reason"], "ReplayCompleted");
+        (status, api)
+    });
+    harness.reconcile(&subscription).await.expect("reconciles");
+    let (status, mut api) = scenario.await.expect("scenario ran");
+    subscription = with_status(&subscription, &status);
+
+    // 5: the same request again does nothing more.
+    let scenario = tokio::spawn(async move {
+        let deployment = serve_until_applied(&mut api, Some(our_deployment(1, 1)), None).await;
+        assert_eq!(deployment.body["spec"]["replicas"], 1);
+        api.expect_no_more_requests().await;
+    });
+    harness.reconcile(&subscription).await.expect("reconciles");
+    scenario.await.expect("scenario ran");
+    assert_eq!(harness.groups.resets().len(), 1, "applied once");
+}
+
+#[tokio::test]
+async fn a_consumer_group_taken_by_an_older_subscription_is_reported() {
+    let (mut harness, mut api) = harness();
+    let mut owner = stored(subscription("payments", "consumerGroup: shared"));
+    owner.metadata.namespace = Some("team-a".into());
+    owner.metadata.creation_timestamp = Some(Time(Timestamp::from_second(NOW - 1_000).expect("timestamp")));
+    let claimant = stored(subscription("billing", "consumerGroup: shared"));
+    harness.seen(&owner);
+    harness.seen(&claimant);
+    let scenario = tokio::spawn(async move {
+        api.expect(Method::GET, &format!("{TOPICS}/orders"), ready_orders()).await;
+        let status = api.expect(Method::PATCH, STATUS, json!({})).await;
+        assert_eq!(condition(&status.body, "Ready"), ("False", "ConsumerGroupConflict"));
+        let message = status.body["status"]["conditions"][0]["message"].as_str().unwrap_or_default().to_owned();
+        assert!(message.contains("team-a/payments"), "{message}");
+        api.expect_no_more_requests().await;
+    });
+    assert_eq!(harness.reconcile(&claimant).await.expect("reconciles"), Action::requeue(Settings::default().conflict_retry));
+    scenario.await.expect("scenario ran");
+    assert!(harness.kafka.calls().is_empty());
+}
+
+#[tokio::test]
+async fn someone_elses_deployment_of_the_same_name_is_left_alone() {
+    let (harness, mut api) = harness();
+    let subscription = stored(subscription("billing", ""));
+    let scenario = tokio::spawn(async move {
+        api.expect(Method::GET, &format!("{TOPICS}/orders"), ready_orders()).await;
+        api.expect(Method::GET, DEPLOYMENT, json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "billing"}})).await;
+        let status = api.expect(Method::PATCH, STATUS, json!({})).await;
+        assert_eq!(condition(&status.body, "Ready"), ("False", "DeploymentConflict"));
+        api.expect_no_more_requests().await;
+    });
+    assert_eq!(harness.reconcile(&subscription).await.expect("reconciles"), Action::requeue(Settings::default().conflict_retry));
+    scenario.await.expect("scenario ran");
+}
+
+#[tokio::test]
+async fn a_dead_letter_topic_that_is_a_source_topic_is_an_invalid_spec() {
+    let (harness, mut api) = harness();
+    let subscription = stored(subscription("billing", "delivery: { deadLetter: { topicName: orders } }"));
+    let scenario = tokio::spawn(async move {
+        api.expect(Method::GET, &format!("{TOPICS}/orders"), ready_orders()).await;
+        let status = api.expect(Method::PATCH, STATUS, json!({})).await;
+        assert_eq!(condition(&status.body, "Ready"), ("False", "InvalidSpec"));
+        let event = api.expect_event("default").await;
+        assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("InvalidSpec")));
+        api.expect_no_more_requests().await;
+    });
+    assert_eq!(harness.reconcile(&subscription).await.expect("reconciles"), Action::await_change());
+    scenario.await.expect("scenario ran");
+}
+
+#[tokio::test]
+async fn switching_from_keda_to_builtin_deletes_the_scaled_object() {
+    let (harness, mut api) = harness();
+    harness.orders_topic(2, 0);
+    let mut subscription = stored(subscription("billing", "scaling: { engine: Builtin }"));
+    subscription.status =
+        Some(SubscriptionStatus { engine: Some(tributary_api::subscription::ScalingEngine::Keda), ..SubscriptionStatus::default() });
+    let scenario = tokio::spawn(async move {
+        let deployment = serve_until_applied(&mut api, Some(our_deployment(2, 2)), None).await;
+        assert_eq!(deployment.body["spec"]["replicas"], 2, "the built-in scaler sets replicas again, cooling down from the HPA's 2");
+        api.expect(Method::DELETE, SCALED_OBJECT, json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})).await;
+        let status = api.expect(Method::PATCH, STATUS, json!({})).await;
+        assert_eq!(status.body["status"]["engine"], "Builtin");
+        api.expect_no_more_requests().await;
+    });
+    harness.reconcile(&subscription).await.expect("reconciles");
+    scenario.await.expect("scenario ran");
+}
+
+#[tokio::test]
+async fn a_paused_subscription_only_says_so() {
+    let (harness, mut api) = harness();
+    let mut subscription = stored(subscription("billing", ""));
+    subscription.metadata.annotations = Some([(tributary_api::PAUSED_ANNOTATION.to_owned(), "true".to_owned())].into());
+    let scenario = tokio::spawn(async move {
+        let status = api.expect(Method::PATCH, STATUS, json!({})).await;
+        assert_eq!(condition(&status.body, "ReconciliationPaused"), ("True", "Paused"));
+        api.expect_no_more_requests().await;
+    });
+    assert_eq!(harness.reconcile(&subscription).await.expect("reconciles"), Action::await_change());
+    scenario.await.expect("scenario ran");
+    assert!(harness.kafka.calls().is_empty() && harness.groups.resets().is_empty());
+}
+
+#[tokio::test]
+async fn a_malformed_subscription_is_reported_without_failing() {
+    let (harness, mut api) = harness();
+    let invalid: DeserializeGuard<Subscription> = serde_json::from_value(json!({
+        "apiVersion": "tributary.dev/v1alpha1",
+        "kind": "Subscription",
+        "metadata": {"name": "billing", "namespace": "default", "generation": 3},
+        "spec": {"topics": "orders"},
+    }))
+    .expect("a guard always deserializes");
+    assert!(matches!(&invalid.0, Err(InvalidObject { .. })));
+    let scenario = tokio::spawn(async move {
+        let event = api.expect_event("default").await;
+        assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("InvalidSpec")));
+        let status = api.expect(Method::PATCH, &format!("{SUBSCRIPTIONS}/billing/status"), json!({})).await;
+        assert_eq!(condition(&status.body, "Ready"), ("False", "InvalidSpec"));
+        assert_eq!(status.body["status"]["observedGeneration"], 3);
+    });
+    assert_eq!(reconcile(Arc::new(invalid), harness.context.clone()).await.expect("reported"), Action::await_change());
+    scenario.await.expect("scenario ran");
+}
