@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{watch, Notify};
-use tokio_postgres::{Client, Row};
+use tokio_postgres::{Client, Row, Statement};
 use tracing::{debug, info, warn};
 
 use crate::metrics::RelayMetrics;
@@ -106,6 +106,55 @@ impl Shard {
     }
 }
 
+/// A worker's database connection with the batch statements prepared on it: planned once, not
+/// per batch (with small batches, planning would be most of the database's work).
+pub struct Session {
+    client: Client,
+    claim: Statement,
+    recheck: Statement,
+    /// Delete or mark, per the cleanup setting.
+    cleanup: Statement,
+    schedule_retry: Statement,
+    /// Hold or move, per the failure policy.
+    give_up: Statement,
+}
+
+impl Session {
+    pub async fn prepare(client: Client, settings: &OutboxSettings) -> Result<Session, tokio_postgres::Error> {
+        let statements = &settings.statements;
+        let cleanup = match settings.cleanup {
+            Cleanup::Delete => &statements.delete_published,
+            Cleanup::Mark { .. } => &statements.mark_published,
+        };
+        let give_up = match settings.failure_policy {
+            FailurePolicy::Block => &statements.hold_failed,
+            FailurePolicy::Skip => &statements.move_failed,
+        };
+        Ok(Session {
+            claim: client.prepare(&statements.claim).await?,
+            recheck: client.prepare(&statements.recheck).await?,
+            cleanup: client.prepare(cleanup).await?,
+            schedule_retry: client.prepare(&statements.schedule_retry).await?,
+            give_up: client.prepare(give_up).await?,
+            client,
+        })
+    }
+}
+
+impl std::ops::Deref for Session {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Session {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
 /// What one batch did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BatchOutcome {
@@ -122,7 +171,7 @@ pub struct BatchOutcome {
 /// Claims up to `batch_size` rows, publishes them, removes the acknowledged ones and records
 /// failures, all in one transaction.
 pub async fn process_batch(
-    client: &mut Client,
+    session: &mut Session,
     settings: &OutboxSettings,
     shard: Shard,
     producer: &dyn EventProducer,
@@ -130,8 +179,9 @@ pub async fn process_batch(
 ) -> Result<BatchOutcome, RelayError> {
     let statements = &settings.statements;
     let database = |source| RelayError::Database { table: statements.table.to_string(), source };
+    let Session { client, claim, recheck: recheck_statement, cleanup, schedule_retry, give_up } = session;
     let transaction = client.transaction().await.map_err(database)?;
-    let rows = transaction.query(&statements.claim, &shard.claim_parameters(&settings.batch_size)).await.map_err(database)?;
+    let rows = transaction.query(&*claim, &shard.claim_parameters(&settings.batch_size)).await.map_err(database)?;
     let rows: Vec<OutboxRow> =
         rows.iter().map(|row| decode_row(row, settings.record.format)).collect::<Result<_, _>>().map_err(database)?;
     let mut outcome = BatchOutcome { claimed: rows.len(), ..BatchOutcome::default() };
@@ -141,7 +191,7 @@ pub async fn process_batch(
     }
     metrics.observe_batch(rows.len());
 
-    let current = recheck(&transaction, statements, &rows).await.map_err(database)?;
+    let current = recheck(&transaction, recheck_statement, &rows).await.map_err(database)?;
     let mut live_rows = Vec::with_capacity(rows.len());
     for mut row in rows {
         // Gone: the aggregate's previous lock holder published or failed it after the claim's
@@ -203,26 +253,22 @@ pub async fn process_batch(
     }
 
     if !acked_seqs.is_empty() {
-        let cleanup = match settings.cleanup {
-            Cleanup::Delete => &statements.delete_published,
-            Cleanup::Mark { .. } => &statements.mark_published,
-        };
-        transaction.execute(cleanup, &[&acked_seqs]).await.map_err(database)?;
+        transaction.execute(&*cleanup, &[&acked_seqs]).await.map_err(database)?;
     }
     for (row, error, reason) in &row_failures {
         metrics.failed(reason);
         if row.attempts + 1 >= settings.max_attempts {
-            let (statement, what) = match settings.failure_policy {
-                FailurePolicy::Block => (&statements.hold_failed, "held; its aggregate waits"),
-                FailurePolicy::Skip => (&statements.move_failed, "moved to the failed table"),
+            let what = match settings.failure_policy {
+                FailurePolicy::Block => "held; its aggregate waits",
+                FailurePolicy::Skip => "moved to the failed table",
             };
             warn!(event_id = %row.id, aggregate_id = %row.aggregate_id, %error, "outbox row failed {} times, {what}", row.attempts + 1);
-            transaction.execute(statement, &[&row.seq, error]).await.map_err(database)?;
+            transaction.execute(&*give_up, &[&row.seq, error]).await.map_err(database)?;
             outcome.failed += 1;
         } else {
             let delay = settings.retry_delay(row.attempts).as_secs_f64();
             debug!(event_id = %row.id, %error, delay, "outbox row will be retried");
-            transaction.execute(&statements.schedule_retry, &[&row.seq, error, &delay]).await.map_err(database)?;
+            transaction.execute(&*schedule_retry, &[&row.seq, error, &delay]).await.map_err(database)?;
             outcome.retrying += 1;
         }
     }
@@ -251,11 +297,11 @@ pub(crate) struct Recheck {
 /// [`Recheck`] of every claimed row still pending, by sequence number.
 pub(crate) async fn recheck(
     transaction: &tokio_postgres::Transaction<'_>,
-    statements: &Statements,
+    statement: &Statement,
     rows: &[OutboxRow],
 ) -> Result<HashMap<i64, Recheck>, tokio_postgres::Error> {
     let seqs: Vec<i64> = rows.iter().map(|row| row.seq).collect();
-    let current = transaction.query(&statements.recheck, &[&seqs]).await?;
+    let current = transaction.query(statement, &[&seqs]).await?;
     current
         .iter()
         .map(|row| Ok((row.try_get(0)?, Recheck { attempts: row.try_get(1)?, sendable: row.try_get(2)?, behind: row.try_get(3)? })))
@@ -386,12 +432,12 @@ pub async fn run_worker(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let worker = shard.index;
-    let mut client: Option<Client> = None;
+    let mut client: Option<Session> = None;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
     while !*shutdown.borrow() {
         let connection = match client.as_mut() {
             Some(connection) if !connection.is_closed() => connection,
-            _ => match connect_worker(&connect, &settings).await {
+            _ => match open_session(&connect, &settings).await {
                 Ok(connection) => {
                     metrics.set_database_ready(true);
                     client.insert(connection)
@@ -435,13 +481,20 @@ pub async fn run_worker(
     info!(worker, "worker stopped");
 }
 
-/// A worker's connection; without synchronous cleanup its commits return once written, not flushed.
+/// A worker's connection. Its prepared statements are planned for each execution: a plan cached
+/// while the outbox was empty (sequential scans are cheapest then) would stay when a backlog
+/// builds up. Without synchronous cleanup its commits return once written, not flushed.
 pub async fn connect_worker(connect: &Connector, settings: &OutboxSettings) -> Result<Client, tokio_postgres::Error> {
     let client = connect().await?;
+    client.batch_execute("SET plan_cache_mode = force_custom_plan").await?;
     if !settings.synchronous_cleanup {
         client.batch_execute("SET synchronous_commit = off").await?;
     }
     Ok(client)
+}
+
+async fn open_session(connect: &Connector, settings: &OutboxSettings) -> Result<Session, tokio_postgres::Error> {
+    Session::prepare(connect_worker(connect, settings).await?, settings).await
 }
 
 async fn sleep_or_shutdown(delay: Duration, shutdown: &mut watch::Receiver<bool>) {

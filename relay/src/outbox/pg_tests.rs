@@ -11,7 +11,7 @@ use tributary_common::server::Readiness;
 use super::record::OutboxRow;
 use super::record::{RecordSettings, Routing};
 use super::schema::{Columns, Ident, PayloadFormat, Statements, Table};
-use super::{decode_row, migrate, process_batch, recheck, BatchOutcome, Cleanup, FailurePolicy, OutboxSettings, Shard};
+use super::{decode_row, migrate, process_batch, recheck, BatchOutcome, Cleanup, FailurePolicy, OutboxSettings, Session, Shard};
 use crate::metrics::RelayMetrics;
 use crate::producer::FakeProducer;
 
@@ -113,6 +113,7 @@ fn sent(producer: &FakeProducer) -> Vec<(String, i64)> {
 async fn publishes_in_insertion_order_then_deletes() {
     let Some(mut client) = database().await else { return };
     let table = fresh_table(&mut client, "order", Cleanup::Delete, FailurePolicy::Block).await;
+    let mut client = Session::prepare(client, &table.settings).await.expect("prepares");
     for n in 0..5 {
         table.insert(&client, "Order", "a", n).await;
         table.insert(&client, "Order", "b", n).await;
@@ -130,6 +131,7 @@ async fn publishes_in_insertion_order_then_deletes() {
 async fn mark_cleanup_keeps_rows_but_never_sends_them_again() {
     let Some(mut client) = database().await else { return };
     let table = fresh_table(&mut client, "mark", Cleanup::Mark { retention: Duration::from_secs(60) }, FailurePolicy::Block).await;
+    let mut client = Session::prepare(client, &table.settings).await.expect("prepares");
     table.insert(&client, "Order", "a", 1).await;
     let producer = FakeProducer::default();
     process_batch(&mut client, &table.settings, Shard::WHOLE, &producer, &metrics()).await.expect("batch");
@@ -144,6 +146,7 @@ async fn mark_cleanup_keeps_rows_but_never_sends_them_again() {
 async fn kafka_outage_removes_nothing() {
     let Some(mut client) = database().await else { return };
     let table = fresh_table(&mut client, "outage", Cleanup::Delete, FailurePolicy::Block).await;
+    let mut client = Session::prepare(client, &table.settings).await.expect("prepares");
     table.insert(&client, "Order", "a", 1).await;
     let producer = FakeProducer::default();
     producer.set_unavailable(true);
@@ -159,6 +162,7 @@ async fn kafka_outage_removes_nothing() {
 async fn failing_row_blocks_its_aggregate_until_it_fails_for_good() {
     let Some(mut client) = database().await else { return };
     let table = fresh_table(&mut client, "block", Cleanup::Delete, FailurePolicy::Block).await;
+    let mut client = Session::prepare(client, &table.settings).await.expect("prepares");
     table.insert(&client, "Unknown", "a", 0).await; // unroutable: no route, no prefix
     table.insert(&client, "Order", "a", 1).await;
     table.insert(&client, "Order", "b", 1).await;
@@ -184,6 +188,7 @@ async fn failing_row_blocks_its_aggregate_until_it_fails_for_good() {
 async fn skip_policy_moves_the_failed_row_aside_and_the_aggregate_goes_on() {
     let Some(mut client) = database().await else { return };
     let table = fresh_table(&mut client, "skip", Cleanup::Delete, FailurePolicy::Skip).await;
+    let mut client = Session::prepare(client, &table.settings).await.expect("prepares");
     table.insert(&client, "Unknown", "a", 0).await;
     table.insert(&client, "Order", "a", 1).await;
     let producer = FakeProducer::default();
@@ -207,6 +212,7 @@ async fn skip_policy_moves_the_failed_row_aside_and_the_aggregate_goes_on() {
 async fn an_aggregate_in_flight_elsewhere_is_skipped_and_late_commits_are_not_lost() {
     let Some(mut client) = database().await else { return };
     let table = fresh_table(&mut client, "locks", Cleanup::Delete, FailurePolicy::Block).await;
+    let mut client = Session::prepare(client, &table.settings).await.expect("prepares");
     table.insert(&client, "Order", "a", 1).await;
     table.insert(&client, "Order", "b", 1).await;
 
@@ -280,7 +286,8 @@ async fn recheck_sees_what_the_previous_lock_holder_did_after_the_claims_snapsho
         .await
         .expect("reschedule d1");
 
-    let current = recheck(&transaction, &table.settings.statements, &rows).await.expect("recheck");
+    let recheck_statement = transaction.prepare(&table.settings.statements.recheck).await.expect("prepares");
+    let current = recheck(&transaction, &recheck_statement, &rows).await.expect("recheck");
     let state = |seq: i64| current.get(&seq).map(|now| (now.sendable, now.behind));
     assert_eq!(state(a2), Some((true, true)), "a1 is unpublished and not claimed: a2 must wait");
     assert_eq!(state(b1), None, "b1 was published by the previous holder");
