@@ -7,29 +7,10 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::Api;
 use serde_json::json;
 use tributary_api::EventTopic;
-use tributary_e2e::{cluster, namespace, unique_name};
+use tributary_e2e::{cluster, namespace, unique_name, wait_event_topic};
 
 fn manifest(name: &str, spec: serde_json::Value) -> EventTopic {
-    serde_json::from_value(json!({
-        "apiVersion": "tributary.dev/v1alpha1",
-        "kind": "EventTopic",
-        "metadata": { "name": name, "namespace": namespace() },
-        "spec": spec,
-    }))
-    .expect("valid EventTopic")
-}
-
-/// Polls until the Ready condition has `status`, returning the object.
-async fn wait_ready(api: &Api<EventTopic>, name: &str, status: &str) -> EventTopic {
-    for _ in 0..120 {
-        let topic = api.get(name).await.expect("get EventTopic");
-        let ready = topic.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready")).map(|c| c.status.clone());
-        if ready.as_deref() == Some(status) {
-            return topic;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    panic!("EventTopic {name} did not reach Ready={status} within 60s");
+    tributary_e2e::manifest("EventTopic", name, spec)
 }
 
 #[tokio::test]
@@ -43,7 +24,7 @@ async fn topic_becomes_ready_and_is_deleted() {
     )
     .await
     .expect("created");
-    let topic = wait_ready(&api, &name, "True").await;
+    let topic = wait_event_topic(&api, &name, "True").await;
     let status = topic.status.expect("status");
     assert_eq!(status.topic_name.as_deref(), Some(name.as_str()));
     assert_eq!(status.dead_letter_topic, Some(format!("{name}.dlq")));
