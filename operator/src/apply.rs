@@ -21,10 +21,9 @@ use tributary_api::subscription::ScalingEngine;
 use tributary_api::validation::validate_manifest;
 use tributary_api::{EventTopic, EventTopicStatus, OutboxRelay, Subscription};
 
-use crate::event_topic::conflict::find_conflict;
-use crate::event_topic::desired::desired_topics;
+use crate::event_topic::controller::reconcile_kafka;
 use crate::event_topic::status::{build_status, Outcome, READY};
-use crate::event_topic::sync::{sync_topics, SyncMode, TopicReport};
+use crate::event_topic::sync::{SyncMode, TopicReport};
 use crate::kafka::TopicAdmin;
 use crate::outbox_relay::desired::{relay_workload, PlacementKind, RelaySettings, RelayWorkload};
 use crate::outbox_relay::resolve::{resolve_routes, validate, SecretCheck, TopicLookup};
@@ -213,25 +212,11 @@ impl TopicResult {
 pub async fn apply_event_topics(admin: &dyn TopicAdmin, topics: &[EventTopic], mode: SyncMode, now: Timestamp) -> Vec<TopicResult> {
     let mut results = Vec::with_capacity(topics.len());
     for topic in topics {
-        let outcome = reconcile_offline(admin, topic, topics, mode).await;
+        let outcome = reconcile_kafka(admin, topic, topics, mode).await;
         let status = build_status(topic, &outcome, now);
         results.push(TopicResult { topic: topic.clone(), outcome, status });
     }
     results
-}
-
-/// One EventTopic through the controller's stages, against `all` as the set of claims.
-pub async fn reconcile_offline(admin: &dyn TopicAdmin, topic: &EventTopic, all: &[EventTopic], mode: SyncMode) -> Outcome {
-    if let Some(conflict) = find_conflict(topic, all) {
-        return Outcome::Conflict { owner: conflict.owner, topic: conflict.topic };
-    }
-    match desired_topics(topic) {
-        Err(invalid) => Outcome::InvalidSpec(invalid.to_string()),
-        Ok(desired) => match sync_topics(admin, &desired, mode).await {
-            Ok(reports) => Outcome::Synced(reports),
-            Err(error) => Outcome::KafkaUnavailable(error.to_string()),
-        },
-    }
 }
 
 /// Human-readable report: per EventTopic, the planned or made changes and the resulting status.

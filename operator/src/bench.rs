@@ -8,7 +8,7 @@ use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use tributary_api::{EventTopic, EventTopicSpec};
 
-use crate::apply::reconcile_offline;
+use crate::event_topic::controller::reconcile_kafka;
 use crate::event_topic::status::build_status;
 use crate::event_topic::sync::SyncMode;
 use crate::kafka::TopicAdmin;
@@ -55,7 +55,7 @@ pub async fn bench_topics(admin: Arc<dyn TopicAdmin>, prefix: &str, count: usize
             async move {
                 let mut topic = EventTopic::new(&name, bench_spec());
                 topic.metadata.namespace = Some("bench".into());
-                let outcome = reconcile_offline(admin.as_ref(), &topic, std::slice::from_ref(&topic), SyncMode::Apply).await;
+                let outcome = reconcile_kafka(admin.as_ref(), &topic, std::slice::from_ref(&topic), SyncMode::Apply).await;
                 let status = build_status(&topic, &outcome, Timestamp::now());
                 status.conditions.iter().any(|condition| condition.type_ == "Ready" && condition.status == "True")
             }

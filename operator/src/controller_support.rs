@@ -1,6 +1,6 @@
 //! What every controller shares: the reconcile run around a watched object (span, metrics, a
-//! warning Event on failure, objects that do not parse), finalizers and status by server-side
-//! apply, and Events.
+//! warning Event on failure, objects that do not parse), the pause annotation, finalizers and
+//! status by server-side apply, and Events.
 
 use std::time::Instant;
 
@@ -29,9 +29,8 @@ pub trait Watched: Resource<DynamicType = (), Scope = NamespaceResourceScope> + 
 
 impl<K> Watched for K where K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug {}
 
-/// Condition type and reason of an object that does not match the schema.
+/// The condition in which an object that does not match the schema is reported.
 const READY: &str = "Ready";
-const INVALID_CONFIG: &str = "InvalidConfig";
 
 /// Calls `ready` once the controller's store has synced with the API server.
 pub fn signal_when_synced<K>(store: Store<K>, ready: impl FnOnce() + Send + 'static)
@@ -65,16 +64,23 @@ pub struct Reporting<'a> {
     pub clock: &'a dyn Clock,
 }
 
+/// How a controller reports an object that does not parse: the reason of its Event and Ready
+/// condition (the controller's own reason for an invalid spec), and its status, made from the
+/// generation and conditions.
+pub struct InvalidObjectReport<F> {
+    pub reason: &'static str,
+    pub status: F,
+}
+
 /// One reconcile of a watched object: `reconcile` for an object that parsed, in a span naming
 /// it, with a `ReconcileFailed` warning Event when it fails. An object that did not parse is
-/// reported (see [`report_invalid_object`]) with the status `invalid_status` makes from its
-/// generation and conditions. Either way the run is counted.
+/// reported as `invalid` says (see [`report_invalid_object`]). Either way the run is counted.
 pub async fn reconcile_guarded<K, S>(
     guard: &DeserializeGuard<K>,
     controller: &'static str,
     reporting: Reporting<'_>,
     reconcile: impl AsyncFnOnce(&K) -> Result<Action>,
-    invalid_status: impl FnOnce(Option<i64>, Vec<Condition>) -> S,
+    invalid: InvalidObjectReport<impl FnOnce(Option<i64>, Vec<Condition>) -> S>,
 ) -> Result<Action>
 where
     K: Watched,
@@ -92,7 +98,7 @@ where
             }
             result
         }
-        Err(invalid) => report_invalid_object::<K, S>(invalid, reporting, invalid_status).await,
+        Err(object) => report_invalid_object::<K, S>(object, reporting, invalid).await,
     };
     reporting.metrics.reconciled(controller, started.elapsed());
     result
@@ -106,11 +112,11 @@ pub fn retry_after_failure(metrics: &Metrics, controller: &'static str, error: &
 
 /// Reports an object whose spec does not match the schema this operator knows (for example one
 /// written before a CRD upgrade), without stalling the watch for everything else: a warning
-/// Event, and a status (made by `status` from the generation and conditions) that says so.
+/// Event, and a status that says so.
 async fn report_invalid_object<K, S>(
     invalid: &InvalidObject,
     reporting: Reporting<'_>,
-    status: impl FnOnce(Option<i64>, Vec<Condition>) -> S,
+    report: InvalidObjectReport<impl FnOnce(Option<i64>, Vec<Condition>) -> S>,
 ) -> Result<Action>
 where
     K: Watched,
@@ -130,10 +136,10 @@ where
         resource_version: invalid.metadata.resource_version.clone(),
         ..ObjectReference::default()
     };
-    publish(reporting.recorder, &reference, EventType::Warning, INVALID_CONFIG, "Validate", message.clone()).await;
-    let ready = DesiredCondition::new(READY, Status::False, INVALID_CONFIG, message);
+    publish(reporting.recorder, &reference, EventType::Warning, report.reason, "Validate", message.clone()).await;
+    let ready = DesiredCondition::new(READY, Status::False, report.reason, message);
     let generation = invalid.metadata.generation;
-    let status = status(generation, merge_conditions(&[], &[ready], generation, reporting.clock.now()));
+    let status = (report.status)(generation, merge_conditions(&[], &[ready], generation, reporting.clock.now()));
     let api: Api<DeserializeGuard<K>> = Api::namespaced(reporting.client.clone(), &namespace);
     apply_status(&api, &name, &status).await.map_err(|source| Error::Kube {
         operation: "status patch",
@@ -141,6 +147,16 @@ where
         source,
     })?;
     Ok(Action::await_change())
+}
+
+/// Whether the object carries the pause annotation set to `"true"`.
+pub fn is_paused(object: &impl Resource) -> bool {
+    object.annotations().get(tributary_api::PAUSED_ANNOTATION).is_some_and(|value| value == "true")
+}
+
+/// Whether the object holds `finalizer`.
+pub fn has_finalizer(object: &impl Resource, finalizer: &str) -> bool {
+    object.finalizers().iter().any(|held| held == finalizer)
 }
 
 /// Adds or removes `finalizer` by server-side apply: applying the list with or without it

@@ -1,14 +1,22 @@
 //! Test fixtures: a mock Kubernetes API server for controller tests (the kube-rs `tower-test`
 //! pattern: the test scripts the requests a reconcile must make, in order, and answers each one),
-//! and the address of the test broker.
+//! what those tests share about objects and status patches, and the address of the test broker.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::client::Body;
-use kube::Client;
-use serde_json::Value;
+use kube::core::error_boundary::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::{Client, Resource};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::controller_support::Watched;
 
 type ApiServerHandle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
@@ -48,7 +56,7 @@ impl ApiServerVerifier {
 
     /// Expects a request for an object that does not exist, and answers 404 as the API server does.
     pub async fn expect_not_found(&mut self, method: Method, path: &str) -> RecordedRequest {
-        let status = serde_json::json!({
+        let status = json!({
             "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
             "message": format!("{path} not found"), "reason": "NotFound", "code": 404,
         });
@@ -101,6 +109,62 @@ impl PendingRequest {
         self.send.send_response(response);
         self.recorded
     }
+}
+
+/// `object` as the API server stores it: with a uid (`uid-<name>`), generation 1 and a creation
+/// time (`created_at`, in seconds since the epoch), which decides who is older in a conflict.
+pub fn stored<K: Resource>(mut object: K, created_at: i64) -> K {
+    let meta = object.meta_mut();
+    meta.uid = Some(format!("uid-{}", meta.name.as_deref().unwrap_or_default()));
+    meta.generation = Some(1);
+    meta.creation_timestamp = Some(Time(Timestamp::from_second(created_at).expect("timestamp")));
+    object
+}
+
+/// The API server's answer to a write of `object`: the object itself.
+pub fn echo(object: &impl Serialize) -> Value {
+    serde_json::to_value(object).expect("serializes")
+}
+
+/// The condition of `type_` in the body of a status patch.
+pub fn find_condition<'a>(status_patch: &'a Value, type_: &str) -> &'a Value {
+    status_patch["status"]["conditions"]
+        .as_array()
+        .and_then(|conditions| conditions.iter().find(|condition| condition["type"] == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition in {status_patch}"))
+}
+
+/// Status and reason of the condition of `type_` in the body of a status patch.
+pub fn condition<'a>(status_patch: &'a Value, type_: &str) -> (&'a str, &'a str) {
+    let condition = find_condition(status_patch, type_);
+    (condition["status"].as_str().unwrap_or_default(), condition["reason"].as_str().unwrap_or_default())
+}
+
+/// Reconciles an object that does not match the schema (`manifest`) and checks that it is
+/// reported, not failed: a warning Event with `reason`, then a status patch at `status_path` whose
+/// Ready condition says so at the object's generation, and nothing else.
+pub async fn assert_malformed_object_reported<K: Watched>(
+    mut api: ApiServerVerifier,
+    manifest: Value,
+    status_path: &str,
+    reason: &'static str,
+    reconcile: impl AsyncFnOnce(Arc<DeserializeGuard<K>>) -> crate::error::Result<Action>,
+) {
+    let namespace = manifest["metadata"]["namespace"].as_str().expect("a namespace").to_owned();
+    let generation = manifest["metadata"]["generation"].clone();
+    let guard: DeserializeGuard<K> = serde_json::from_value(manifest).expect("a guard always deserializes");
+    assert!(guard.0.is_err(), "the manifest must not parse");
+    let status_path = status_path.to_owned();
+    let scenario = tokio::spawn(async move {
+        let event = api.expect_event(&namespace).await;
+        assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some(reason)));
+        let status = api.expect(Method::PATCH, &status_path, json!({})).await;
+        assert_eq!(condition(&status.body, "Ready"), ("False", reason));
+        assert_eq!(status.body["status"]["observedGeneration"], generation);
+        api.expect_no_more_requests().await;
+    });
+    assert_eq!(reconcile(Arc::new(guard)).await.expect("reported, not failed"), Action::await_change());
+    scenario.await.expect("scenario ran");
 }
 
 /// The test broker's bootstrap servers (`TRIBUTARY_BOOTSTRAP_SERVERS`). Without it, broker tests

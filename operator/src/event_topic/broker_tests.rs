@@ -15,11 +15,10 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 use tributary_api::EventTopic;
 
-use super::controller::{reconcile, Context, Settings, FINALIZER};
+use super::controller::{reconcile, reconcile_kafka, Context, Settings, FINALIZER};
 use super::status::{build_status, reason, Outcome, READY};
 use super::sync::SyncMode;
 use super::test_support::event_topic;
-use crate::apply::reconcile_offline;
 use crate::conditions::FixedClock;
 use crate::fixtures::{mock_client, test_bootstrap_servers, unique_name as unique};
 use crate::kafka::{KafkaConnection, RdKafkaTopicAdmin, TopicAdmin, TopicSpec};
@@ -35,7 +34,7 @@ fn topic_with(name: &str, spec: &str) -> EventTopic {
 
 /// One reconcile of the Kafka side, as the controller and `apply` do it; returns the status.
 async fn sync(admin: &dyn TopicAdmin, topic: &EventTopic) -> (Outcome, tributary_api::EventTopicStatus) {
-    let outcome = reconcile_offline(admin, topic, std::slice::from_ref(topic), SyncMode::Apply).await;
+    let outcome = reconcile_kafka(admin, topic, std::slice::from_ref(topic), SyncMode::Apply).await;
     let status = build_status(topic, &outcome, Timestamp::now());
     (outcome, status)
 }

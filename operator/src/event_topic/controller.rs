@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::ObjectReference;
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder};
@@ -20,7 +19,9 @@ use super::desired::desired_topics;
 use super::status::{build_status, needs_patch, paused_status, reason, Outcome};
 use super::sync::{sync_topics, SyncMode};
 use crate::conditions::{Clock, Status};
-use crate::controller_support::{self, reconcile_guarded, Reporting};
+use crate::controller_support::{
+    self, has_finalizer, is_paused, object_name, publish, reconcile_guarded, set_finalizer, InvalidObjectReport, Reporting,
+};
 use crate::error::{Error, Result};
 use crate::kafka::{KafkaError, TopicAdmin};
 use crate::metrics::Metrics;
@@ -94,9 +95,11 @@ pub async fn run(
 pub async fn reconcile(guard: Arc<DeserializeGuard<EventTopic>>, context: Arc<Context>) -> Result<Action> {
     let reporting =
         Reporting { client: &context.client, recorder: &context.recorder, metrics: &context.metrics, clock: context.clock.as_ref() };
-    let invalid_status =
-        |observed_generation, conditions| EventTopicStatus { observed_generation, conditions, ..EventTopicStatus::default() };
-    reconcile_guarded(&guard, CONTROLLER, reporting, async |topic| reconcile_topic(topic, &context).await, invalid_status).await
+    let invalid = InvalidObjectReport {
+        reason: reason::INVALID_CONFIG,
+        status: |observed_generation, conditions| EventTopicStatus { observed_generation, conditions, ..EventTopicStatus::default() },
+    };
+    reconcile_guarded(&guard, CONTROLLER, reporting, async |topic| reconcile_topic(topic, &context).await, invalid).await
 }
 
 /// Failed reconciles are retried after a pause; the failure is counted by reason.
@@ -118,20 +121,13 @@ async fn reconcile_topic(topic: &EventTopic, context: &Context) -> Result<Action
         return Ok(Action::await_change());
     }
     let wants_finalizer = topic.spec.deletion_policy == DeletionPolicy::Delete;
-    if wants_finalizer != has_finalizer(topic) {
-        set_finalizer(&api, topic, wants_finalizer).await?;
+    if wants_finalizer != has_finalizer(topic, FINALIZER) {
+        set_finalizer(&api, topic, FINALIZER, wants_finalizer).await?;
     }
 
     let all_topics = context.store.state();
-    let conflict = find_conflict(topic, all_topics.iter().filter_map(|guard| guard.0.as_ref().ok()));
-    let outcome = match (conflict, desired_topics(topic)) {
-        (Some(conflict), _) => Outcome::Conflict { owner: conflict.owner, topic: conflict.topic },
-        (None, Err(invalid)) => Outcome::InvalidSpec(invalid.to_string()),
-        (None, Ok(desired)) => match sync_topics(context.admin.as_ref(), &desired, SyncMode::Apply).await {
-            Ok(reports) => Outcome::Synced(reports),
-            Err(error) => Outcome::KafkaUnavailable(error.to_string()),
-        },
-    };
+    let all = all_topics.iter().filter_map(|guard| guard.0.as_ref().ok());
+    let outcome = reconcile_kafka(context.admin.as_ref(), topic, all, SyncMode::Apply).await;
     patch_status_if_changed(&api, topic, build_status(topic, &outcome, now), context).await?;
 
     let reference = topic.object_ref(&());
@@ -140,15 +136,15 @@ async fn reconcile_topic(topic: &EventTopic, context: &Context) -> Result<Action
             let ready = super::status::ready_condition(&Outcome::Synced(reports.clone()), None);
             if reports.iter().any(|report| report.plan.changes_anything()) {
                 info!(message = %ready.message, "Kafka topic changed");
-                publish(context, &reference, EventType::Normal, ready.reason, "SyncKafka", ready.message.clone()).await;
+                publish(&context.recorder, &reference, EventType::Normal, ready.reason, "SyncKafka", ready.message.clone()).await;
             }
             if ready.status == Status::False {
-                publish(context, &reference, EventType::Warning, ready.reason, "SyncKafka", ready.message).await;
+                publish(&context.recorder, &reference, EventType::Warning, ready.reason, "SyncKafka", ready.message).await;
             }
             Ok(Action::requeue(context.settings.resync_interval))
         }
         Outcome::InvalidSpec(message) => {
-            publish(context, &reference, EventType::Warning, reason::INVALID_CONFIG, "Validate", message).await;
+            publish(&context.recorder, &reference, EventType::Warning, reason::INVALID_CONFIG, "Validate", message).await;
             Ok(Action::await_change())
         }
         Outcome::Conflict { .. } => Ok(Action::requeue(context.settings.conflict_retry)),
@@ -156,20 +152,40 @@ async fn reconcile_topic(topic: &EventTopic, context: &Context) -> Result<Action
     }
 }
 
+/// The Kafka stage of a reconcile, which the offline `apply` runs too: an older claim among `all`
+/// on one of the Kafka topics wins; otherwise the spec is turned into topics and Kafka synced.
+pub async fn reconcile_kafka<'a>(
+    admin: &dyn TopicAdmin,
+    topic: &EventTopic,
+    all: impl IntoIterator<Item = &'a EventTopic>,
+    mode: SyncMode,
+) -> Outcome {
+    if let Some(conflict) = find_conflict(topic, all) {
+        return Outcome::Conflict { owner: conflict.owner, topic: conflict.topic };
+    }
+    match desired_topics(topic) {
+        Err(invalid) => Outcome::InvalidSpec(invalid.to_string()),
+        Ok(desired) => match sync_topics(admin, &desired, mode).await {
+            Ok(reports) => Outcome::Synced(reports),
+            Err(error) => Outcome::KafkaUnavailable(error.to_string()),
+        },
+    }
+}
+
 /// Deletes the Kafka topics (when this EventTopic holds the finalizer and owns them), then
 /// releases the finalizer. Safe to repeat, and safe when the topics were never created.
 async fn finalize(topic: &EventTopic, api: &TopicApi, context: &Context) -> Result<Action> {
-    if !has_finalizer(topic) {
+    if !has_finalizer(topic, FINALIZER) {
         return Ok(Action::await_change());
     }
     let reference = topic.object_ref(&());
     let all_topics = context.store.state();
     if let Some(conflict) = find_conflict(topic, all_topics.iter().filter_map(|guard| guard.0.as_ref().ok())) {
         let note = format!("Kafka topic {:?} belongs to EventTopic {}; it is not deleted", conflict.topic, conflict.owner);
-        publish(context, &reference, EventType::Normal, "FinalizerReleased", "Delete", note).await;
+        publish(&context.recorder, &reference, EventType::Normal, "FinalizerReleased", "Delete", note).await;
     } else if is_paused(topic) {
         let note = format!("reconciliation is paused ({}); the Kafka topics are left in place", tributary_api::PAUSED_ANNOTATION);
-        publish(context, &reference, EventType::Warning, "FinalizerReleased", "Delete", note).await;
+        publish(&context.recorder, &reference, EventType::Warning, "FinalizerReleased", "Delete", note).await;
     } else if let Err(error) = delete_kafka_topics(topic, context.admin.as_ref()).await {
         let waited = topic
             .metadata
@@ -185,11 +201,11 @@ async fn finalize(topic: &EventTopic, api: &TopicApi, context: &Context) -> Resu
             kafka_topic_names(topic).join(" and ")
         );
         warn!(%note, "releasing finalizer without deleting Kafka topics");
-        publish(context, &reference, EventType::Warning, "KafkaTopicDeletionAbandoned", "Delete", note).await;
+        publish(&context.recorder, &reference, EventType::Warning, "KafkaTopicDeletionAbandoned", "Delete", note).await;
     } else {
         info!(topics = ?kafka_topic_names(topic), "deleted Kafka topics");
     }
-    set_finalizer(api, topic, false).await?;
+    set_finalizer(api, topic, FINALIZER, false).await?;
     Ok(Action::await_change())
 }
 
@@ -206,18 +222,6 @@ fn kafka_topic_names(topic: &EventTopic) -> Vec<String> {
     names
 }
 
-fn is_paused(topic: &EventTopic) -> bool {
-    topic.annotations().get(tributary_api::PAUSED_ANNOTATION).is_some_and(|value| value == "true")
-}
-
-fn has_finalizer(topic: &EventTopic) -> bool {
-    topic.finalizers().iter().any(|finalizer| finalizer == FINALIZER)
-}
-
-async fn set_finalizer(api: &TopicApi, topic: &EventTopic, present: bool) -> Result<()> {
-    controller_support::set_finalizer(api, topic, FINALIZER, present).await
-}
-
 #[instrument(skip_all)]
 async fn patch_status_if_changed(api: &TopicApi, topic: &EventTopic, status: EventTopicStatus, context: &Context) -> Result<()> {
     // Patch at most every half resync when only lastSyncTime moved, so that a resync still
@@ -226,12 +230,4 @@ async fn patch_status_if_changed(api: &TopicApi, topic: &EventTopic, status: Eve
         return Ok(());
     }
     controller_support::patch_status(api, topic, &status).await
-}
-
-async fn publish(context: &Context, reference: &ObjectReference, type_: EventType, reason: &str, action: &str, note: String) {
-    controller_support::publish(&context.recorder, reference, type_, reason, action, note).await;
-}
-
-fn object_name(topic: &EventTopic) -> String {
-    format!("EventTopic {}/{}", topic.namespace().unwrap_or_default(), topic.name_any())
 }

@@ -7,19 +7,19 @@ use std::time::Duration;
 use http::Method;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
+use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher;
 use prometheus_client::registry::Registry;
-use serde_json::{json, Value};
+use serde_json::json;
 use tributary_api::EventTopic;
 
 use super::controller::{reconcile, Context, Settings, FINALIZER};
 use super::test_support::event_topic;
 use crate::conditions::FixedClock;
-use crate::fixtures::{mock_client, ApiServerVerifier};
+use crate::fixtures::{assert_malformed_object_reported, echo, find_condition, mock_client, stored, ApiServerVerifier};
 use crate::kafka::{FakeTopicAdmin, TopicState};
 use crate::metrics::Metrics;
 
@@ -60,24 +60,6 @@ impl Harness {
     async fn reconcile(&self, topic: &EventTopic) -> Result<Action, crate::error::Error> {
         reconcile(Arc::new(DeserializeGuard(Ok(topic.clone()))), self.context.clone()).await
     }
-}
-
-fn stored(mut topic: EventTopic, created_at: i64) -> EventTopic {
-    topic.metadata.uid = Some(format!("uid-{}", topic.metadata.name.as_deref().unwrap_or_default()));
-    topic.metadata.generation = Some(1);
-    topic.metadata.creation_timestamp = Some(Time(Timestamp::from_second(created_at).expect("timestamp")));
-    topic
-}
-
-fn echo(topic: &EventTopic) -> Value {
-    serde_json::to_value(topic).expect("serializes")
-}
-
-fn ready_condition(status_patch: &Value) -> &Value {
-    status_patch["status"]["conditions"]
-        .as_array()
-        .and_then(|conditions| conditions.iter().find(|c| c["type"] == "Ready"))
-        .expect("a Ready condition")
 }
 
 #[tokio::test]
@@ -193,7 +175,7 @@ async fn younger_claim_on_the_same_kafka_topic_gets_resource_conflict() {
     let response = echo(&claimant);
     let scenario = tokio::spawn(async move {
         let status = api.expect(Method::PATCH, &format!("{TOPICS}/payments-copy/status"), response).await;
-        let ready = ready_condition(&status.body);
+        let ready = find_condition(&status.body, "Ready");
         assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("ResourceConflict")));
         assert!(ready["message"].as_str().is_some_and(|m| m.contains("team-a/payments")), "{ready}");
         api.expect_no_more_requests().await;
@@ -264,7 +246,7 @@ async fn kafka_outage_is_reported_in_status_and_retried() {
     let response = echo(&topic);
     let scenario = tokio::spawn(async move {
         let status = api.expect(Method::PATCH, &format!("{TOPICS}/orders/status"), response).await;
-        assert_eq!(ready_condition(&status.body)["reason"].as_str(), Some("KafkaUnavailable"));
+        assert_eq!(find_condition(&status.body, "Ready")["reason"].as_str(), Some("KafkaUnavailable"));
         let event = api.expect_event("default").await;
         assert_eq!(event["reason"].as_str(), Some("ReconcileFailed"));
     });
@@ -275,24 +257,13 @@ async fn kafka_outage_is_reported_in_status_and_retried() {
 
 #[tokio::test]
 async fn malformed_object_is_reported_without_failing() {
-    let (harness, mut api) = harness();
-    let invalid: DeserializeGuard<EventTopic> = serde_json::from_value(json!({
+    let (harness, api) = harness();
+    let manifest = json!({
         "apiVersion": "tributary.dev/v1alpha1",
         "kind": "EventTopic",
         "metadata": {"name": "broken", "namespace": "default", "generation": 4},
         "spec": {"partitions": "many"},
-    }))
-    .expect("a guard always deserializes");
-    assert!(matches!(&invalid.0, Err(InvalidObject { .. })));
-    let scenario = tokio::spawn(async move {
-        let event = api.expect_event("default").await;
-        assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("InvalidConfig")));
-        let status = api.expect(Method::PATCH, &format!("{TOPICS}/broken/status"), json!({})).await;
-        let ready = ready_condition(&status.body);
-        assert_eq!(ready["reason"].as_str(), Some("InvalidConfig"));
-        assert_eq!(status.body["status"]["observedGeneration"], json!(4));
     });
-    let action = reconcile(Arc::new(invalid), harness.context.clone()).await.expect("reported, not failed");
-    assert_eq!(action, Action::await_change());
-    scenario.await.expect("scenario ran");
+    let reconcile = async |guard| reconcile(guard, harness.context.clone()).await;
+    assert_malformed_object_reported::<EventTopic>(api, manifest, &format!("{TOPICS}/broken/status"), "InvalidConfig", reconcile).await;
 }

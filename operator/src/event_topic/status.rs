@@ -1,7 +1,7 @@
 //! EventTopic status from the outcome of a reconcile (pure).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use tributary_api::{EventTopic, EventTopicStatus};
 
 use super::desired::TopicRole;
@@ -9,9 +9,8 @@ use super::plan::Blocker;
 use super::sync::{TopicProblem, TopicReport};
 use crate::conditions::{self, DesiredCondition, Status};
 
-/// Condition types.
+/// Condition types (and ReconciliationPaused, from [`conditions`]).
 pub const READY: &str = "Ready";
-pub const RECONCILIATION_PAUSED: &str = "ReconciliationPaused";
 
 /// Condition reasons.
 pub mod reason {
@@ -24,9 +23,9 @@ pub mod reason {
     pub const INVALID_CONFIG: &str = "InvalidConfig";
     pub const NOT_SUPPORTED: &str = "NotSupported";
     pub const REJECTED: &str = "Rejected";
-    pub const PAUSED: &str = "Paused";
 
-    pub const ALL: [&str; 10] = [
+    /// The reasons of Ready.
+    pub const ALL: [&str; 9] = [
         CREATED,
         UPDATED,
         IN_SYNC,
@@ -36,7 +35,6 @@ pub mod reason {
         INVALID_CONFIG,
         NOT_SUPPORTED,
         REJECTED,
-        PAUSED,
     ];
 }
 
@@ -183,35 +181,7 @@ pub fn build_status(topic: &EventTopic, outcome: &Outcome, now: Timestamp) -> Ev
 /// The status of a paused EventTopic: what it last had, plus a condition saying it is paused.
 pub fn paused_status(topic: &EventTopic, now: Timestamp) -> EventTopicStatus {
     let previous = topic.status.clone().unwrap_or_default();
-    let mut desired: Vec<DesiredCondition> = previous
-        .conditions
-        .iter()
-        .filter(|condition| condition.type_ == READY)
-        .map(|condition| DesiredCondition {
-            type_: READY,
-            status: match condition.status.as_str() {
-                "True" => Status::True,
-                "False" => Status::False,
-                _ => Status::Unknown,
-            },
-            reason: known_reason(&condition.reason),
-            message: condition.message.clone(),
-        })
-        .collect();
-    desired.push(DesiredCondition::new(
-        RECONCILIATION_PAUSED,
-        Status::True,
-        reason::PAUSED,
-        format!("annotation {}=\"true\" is set; Kafka is not being reconciled", tributary_api::PAUSED_ANNOTATION),
-    ));
-    // Keep whatever each condition said, with its own observedGeneration: a paused object has
-    // not been observed at its new generation.
-    let mut conditions = conditions::merge_conditions(&previous.conditions, &desired, topic.metadata.generation, now);
-    for condition in &mut conditions {
-        if let Some(old) = conditions::find(&previous.conditions, &condition.type_) {
-            condition.observed_generation = old.observed_generation;
-        }
-    }
+    let conditions = conditions::paused_conditions(&previous.conditions, "Kafka is not being reconciled", topic.metadata.generation, now);
     EventTopicStatus { conditions, ..previous }
 }
 
@@ -221,14 +191,6 @@ pub fn paused_status(topic: &EventTopic, now: Timestamp) -> EventTopicStatus {
 pub fn needs_patch(old: Option<&EventTopicStatus>, new: &EventTopicStatus, min_interval: std::time::Duration) -> bool {
     let Some(old) = old else { return true };
     let without_sync_time = |status: &EventTopicStatus| EventTopicStatus { last_sync_time: None, ..status.clone() };
-    if without_sync_time(old) != without_sync_time(new) {
-        return true;
-    }
-    match (&old.last_sync_time, &new.last_sync_time) {
-        (Some(Time(before)), Some(Time(after))) => {
-            let min_interval = SignedDuration::try_from(min_interval).unwrap_or(SignedDuration::MAX);
-            after.duration_since(*before) >= min_interval
-        }
-        (before, after) => before != after,
-    }
+    without_sync_time(old) != without_sync_time(new)
+        || conditions::refresh_due(old.last_sync_time.as_ref(), new.last_sync_time.as_ref(), min_interval)
 }

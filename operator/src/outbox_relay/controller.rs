@@ -36,7 +36,9 @@ use super::probe::{ready_relays, ProbeSchedule, RelayStatusSource};
 use super::resolve::{check_secret, get_deployment, lookup_topics, target_holder, validate};
 use super::status::{build_status, ready_reason, reason, recorded_target, Observation, Workload, READY};
 use crate::conditions::Clock;
-use crate::controller_support::{self, object_name, publish, reconcile_guarded, set_finalizer, Reporting};
+use crate::controller_support::{
+    self, has_finalizer, object_name, publish, reconcile_guarded, set_finalizer, InvalidObjectReport, Reporting,
+};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 
@@ -143,9 +145,11 @@ pub fn relays_routing_to(relays: &[Arc<DeserializeGuard<OutboxRelay>>], namespac
 pub async fn reconcile(guard: Arc<DeserializeGuard<OutboxRelay>>, context: Arc<Context>) -> Result<Action> {
     let reporting =
         Reporting { client: &context.client, recorder: &context.recorder, metrics: &context.metrics, clock: context.clock.as_ref() };
-    let invalid_status =
-        |observed_generation, conditions| OutboxRelayStatus { observed_generation, conditions, ..OutboxRelayStatus::default() };
-    reconcile_guarded(&guard, CONTROLLER, reporting, async |relay| reconcile_relay(relay, &context).await, invalid_status).await
+    let invalid = InvalidObjectReport {
+        reason: reason::INVALID_CONFIG,
+        status: |observed_generation, conditions| OutboxRelayStatus { observed_generation, conditions, ..OutboxRelayStatus::default() },
+    };
+    reconcile_guarded(&guard, CONTROLLER, reporting, async |relay| reconcile_relay(relay, &context).await, invalid).await
 }
 
 /// Failed reconciles are retried after a pause; the failure is counted by reason.
@@ -166,7 +170,7 @@ async fn reconcile_relay(relay: &OutboxRelay, context: &Context) -> Result<Actio
     // The Deployment whose pods this relay may join now: its target, unless an older relay has it.
     let occupied = relay.spec.placement.sidecar.as_ref().filter(|_| holder.is_none()).map(|sidecar| sidecar.target_ref.name.as_str());
     release_previous_workload(relay, occupied, &namespace, context).await?;
-    if occupied.is_some() != has_finalizer(relay) {
+    if occupied.is_some() != has_finalizer(relay, FINALIZER) {
         set_finalizer(&api, relay, FINALIZER, occupied.is_some()).await?;
     }
 
@@ -346,7 +350,7 @@ async fn delete_standalone(relay: &OutboxRelay, namespace: &str, name: &str, con
 /// Takes the container out of every Deployment it may be in (the spec's target and the recorded
 /// one), then releases the finalizer. Safe to repeat, and when nothing was ever applied.
 async fn finalize(relay: &OutboxRelay, api: &RelayApi, namespace: &str, context: &Context) -> Result<Action> {
-    if !has_finalizer(relay) {
+    if !has_finalizer(relay, FINALIZER) {
         return Ok(Action::await_change());
     }
     let mut targets = BTreeSet::new();
@@ -364,8 +368,4 @@ async fn finalize(relay: &OutboxRelay, api: &RelayApi, namespace: &str, context:
 fn is_controlled_by(deployment: &Deployment, relay: &OutboxRelay) -> bool {
     let uid = relay.metadata.uid.as_deref();
     deployment.owner_references().iter().any(|owner| owner.controller == Some(true) && Some(owner.uid.as_str()) == uid)
-}
-
-fn has_finalizer(relay: &OutboxRelay) -> bool {
-    relay.finalizers().iter().any(|finalizer| finalizer == FINALIZER)
 }

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::ByteString;
-use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
+use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, store::Writer};
@@ -23,7 +23,7 @@ use super::probe::fake::FakeRelayStatus;
 use super::probe::ProbeSchedule;
 use super::test_support::{outbox_relay, relay_pod, settings};
 use crate::conditions::FixedClock;
-use crate::fixtures::{mock_client, ApiServerVerifier, RecordedRequest};
+use crate::fixtures::{assert_malformed_object_reported, condition, echo, mock_client, stored, ApiServerVerifier, RecordedRequest};
 use crate::metrics::Metrics;
 
 const RELAYS: &str = "/apis/tributary.dev/v1alpha1/namespaces/default/outboxrelays";
@@ -77,17 +77,6 @@ impl Harness {
     }
 }
 
-fn stored(mut relay: OutboxRelay, created_at: i64) -> OutboxRelay {
-    relay.metadata.uid = Some(format!("uid-{}", relay.metadata.name.as_deref().unwrap_or_default()));
-    relay.metadata.generation = Some(1);
-    relay.metadata.creation_timestamp = Some(Time(Timestamp::from_second(created_at).expect("timestamp")));
-    relay
-}
-
-fn echo(relay: &OutboxRelay) -> Value {
-    serde_json::to_value(relay).expect("serializes")
-}
-
 fn secret(key: &str) -> Value {
     let mut secret = Secret { data: Some([(key.to_owned(), ByteString(DATABASE_URL.into()))].into()), ..Secret::default() };
     secret.metadata.name = Some("shop-db".into());
@@ -121,14 +110,6 @@ fn app_deployment(resource_version: &str, managers: &[&str]) -> Value {
 
 fn pods(items: &[k8s_openapi::api::core::v1::Pod]) -> Value {
     json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items})
-}
-
-fn condition<'a>(status_patch: &'a Value, type_: &str) -> (&'a str, &'a str) {
-    let condition = status_patch["status"]["conditions"]
-        .as_array()
-        .and_then(|conditions| conditions.iter().find(|c| c["type"] == type_))
-        .unwrap_or_else(|| panic!("no {type_} condition in {status_patch}"));
-    (condition["status"].as_str().unwrap_or_default(), condition["reason"].as_str().unwrap_or_default())
 }
 
 /// The relay container the operator must add for the `SIDECAR` spec, spelled out.
@@ -584,22 +565,13 @@ async fn a_younger_relay_on_the_same_target_waits_without_touching_it() {
 
 #[tokio::test]
 async fn malformed_object_is_reported_without_failing() {
-    let (harness, mut api) = harness();
-    let invalid: DeserializeGuard<OutboxRelay> = serde_json::from_value(json!({
+    let (harness, api) = harness();
+    let manifest = json!({
         "apiVersion": "tributary.dev/v1alpha1",
         "kind": "OutboxRelay",
         "metadata": {"name": "broken", "namespace": "default", "generation": 2},
         "spec": {"database": "somewhere"},
-    }))
-    .expect("a guard always deserializes");
-    assert!(matches!(&invalid.0, Err(InvalidObject { .. })));
-    let scenario = tokio::spawn(async move {
-        let event = api.expect_event("default").await;
-        assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("InvalidConfig")));
-        let status = api.expect(Method::PATCH, &format!("{RELAYS}/broken/status"), json!({})).await;
-        assert_eq!(condition(&status.body, "Ready"), ("False", "InvalidConfig"));
-        assert_eq!(status.body["status"]["observedGeneration"], json!(2));
     });
-    assert_eq!(reconcile(Arc::new(invalid), harness.context.clone()).await.expect("reported"), Action::await_change());
-    scenario.await.expect("scenario ran");
+    let reconcile = async |guard| reconcile(guard, harness.context.clone()).await;
+    assert_malformed_object_reported::<OutboxRelay>(api, manifest, &format!("{RELAYS}/broken/status"), "InvalidConfig", reconcile).await;
 }

@@ -8,24 +8,22 @@
 
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
-use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
+use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::json;
-use tracing::{info, instrument, warn, Instrument};
+use tracing::{info, instrument};
 use tributary_api::subscription::{ReplayPhase, ReplayStatus, ScalingEngine};
 use tributary_api::{EventTopic, Subscription, SubscriptionStatus};
 
@@ -33,8 +31,9 @@ use super::desired::{self, WorkloadSettings, SUBSCRIPTION_LABEL};
 use super::replay::{self, Consumers, Step};
 use super::resolve::{self, DeadLetter, Workload};
 use super::scaler::{self, Decision, Policy};
-use super::status::{self, build_status, needs_patch, paused_status, reason, LagWrites, Outcome, Reconciled, Scaler};
-use crate::conditions::{Clock, DesiredCondition, Status};
+use super::status::{build_status, needs_patch, paused_status, reason, LagWrites, Outcome, Reconciled, Scaler};
+use crate::conditions::Clock;
+use crate::controller_support::{self, is_paused, object_name, publish, reconcile_guarded, InvalidObjectReport, Reporting};
 use crate::error::{Error, Result};
 use crate::event_topic::sync::SyncMode;
 use crate::kafka::{ConsumerGroups, GroupLag, KafkaError, TopicAdmin, TopicSpec};
@@ -128,12 +127,7 @@ pub async fn run(deps: Dependencies, ready: impl FnOnce() + Send + 'static) {
     let subscriptions: Api<DeserializeGuard<Subscription>> = Api::all(client.clone());
     let controller = Controller::new(subscriptions, watcher::Config::default().any_semantic());
     let store = controller.store();
-    let readiness_store = store.clone();
-    tokio::spawn(async move {
-        if readiness_store.wait_until_ready().await.is_ok() {
-            ready();
-        }
-    });
+    controller_support::signal_when_synced(store.clone(), ready);
     let mapper_store = store.clone();
     // Only the operator's own children: they carry the Subscription label.
     let children = watcher::Config::default().labels(SUBSCRIPTION_LABEL);
@@ -145,15 +139,8 @@ pub async fn run(deps: Dependencies, ready: impl FnOnce() + Send + 'static) {
             subscriptions_reading(&mapper_store.state(), &topic)
         });
     let context = Arc::new(Context::new(deps, store));
-    controller
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                warn!(%error, "Subscription reconcile failed");
-            }
-        })
-        .await;
+    let results = controller.shutdown_on_signal().run(reconcile, error_policy, context);
+    controller_support::log_failures(results, "Subscription").await;
 }
 
 /// The Subscriptions that read an EventTopic: those in its namespace that name it. A change of the
@@ -176,32 +163,19 @@ pub fn subscriptions_reading(
 
 /// Reconciles one Subscription, or reports one the API server holds but that does not parse.
 pub async fn reconcile(guard: Arc<DeserializeGuard<Subscription>>, context: Arc<Context>) -> Result<Action> {
-    let started = Instant::now();
-    let result = match &guard.0 {
-        Ok(subscription) => {
-            let span = tracing::info_span!(
-                "reconcile",
-                controller = CONTROLLER,
-                namespace = subscription.namespace().unwrap_or_default(),
-                name = subscription.name_any()
-            );
-            let result = reconcile_subscription(subscription, &context).instrument(span).await;
-            if let Err(error) = &result {
-                let reference = subscription.object_ref(&());
-                publish(&context, &reference, EventType::Warning, "ReconcileFailed", "Reconcile", error.to_string()).await;
-            }
-            result
-        }
-        Err(invalid) => report_invalid_object(invalid, &context).await,
+    let deps = &context.deps;
+    let reporting = Reporting { client: &deps.client, recorder: &deps.recorder, metrics: &deps.metrics, clock: deps.clock.as_ref() };
+    let invalid = InvalidObjectReport {
+        reason: reason::INVALID_SPEC,
+        status: |observed_generation, conditions| SubscriptionStatus { observed_generation, conditions, ..SubscriptionStatus::default() },
     };
-    context.deps.metrics.reconciled(CONTROLLER, started.elapsed());
-    result
+    reconcile_guarded(&guard, CONTROLLER, reporting, async |subscription| reconcile_subscription(subscription, &context).await, invalid)
+        .await
 }
 
 /// Failed reconciles are retried after a pause; the failure is counted by reason.
 pub fn error_policy(_guard: Arc<DeserializeGuard<Subscription>>, error: &Error, context: Arc<Context>) -> Action {
-    context.deps.metrics.failed(CONTROLLER, error.metric_label());
-    Action::requeue(context.deps.settings.error_retry)
+    controller_support::retry_after_failure(&context.deps.metrics, CONTROLLER, error, context.deps.settings.error_retry)
 }
 
 type SubscriptionApi = Api<DeserializeGuard<Subscription>>;
@@ -246,7 +220,7 @@ async fn reconcile_subscription(subscription: &Subscription, context: &Context) 
         Err(invalid) => {
             let message = invalid.to_string();
             report(Outcome::InvalidSpec(message.clone())).await?;
-            publish(context, &reference, EventType::Warning, reason::INVALID_SPEC, "Validate", message).await;
+            publish(&deps.recorder, &reference, EventType::Warning, reason::INVALID_SPEC, "Validate", message).await;
             return Ok(Action::await_change());
         }
     };
@@ -510,16 +484,7 @@ async fn patch_status_if_changed(
     if !needs_patch(subscription.status.as_ref(), &status, intervals) {
         return Ok(());
     }
-    apply_status(api, &subscription.name_any(), &status).await.map_err(|source| Error::Kube {
-        operation: "status patch",
-        object: object_name(subscription),
-        source,
-    })
-}
-
-async fn apply_status(api: &SubscriptionApi, name: &str, status: &SubscriptionStatus) -> Result<(), kube::Error> {
-    let patch = json!({ "apiVersion": Subscription::api_version(&()), "kind": Subscription::kind(&()), "status": status });
-    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await.map(drop)
+    controller_support::patch_status(api, subscription, &status).await
 }
 
 /// Events for what changed: the replica count, and each replay phase. Each kind of change has
@@ -532,7 +497,7 @@ async fn announce(context: &Context, reference: &ObjectReference, before: &Subsc
             let note = format!("scaled the consumers from {from} to {to} replicas ({lag})");
             info!(%note);
             let reason = if to > from { "ScaledUp" } else { "ScaledDown" };
-            publish(context, reference, EventType::Normal, reason, "Scale", note).await;
+            publish(&context.deps.recorder, reference, EventType::Normal, reason, "Scale", note).await;
         }
     }
     let phase = |status: &SubscriptionStatus| status.replay.as_ref().map(|replay| (replay.to_timestamp.clone(), replay.phase));
@@ -545,52 +510,8 @@ async fn announce(context: &Context, reference: &ObjectReference, before: &Subsc
         };
         let note = format!("replay to {}: {what}", to.0);
         info!(%note);
-        publish(context, reference, EventType::Normal, reason, "Replay", note).await;
+        publish(&context.deps.recorder, reference, EventType::Normal, reason, "Replay", note).await;
     }
-}
-
-/// Reports an object whose spec does not match the schema this operator knows, without stalling
-/// the watch for everything else.
-async fn report_invalid_object(invalid: &InvalidObject, context: &Context) -> Result<Action> {
-    let meta = &invalid.metadata;
-    let (name, namespace) = (meta.name.clone().unwrap_or_default(), meta.namespace.clone().unwrap_or_default());
-    let message = format!("cannot read Subscription {namespace}/{name}: {}", invalid.error);
-    warn!(%namespace, %name, error = %invalid.error, "Subscription does not match the schema");
-    let reference = ObjectReference {
-        api_version: Some(Subscription::api_version(&()).into_owned()),
-        kind: Some(Subscription::kind(&()).into_owned()),
-        name: meta.name.clone(),
-        namespace: meta.namespace.clone(),
-        uid: meta.uid.clone(),
-        resource_version: meta.resource_version.clone(),
-        ..ObjectReference::default()
-    };
-    publish(context, &reference, EventType::Warning, reason::INVALID_SPEC, "Validate", message.clone()).await;
-    let ready = DesiredCondition::new(status::READY, Status::False, reason::INVALID_SPEC, message);
-    let conditions = crate::conditions::merge_conditions(&[], &[ready], meta.generation, context.deps.clock.now());
-    let status = SubscriptionStatus { observed_generation: meta.generation, conditions, ..SubscriptionStatus::default() };
-    apply_status(&Api::namespaced(context.deps.client.clone(), &namespace), &name, &status).await.map_err(|source| Error::Kube {
-        operation: "status patch",
-        object: format!("Subscription {namespace}/{name}"),
-        source,
-    })?;
-    Ok(Action::await_change())
-}
-
-fn is_paused(subscription: &Subscription) -> bool {
-    subscription.annotations().get(tributary_api::PAUSED_ANNOTATION).is_some_and(|value| value == "true")
-}
-
-/// Publishes an Event; a failure to do so is logged, never fails the reconcile.
-async fn publish(context: &Context, reference: &ObjectReference, type_: EventType, reason: &str, action: &str, note: String) {
-    let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
-    if let Err(error) = context.deps.recorder.publish(&event, reference).await {
-        warn!(%error, reason, "could not publish Kubernetes Event");
-    }
-}
-
-fn object_name(subscription: &Subscription) -> String {
-    format!("Subscription {}/{}", subscription.namespace().unwrap_or_default(), subscription.name_any())
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::Method;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
+use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, store::Writer};
@@ -21,7 +21,7 @@ use super::desired::WorkloadSettings;
 use super::test_support::{ready, subscription};
 use crate::conditions::FixedClock;
 use crate::event_topic::test_support::event_topic;
-use crate::fixtures::{mock_client, ApiServerVerifier, RecordedRequest};
+use crate::fixtures::{self, assert_malformed_object_reported, condition, mock_client, ApiServerVerifier, RecordedRequest};
 use crate::kafka::{FakeConsumerGroups, FakeTopicAdmin};
 use crate::metrics::Metrics;
 
@@ -84,11 +84,9 @@ impl Harness {
     }
 }
 
-fn stored(mut subscription: Subscription) -> Subscription {
-    subscription.metadata.uid = Some("uid-billing".into());
-    subscription.metadata.generation = Some(1);
-    subscription.metadata.creation_timestamp = Some(Time(Timestamp::from_second(NOW - 100).expect("timestamp")));
-    subscription
+/// `subscription` as the API server stores it, created 100 s ago.
+fn stored(subscription: Subscription) -> Subscription {
+    fixtures::stored(subscription, NOW - 100)
 }
 
 /// The Subscription as the watch brings it back after the status patch `request`.
@@ -120,14 +118,6 @@ fn applied(kind: &str, api_version: &str, name: &str) -> Value {
 
 fn assert_server_side_apply(request: &RecordedRequest) {
     assert!(request.uri.contains("fieldManager=tributary-operator") && request.uri.contains("force=true"), "{}", request.uri);
-}
-
-fn condition<'a>(status_patch: &'a Value, type_: &str) -> (&'a str, &'a str) {
-    let found = status_patch["status"]["conditions"]
-        .as_array()
-        .and_then(|conditions| conditions.iter().find(|c| c["type"] == type_))
-        .unwrap_or_else(|| panic!("no {type_} condition in {status_patch}"));
-    (found["status"].as_str().unwrap_or_default(), found["reason"].as_str().unwrap_or_default())
 }
 
 fn containers(deployment_patch: &Value) -> &Vec<Value> {
@@ -578,22 +568,14 @@ async fn a_paused_subscription_only_says_so() {
 
 #[tokio::test]
 async fn a_malformed_subscription_is_reported_without_failing() {
-    let (harness, mut api) = harness();
-    let invalid: DeserializeGuard<Subscription> = serde_json::from_value(json!({
+    let (harness, api) = harness();
+    let manifest = json!({
         "apiVersion": "tributary.dev/v1alpha1",
         "kind": "Subscription",
         "metadata": {"name": "billing", "namespace": "default", "generation": 3},
         "spec": {"topics": "orders"},
-    }))
-    .expect("a guard always deserializes");
-    assert!(matches!(&invalid.0, Err(InvalidObject { .. })));
-    let scenario = tokio::spawn(async move {
-        let event = api.expect_event("default").await;
-        assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("InvalidSpec")));
-        let status = api.expect(Method::PATCH, &format!("{SUBSCRIPTIONS}/billing/status"), json!({})).await;
-        assert_eq!(condition(&status.body, "Ready"), ("False", "InvalidSpec"));
-        assert_eq!(status.body["status"]["observedGeneration"], 3);
     });
-    assert_eq!(reconcile(Arc::new(invalid), harness.context.clone()).await.expect("reported"), Action::await_change());
-    scenario.await.expect("scenario ran");
+    let reconcile = async |guard| reconcile(guard, harness.context.clone()).await;
+    assert_malformed_object_reported::<Subscription>(api, manifest, &format!("{SUBSCRIPTIONS}/billing/status"), "InvalidSpec", reconcile)
+        .await;
 }

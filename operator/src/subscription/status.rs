@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use tributary_api::subscription::{ReplayPhase, ReplayStatus, ScalingEngine, TopicLag};
 use tributary_api::{Subscription, SubscriptionStatus};
 
@@ -13,12 +13,11 @@ use super::scaler::{self, Decision};
 use crate::conditions::{self, DesiredCondition, Status};
 use crate::kafka::GroupLag;
 
-/// Condition types.
+/// Condition types (and ReconciliationPaused, from [`conditions`]).
 pub const READY: &str = "Ready";
 pub const TOPICS_READY: &str = "TopicsReady";
 pub const SCALED: &str = "Scaled";
 pub const REPLAY_IN_PROGRESS: &str = "ReplayInProgress";
-pub const RECONCILIATION_PAUSED: &str = "ReconciliationPaused";
 
 /// Condition reasons.
 pub mod reason {
@@ -31,7 +30,6 @@ pub mod reason {
     pub const CONSUMER_GROUP_CONFLICT: &str = "ConsumerGroupConflict";
     pub const DEPLOYMENT_CONFLICT: &str = "DeploymentConflict";
     pub const KAFKA_UNAVAILABLE: &str = "KafkaUnavailable";
-    pub const PAUSED: &str = "Paused";
     // Ready and TopicsReady
     pub const TOPICS_NOT_READY: &str = "TopicsNotReady";
     // TopicsReady
@@ -254,17 +252,10 @@ pub fn build_status(subscription: &Subscription, group: &str, outcome: &Outcome,
 }
 
 /// The status of a paused Subscription: what it last had, plus a condition saying it is paused.
-/// Each condition keeps its own observedGeneration: a paused object is not observed anew.
 pub fn paused_status(subscription: &Subscription, now: Timestamp) -> SubscriptionStatus {
     let previous = subscription.status.clone().unwrap_or_default();
-    let mut conditions: Vec<_> = previous.conditions.iter().filter(|condition| condition.type_ != RECONCILIATION_PAUSED).cloned().collect();
-    let paused = DesiredCondition::new(
-        RECONCILIATION_PAUSED,
-        Status::True,
-        reason::PAUSED,
-        format!("annotation {}=\"true\" is set; the consumers are neither changed nor scaled", tributary_api::PAUSED_ANNOTATION),
-    );
-    conditions.extend(conditions::merge_conditions(&previous.conditions, &[paused], subscription.metadata.generation, now));
+    let is_left_alone = "the consumers are neither changed nor scaled";
+    let conditions = conditions::paused_conditions(&previous.conditions, is_left_alone, subscription.metadata.generation, now);
     SubscriptionStatus { conditions, ..previous }
 }
 
@@ -284,16 +275,9 @@ pub fn needs_patch(old: Option<&SubscriptionStatus>, new: &SubscriptionStatus, i
     let Some(old) = old else { return true };
     let without_lag =
         |status: &SubscriptionStatus| SubscriptionStatus { lag: Vec::new(), total_lag: None, lag_observed_time: None, ..status.clone() };
-    if without_lag(old) != without_lag(new) {
-        return true;
-    }
-    match (&old.lag_observed_time, &new.lag_observed_time) {
-        (Some(Time(before)), Some(Time(after))) => {
-            let interval = if old.lag == new.lag { intervals.unchanged } else { intervals.changed };
-            after.duration_since(*before) >= SignedDuration::try_from(interval).unwrap_or(SignedDuration::MAX)
-        }
-        (before, after) => before != after,
-    }
+    let interval = if old.lag == new.lag { intervals.unchanged } else { intervals.changed };
+    without_lag(old) != without_lag(new)
+        || conditions::refresh_due(old.lag_observed_time.as_ref(), new.lag_observed_time.as_ref(), interval)
 }
 
 #[cfg(test)]
@@ -455,11 +439,12 @@ mod tests {
         let paused = paused_status(&subscription, at(10));
         assert_eq!(paused.conditions.len(), 5);
         assert_eq!(find(&paused, READY).observed_generation, Some(1), "not observed at the new generation");
-        let condition = find(&paused, RECONCILIATION_PAUSED);
+        let condition = find(&paused, conditions::RECONCILIATION_PAUSED);
         assert_eq!(
             (condition.status.as_str(), condition.reason.as_str(), condition.observed_generation),
-            ("True", reason::PAUSED, Some(2))
+            ("True", conditions::PAUSED, Some(2))
         );
+        assert!(condition.message.contains("the consumers are neither changed nor scaled"), "{}", condition.message);
         assert_eq!(paused.total_lag, Some(150));
     }
 }
