@@ -10,6 +10,8 @@
 #                                         (falls back to TRIBUTARY_BOOTSTRAP_SERVERS)
 #        TRIBUTARY_E2E_IMAGE_REPOSITORY, TRIBUTARY_E2E_IMAGE_TAG
 #                                         operator image to deploy (e.g. one `kind load`ed)
+#        TRIBUTARY_E2E_RELAY_IMAGE_REPOSITORY, TRIBUTARY_E2E_RELAY_IMAGE_TAG
+#                                         tributary-relay image the operator runs in workloads
 #        TRIBUTARY_E2E_NAMESPACE          release namespace (tributary-system)
 # Exports to the tests: TRIBUTARY_KUBECTL, TRIBUTARY_HELM, TRIBUTARY_TANSU,
 #        TRIBUTARY_E2E_NAMESPACE, TRIBUTARY_E2E_BOOTSTRAP_SERVERS, TRIBUTARY_TEST_STRICT=1
@@ -54,6 +56,12 @@ if [[ -n ${TRIBUTARY_E2E_IMAGE_REPOSITORY:-} ]]; then
 fi
 if [[ -n ${TRIBUTARY_E2E_IMAGE_TAG:-} ]]; then
   helm_args+=(--set "image.tag=$TRIBUTARY_E2E_IMAGE_TAG")
+fi
+if [[ -n ${TRIBUTARY_E2E_RELAY_IMAGE_REPOSITORY:-} ]]; then
+  helm_args+=(--set "relayImage.repository=$TRIBUTARY_E2E_RELAY_IMAGE_REPOSITORY")
+fi
+if [[ -n ${TRIBUTARY_E2E_RELAY_IMAGE_TAG:-} ]]; then
+  helm_args+=(--set "relayImage.tag=$TRIBUTARY_E2E_RELAY_IMAGE_TAG")
 fi
 "$TRIBUTARY_HELM" "${helm_args[@]}"
 
