@@ -34,10 +34,10 @@ use super::desired::{
 };
 use super::probe::{ready_relays, ProbeSchedule, RelayStatusSource};
 use super::resolve::{check_secret, get_deployment, lookup_topics, target_holder, validate};
-use super::status::{build_status, ready_reason, reason, recorded_target, Observation, Workload, READY};
+use super::status::{build_status, paused_status, ready_reason, reason, recorded_target, Observation, Workload, READY};
 use crate::conditions::Clock;
 use crate::controller_support::{
-    self, has_finalizer, object_name, publish, reconcile_guarded, set_finalizer, InvalidObjectReport, Reporting,
+    self, has_finalizer, is_paused, object_name, publish, reconcile_guarded, set_finalizer, InvalidObjectReport, Reporting,
 };
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -162,7 +162,16 @@ async fn reconcile_relay(relay: &OutboxRelay, context: &Context) -> Result<Actio
     let namespace = relay.namespace().ok_or_else(|| Error::MissingNamespace { object: object.clone() })?;
     let api: RelayApi = Api::namespaced(context.client.clone(), &namespace);
     if relay.metadata.deletion_timestamp.is_some() {
+        // Even when paused: the sidecar lives in someone else's Deployment, and nothing else
+        // would ever remove it.
         return finalize(relay, &api, &namespace, context).await;
+    }
+    if is_paused(relay) {
+        let status = paused_status(relay, context.clock.now());
+        if relay.status.as_ref() != Some(&status) {
+            controller_support::patch_status(&api, relay, &status).await?;
+        }
+        return Ok(Action::await_change());
     }
 
     let relays = context.store.state();

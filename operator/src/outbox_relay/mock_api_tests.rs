@@ -564,6 +564,22 @@ async fn a_younger_relay_on_the_same_target_waits_without_touching_it() {
 }
 
 #[tokio::test]
+async fn a_paused_relay_only_reports_that_it_is_paused() {
+    let (harness, mut api) = harness();
+    let mut relay = stored(outbox_relay("shop-outbox", SIDECAR), NOW - 10);
+    relay.metadata.annotations = Some([(tributary_api::PAUSED_ANNOTATION.to_owned(), "true".to_owned())].into());
+    let response = echo(&relay);
+    let scenario = tokio::spawn(async move {
+        let status = api.expect(Method::PATCH, &format!("{RELAYS}/shop-outbox/status"), response).await;
+        assert_eq!(condition(&status.body, "ReconciliationPaused"), ("True", "Paused"));
+        api.expect_no_more_requests().await;
+    });
+    let action = harness.reconcile(&relay).await.expect("reconciles");
+    assert_eq!(action, Action::await_change());
+    scenario.await.expect("scenario ran");
+}
+
+#[tokio::test]
 async fn malformed_object_is_reported_without_failing() {
     let (harness, api) = harness();
     let manifest = json!({

@@ -179,6 +179,14 @@ fn ready(relay: &OutboxRelay, observation: &Observation, conditions: &[&DesiredC
 
 /// The status after a reconcile: conditions, where the relay runs, and the relay's own figures
 /// (kept from before when no relay could be asked).
+/// The status of a paused OutboxRelay: what it last had, plus a condition saying it is paused.
+pub fn paused_status(relay: &OutboxRelay, now: Timestamp) -> OutboxRelayStatus {
+    let previous = relay.status.clone().unwrap_or_default();
+    let is_left_alone = "the relay's container or Deployment is left as it is";
+    let conditions = conditions::paused_conditions(&previous.conditions, is_left_alone, relay.metadata.generation, now);
+    OutboxRelayStatus { conditions, ..previous }
+}
+
 pub fn build_status(relay: &OutboxRelay, observation: &Observation, now: Timestamp) -> OutboxRelayStatus {
     let previous = relay.status.clone().unwrap_or_default();
     let generation = relay.metadata.generation;
