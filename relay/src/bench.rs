@@ -489,6 +489,7 @@ impl Bench {
         }
         figure("latency_catch_up_s", format!("{:.3}", catch_up.as_secs_f64()));
         figure("latency_batches", recorder.batches());
+        figure("latency_longest_kafka_wait_ms", format!("{:.2}", recorder.longest_kafka_wait().as_secs_f64() * 1000.0));
         cpu.print("latency");
         Ok(())
     }
@@ -579,6 +580,8 @@ struct AckRecorder {
     acked: AtomicU64,
     batches: AtomicU64,
     kafka_wait_nanos: AtomicU64,
+    /// The longest single wait for Kafka: tells a broker stall from a database one.
+    longest_kafka_wait_nanos: AtomicU64,
     ack_times: Option<Mutex<HashMap<String, Instant>>>,
 }
 
@@ -589,6 +592,7 @@ impl AckRecorder {
             acked: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             kafka_wait_nanos: AtomicU64::new(0),
+            longest_kafka_wait_nanos: AtomicU64::new(0),
             ack_times: record_ack_times.then(|| Mutex::new(HashMap::new())),
         }
     }
@@ -599,6 +603,10 @@ impl AckRecorder {
 
     fn batches(&self) -> u64 {
         self.batches.load(Ordering::Acquire)
+    }
+
+    fn longest_kafka_wait(&self) -> Duration {
+        Duration::from_nanos(self.longest_kafka_wait_nanos.load(Ordering::Acquire))
     }
 
     fn kafka_wait(&self) -> Duration {
@@ -622,6 +630,7 @@ impl EventProducer for AckRecorder {
         let acked_at = Instant::now();
         let wait = u64::try_from(acked_at.duration_since(started).as_nanos()).unwrap_or(u64::MAX);
         self.kafka_wait_nanos.fetch_add(wait, Ordering::AcqRel);
+        self.longest_kafka_wait_nanos.fetch_max(wait, Ordering::AcqRel);
         self.batches.fetch_add(1, Ordering::AcqRel);
         let acked = results.iter().filter(|result| result.is_ok()).count();
         if let (Some(times), Some(ids)) = (&self.ack_times, ids) {
