@@ -25,13 +25,14 @@ use crate::event_topic::controller::reconcile_kafka;
 use crate::event_topic::status::{build_status, Outcome, READY};
 use crate::event_topic::sync::{SyncMode, TopicReport};
 use crate::kafka::TopicAdmin;
-use crate::outbox_relay::desired::{relay_workload, PlacementKind, RelaySettings, RelayWorkload};
+use crate::outbox_relay::desired::{relay_workload, PlacementKind, RelayWorkload};
 use crate::outbox_relay::resolve::{resolve_routes, validate, SecretCheck, TopicLookup};
 use crate::outbox_relay::status::{self as relay_status, Observation, Workload};
 use crate::subscription::controller::ensure_dead_letter_topic;
-use crate::subscription::desired::{self, WorkloadSettings};
+use crate::subscription::desired;
 use crate::subscription::resolve::{self, DeadLetter};
 use crate::subscription::scaler::Policy;
+use crate::workload::WorkloadSettings;
 
 /// One YAML document and where it came from.
 #[derive(Debug, Clone)]
@@ -428,7 +429,7 @@ pub struct RelayPlan {
 /// Plans every OutboxRelay against the EventTopics of the same input (and what applying them
 /// made of them). Offline there is no cluster: the database Secret and a sidecar's target
 /// Deployment are taken to exist.
-pub fn plan_outbox_relays(relays: &[OutboxRelay], topics: &[TopicResult], settings: &RelaySettings, now: Timestamp) -> Vec<RelayPlan> {
+pub fn plan_outbox_relays(relays: &[OutboxRelay], topics: &[TopicResult], settings: &WorkloadSettings, now: Timestamp) -> Vec<RelayPlan> {
     relays
         .iter()
         .map(|relay| {
@@ -617,8 +618,7 @@ spec:
             objects.iter().filter_map(|object| if let Object::OutboxRelay(relay) = object { Some(*relay.clone()) } else { None }).collect();
         let admin = FakeTopicAdmin::new();
         let topics = apply_event_topics(&admin, &event_topics(objects), SyncMode::Apply, Timestamp::UNIX_EPOCH).await;
-        let settings = RelaySettings { image: "relay:1".into(), bootstrap_servers: "kafka:9092".into() };
-        let plans = plan_outbox_relays(&relays, &topics, &settings, Timestamp::UNIX_EPOCH);
+        let plans = plan_outbox_relays(&relays, &topics, &settings(), Timestamp::UNIX_EPOCH);
 
         let sidecar = plans[0].workload.as_ref().expect("orders exists in shop and is Ready");
         let container = crate::outbox_relay::desired::relay_container(
@@ -628,14 +628,14 @@ spec:
                 event_topic: "orders".into(),
                 kafka_topic: "orders".into(),
             }],
-            &settings,
+            &settings(),
         );
         assert_eq!(
             sidecar,
             &RelayWorkload::Sidecar {
                 target: "shop-api".into(),
                 field_manager: "tributary-operator/outbox-relay/shop-outbox".into(),
-                body: crate::outbox_relay::desired::sidecar_apply_body("shop", "shop-api", &container),
+                body: crate::outbox_relay::desired::sidecar_apply_body("shop", "shop-api", &container, None),
             }
         );
         assert_eq!(plans[1].workload.as_ref().map_err(|(reason, _)| reason.as_str()).err(), Some("TopicNotFound"));
@@ -656,8 +656,7 @@ spec:
         let relays: Vec<OutboxRelay> =
             objects.iter().filter_map(|object| if let Object::OutboxRelay(relay) = object { Some(*relay.clone()) } else { None }).collect();
         let topics = apply_event_topics(&FakeTopicAdmin::new(), &event_topics(objects), SyncMode::DryRun, Timestamp::UNIX_EPOCH).await;
-        let settings = RelaySettings { image: "relay:1".into(), bootstrap_servers: "kafka:9092".into() };
-        let plans = plan_outbox_relays(&relays, &topics, &settings, Timestamp::UNIX_EPOCH);
+        let plans = plan_outbox_relays(&relays, &topics, &settings(), Timestamp::UNIX_EPOCH);
         let Ok(RelayWorkload::Standalone(deployment)) = &plans[0].workload else { panic!("{:?}", plans[0].workload) };
         assert_eq!(deployment.metadata.name.as_deref(), Some("billing-relay"));
         assert!(deployment.metadata.owner_references.is_none(), "offline objects have no uid to own by");

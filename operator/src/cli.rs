@@ -17,8 +17,9 @@ use crate::conditions::{Clock, SystemClock};
 use crate::event_topic::{self, sync::SyncMode};
 use crate::kafka::{KafkaConnection, RdKafkaTopicAdmin, TopicAdmin};
 use crate::metrics::Metrics;
-use crate::outbox_relay::{self, desired::RelaySettings, probe::HttpRelayStatus};
+use crate::outbox_relay::{self, probe::HttpRelayStatus};
 use crate::subscription;
+use crate::workload::WorkloadSettings;
 use tributary_common::logging::{self, LoggingArgs};
 use tributary_common::server::{self, Readiness};
 
@@ -75,15 +76,16 @@ impl KafkaArgs {
 
 #[derive(Debug, Args)]
 pub struct WorkloadArgs {
-    /// Secret, in each Subscription's namespace, holding `kafka.properties` (librdkafka SASL/TLS
-    /// settings) and the files it names; mounted into consumers and dispatchers.
+    /// Secret, in each Subscription's and OutboxRelay's namespace, holding `kafka.properties`
+    /// (librdkafka SASL/TLS settings) and the files it names; mounted into consumers, push
+    /// dispatchers and outbox relays.
     #[arg(long, env = "TRIBUTARY_WORKLOAD_KAFKA_PROPERTIES_SECRET")]
     pub workload_kafka_properties_secret: Option<String>,
 }
 
 impl WorkloadArgs {
-    fn settings(&self, kafka: &KafkaArgs, relay_image: &str) -> subscription::desired::WorkloadSettings {
-        subscription::desired::WorkloadSettings {
+    fn settings(&self, kafka: &KafkaArgs, relay_image: &str) -> WorkloadSettings {
+        WorkloadSettings {
             bootstrap_servers: kafka.bootstrap_servers.clone(),
             relay_image: relay_image.to_owned(),
             kafka_properties_secret: self.workload_kafka_properties_secret.clone(),
@@ -191,6 +193,7 @@ async fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let recorder = Recorder::new(client.clone(), reporter);
     let synced = SyncedControllers::new(readiness, 3);
+    let workload = args.workload.settings(&args.kafka, &args.relay_image);
     let subscriptions = subscription::controller::run(
         subscription::Dependencies {
             client: client.clone(),
@@ -204,16 +207,13 @@ async fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
                 resync_interval: args.resync_interval,
                 ..subscription::Settings::default()
             },
-            workload: args.workload.settings(&args.kafka, &args.relay_image),
+            workload: workload.clone(),
         },
         synced.callback(),
     );
     let topics =
         event_topic::controller::run(client.clone(), admin, metrics.clone(), clock.clone(), recorder.clone(), settings, synced.callback());
-    let relay_settings = outbox_relay::Settings::new(RelaySettings {
-        image: args.relay_image.clone(),
-        bootstrap_servers: args.kafka.bootstrap_servers.clone(),
-    });
+    let relay_settings = outbox_relay::Settings::new(workload);
     let relay_status = Arc::new(HttpRelayStatus { timeout: Duration::from_secs(2) });
     let relays = outbox_relay::controller::run(client, metrics, clock, recorder, relay_status, relay_settings, synced.callback());
     tokio::select! {
@@ -272,8 +272,7 @@ async fn run_apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let workload = args.workload.settings(&args.kafka, &args.relay_image);
     let subscription_results = apply::apply_subscriptions(admin.as_ref(), &subscriptions, &results, mode, &workload).await;
     print!("{}", apply::render_subscriptions(&subscription_results, mode));
-    let relay_settings = RelaySettings { image: args.relay_image, bootstrap_servers: args.kafka.bootstrap_servers };
-    let relay_plans = apply::plan_outbox_relays(&relays, &results, &relay_settings, SystemClock.now());
+    let relay_plans = apply::plan_outbox_relays(&relays, &results, &workload, SystemClock.now());
     print!("{}", apply::render_relay_plans(&relay_plans));
     let not_ready = results.iter().filter(|result| !result.is_ready()).count();
     let not_applied = subscription_results.iter().filter(|result| !result.is_applied()).count();

@@ -16,6 +16,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod outbox_relay;
 pub mod subscription;
+pub mod workload;
 
 /// The one field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "tributary-operator";

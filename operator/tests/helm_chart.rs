@@ -581,6 +581,20 @@ fn relay_image_can_be_moved_and_pinned() {
 }
 
 #[test]
+fn workload_kafka_properties_secret_is_named_to_the_operator_only_when_set() {
+    let Some(helm) = helm() else { return };
+    const VARIABLE: &str = "TRIBUTARY_WORKLOAD_KAFKA_PROPERTIES_SECRET";
+    assert!(!has_env(helm.render(&with_bootstrap(&[])).operator_container(), VARIABLE), "workloads get no credentials by default");
+    let rendered = helm.render(&with_bootstrap(&[("workloads.kafkaPropertiesSecret", "kafka-workload")]));
+    let container = rendered.operator_container();
+    assert_eq!(env_value(container, VARIABLE), Some("kafka-workload"));
+    // It lives in the workloads' namespaces: the operator's pod neither mounts it nor needs it.
+    assert!(!has_env(container, "TRIBUTARY_KAFKA_PROPERTIES_FILE"), "the operator's own properties file is a separate value");
+    let volumes = rendered.pod_spec().volumes.clone().unwrap_or_default();
+    assert!(volumes.iter().all(|volume| volume.secret.is_none()), "nothing is mounted for workloads: {volumes:?}");
+}
+
+#[test]
 fn kafka_tls_secret_is_mounted_read_only() {
     let Some(helm) = helm() else { return };
     let rendered = helm.render(&with_bootstrap(&[("kafka.tlsSecret.name", "kafka-ca")]));
@@ -627,6 +641,7 @@ fn values_outside_the_schema_are_rejected() {
         ("operator.resyncInterval", "often"),
         ("operator.port", "0"),
         ("operator.listenHost", "localhost"),
+        ("workloads.kafkaPropertiesSecret", "Kafka_Auth"),
     ] {
         let stderr = helm.template(&with_bootstrap(&[(key, value)])).expect_failure(&format!("helm template --set {key}={value}"));
         let field = key.rsplit('.').next().expect("a key");

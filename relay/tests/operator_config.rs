@@ -1,14 +1,16 @@
 //! The relay as the operator configures it, against a real PostgreSQL and a real Kafka-protocol
 //! broker: the OutboxRelay controller's own builder renders the `tributary-relay` container; its
 //! environment (the database URL resolved from a test Secret, as the kubelet resolves a
-//! `secretKeyRef`) and arguments run the real binary; committed rows must arrive in Kafka with the
-//! routed topic and the default CloudEvents source, and `GET /status`, read with the operator's
-//! client, must report them published. Environment as in `outbox_broker.rs`.
+//! `secretKeyRef`; the workload Kafka properties Secret mounted from a directory, as the kubelet
+//! mounts the volume) and arguments run the real binary; committed rows must arrive in Kafka with
+//! the routed topic and the default CloudEvents source, and `GET /status`, read with the
+//! operator's client, must report them published. Environment as in `outbox_broker.rs`.
 
 mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,9 +20,10 @@ use kube::core::error_boundary::DeserializeGuard;
 use serde_json::json;
 use support::*;
 use tributary_api::{EventTopic, OutboxRelay};
-use tributary_operator::outbox_relay::desired::{cloud_events_source, relay_container, RelaySettings};
+use tributary_operator::outbox_relay::desired::{cloud_events_source, relay_container, KAFKA_PROPERTIES_VOLUME};
 use tributary_operator::outbox_relay::probe::{HttpRelayStatus, RelayStatusSource};
 use tributary_operator::outbox_relay::resolve::{resolve_routes, Routes, TopicLookup};
+use tributary_operator::workload::WorkloadSettings;
 
 /// The container's environment as the kubelet would set it: literal values as they are,
 /// `secretKeyRef`s from `secrets` (by Secret name and key); anything else fails the test.
@@ -41,6 +44,18 @@ fn kubelet_env(container: &Container, secrets: &HashMap<(&str, &str), String>) -
             (var.name.clone(), value)
         })
         .collect()
+}
+
+/// The Secret volume `volume` as the kubelet mounts it, from `dir`: variables that point under
+/// the container's mount of it point under `dir` instead.
+fn mount_secret(container: &Container, vars: &mut [(String, String)], volume: &str, dir: &Path) {
+    let mount = container.volume_mounts.iter().flatten().find(|mount| mount.name == volume).expect("the container mounts the volume");
+    assert_eq!(mount.read_only, Some(true), "Secrets are mounted read-only");
+    for (_, value) in vars.iter_mut() {
+        if let Some(file) = value.strip_prefix(&mount.mount_path) {
+            *value = format!("{}{file}", dir.display());
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,10 +94,21 @@ async fn the_relay_runs_with_the_configuration_the_operator_renders() {
     let Routes::Ready(routes) = resolve_routes(&relay, |name| TopicLookup::of((name == "orders").then_some(&orders))) else {
         panic!("the route to a Ready EventTopic resolves")
     };
-    let settings = RelaySettings { image: "not used".into(), bootstrap_servers: env.bootstrap_servers.clone() };
+    let settings = WorkloadSettings {
+        bootstrap_servers: env.bootstrap_servers.clone(),
+        relay_image: "not used".into(),
+        kafka_properties_secret: Some("kafka-auth".into()),
+    };
     let container = relay_container(&relay, &routes, &settings);
     let secrets = HashMap::from([(("shop-db", "dsn"), env.database_url.clone())]);
-    let vars = kubelet_env(&container, &secrets);
+    let mut vars = kubelet_env(&container, &secrets);
+    // The test broker has no SASL: a client id is all the properties file can carry, and the
+    // relay fails to start if the file its variable names is not there.
+    let kafka_secret = tempfile::tempdir().expect("temp dir");
+    std::fs::write(kafka_secret.path().join("kafka.properties"), "client.id=tributary-operator-config-test\n").expect("write");
+    mount_secret(&container, &mut vars, KAFKA_PROPERTIES_VOLUME, kafka_secret.path());
+    let properties_file = vars.iter().find(|(name, _)| name == "TRIBUTARY_KAFKA_PROPERTIES_FILE").map(|(_, value)| Path::new(value));
+    assert_eq!(properties_file.and_then(Path::parent), Some(kafka_secret.path()), "the file is in the mounted Secret");
     let listen = SocketAddr::from(([127, 0, 0, 1], port));
     let relay_process = Relay::start(container.args.as_deref().unwrap_or_default(), &vars, listen);
 

@@ -30,7 +30,7 @@ use tributary_api::{EventTopic, OutboxRelay, OutboxRelayStatus};
 
 use super::desired::{
     managed_deployments_selector, relay_port, relay_workload, sidecar_field_manager, sidecar_removal_body, standalone_name, PlacementKind,
-    RelaySettings, RelayWorkload, ResolvedRoute,
+    RelayWorkload, ResolvedRoute,
 };
 use super::probe::{ready_relays, ProbeSchedule, RelayStatusSource};
 use super::resolve::{check_secret, get_deployment, lookup_topics, target_holder, validate};
@@ -41,6 +41,7 @@ use crate::controller_support::{
 };
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::workload::WorkloadSettings;
 
 /// Name of this controller in metrics and logs.
 pub const CONTROLLER: &str = "outboxrelay";
@@ -51,7 +52,8 @@ pub const FINALIZER: &str = "tributary.dev/remove-relay-sidecar";
 /// What the OutboxRelay controller needs besides the cluster.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub relay: RelaySettings,
+    /// What the relays get from the operator's own configuration.
+    pub workload: WorkloadSettings,
     /// How often each relay's figures and pods are read again when nothing changed.
     pub status_interval: Duration,
     /// Delay before retrying after the API server failed.
@@ -59,8 +61,8 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn new(relay: RelaySettings) -> Self {
-        Settings { relay, status_interval: Duration::from_secs(30), error_retry: Duration::from_secs(15) }
+    pub fn new(workload: WorkloadSettings) -> Self {
+        Settings { workload, status_interval: Duration::from_secs(30), error_retry: Duration::from_secs(15) }
     }
 }
 
@@ -242,7 +244,7 @@ async fn apply_relay(
     if relay.status.as_ref().map(|status| (&status.placement, &status.target)) != Some((&recorded.placement, &recorded.target)) {
         controller_support::patch_status(api, relay, &recorded).await?;
     }
-    let workload = relay_workload(relay, routes, &context.settings.relay);
+    let workload = relay_workload(relay, routes, &context.settings.workload);
     let (name, manager) = (workload.deployment_name(), workload.field_manager());
     let deployments: Api<Deployment> = Api::namespaced(context.client.clone(), namespace);
     let (applied, change) = match &workload {

@@ -1,5 +1,6 @@
 //! What runs an OutboxRelay (pure): the `tributary-relay` container, configured entirely through
-//! environment variables; the Deployment that runs it standalone; and the server-side apply bodies
+//! environment variables (and, with `--workload-kafka-properties-secret`, the Secret volume holding
+//! the Kafka credentials); the Deployment that runs it standalone; and the server-side apply bodies
 //! that add it to, and remove it from, an application's Deployment.
 
 use std::collections::BTreeMap;
@@ -7,7 +8,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Volume,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -17,6 +18,8 @@ use serde_json::{json, Value};
 use tributary_api::outbox_relay::{CleanupMode, Columns, FailurePolicy, PayloadFormat, Placement, RELAY_PORT};
 use tributary_api::{OutboxRelay, OutboxRelaySpec};
 
+use crate::workload::{KafkaProperties, WorkloadSettings};
+
 /// Name of the relay container, in the standalone Deployment and in an application's pods.
 pub const CONTAINER_NAME: &str = "tributary-relay";
 /// Name of the relay container's HTTP port (`/metrics`, `/healthz`, `/readyz`, `/status`).
@@ -25,15 +28,9 @@ pub const PORT_NAME: &str = "outbox-relay";
 pub const COMPONENT: &str = "outbox-relay";
 /// Label naming the OutboxRelay a standalone relay pod belongs to.
 pub const RELAY_LABEL: &str = "tributary.dev/outbox-relay";
-
-/// What every relay gets from the operator's own configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RelaySettings {
-    /// The `tributary-relay` image.
-    pub image: String,
-    /// Kafka bootstrap servers, the operator's own.
-    pub bootstrap_servers: String,
-}
+/// Name of the volume holding the workload Kafka properties Secret. In an application's pods it
+/// sits among the application's own volumes, so it is named to clash with none of them.
+pub const KAFKA_PROPERTIES_VOLUME: &str = "tributary-relay-kafka";
 
 /// A route with its EventTopic resolved to the Kafka topic the relay writes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +99,11 @@ pub fn cloud_events_source(relay: &OutboxRelay) -> String {
         .unwrap_or_else(|| format!("/tributary/{}/{}", relay.namespace().unwrap_or_default(), relay.name_any()))
 }
 
+/// The workload Kafka properties Secret, as the relay's pods mount it.
+fn kafka_properties(settings: &WorkloadSettings) -> Option<KafkaProperties<'_>> {
+    settings.kafka_properties(KAFKA_PROPERTIES_VOLUME)
+}
+
 /// Port of the relay's HTTP server.
 pub fn relay_port(placement: &Placement) -> i32 {
     placement.sidecar.as_ref().map_or(RELAY_PORT, |sidecar| sidecar.port)
@@ -109,7 +111,7 @@ pub fn relay_port(placement: &Placement) -> i32 {
 
 /// The relay's configuration. Every spec field that affects the relay ends up here, so changing
 /// any of them changes the pod template and rolls the relay.
-pub fn relay_env(relay: &OutboxRelay, routes: &[ResolvedRoute], settings: &RelaySettings) -> Vec<EnvVar> {
+pub fn relay_env(relay: &OutboxRelay, routes: &[ResolvedRoute], settings: &WorkloadSettings) -> Vec<EnvVar> {
     // Destructured without `..`: a new spec field does not compile until it is handled here.
     let OutboxRelaySpec {
         database,
@@ -184,6 +186,7 @@ pub fn relay_env(relay: &OutboxRelay, routes: &[ResolvedRoute], settings: &Relay
     std::iter::once(database_url)
         .chain(plain.into_iter().map(literal))
         .chain(optional.into_iter().filter_map(|(name, value)| value.map(|value| literal((name, value)))))
+        .chain(kafka_properties(settings).map(|kafka| kafka.env()))
         .collect()
 }
 
@@ -198,11 +201,11 @@ fn http_probe(path: &str, period_seconds: i32) -> Probe {
 }
 
 /// The `tributary-relay outbox` container.
-pub fn relay_container(relay: &OutboxRelay, routes: &[ResolvedRoute], settings: &RelaySettings) -> Container {
+pub fn relay_container(relay: &OutboxRelay, routes: &[ResolvedRoute], settings: &WorkloadSettings) -> Container {
     let sidecar = relay.spec.placement.sidecar.is_some();
     Container {
         name: CONTAINER_NAME.into(),
-        image: Some(settings.image.clone()),
+        image: Some(settings.relay_image.clone()),
         args: Some(vec!["outbox".into()]),
         env: Some(relay_env(relay, routes, settings)),
         ports: Some(vec![ContainerPort {
@@ -230,35 +233,41 @@ pub fn relay_container(relay: &OutboxRelay, routes: &[ResolvedRoute], settings: 
         // Configuration errors end the relay with exit code 2 and a one-line reason on stderr;
         // this puts that line into the pod's status.
         termination_message_policy: Some("FallbackToLogsOnError".into()),
+        volume_mounts: kafka_properties(settings).map(|kafka| vec![kafka.mount()]),
         ..Container::default()
     }
 }
 
 /// The server-side apply body that adds the relay container to the application's Deployment.
 ///
-/// It holds the container and nothing else: no replicas, no selector, no labels. The API server
-/// merges an apply into the live object, so a partial body is valid against an existing
-/// Deployment (only a create would need a selector and template labels, and the controller
-/// applies only to a Deployment it has just read). Containers are a list-map keyed by `name`, so
-/// this field manager comes to own the entry `tributary-relay` and the fields inside it, while the
-/// application's own containers stay with whoever applied them: `kubectl apply` (client- or
-/// server-side), Helm and GitOps tools leave the entry alone, because it is not in their
-/// configuration. It is built as JSON, not as a typed `Deployment`, which would serialize the
-/// required `spec.selector` (an atomic field) as `{}` and take it over.
-pub fn sidecar_apply_body(namespace: &str, target: &str, container: &Container) -> Value {
+/// It holds the container, the relay's own `volume` if it has one, and nothing else: no replicas,
+/// no selector, no labels. The API server merges an apply into the live object, so a partial body
+/// is valid against an existing Deployment (only a create would need a selector and template
+/// labels, and the controller applies only to a Deployment it has just read). Containers and
+/// volumes are list-maps keyed by `name`, so this field manager comes to own the entries
+/// `tributary-relay` (and `tributary-relay-kafka`) and the fields inside them, while the
+/// application's own containers and volumes stay with whoever applied them: `kubectl apply`
+/// (client- or server-side), Helm and GitOps tools leave the entries alone, because they are not
+/// in their configuration. It is built as JSON, not as a typed `Deployment`, which would serialize
+/// the required `spec.selector` (an atomic field) as `{}` and take it over.
+pub fn sidecar_apply_body(namespace: &str, target: &str, container: &Container, volume: Option<&Volume>) -> Value {
+    let mut pod = json!({ "containers": [container] });
+    if let Some(volume) = volume {
+        pod["volumes"] = json!([volume]);
+    }
     json!({
         "apiVersion": <Deployment as k8s_openapi::Resource>::API_VERSION,
         "kind": <Deployment as k8s_openapi::Resource>::KIND,
         "metadata": { "name": target, "namespace": namespace },
-        "spec": { "template": { "spec": { "containers": [container] } } },
+        "spec": { "template": { "spec": pod } },
     })
 }
 
-/// The body that takes the relay container out again: the same field manager applies a
-/// configuration without it, and the API server removes every field that manager owned and no
-/// longer sends (and that no other manager owns). Unlike a JSON patch, which would address the
-/// container by its index in a list others change concurrently, this cannot remove anything but
-/// what this relay added.
+/// The body that takes the relay container (and its volume) out again: the same field manager
+/// applies a configuration without them, and the API server removes every field that manager
+/// owned and no longer sends (and that no other manager owns). Unlike a JSON patch, which would
+/// address the container by its index in a list others change concurrently, this cannot remove
+/// anything but what this relay added.
 pub fn sidecar_removal_body(namespace: &str, target: &str) -> Value {
     json!({
         "apiVersion": <Deployment as k8s_openapi::Resource>::API_VERSION,
@@ -296,18 +305,19 @@ impl RelayWorkload {
 }
 
 /// The relay, configured with `routes`, in the placement its spec asks for.
-pub fn relay_workload(relay: &OutboxRelay, routes: &[ResolvedRoute], settings: &RelaySettings) -> RelayWorkload {
+pub fn relay_workload(relay: &OutboxRelay, routes: &[ResolvedRoute], settings: &WorkloadSettings) -> RelayWorkload {
     let container = relay_container(relay, routes, settings);
+    let volume = kafka_properties(settings).map(|kafka| kafka.volume());
     let placement = &relay.spec.placement;
     match (&placement.sidecar, &placement.standalone) {
         (Some(sidecar), _) => {
             let target = sidecar.target_ref.name.clone();
-            let body = sidecar_apply_body(&relay.namespace().unwrap_or_default(), &target, &container);
+            let body = sidecar_apply_body(&relay.namespace().unwrap_or_default(), &target, &container, volume.as_ref());
             RelayWorkload::Sidecar { target, field_manager: sidecar_field_manager(relay), body }
         }
         (None, standalone) => {
             let replicas = standalone.as_ref().map_or(1, |standalone| standalone.replicas);
-            RelayWorkload::Standalone(Box::new(standalone_deployment(relay, replicas, container)))
+            RelayWorkload::Standalone(Box::new(standalone_deployment(relay, replicas, container, volume)))
         }
     }
 }
@@ -323,9 +333,9 @@ pub fn managed_deployments_selector() -> String {
 }
 
 /// The relay's own Deployment, owned by the OutboxRelay (no owner reference when the relay has
-/// no uid, as in the offline `apply`). Several replicas are safe: each aggregate is published by
-/// one relay at a time, in order.
-pub fn standalone_deployment(relay: &OutboxRelay, replicas: i32, container: Container) -> Deployment {
+/// no uid, as in the offline `apply`), with the container's `volume` if it has one. Several
+/// replicas are safe: each aggregate is published by one relay at a time, in order.
+pub fn standalone_deployment(relay: &OutboxRelay, replicas: i32, container: Container, volume: Option<Volume>) -> Deployment {
     let mut labels = standalone_selector(relay);
     labels.extend([
         ("app.kubernetes.io/instance".to_owned(), relay.name_any()),
@@ -347,6 +357,7 @@ pub fn standalone_deployment(relay: &OutboxRelay, replicas: i32, container: Cont
                 metadata: Some(ObjectMeta { labels: Some(labels), ..ObjectMeta::default() }),
                 spec: Some(PodSpec {
                     containers: vec![container],
+                    volumes: volume.map(|volume| vec![volume]),
                     // The relay talks to PostgreSQL and Kafka only, never to the Kubernetes API.
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
@@ -478,7 +489,7 @@ failurePolicy: Block
     #[test]
     fn sidecar_bodies_hold_only_the_container() {
         let container = relay_container(&outbox_relay("shop-outbox", SIDECAR), &routes(), &settings());
-        let body = sidecar_apply_body("shop", "shop-api", &container);
+        let body = sidecar_apply_body("shop", "shop-api", &container, None);
         assert_eq!(
             body,
             json!({
@@ -509,7 +520,7 @@ failurePolicy: Block
         assert_eq!(env["TRIBUTARY_TOPIC_PREFIX"], json!("billing."));
         assert!(!env.contains_key("TRIBUTARY_ROUTES"));
 
-        let deployment = standalone_deployment(&relay, 3, container.clone());
+        let deployment = standalone_deployment(&relay, 3, container.clone(), None);
         assert_eq!(deployment.metadata.name.as_deref(), Some("billing-relay"));
         let owner = &deployment.metadata.owner_references.as_ref().expect("owner reference")[0];
         assert_eq!(
@@ -524,10 +535,40 @@ failurePolicy: Block
         let pod = spec.template.spec.expect("pod spec");
         assert_eq!(pod.containers, vec![container]);
         assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(pod.volumes, None);
         let managed = managed_deployments_selector();
         for requirement in managed.split(',') {
             let (key, value) = requirement.split_once('=').expect("key=value");
             assert_eq!(deployment.metadata.labels.as_ref().and_then(|l| l.get(key)).map(String::as_str), Some(value), "{managed}");
         }
+    }
+
+    #[test]
+    fn the_workload_kafka_secret_reaches_the_relay_in_either_placement() {
+        let with_secret = WorkloadSettings { kafka_properties_secret: Some("kafka-auth".into()), ..settings() };
+        let expected_volume = json!({"name": "tributary-relay-kafka", "secret": {"secretName": "kafka-auth"}});
+        let expected_mount = json!([{"name": "tributary-relay-kafka", "mountPath": "/etc/tributary/kafka", "readOnly": true}]);
+
+        let relay = outbox_relay("shop-outbox", SIDECAR);
+        let container = relay_container(&relay, &routes(), &with_secret);
+        let env = env_map(&container);
+        assert_eq!(env["TRIBUTARY_KAFKA_PROPERTIES_FILE"], json!("/etc/tributary/kafka/kafka.properties"));
+        let without = env_map(&relay_container(&relay, &routes(), &settings()));
+        assert_eq!(env.len(), without.len() + 1, "one variable more than without the Secret");
+        assert_eq!(serde_json::to_value(&container.volume_mounts).expect("serializes"), expected_mount);
+        let RelayWorkload::Sidecar { body, .. } = relay_workload(&relay, &routes(), &with_secret) else { panic!("a sidecar") };
+        let pod = &body["spec"]["template"]["spec"];
+        assert_eq!(pod["volumes"], json!([expected_volume]), "the relay's field manager owns its volume entry");
+        assert_eq!(pod["containers"], json!([serde_json::to_value(&container).expect("serializes")]));
+        assert_eq!(pod.as_object().map(|pod| pod.len()), Some(2), "nothing but the container and its volume: {pod}");
+
+        let standalone = outbox_relay(
+            "billing",
+            "database: { urlSecretRef: { name: db } }\nrouting: { topicPrefix: 'billing.' }\nplacement: { standalone: {} }",
+        );
+        let RelayWorkload::Standalone(deployment) = relay_workload(&standalone, &[], &with_secret) else { panic!("standalone") };
+        let pod = deployment.spec.and_then(|spec| spec.template.spec).expect("pod spec");
+        assert_eq!(serde_json::to_value(&pod.volumes).expect("serializes"), json!([expected_volume]));
+        assert_eq!(serde_json::to_value(&pod.containers[0].volume_mounts).expect("serializes"), expected_mount);
     }
 }

@@ -25,6 +25,7 @@ use super::test_support::{outbox_relay, relay_pod, settings};
 use crate::conditions::FixedClock;
 use crate::fixtures::{assert_malformed_object_reported, condition, echo, mock_client, stored, ApiServerVerifier, RecordedRequest};
 use crate::metrics::Metrics;
+use crate::workload::WorkloadSettings;
 
 const RELAYS: &str = "/apis/tributary.dev/v1alpha1/namespaces/default/outboxrelays";
 const TOPICS: &str = "/apis/tributary.dev/v1alpha1/namespaces/default/eventtopics";
@@ -49,6 +50,10 @@ struct Harness {
 }
 
 fn harness() -> (Harness, ApiServerVerifier) {
+    harness_with(settings())
+}
+
+fn harness_with(workload: WorkloadSettings) -> (Harness, ApiServerVerifier) {
     let (client, verifier) = mock_client();
     let relay_status = Arc::new(FakeRelayStatus::default());
     let (store, store_writer) = reflector::store();
@@ -61,7 +66,7 @@ fn harness() -> (Harness, ApiServerVerifier) {
         relay_status: relay_status.clone(),
         probe_schedule: ProbeSchedule::default(),
         store,
-        settings: Settings::new(settings()),
+        settings: Settings::new(workload),
     });
     (Harness { context, relay_status, store_writer }, verifier)
 }
@@ -231,6 +236,40 @@ async fn sidecar_is_applied_under_its_own_field_manager_with_only_the_container(
     let sent = scenario.await.expect("scenario ran");
     assert_no_database_url(&sent);
     assert_eq!(harness.relay_status.asked(), vec!["10.1.0.7:8081".parse().expect("address")], "only the ready relay is asked");
+}
+
+#[tokio::test]
+async fn with_the_workload_kafka_secret_the_sidecar_apply_carries_its_volume() {
+    let (harness, mut api) = harness_with(WorkloadSettings { kafka_properties_secret: Some("kafka-auth".into()), ..settings() });
+    let relay = applied_sidecar(SIDECAR);
+    let response = echo(&relay);
+    let scenario = tokio::spawn(async move {
+        api.expect(Method::GET, &format!("{SECRETS}/shop-db"), secret("url")).await;
+        api.expect(Method::GET, &format!("{TOPICS}/orders"), event_topic("orders", true)).await;
+        api.expect(Method::GET, &format!("{DEPLOYMENTS}/shop-api"), app_deployment("100", &["kubectl"])).await;
+        let owners = ["kubectl", "tributary-operator/outbox-relay/shop-outbox"];
+        let apply = api.expect(Method::PATCH, &format!("{DEPLOYMENTS}/shop-api"), app_deployment("101", &owners)).await;
+        assert!(apply.uri.contains(SIDECAR_MANAGER) && apply.uri.contains("force=true"), "{}", apply.uri);
+        // Volumes are a list-map keyed by name too: the relay's manager owns exactly its entry,
+        // and the removal's empty apply (see the deletion tests) takes it out with the container.
+        let mut container = expected_sidecar_container();
+        container["env"]
+            .as_array_mut()
+            .expect("env")
+            .push(json!({"name": "TRIBUTARY_KAFKA_PROPERTIES_FILE", "value": "/etc/tributary/kafka/kafka.properties"}));
+        container["volumeMounts"] = json!([{"name": "tributary-relay-kafka", "mountPath": "/etc/tributary/kafka", "readOnly": true}]);
+        let volume = json!({"name": "tributary-relay-kafka", "secret": {"secretName": "kafka-auth"}});
+        assert_eq!(apply.body["spec"], json!({"template": {"spec": {"containers": [container], "volumes": [volume]}}}));
+        assert_eq!(apply.body["metadata"], json!({"name": "shop-api", "namespace": "default"}));
+        let applied = api.expect_event("default").await;
+        assert_eq!(applied["reason"].as_str(), Some("RelayApplied"));
+        api.expect(Method::GET, PODS, pods(&[])).await;
+        let status = api.expect(Method::PATCH, &format!("{RELAYS}/shop-outbox/status"), response).await;
+        assert_eq!(condition(&status.body, "Ready"), ("False", "RelayNotRunning"));
+        api.expect_no_more_requests().await;
+    });
+    assert_eq!(harness.reconcile(&relay).await.expect("reconciles"), Action::requeue(Settings::new(settings()).status_interval));
+    scenario.await.expect("scenario ran");
 }
 
 #[tokio::test]

@@ -17,7 +17,8 @@ pub(crate) mod test_support {
     use serde_json::json;
     use tributary_api::{OutboxRelay, OutboxRelaySpec};
 
-    use super::desired::{RelaySettings, CONTAINER_NAME, PORT_NAME};
+    use super::desired::{CONTAINER_NAME, PORT_NAME};
+    use crate::workload::WorkloadSettings;
 
     /// An OutboxRelay in namespace `default` with the given spec (YAML, defaults applied by serde).
     pub fn outbox_relay(name: &str, spec_yaml: &str) -> OutboxRelay {
@@ -27,8 +28,8 @@ pub(crate) mod test_support {
         relay
     }
 
-    pub fn settings() -> RelaySettings {
-        RelaySettings { image: "relay:test".into(), bootstrap_servers: "kafka:9092".into() }
+    pub fn settings() -> WorkloadSettings {
+        WorkloadSettings { bootstrap_servers: "kafka:9092".into(), relay_image: "relay:test".into(), kafka_properties_secret: None }
     }
 
     /// A pod with an application container and a relay container (ready or not), with the

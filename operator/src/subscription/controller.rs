@@ -27,7 +27,7 @@ use tracing::{info, instrument};
 use tributary_api::subscription::{ReplayPhase, ReplayStatus, ScalingEngine};
 use tributary_api::{EventTopic, Subscription, SubscriptionStatus};
 
-use super::desired::{self, WorkloadSettings, SUBSCRIPTION_LABEL};
+use super::desired::{self, SUBSCRIPTION_LABEL};
 use super::replay::{self, Consumers, Step};
 use super::resolve::{self, DeadLetter, Workload};
 use super::scaler::{self, Decision, Policy};
@@ -38,6 +38,7 @@ use crate::error::{Error, Result};
 use crate::event_topic::sync::SyncMode;
 use crate::kafka::{ConsumerGroups, GroupLag, KafkaError, TopicAdmin, TopicSpec};
 use crate::metrics::Metrics;
+use crate::workload::WorkloadSettings;
 use crate::FIELD_MANAGER;
 
 /// Name of this controller in metrics and logs.

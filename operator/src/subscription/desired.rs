@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, HTTPGetAction, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -19,6 +19,7 @@ use tributary_api::subscription::{Backoff, DeliveryMode, FilterOperator, Orderin
 
 use super::resolve::Workload;
 use crate::kafka::StartFrom;
+use crate::workload::{KafkaProperties, WorkloadSettings};
 
 /// Label on every object of a Subscription (value: its name); the Deployment selects its pods by it.
 pub const SUBSCRIPTION_LABEL: &str = "tributary.dev/subscription";
@@ -37,23 +38,8 @@ const CONSUMER_PROPERTIES_VOLUME: &str = "consumer-properties";
 const CONSUMER_PROPERTIES_DIR: &str = "/etc/tributary/consumer";
 const CONSUMER_PROPERTIES_KEY: &str = "consumer.properties";
 const KAFKA_PROPERTIES_VOLUME: &str = "kafka-properties";
-const KAFKA_PROPERTIES_DIR: &str = "/etc/tributary/kafka";
-/// Key of the librdkafka properties file in the workload Kafka properties Secret.
-pub const KAFKA_PROPERTIES_KEY: &str = "kafka.properties";
 /// The non-root user of the tributary-relay image.
 const RELAY_USER: i64 = 65532;
-
-/// Operator-wide settings that reach every Subscription's pods.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkloadSettings {
-    /// Kafka bootstrap servers for consumers and dispatchers.
-    pub bootstrap_servers: String,
-    /// Image of `tributary-relay`, run as the dispatcher sidecar.
-    pub relay_image: String,
-    /// A Secret, in each Subscription's namespace, holding `kafka.properties` (SASL/TLS settings
-    /// for librdkafka) and any files it names; mounted at /etc/tributary/kafka.
-    pub kafka_properties_secret: Option<String>,
-}
 
 /// The ConfigMap of consumer properties is named after the Subscription.
 pub fn config_map_name(subscription: &str) -> String {
@@ -146,9 +132,7 @@ fn kafka_env(workload: &Workload, settings: &WorkloadSettings) -> Vec<EnvVar> {
         env("TRIBUTARY_INITIAL_DELAY", retry.initial_delay.as_str()),
         env("TRIBUTARY_MAX_DELAY", retry.max_delay.as_str()),
     ];
-    if settings.kafka_properties_secret.is_some() {
-        vars.push(env("TRIBUTARY_KAFKA_PROPERTIES_FILE", format!("{KAFKA_PROPERTIES_DIR}/{KAFKA_PROPERTIES_KEY}")));
-    }
+    vars.extend(kafka_properties(settings).map(|kafka| kafka.env()));
     vars
 }
 
@@ -169,8 +153,9 @@ fn mount(name: &str, path: &str) -> VolumeMount {
     VolumeMount { name: name.to_owned(), mount_path: path.to_owned(), read_only: Some(true), ..VolumeMount::default() }
 }
 
-fn kafka_properties_mounts(settings: &WorkloadSettings) -> Vec<VolumeMount> {
-    settings.kafka_properties_secret.iter().map(|_| mount(KAFKA_PROPERTIES_VOLUME, KAFKA_PROPERTIES_DIR)).collect()
+/// The workload Kafka properties Secret, in the Subscription's own pods.
+fn kafka_properties(settings: &WorkloadSettings) -> Option<KafkaProperties<'_>> {
+    settings.kafka_properties(KAFKA_PROPERTIES_VOLUME)
 }
 
 fn non_empty<T>(items: Vec<T>) -> Option<Vec<T>> {
@@ -190,7 +175,7 @@ fn consumer_container(workload: &Workload, settings: &WorkloadSettings) -> Conta
         vars = kafka_env(workload, settings);
         vars.push(env("TRIBUTARY_CONSUMER_PROPERTIES_FILE", format!("{CONSUMER_PROPERTIES_DIR}/{CONSUMER_PROPERTIES_KEY}")));
         mounts.push(mount(CONSUMER_PROPERTIES_VOLUME, CONSUMER_PROPERTIES_DIR));
-        mounts.extend(kafka_properties_mounts(settings));
+        mounts.extend(kafka_properties(settings).map(|kafka| kafka.mount()));
     }
     let user_vars = template.env.iter().enumerate().filter(|(index, var)| {
         !var.name.starts_with("TRIBUTARY_") && !template.env[index + 1..].iter().any(|later| later.name == var.name)
@@ -273,7 +258,7 @@ fn relay_container(workload: &Workload, settings: &WorkloadSettings) -> Containe
             seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".to_owned(), localhost_profile: None }),
             ..SecurityContext::default()
         }),
-        volume_mounts: non_empty(kafka_properties_mounts(settings)),
+        volume_mounts: kafka_properties(settings).map(|kafka| vec![kafka.mount()]),
         ..Container::default()
     }
 }
@@ -299,13 +284,7 @@ pub fn deployment(workload: &Workload, settings: &WorkloadSettings, replicas: Op
         }
         DeliveryMode::Push => containers.push(relay_container(workload, settings)),
     }
-    if let Some(secret) = &settings.kafka_properties_secret {
-        volumes.push(Volume {
-            name: KAFKA_PROPERTIES_VOLUME.to_owned(),
-            secret: Some(SecretVolumeSource { secret_name: Some(secret.clone()), ..SecretVolumeSource::default() }),
-            ..Volume::default()
-        });
-    }
+    volumes.extend(kafka_properties(settings).map(|kafka| kafka.volume()));
     Deployment {
         metadata: metadata(workload, workload.name.clone()),
         spec: Some(DeploymentSpec {

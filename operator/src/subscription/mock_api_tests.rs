@@ -17,13 +17,13 @@ use serde_json::{json, Value};
 use tributary_api::{Subscription, SubscriptionStatus};
 
 use super::controller::{reconcile, Context, Dependencies, Settings};
-use super::desired::WorkloadSettings;
 use super::test_support::{ready, subscription};
 use crate::conditions::FixedClock;
 use crate::event_topic::test_support::event_topic;
 use crate::fixtures::{self, assert_malformed_object_reported, condition, mock_client, ApiServerVerifier, RecordedRequest};
 use crate::kafka::{FakeConsumerGroups, FakeTopicAdmin};
 use crate::metrics::Metrics;
+use crate::workload::WorkloadSettings;
 
 const SUBSCRIPTIONS: &str = "/apis/tributary.dev/v1alpha1/namespaces/default/subscriptions";
 const TOPICS: &str = "/apis/tributary.dev/v1alpha1/namespaces/default/eventtopics";
