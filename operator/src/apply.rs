@@ -445,7 +445,9 @@ pub fn plan_outbox_relays(relays: &[OutboxRelay], topics: &[TopicResult], settin
                     PlacementKind::Standalone => Workload::Own,
                 },
                 routes: resolve_routes(relay, lookup),
+                // Offline there are no Secrets to look at.
                 secret: SecretCheck::Found,
+                kafka_secret: None,
                 invalid: validate(relay).err(),
                 ready_relays: None,
                 report: None,

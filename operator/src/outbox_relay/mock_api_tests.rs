@@ -83,8 +83,12 @@ impl Harness {
 }
 
 fn secret(key: &str) -> Value {
+    named_secret("shop-db", key)
+}
+
+fn named_secret(name: &str, key: &str) -> Value {
     let mut secret = Secret { data: Some([(key.to_owned(), ByteString(DATABASE_URL.into()))].into()), ..Secret::default() };
-    secret.metadata.name = Some("shop-db".into());
+    secret.metadata.name = Some(name.into());
     serde_json::to_value(secret).expect("serializes")
 }
 
@@ -245,6 +249,7 @@ async fn with_the_workload_kafka_secret_the_sidecar_apply_carries_its_volume() {
     let response = echo(&relay);
     let scenario = tokio::spawn(async move {
         api.expect(Method::GET, &format!("{SECRETS}/shop-db"), secret("url")).await;
+        api.expect(Method::GET, &format!("{SECRETS}/kafka-auth"), named_secret("kafka-auth", "kafka.properties")).await;
         api.expect(Method::GET, &format!("{TOPICS}/orders"), event_topic("orders", true)).await;
         api.expect(Method::GET, &format!("{DEPLOYMENTS}/shop-api"), app_deployment("100", &["kubectl"])).await;
         let owners = ["kubectl", "tributary-operator/outbox-relay/shop-outbox"];
@@ -600,6 +605,27 @@ async fn a_younger_relay_on_the_same_target_waits_without_touching_it() {
     scenario.await.expect("scenario ran");
     let routed = relays_routing_to(&harness.context.store.state(), Some("default"), "orders");
     assert_eq!(routed.len(), 2, "both relays route to orders and are woken by its changes");
+}
+
+#[tokio::test]
+async fn a_missing_workload_kafka_secret_keeps_the_relay_out_of_the_applications_pods() {
+    let (harness, mut api) = harness_with(WorkloadSettings { kafka_properties_secret: Some("kafka-auth".into()), ..settings() });
+    let relay = applied_sidecar(SIDECAR);
+    let response = echo(&relay);
+    let scenario = tokio::spawn(async move {
+        api.expect(Method::GET, &format!("{SECRETS}/shop-db"), secret("url")).await;
+        api.expect_not_found(Method::GET, &format!("{SECRETS}/kafka-auth")).await;
+        api.expect(Method::GET, &format!("{TOPICS}/orders"), event_topic("orders", true)).await;
+        api.expect(Method::GET, &format!("{DEPLOYMENTS}/shop-api"), app_deployment("100", &["kubectl"])).await;
+        // No apply: a pod whose Secret volume is missing would not start.
+        api.expect(Method::GET, PODS, pods(&[])).await;
+        let status = api.expect(Method::PATCH, &format!("{RELAYS}/shop-outbox/status"), response).await;
+        assert_eq!(condition(&status.body, "Ready"), ("False", "KafkaSecretNotFound"));
+        api.expect_event("default").await;
+        api.expect_no_more_requests().await;
+    });
+    harness.reconcile(&relay).await.expect("reconciles");
+    scenario.await.expect("scenario ran");
 }
 
 #[tokio::test]

@@ -109,12 +109,17 @@ impl SecretCheck {
 /// The database Secret of `relay`, checked.
 pub async fn check_secret(client: &kube::Client, relay: &OutboxRelay, namespace: &str, object: &str) -> Result<SecretCheck> {
     let reference = &relay.spec.database.url_secret_ref;
-    let secret = Api::<Secret>::namespaced(client.clone(), namespace).get_opt(&reference.name).await.map_err(|source| Error::Kube {
+    check_secret_key(client, namespace, &reference.name, &reference.key, object).await
+}
+
+/// Whether Secret `name` in `namespace` exists and holds `key` (the value is not looked at).
+pub async fn check_secret_key(client: &kube::Client, namespace: &str, name: &str, key: &str, object: &str) -> Result<SecretCheck> {
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace).get_opt(name).await.map_err(|source| Error::Kube {
         operation: "Secret lookup",
         object: object.to_owned(),
         source,
     })?;
-    Ok(SecretCheck::of(secret.as_ref(), &reference.key))
+    Ok(SecretCheck::of(secret.as_ref(), key))
 }
 
 /// Every EventTopic the routes name, looked up once each.

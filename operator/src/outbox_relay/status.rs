@@ -33,6 +33,7 @@ pub mod reason {
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
     pub const SECRET_KEY_NOT_FOUND: &str = "SecretKeyNotFound";
     pub const INVALID_CONFIG: &str = "InvalidConfig";
+    pub const KAFKA_SECRET_NOT_FOUND: &str = "KafkaSecretNotFound";
 }
 
 /// The Deployment that runs (or would run) the relay, as a reconcile found it.
@@ -56,6 +57,10 @@ pub struct Observation {
     pub workload: Workload,
     pub routes: Routes,
     pub secret: SecretCheck,
+    /// The Secret with the relays' Kafka settings (`--workload-kafka-properties-secret`), when the
+    /// operator has one: a pod whose Secret volume is missing does not start, and as a sidecar
+    /// that would be the application's pod.
+    pub kafka_secret: Option<(String, SecretCheck)>,
     /// A spec the relay could not run with.
     pub invalid: Option<String>,
     /// Pods of the workload whose relay container is ready; `None` when there is no workload.
@@ -99,6 +104,19 @@ impl Observation {
             SecretCheck::Missing => return Some((reason::SECRET_NOT_FOUND, String::new())),
             SecretCheck::KeyMissing => return Some((reason::SECRET_KEY_NOT_FOUND, String::new())),
             SecretCheck::Found => {}
+        }
+        if let Some((name, check)) = &self.kafka_secret {
+            let problem = match check {
+                SecretCheck::Missing => "does not exist in this namespace",
+                SecretCheck::KeyMissing => "has no key kafka.properties",
+                SecretCheck::Found => "",
+            };
+            if !problem.is_empty() {
+                let message = format!(
+                    "Secret {name} (the operator's Kafka settings for workloads) {problem}; the relay reads its Kafka settings from it"
+                );
+                return Some((reason::KAFKA_SECRET_NOT_FOUND, message));
+            }
         }
         match &self.routes {
             Routes::NotFound(names) => Some((reason::TOPIC_NOT_FOUND, names.join(", "))),
@@ -248,6 +266,7 @@ placement: { sidecar: { targetRef: { name: shop-api } } }
                 kafka_topic: "shop.orders".into(),
             }]),
             secret: SecretCheck::Found,
+            kafka_secret: None,
             invalid: None,
             ready_relays: Some(2),
             report: Some(RelayReport { pending_rows: Some(12), last_published_time: Some(Time(at(500))) }),
