@@ -1,5 +1,5 @@
-//! The command line: `migrate` and `outbox`. Every flag has an environment variable, which is how
-//! the operator configures a relay container.
+//! The command line: `migrate`, `outbox` and `dispatch` (and their benchmarks). Every flag has an
+//! environment variable, which is how the operator configures a relay container.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,7 +23,7 @@ use crate::outbox::{self, Cleanup, FailurePolicy, OutboxSettings};
 use crate::producer::{EventProducer, ProducerSettings, RdKafkaProducer};
 
 #[derive(Debug, Parser)]
-#[command(name = "tributary-relay", version, about = "Tributary's data plane: the transactional-outbox relay")]
+#[command(name = "tributary-relay", version, about = "Tributary's data plane: the transactional-outbox relay and the push dispatcher")]
 pub struct Cli {
     #[command(flatten)]
     pub logging: LoggingArgs,
@@ -40,6 +40,11 @@ pub enum Command {
     /// Benchmark: relay throughput and commit→ack latency against a real database and broker,
     /// beside PostgreSQL-only and Kafka-only baselines; prints name=value lines.
     Bench(Box<crate::bench::BenchArgs>),
+    /// Push dispatcher: consume topics as a group and POST every record to an HTTP sink until SIGTERM.
+    Dispatch(Box<DispatchArgs>),
+    /// Benchmark: dispatcher throughput (unordered, per-key) and latency at an offered load against
+    /// a real broker and an in-process sink, beside a plain-consume baseline; prints name=value lines.
+    BenchDispatch(Box<crate::dispatch::bench::BenchDispatchArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -219,6 +224,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Outbox(args) => run_outbox(*args).await,
         Command::Bench(args) => crate::bench::run(*args).await,
+        Command::Dispatch(args) => run_dispatch(*args).await,
+        Command::BenchDispatch(args) => crate::dispatch::bench::run(*args).await,
     }
 }
 
@@ -409,6 +416,201 @@ async fn housekeeping(
         }
         listener.abort();
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// dispatch
+
+#[derive(Debug, Args)]
+pub struct DispatchArgs {
+    /// Kafka bootstrap servers, host:port[,host:port…].
+    #[arg(long, env = "TRIBUTARY_BOOTSTRAP_SERVERS")]
+    pub bootstrap_servers: String,
+    /// Topics to consume (comma-separated).
+    #[arg(long, env = "TRIBUTARY_TOPICS", value_delimiter = ',', required = true)]
+    pub topics: Vec<String>,
+    /// Consumer group id.
+    #[arg(long, env = "TRIBUTARY_GROUP")]
+    pub group: String,
+    /// URL every record is POSTed to (http://host:port/path).
+    #[arg(long, env = "TRIBUTARY_SINK")]
+    pub sink: String,
+    /// per-key: records of one key one at a time, in order; unordered: up to --concurrency at once.
+    #[arg(long, env = "TRIBUTARY_ORDERING", value_enum, default_value_t = OrderingArg::PerKey)]
+    pub ordering: OrderingArg,
+    /// Deliveries in flight at once with --ordering unordered; per-key runs one per key (so only 1 is accepted there).
+    #[arg(long, env = "TRIBUTARY_CONCURRENCY", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: u16,
+    /// With --ordering per-key: keys delivered at once (one connection to the sink each).
+    #[arg(long, env = "TRIBUTARY_MAX_KEYS_IN_FLIGHT", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub max_keys_in_flight: u16,
+    /// Delivery attempts before a record is dead-lettered, the first one included.
+    #[arg(long, env = "TRIBUTARY_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_attempts: u32,
+    /// How the delay between attempts grows.
+    #[arg(long, env = "TRIBUTARY_BACKOFF", value_enum, default_value_t = BackoffArg::Exponential)]
+    pub backoff: BackoffArg,
+    /// Delay before the first retry.
+    #[arg(long, env = "TRIBUTARY_INITIAL_DELAY", default_value = "100ms", value_parser = parse_duration)]
+    pub initial_delay: Duration,
+    /// Longest delay between attempts; a Retry-After from the sink is honoured up to it.
+    #[arg(long, env = "TRIBUTARY_MAX_DELAY", default_value = "30s", value_parser = parse_duration)]
+    pub max_delay: Duration,
+    /// Topic records go to after their last failed attempt (or a response that is not retried).
+    #[arg(long, env = "TRIBUTARY_DEAD_LETTER_TOPIC")]
+    pub dead_letter_topic: String,
+    /// Deliver only records whose CloudEvents attribute matches: `type=prefix:orders.` (exact, prefix,
+    /// suffix); repeatable, all must match (env: one per line).
+    #[arg(long = "filter", env = "TRIBUTARY_FILTERS", value_delimiter = '\n')]
+    pub filters: Vec<String>,
+    /// Where to start in partitions the group has no committed offset for: earliest, latest or an
+    /// RFC 3339 timestamp.
+    #[arg(long, env = "TRIBUTARY_START_FROM", default_value = "latest", value_parser = crate::dispatch::StartFrom::parse)]
+    pub start_from: crate::dispatch::StartFrom,
+    /// librdkafka properties file with SASL/TLS settings.
+    #[arg(long, env = "TRIBUTARY_KAFKA_PROPERTIES_FILE")]
+    pub kafka_properties_file: Option<PathBuf>,
+    /// Address serving /metrics, /healthz and /readyz.
+    #[arg(long, env = "TRIBUTARY_LISTEN_ADDRESS", default_value = "0.0.0.0:8082")]
+    pub listen_address: SocketAddr,
+    /// Longest time one delivery attempt may take, connecting included.
+    #[arg(long, env = "TRIBUTARY_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Records held in memory (read and not yet done) before consumption pauses.
+    #[arg(long, env = "TRIBUTARY_MAX_BUFFERED_RECORDS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_buffered_records: u32,
+    /// Bytes of records held in memory before consumption pauses.
+    #[arg(long, env = "TRIBUTARY_MAX_BUFFERED_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_buffered_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OrderingArg {
+    PerKey,
+    Unordered,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackoffArg {
+    Linear,
+    Exponential,
+}
+
+/// Largest dead letter sent (the original plus failure headers; the broker has its own limit).
+const DEAD_LETTER_MAX_BYTES: usize = 10 << 20;
+
+impl DispatchArgs {
+    /// The dispatcher's settings, or what is wrong with the flags.
+    pub fn settings(&self) -> Result<crate::dispatch::DispatchSettings, String> {
+        use crate::dispatch::{Backoff, ConsumerSettings, DispatchSettings, Filter, Ordering, RetryPolicy, Sink};
+        check_bootstrap_servers(&self.bootstrap_servers)?;
+        let topics: Vec<String> = self.topics.iter().map(|topic| topic.trim()).filter(|topic| !topic.is_empty()).map(str::to_owned).collect();
+        if topics.is_empty() {
+            return Err("no topics to consume (--topics a,b)".into());
+        }
+        if self.group.trim().is_empty() {
+            return Err("the consumer group (--group) is empty".into());
+        }
+        let dead_letter_topic = self.dead_letter_topic.trim();
+        if dead_letter_topic.is_empty() {
+            return Err("the dead-letter topic (--dead-letter-topic) is empty".into());
+        }
+        if topics.iter().any(|topic| topic == dead_letter_topic) {
+            return Err(format!("the dead-letter topic {dead_letter_topic:?} is also consumed: failures would come back forever"));
+        }
+        let ordering = match self.ordering {
+            OrderingArg::PerKey if self.concurrency > 1 => {
+                return Err(format!(
+                    "--concurrency {} needs --ordering unordered; per-key runs one delivery per key (see --max-keys-in-flight)",
+                    self.concurrency
+                ))
+            }
+            OrderingArg::PerKey => Ordering::PerKey,
+            OrderingArg::Unordered => Ordering::Unordered,
+        };
+        if self.initial_delay > self.max_delay {
+            return Err(format!("--initial-delay {:?} exceeds --max-delay {:?}", self.initial_delay, self.max_delay));
+        }
+        if self.request_timeout.is_zero() {
+            return Err("--request-timeout must be above zero".into());
+        }
+        let filters = self
+            .filters
+            .iter()
+            .map(|filter| filter.trim())
+            .filter(|filter| !filter.is_empty())
+            .map(Filter::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| error.to_string())?;
+        Ok(DispatchSettings {
+            consumer: ConsumerSettings {
+                bootstrap_servers: self.bootstrap_servers.clone(),
+                group: self.group.clone(),
+                topics,
+                properties_file: self.kafka_properties_file.clone(),
+                start_from: self.start_from,
+            },
+            sink: Arc::new(Sink::parse(&self.sink).map_err(|error| error.to_string())?),
+            lanes: usize::from(match ordering {
+                Ordering::PerKey => self.max_keys_in_flight,
+                Ordering::Unordered => self.concurrency,
+            }),
+            ordering,
+            retry: RetryPolicy {
+                max_attempts: self.max_attempts,
+                backoff: match self.backoff {
+                    BackoffArg::Linear => Backoff::Linear,
+                    BackoffArg::Exponential => Backoff::Exponential,
+                },
+                initial_delay: self.initial_delay,
+                max_delay: self.max_delay,
+            },
+            dead_letter_topic: dead_letter_topic.to_owned(),
+            filters,
+            request_timeout: self.request_timeout,
+            max_buffered_records: usize::try_from(self.max_buffered_records).unwrap_or(usize::MAX),
+            max_buffered_bytes: usize::try_from(self.max_buffered_bytes).unwrap_or(usize::MAX),
+        })
+    }
+}
+
+async fn run_dispatch(args: DispatchArgs) -> anyhow::Result<ExitCode> {
+    use crate::dispatch::metrics::DispatchMetrics;
+    use crate::dispatch::Dispatcher;
+    let settings = match args.settings() {
+        Ok(settings) => settings,
+        Err(problem) => return Ok(usage_error(problem)),
+    };
+    let producer = RdKafkaProducer::new(&ProducerSettings {
+        bootstrap_servers: args.bootstrap_servers.clone(),
+        properties_file: args.kafka_properties_file.clone(),
+        delivery_timeout: Duration::from_secs(30),
+        max_record_bytes: DEAD_LETTER_MAX_BYTES,
+    });
+    let producer: Arc<dyn EventProducer> = match producer {
+        Ok(producer) => Arc::new(producer),
+        Err(error) => return Ok(usage_error(error)),
+    };
+    let readiness = Readiness::default();
+    let mut registry = Registry::default();
+    let metrics = Arc::new(DispatchMetrics::register(&mut registry, readiness.clone()));
+    let dispatcher = match Dispatcher::new(settings, producer, metrics) {
+        Ok(dispatcher) => dispatcher,
+        Err(error) => return Ok(usage_error(error)),
+    };
+    let listen_address = args.listen_address;
+    tokio::spawn(async move {
+        if let Err(error) = server::serve(listen_address, Arc::new(registry), readiness).await {
+            error!(%error, %listen_address, "the /metrics, /healthz and /readyz server stopped");
+        }
+    });
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_shutdown_signal().await;
+        let _ = shutdown_tx.send(true);
+    });
+    dispatcher.run(shutdown).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]
