@@ -630,4 +630,140 @@ mod tests {
         assert_eq!(parse_route("Order=shop.orders"), Ok(("Order".into(), "shop.orders".into())));
         assert!(parse_route("Order").is_err() && parse_route("=x").is_err());
     }
+
+    /// Parses `dispatch` with the required flags, `extra` (flag, value pairs) replacing or adding to them.
+    fn dispatch_args(extra: &[&str]) -> Result<DispatchArgs, clap::Error> {
+        let mut flags: Vec<(&str, &str)> = vec![
+            ("--bootstrap-servers", "kafka:9092"),
+            ("--topics", "shop.orders,shop.payments"),
+            ("--group", "billing"),
+            ("--sink", "http://127.0.0.1:8080/events"),
+            ("--dead-letter-topic", "billing.dlq"),
+        ];
+        for pair in extra.chunks(2) {
+            let (flag, value) = (pair[0], pair[1]);
+            // --filter repeats; every other flag given twice would be a parse error.
+            match flags.iter_mut().find(|(known, _)| *known == flag && flag != "--filter") {
+                Some(known) => known.1 = value,
+                None => flags.push((flag, value)),
+            }
+        }
+        let words = ["tributary-relay", "dispatch"].into_iter().chain(flags.iter().flat_map(|(flag, value)| [*flag, *value]));
+        match Cli::try_parse_from(words)?.command {
+            Command::Dispatch(args) => Ok(*args),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_dispatch_flag_has_its_environment_variable() {
+        use clap::CommandFactory;
+        let command = Cli::command();
+        let dispatch = command.find_subcommand("dispatch").expect("dispatch subcommand");
+        let mirrored: Vec<(String, String)> = dispatch
+            .get_arguments()
+            .filter_map(|arg| Some((arg.get_long()?.to_owned(), arg.get_env()?.to_str()?.to_owned())))
+            .collect();
+        let expected = [
+            ("bootstrap-servers", "TRIBUTARY_BOOTSTRAP_SERVERS"),
+            ("topics", "TRIBUTARY_TOPICS"),
+            ("group", "TRIBUTARY_GROUP"),
+            ("sink", "TRIBUTARY_SINK"),
+            ("ordering", "TRIBUTARY_ORDERING"),
+            ("concurrency", "TRIBUTARY_CONCURRENCY"),
+            ("max-keys-in-flight", "TRIBUTARY_MAX_KEYS_IN_FLIGHT"),
+            ("max-attempts", "TRIBUTARY_MAX_ATTEMPTS"),
+            ("backoff", "TRIBUTARY_BACKOFF"),
+            ("initial-delay", "TRIBUTARY_INITIAL_DELAY"),
+            ("max-delay", "TRIBUTARY_MAX_DELAY"),
+            ("dead-letter-topic", "TRIBUTARY_DEAD_LETTER_TOPIC"),
+            ("filter", "TRIBUTARY_FILTERS"),
+            ("start-from", "TRIBUTARY_START_FROM"),
+            ("kafka-properties-file", "TRIBUTARY_KAFKA_PROPERTIES_FILE"),
+            ("listen-address", "TRIBUTARY_LISTEN_ADDRESS"),
+            ("request-timeout", "TRIBUTARY_REQUEST_TIMEOUT"),
+            ("max-buffered-records", "TRIBUTARY_MAX_BUFFERED_RECORDS"),
+            ("max-buffered-bytes", "TRIBUTARY_MAX_BUFFERED_BYTES"),
+        ];
+        let expected: Vec<(String, String)> = expected.iter().map(|(flag, env)| ((*flag).to_owned(), (*env).to_owned())).collect();
+        assert_eq!(mirrored, expected);
+        let unmirrored: Vec<&str> =
+            dispatch.get_arguments().filter(|arg| arg.get_long().is_some() && arg.get_env().is_none()).filter_map(|arg| arg.get_long()).collect();
+        assert_eq!(unmirrored, Vec::<&str>::new());
+    }
+
+    #[test]
+    fn dispatch_defaults_and_settings() {
+        let settings = dispatch_args(&[]).expect("parses").settings().expect("valid");
+        assert_eq!(settings.consumer.topics, ["shop.orders", "shop.payments"]);
+        assert_eq!(settings.consumer.start_from, crate::dispatch::StartFrom::Latest);
+        assert_eq!(settings.ordering, crate::dispatch::Ordering::PerKey);
+        assert_eq!(settings.lanes, 64, "per-key: keys in flight");
+        assert_eq!(
+            settings.retry,
+            crate::dispatch::RetryPolicy {
+                max_attempts: 5,
+                backoff: crate::dispatch::Backoff::Exponential,
+                initial_delay: Duration::from_millis(100),
+                max_delay: Duration::from_secs(30)
+            }
+        );
+        assert_eq!(settings.request_timeout, Duration::from_secs(30));
+        assert!(settings.filters.is_empty());
+        assert_eq!(dispatch_args(&[]).expect("parses").listen_address, "0.0.0.0:8082".parse().expect("address"));
+
+        let args = dispatch_args(&[
+            "--ordering",
+            "unordered",
+            "--concurrency",
+            "32",
+            "--backoff",
+            "linear",
+            "--initial-delay",
+            "250ms",
+            "--max-delay",
+            "1m",
+            "--filter",
+            "type=prefix:orders.",
+            "--filter",
+            "subject=exact:o-1",
+            "--start-from",
+            "2026-01-02T03:04:05Z",
+        ])
+        .expect("parses");
+        let settings = args.settings().expect("valid");
+        assert_eq!((settings.ordering, settings.lanes), (crate::dispatch::Ordering::Unordered, 32));
+        assert_eq!(settings.retry.backoff, crate::dispatch::Backoff::Linear);
+        assert_eq!((settings.retry.initial_delay, settings.retry.max_delay), (Duration::from_millis(250), Duration::from_secs(60)));
+        let filters: Vec<String> = settings.filters.iter().map(ToString::to_string).collect();
+        assert_eq!(filters, ["type=prefix:orders.", "subject=exact:o-1"]);
+        assert_eq!(settings.consumer.start_from, crate::dispatch::StartFrom::Timestamp(1_767_323_045_000));
+    }
+
+    #[test]
+    fn bad_dispatch_configuration_names_the_cause() {
+        let problem = |extra: &[&str]| dispatch_args(extra).expect("parses").settings().expect_err("invalid");
+        assert!(problem(&["--concurrency", "4"]).contains("needs --ordering unordered"));
+        assert!(problem(&["--initial-delay", "1m", "--max-delay", "1s"]).contains("exceeds --max-delay"));
+        assert!(problem(&["--filter", "type=orders"]).contains("type=orders"));
+        assert!(problem(&["--sink", "https://x/"]).contains("only http://"));
+        assert!(problem(&["--dead-letter-topic", "shop.orders"]).contains("also consumed"));
+        assert!(problem(&["--bootstrap-servers", "kafka"]).contains("not host:port"));
+        assert!(problem(&["--request-timeout", "0s"]).contains("above zero"));
+        // Refused by the parser itself (exit code 2 as well).
+        assert!(dispatch_args(&["--ordering", "random"]).is_err());
+        assert!(dispatch_args(&["--max-attempts", "0"]).is_err());
+        assert!(dispatch_args(&["--start-from", "yesterday"]).is_err());
+        assert!(dispatch_args(&["--max-delay", "soon"]).is_err());
+    }
+
+    #[test]
+    fn filter_lists_from_the_environment_are_one_per_line_and_skip_blank_lines() {
+        let mut args = dispatch_args(&[]).expect("parses");
+        // What clap makes of TRIBUTARY_FILTERS="type=prefix:orders.\n\nsource=exact:/shop\n".
+        args.filters = "type=prefix:orders.\n\nsource=exact:/shop\n".split('\n').map(str::to_owned).collect();
+        assert_eq!(args.settings().expect("valid").filters.len(), 2);
+        args.topics = vec!["a".into(), String::new(), " b ".into()];
+        assert_eq!(args.settings().expect("valid").consumer.topics, ["a", "b"]);
+    }
 }
