@@ -324,16 +324,26 @@ impl Relay {
     /// `tributary-relay outbox --database-url … --bootstrap-servers … --table … --listen-address …`
     /// plus `args`.
     pub fn spawn(env: &TestEnv, table: &str, args: &[String]) -> Relay {
+        let mut all: Vec<String> = ["outbox", "--database-url", &env.database_url, "--bootstrap-servers", &env.bootstrap_servers, "--table", table]
+            .iter()
+            .map(|arg| (*arg).to_owned())
+            .collect();
+        all.extend_from_slice(args);
+        Relay::spawn_command(&all, &[])
+    }
+
+    /// `tributary-relay <args>` with `vars` as its only TRIBUTARY_* variables and
+    /// TRIBUTARY_LISTEN_ADDRESS set to a free port (a `--listen-address` in `args` would win).
+    pub fn spawn_command(args: &[String], vars: &[(&str, String)]) -> Relay {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("relay.log");
         let listen = free_address();
         let stderr = std::fs::File::create(&log).expect("log file");
         let child = tokio::process::Command::new(RELAY)
-            .arg("outbox")
-            .args(["--database-url", &env.database_url, "--bootstrap-servers", &env.bootstrap_servers, "--table", table])
-            .args(["--listen-address", &listen.to_string()])
             .args(args)
             .env_clear_tributary()
+            .env("TRIBUTARY_LISTEN_ADDRESS", listen.to_string())
+            .envs(vars.iter().map(|(name, value)| (name, value)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
