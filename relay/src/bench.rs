@@ -784,7 +784,7 @@ impl CpuUsage {
     }
 }
 
-fn process_cpu(pid: &str) -> Option<Duration> {
+pub(crate) fn process_cpu(pid: &str) -> Option<Duration> {
     parse_proc_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?).map(|(_, cpu)| cpu)
 }
 

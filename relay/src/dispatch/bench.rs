@@ -37,7 +37,7 @@ use tributary_common::server::Readiness;
 
 use super::metrics::DispatchMetrics;
 use super::{Backoff, ConsumerSettings, DispatchSettings, Dispatcher, Ordering, RetryPolicy, Sink, StartFrom};
-use crate::bench::{figure, load_average, parse_duration, per_second, percentile};
+use crate::bench::{figure, load_average, parse_duration, per_second, percentile, process_cpu};
 use crate::producer::{EventProducer, OutgoingRecord, ProducerSettings, RdKafkaProducer};
 
 /// Longest wait for a phase to see every record.
@@ -74,6 +74,12 @@ pub struct BenchDispatchArgs {
     /// How long the latency phase produces.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
+    /// Records the dispatcher buffers before pausing consumption.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_buffered_records: u32,
+    /// Extra librdkafka consumer property for the dispatcher, `key=value` (repeatable).
+    #[arg(long = "consumer-property")]
+    pub consumer_properties: Vec<String>,
     /// Ordering of the dispatcher in the latency phase.
     #[arg(long, value_enum, default_value_t = LatencyOrdering::PerKey)]
     pub latency_ordering: LatencyOrdering,
@@ -90,7 +96,9 @@ pub async fn run(args: BenchDispatchArgs) -> anyhow::Result<ExitCode> {
     let run_id = format!("{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis());
     let properties = std::env::temp_dir().join(format!("tributary-bench-dispatch-{run_id}.properties"));
     // Quick group joins (Tansu waits about half the session timeout before completing a join).
-    std::fs::write(&properties, "session.timeout.ms=6000\nheartbeat.interval.ms=500\n").context("writing the consumer properties")?;
+    let mut lines = vec!["session.timeout.ms=6000".to_owned(), "heartbeat.interval.ms=500".to_owned()];
+    lines.extend(args.consumer_properties.iter().cloned());
+    std::fs::write(&properties, lines.join("\n")).context("writing the consumer properties")?;
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", &args.bootstrap_servers).create().context("cannot create the Kafka admin client")?;
     let bench = Bench { topic: format!("tributary-bench-dispatch-{run_id}"), run_id, properties, args };
@@ -148,15 +156,23 @@ impl Bench {
             let sink = BenchSink::start(0).await?;
             let running = self.start_dispatcher(&self.topic, &format!("drain-{name}"), ordering, lanes, &sink)?;
             let started = Instant::now();
+            let mut cpu_at_first = None;
             while sink.state.count.load(AtomicOrdering::Acquire) < records {
                 ensure!(started.elapsed() < PHASE_TIMEOUT, "{name}: {} of {records} delivered", sink.state.count.load(AtomicOrdering::Acquire));
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                if cpu_at_first.is_none() && sink.state.count.load(AtomicOrdering::Acquire) > 0 {
+                    cpu_at_first = process_cpu("self");
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
+            let cpu = process_cpu("self").zip(cpu_at_first).map(|(end, start)| end.saturating_sub(start));
             running.stop().await?;
             let span = sink.state.span();
             figure(&format!("dispatch_msgs_per_s_{name}"), format!("{:.0}", per_second(records - 1, span)));
             figure(&format!("dispatch_drain_s_{name}"), format!("{:.3}", span.as_secs_f64()));
             figure(&format!("dispatch_requests_{name}"), sink.state.count.load(AtomicOrdering::Acquire));
+            // CPU of this process (dispatcher and sink together) while draining; 2 cores at most.
+            let cpu = cpu.map_or_else(|| "unknown".to_owned(), |cpu| format!("{:.2}", cpu.as_secs_f64()));
+            figure(&format!("dispatch_cpu_s_{name}"), cpu);
         }
 
         self.latency(&producer).await?;
@@ -216,7 +232,7 @@ impl Bench {
             dead_letter_topic: format!("{topic}.dlq"),
             filters: Vec::new(),
             request_timeout: Duration::from_secs(30),
-            max_buffered_records: 10_000,
+            max_buffered_records: usize::try_from(self.args.max_buffered_records)?,
             max_buffered_bytes: 64 << 20,
         };
         let metrics = Arc::new(DispatchMetrics::register(&mut Registry::default(), Readiness::default()));
@@ -261,15 +277,22 @@ impl Bench {
             let now = sink.state.nanos_since_base();
             (next..due).for_each(|index| sent[index].store(now, AtomicOrdering::Release));
             next = due;
-            let producer = producer.clone();
-            sends.push(tokio::spawn(async move { producer.send_all(batch).await }));
+            let (producer, state) = (producer.clone(), sink.state.clone());
+            sends.push(tokio::spawn(async move {
+                let results = producer.send_all(batch).await;
+                (results, state.nanos_since_base().saturating_sub(now))
+            }));
         }
         let producing = started.elapsed();
+        let mut acks_ms = Vec::new();
         for send in futures::future::join_all(sends).await {
-            for result in send? {
+            let (results, ack_nanos) = send?;
+            for result in results {
                 result.context("a latency record was not acknowledged")?;
+                acks_ms.push(ack_nanos as f64 / 1e6);
             }
         }
+        acks_ms.sort_by(f64::total_cmp);
         let caught_up = Instant::now();
         while sink.state.count.load(AtomicOrdering::Acquire) < total && caught_up.elapsed() < Duration::from_secs(30) {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -299,6 +322,10 @@ impl Bench {
         for (name, quantile) in [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9), ("max", 100.0)] {
             let value = percentile(&latencies_ms, quantile).map_or_else(|| "none".to_owned(), |ms| format!("{ms:.2}"));
             figure(&format!("{name}_delivery_ms"), value);
+        }
+        for (name, quantile) in [("p50", 50.0), ("p99", 99.0)] {
+            let value = percentile(&acks_ms, quantile).map_or_else(|| "none".to_owned(), |ms| format!("{ms:.2}"));
+            figure(&format!("{name}_produce_ack_ms"), value);
         }
         Ok(())
     }

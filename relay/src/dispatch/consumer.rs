@@ -1,6 +1,12 @@
 //! The Kafka side: a group consumer polled on a thread of its own, which turns messages into
-//! [`Record`]s (filtering on the way), pauses its partitions while the dispatcher's buffer is full,
-//! and reports assignments and revocations in order with the records.
+//! [`Record`]s (filtering on the way) and reports assignments and revocations in order with the
+//! records.
+//!
+//! Flow control: every assigned partition gets a queue of its own (`split_partition_queue`), and
+//! the thread reads them only while the dispatcher's buffer has room. librdkafka stops fetching
+//! a partition whose queue holds `queued.max.messages.kbytes`, so memory stays bounded without
+//! pausing partitions (a resume left librdkafka idle for up to a second). The consumer's own
+//! queue, with rebalances and errors, is served all the time.
 //!
 //! Offsets: the engine stores the position of each partition (everything below it delivered,
 //! dead-lettered or filtered) with `store_offsets`; librdkafka commits stored offsets every second,
@@ -9,13 +15,13 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
@@ -25,12 +31,14 @@ use tracing::{debug, error, info, warn};
 
 use super::filter::{accepts_all, Filter};
 use super::metrics::DispatchMetrics;
-use super::record::{Record, RecordHeader};
+use super::record::Record;
 use super::scheduler::PartitionId;
 
-/// Messages handed to the engine at once (fewer when no more are waiting).
-const MAX_BATCH: usize = 1024;
-const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// Messages handed to the engine at once (fewer when no more are waiting); also how far the
+/// buffer may overshoot its limit.
+const MAX_BATCH: usize = 256;
+/// Longest sleep of the consumer thread without a wake-up (serving the consumer's queue).
+const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// Broker requests made inside a rebalance (committed offsets, offsets for a time).
 const REBALANCE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -92,19 +100,44 @@ pub enum ConsumerEvent {
     Records(Vec<Incoming>),
 }
 
+/// Wakes the consumer thread: librdkafka calls it when a queue turns non-empty, the engine when
+/// the buffer has room again.
+#[derive(Debug, Default)]
+pub struct Wake {
+    woken: Mutex<bool>,
+    signal: Condvar,
+}
+
+impl Wake {
+    pub fn notify(&self) {
+        *self.woken.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = true;
+        self.signal.notify_one();
+    }
+
+    /// Sleeps until notified (a notification since the last wait counts) or `timeout`.
+    fn wait(&self, timeout: Duration) {
+        let mut woken = self.woken.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !*woken {
+            woken = self.signal.wait_timeout(woken, timeout).unwrap_or_else(|poisoned| poisoned.into_inner()).0;
+        }
+        *woken = false;
+    }
+}
+
 /// Records (and their weight in bytes) between the consumer and the end of their delivery; the
-/// consumer pauses while either is at its limit and resumes below half of both.
+/// consumer reads no more while either is at its limit.
 #[derive(Debug)]
 pub struct Budget {
     records: AtomicUsize,
     bytes: AtomicUsize,
     max_records: usize,
     max_bytes: usize,
+    wake: Arc<Wake>,
 }
 
 impl Budget {
-    pub fn new(max_records: usize, max_bytes: usize) -> Self {
-        Budget { records: AtomicUsize::new(0), bytes: AtomicUsize::new(0), max_records, max_bytes }
+    pub fn new(max_records: usize, max_bytes: usize, wake: Arc<Wake>) -> Self {
+        Budget { records: AtomicUsize::new(0), bytes: AtomicUsize::new(0), max_records, max_bytes, wake }
     }
 
     pub fn take(&self, records: usize, bytes: usize) {
@@ -113,8 +146,12 @@ impl Budget {
     }
 
     pub fn release(&self, bytes: usize) {
-        self.records.fetch_sub(1, Ordering::AcqRel);
-        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        let records = self.records.fetch_sub(1, Ordering::AcqRel);
+        let before = self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        // Crossing back below a limit: the consumer may be waiting for room.
+        if records == self.max_records || (before >= self.max_bytes && before - bytes < self.max_bytes) {
+            self.wake.notify();
+        }
     }
 
     pub fn records(&self) -> usize {
@@ -124,16 +161,12 @@ impl Budget {
     fn is_full(&self) -> bool {
         self.records() >= self.max_records || self.bytes.load(Ordering::Acquire) >= self.max_bytes
     }
-
-    fn has_room_to_resume(&self) -> bool {
-        self.records() <= self.max_records / 2 && self.bytes.load(Ordering::Acquire) <= self.max_bytes / 2
-    }
 }
 
 /// What the engine tells the consumer thread.
 #[derive(Debug, Default)]
 pub struct ConsumerControl {
-    /// Stop fetching (shutdown is under way); keep serving the group.
+    /// Stop reading records (shutdown is under way); keep serving the group.
     draining: AtomicBool,
     /// Commit stored offsets, leave the group and end.
     stopped: AtomicBool,
@@ -154,8 +187,10 @@ impl ConsumerControl {
 struct Assignment {
     ids: HashMap<String, HashMap<i32, PartitionId>>,
     next_id: u64,
-    /// The assignment changed since the pause state was last applied.
-    changed: bool,
+    /// Assigned since the consumer thread last looked: their queues are to be split off.
+    added: Vec<AssignedPartition>,
+    /// Revoked since the consumer thread last looked: their queues are to be dropped.
+    revoked: bool,
 }
 
 impl Assignment {
@@ -163,8 +198,9 @@ impl Assignment {
         self.next_id += 1;
         let id = PartitionId(self.next_id);
         self.ids.entry(topic.to_owned()).or_default().insert(partition, id);
-        self.changed = true;
-        AssignedPartition { id, topic: Arc::from(topic), partition }
+        let assigned = AssignedPartition { id, topic: Arc::from(topic), partition };
+        self.added.push(assigned.clone());
+        assigned
     }
 
     fn get(&self, topic: &str, partition: i32) -> Option<PartitionId> {
@@ -172,7 +208,8 @@ impl Assignment {
     }
 
     fn clear(&mut self) -> Vec<PartitionId> {
-        self.changed = true;
+        self.added.clear();
+        self.revoked = true;
         std::mem::take(&mut self.ids).into_values().flat_map(HashMap::into_values).collect()
     }
 }
@@ -333,18 +370,20 @@ pub enum ConsumerError {
 }
 
 /// Creates the consumer and subscribes; records and rebalances arrive on the returned channel
-/// once [`run`] polls it.
+/// once [`run`] polls it. `wake` is notified when the consumer's queue has something.
 pub fn create(
     settings: &ConsumerSettings,
     metrics: Arc<DispatchMetrics>,
+    wake: Arc<Wake>,
 ) -> Result<(Arc<DispatchConsumer>, mpsc::UnboundedReceiver<ConsumerEvent>), ConsumerError> {
     let mut config = ClientConfig::new();
     // Tuning the properties file may override.
     config
         .set("auto.commit.interval.ms", "1000")
         .set("statistics.interval.ms", "5000")
-        // The dispatcher buffers records itself: keep librdkafka's read-ahead modest.
-        .set("queued.max.messages.kbytes", "16384")
+        // Read-ahead per partition (each has its queue): enough to cover a refetch.
+        .set("queued.max.messages.kbytes", "4096")
+        .set("fetch.queue.backoff.ms", "50")
         .set("fetch.wait.max.ms", "100");
     if let Some(path) = &settings.properties_file {
         for (key, value) in tributary_api::kafka_properties::read(path)? {
@@ -366,64 +405,105 @@ pub fn create(
         .set("enable.partition.eof", "false");
     let (events, receiver) = mpsc::unbounded_channel();
     let context = DispatchContext { events, metrics, start_from: settings.start_from, assignment: Mutex::default() };
-    let consumer: DispatchConsumer = config
+    let mut consumer: DispatchConsumer = config
         .create_with_context(context)
         .map_err(|source| ConsumerError::Create { bootstrap_servers: settings.bootstrap_servers.clone(), source })?;
+    consumer.set_nonempty_callback(move || wake.notify());
     let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).map_err(|source| ConsumerError::Subscribe { topics: settings.topics.clone(), source })?;
     Ok((Arc::new(consumer), receiver))
 }
 
-/// Polls until stopped (see the module documentation); run it on a thread of its own.
-pub fn run(consumer: Arc<DispatchConsumer>, filters: Arc<[Filter]>, budget: Arc<Budget>, control: Arc<ConsumerControl>) {
-    let mut paused = false;
-    while !control.stopped.load(Ordering::Acquire) {
-        let changed = std::mem::take(&mut consumer.context().assignment().changed);
-        let pause = control.draining.load(Ordering::Acquire) || if paused { !budget.has_room_to_resume() } else { budget.is_full() };
-        if pause != paused || (changed && pause) {
-            debug!(paused = pause, records = budget.records(), "pausing or resuming the partitions");
-            set_paused(&consumer, pause);
-            paused = pause;
-        }
-        let Some(first) = consumer.poll(POLL_TIMEOUT) else { continue };
-        let mut batch = Vec::with_capacity(MAX_BATCH.min(64));
-        let (mut records, mut bytes) = (0, 0);
-        let mut next = Some(first);
-        while let Some(polled) = next {
-            match polled {
-                Ok(message) => {
-                    if let Some(incoming) = to_incoming(&consumer, &message, &filters) {
-                        if let Incoming::Deliver(record) = &incoming {
-                            records += 1;
-                            bytes += record.weight();
-                        }
-                        batch.push(incoming);
-                    }
-                }
-                Err(error) => warn!(%error, "Kafka consumer error"),
-            }
-            if batch.len() >= MAX_BATCH {
-                break;
-            }
-            next = consumer.poll(Duration::ZERO);
-        }
-        if !batch.is_empty() {
-            budget.take(records, bytes);
-            consumer.context().send(ConsumerEvent::Records(batch));
-        }
-    }
-    commit_stored(&consumer);
+/// Messages read in one round, ready for the engine.
+#[derive(Default)]
+struct Batch {
+    items: Vec<Incoming>,
+    records: usize,
+    bytes: usize,
 }
 
-fn set_paused(consumer: &DispatchConsumer, paused: bool) {
-    let partitions = match consumer.assignment() {
-        Ok(partitions) => partitions,
-        Err(error) => return warn!(%error, "cannot read the assignment to pause or resume it"),
-    };
-    let result = if paused { consumer.pause(&partitions) } else { consumer.resume(&partitions) };
-    if let Err(error) = result {
-        warn!(%error, paused, "cannot pause or resume the partitions");
+impl Batch {
+    fn add(&mut self, consumer: &DispatchConsumer, polled: KafkaResult<BorrowedMessage<'_>>, filters: &[Filter]) {
+        match polled {
+            Ok(message) => {
+                if let Some(incoming) = to_incoming(consumer, &message, filters) {
+                    if let Incoming::Deliver(record) = &incoming {
+                        self.records += 1;
+                        self.bytes += record.weight();
+                    }
+                    self.items.push(incoming);
+                }
+            }
+            Err(error) => warn!(%error, "Kafka consumer error"),
+        }
     }
+}
+
+/// Serves the consumer's own queue (rebalances run here) until it is empty; messages of
+/// partitions whose queue was not split off yet come this way too.
+fn serve_events(consumer: &DispatchConsumer, filters: &[Filter], batch: &mut Batch) {
+    while let Some(polled) = consumer.poll(Duration::ZERO) {
+        batch.add(consumer, polled, filters);
+    }
+}
+
+type Queues = Vec<(PartitionId, PartitionQueue<DispatchContext>)>;
+
+/// Splits off the queues of newly assigned partitions and drops those of revoked ones.
+fn update_queues(consumer: &Arc<DispatchConsumer>, queues: &mut Queues, wake: &Arc<Wake>) -> bool {
+    let (added, revoked) = {
+        let mut assignment = consumer.context().assignment();
+        (std::mem::take(&mut assignment.added), std::mem::take(&mut assignment.revoked))
+    };
+    if revoked {
+        queues.clear();
+    }
+    for partition in &added {
+        match consumer.split_partition_queue(&partition.topic, partition.partition) {
+            Some(mut queue) => {
+                let wake = wake.clone();
+                queue.set_nonempty_callback(move || wake.notify());
+                queues.push((partition.id, queue));
+            }
+            None => error!(topic = %partition.topic, partition = partition.partition, "cannot read the partition"),
+        }
+    }
+    revoked || !added.is_empty()
+}
+
+/// Polls until stopped (see the module documentation); run it on a thread of its own.
+pub fn run(consumer: Arc<DispatchConsumer>, filters: Arc<[Filter]>, budget: Arc<Budget>, control: Arc<ConsumerControl>, wake: Arc<Wake>) {
+    let mut queues: Queues = Vec::new();
+    let mut next = 0usize;
+    while !control.stopped.load(Ordering::Acquire) {
+        let mut batch = Batch::default();
+        serve_events(&consumer, &filters, &mut batch);
+        if update_queues(&consumer, &mut queues, &wake) {
+            // What reached the consumer's queue before the split comes before the partition queue's.
+            serve_events(&consumer, &filters, &mut batch);
+        }
+        if !control.draining.load(Ordering::Acquire) && !budget.is_full() && !queues.is_empty() {
+            // One message per partition in turn, so no partition starves the others.
+            let mut empty = 0;
+            while batch.items.len() < MAX_BATCH && empty < queues.len() {
+                next = (next + 1) % queues.len();
+                match queues[next].1.poll(Duration::ZERO) {
+                    Some(polled) => {
+                        empty = 0;
+                        batch.add(&consumer, polled, &filters);
+                    }
+                    None => empty += 1,
+                }
+            }
+        }
+        if batch.items.is_empty() {
+            wake.wait(IDLE_WAIT);
+            continue;
+        }
+        budget.take(batch.records, batch.bytes);
+        consumer.context().send(ConsumerEvent::Records(batch.items));
+    }
+    commit_stored(&consumer);
 }
 
 fn to_incoming(consumer: &DispatchConsumer, message: &BorrowedMessage<'_>, filters: &[Filter]) -> Option<Incoming> {
@@ -438,18 +518,9 @@ fn to_incoming(consumer: &DispatchConsumer, message: &BorrowedMessage<'_>, filte
     if !accepts_all(filters, header) {
         return Some(Incoming::Filtered { partition, offset });
     }
-    let headers = headers
-        .map(|headers| {
-            headers.iter().map(|header| RecordHeader { name: header.key.to_owned(), value: header.value.map(Bytes::copy_from_slice) }).collect()
-        })
-        .unwrap_or_default();
-    Some(Incoming::Deliver(Record {
-        partition,
-        offset,
-        key: message.key().map(Bytes::copy_from_slice),
-        value: message.payload().map(Bytes::copy_from_slice),
-        headers,
-    }))
+    let count = headers.map_or(0, Headers::count);
+    let header_list = (0..count).filter_map(move |index| headers?.try_get(index)).map(|header| (header.key, header.value));
+    Some(Incoming::Deliver(Record::copy_from(partition, offset, message.key(), message.payload(), header_list)))
 }
 
 #[cfg(test)]
@@ -468,20 +539,24 @@ mod tests {
     }
 
     #[test]
-    fn the_budget_pauses_at_the_limit_and_resumes_below_half() {
-        let budget = Budget::new(10, 1000);
+    fn the_budget_is_full_at_either_limit_and_wakes_the_consumer_below_it() {
+        let wake = Arc::new(Wake::default());
+        let budget = Budget::new(10, 1000, wake.clone());
         budget.take(9, 100);
         assert!(!budget.is_full());
         budget.take(1, 10);
         assert!(budget.is_full());
-        for _ in 0..4 {
-            budget.release(11);
-        }
-        assert!(!budget.is_full() && !budget.has_room_to_resume(), "6 records: below the limit, above half");
+        assert!(!*wake.woken.lock().expect("lock"));
         budget.release(11);
-        assert!(budget.has_room_to_resume());
+        assert!(!budget.is_full());
+        assert!(*wake.woken.lock().expect("lock"), "room again: the consumer is woken");
+        wake.wait(Duration::ZERO);
+        budget.release(11);
+        assert!(!*wake.woken.lock().expect("lock"), "only when crossing the limit");
         budget.take(1, 995);
         assert!(budget.is_full(), "bytes count too");
+        budget.release(995);
+        assert!(*wake.woken.lock().expect("lock"));
     }
 
     #[test]
@@ -490,7 +565,9 @@ mod tests {
         let first = assignment.add("orders", 0);
         assert_eq!(assignment.get("orders", 0), Some(first.id));
         assert_eq!(assignment.get("orders", 1), None);
+        assert_eq!(assignment.added, [first.clone()]);
         assert_eq!(assignment.clear(), [first.id]);
+        assert!(assignment.added.is_empty() && assignment.revoked);
         assert_eq!(assignment.get("orders", 0), None);
         let again = assignment.add("orders", 0);
         assert_ne!(again.id, first.id);

@@ -48,8 +48,8 @@ pub fn dead_letter(dead_letter_topic: &str, record: &Record, failed: &Failed<'_>
     let mut headers: Vec<(String, Vec<u8>)> = record
         .headers
         .iter()
-        .filter(|header| !FAILURE_HEADERS.contains(&header.name.as_str()))
-        .map(|header| (header.name.clone(), header.value.as_deref().unwrap_or_default().to_vec()))
+        .filter(|header| !FAILURE_HEADERS.iter().any(|failure| header.name == failure.as_bytes()))
+        .map(|header| (String::from_utf8_lossy(&header.name).into_owned(), header.value.as_deref().unwrap_or_default().to_vec()))
         .collect();
     headers.extend([
         (ERROR.to_owned(), failed.error.as_bytes().to_vec()),
@@ -94,7 +94,7 @@ mod tests {
     use crate::producer::FakeProducer;
 
     fn header(name: &str, value: &str) -> RecordHeader {
-        RecordHeader { name: name.into(), value: Some(Bytes::copy_from_slice(value.as_bytes())) }
+        RecordHeader { name: Bytes::copy_from_slice(name.as_bytes()), value: Some(Bytes::copy_from_slice(value.as_bytes())) }
     }
 
     fn failed() -> Failed<'static> {
@@ -118,7 +118,7 @@ mod tests {
                 header("ce_id", "e-1"),
                 header("ce_type", "orders.created"),
                 header("content-type", "application/json"),
-                RecordHeader { name: "empty".into(), value: None },
+                RecordHeader { name: Bytes::from_static(b"empty"), value: None },
             ],
         };
         let letter = dead_letter("shop.orders.dlq", &record, &failed());

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
-use super::consumer::{self, AssignedPartition, Budget, ConsumerControl, ConsumerError, ConsumerEvent, DispatchConsumer, Incoming};
+use super::consumer::{self, AssignedPartition, Budget, ConsumerControl, ConsumerError, ConsumerEvent, DispatchConsumer, Incoming, Wake};
 use super::dead_letter::{self, Failed};
 use super::http::{Attempt, Failure, Lane};
 use super::metrics::{DeadLetterReason, DispatchMetrics};
@@ -105,6 +105,7 @@ pub struct Dispatcher {
     settings: Arc<DispatchSettings>,
     consumer: Arc<DispatchConsumer>,
     events: mpsc::UnboundedReceiver<ConsumerEvent>,
+    wake: Arc<Wake>,
     producer: Arc<dyn EventProducer>,
     metrics: Arc<DispatchMetrics>,
 }
@@ -112,22 +113,24 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// Fails on configuration Kafka refuses (bad properties, unknown settings).
     pub fn new(settings: DispatchSettings, producer: Arc<dyn EventProducer>, metrics: Arc<DispatchMetrics>) -> Result<Self, ConsumerError> {
-        let (consumer, events) = consumer::create(&settings.consumer, metrics.clone())?;
-        Ok(Dispatcher { settings: Arc::new(settings), consumer, events, producer, metrics })
+        let wake = Arc::new(Wake::default());
+        let (consumer, events) = consumer::create(&settings.consumer, metrics.clone(), wake.clone())?;
+        Ok(Dispatcher { settings: Arc::new(settings), consumer, events, wake, producer, metrics })
     }
 
     /// Dispatches until `shutdown` turns true (or its sender goes away); then stops fetching,
     /// lets in-flight deliveries finish (up to the request timeout, at most 25 s), commits what is
     /// done and leaves the group.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), DispatchError> {
-        let Dispatcher { settings, consumer, mut events, producer, metrics } = self;
-        let budget = Arc::new(Budget::new(settings.max_buffered_records, settings.max_buffered_bytes));
+        let Dispatcher { settings, consumer, mut events, wake, producer, metrics } = self;
+        let budget = Arc::new(Budget::new(settings.max_buffered_records, settings.max_buffered_bytes, wake.clone()));
         let control = Arc::new(ConsumerControl::default());
         let thread = {
-            let (consumer, filters, budget, control) = (consumer.clone(), Arc::from(settings.filters.clone()), budget.clone(), control.clone());
+            let (consumer, filters, budget, control, wake) =
+                (consumer.clone(), Arc::from(settings.filters.clone()), budget.clone(), control.clone(), wake.clone());
             std::thread::Builder::new()
                 .name("kafka-consumer".into())
-                .spawn(move || consumer::run(consumer, filters, budget, control))
+                .spawn(move || consumer::run(consumer, filters, budget, control, wake))
                 .map_err(DispatchError::Thread)?
         };
         let (outcomes_sender, outcomes) = mpsc::unbounded_channel();
@@ -161,11 +164,13 @@ impl Dispatcher {
         let served = engine.serve(&mut events, &mut shutdown).await;
         info!("shutting down: finishing in-flight deliveries");
         control.drain();
+        wake.notify();
         engine.drain().await;
         lane_tasks.abort_all();
         engine.dead_letters.abort_all();
         drop(engine);
         control.stop();
+        wake.notify();
         // The thread commits the stored offsets and leaves the group.
         if tokio::task::spawn_blocking(move || thread.join()).await.map_or(true, |joined| joined.is_err()) {
             warn!("the Kafka consumer thread panicked");

@@ -89,9 +89,14 @@ impl Sink {
 }
 
 /// Record headers that must not become request headers: they describe the hop or the framing.
-fn is_connection_header(name: &str) -> bool {
-    const EXCLUDED: [&str; 9] = ["connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length", "expect"];
-    EXCLUDED.iter().any(|excluded| name.eq_ignore_ascii_case(excluded)) || name.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
+fn is_connection_header(name: &[u8]) -> bool {
+    const EXCLUDED: [&[u8]; 9] =
+        [b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"host", b"content-length", b"expect"];
+    EXCLUDED.iter().any(|excluded| name.eq_ignore_ascii_case(excluded)) || starts_with_ignore_case(name, b"proxy-")
+}
+
+fn starts_with_ignore_case(name: &[u8], prefix: &[u8]) -> bool {
+    name.get(..prefix.len()).is_some_and(|start| start.eq_ignore_ascii_case(prefix))
 }
 
 /// A CloudEvents attribute value as an HTTP header value: space, `"`, `%` and anything outside
@@ -119,18 +124,19 @@ fn header_value(value: &Bytes) -> Option<HeaderValue> {
 /// Builds requests, keeping the HTTP names of `ce_*` headers it has seen.
 #[derive(Debug, Default)]
 pub struct RequestBuilder {
-    attribute_names: HashMap<String, HeaderName>,
+    attribute_names: HashMap<Bytes, HeaderName>,
 }
 
 impl RequestBuilder {
-    fn attribute_name(&mut self, record_header: &str) -> Option<HeaderName> {
+    fn attribute_name(&mut self, record_header: &Bytes) -> Option<HeaderName> {
         if let Some(name) = self.attribute_names.get(record_header) {
             return Some(name.clone());
         }
-        let attribute = record_header.get(3..)?;
-        let name = HeaderName::from_bytes(format!("ce-{attribute}").as_bytes()).ok()?;
+        let mut http_name = b"ce-".to_vec();
+        http_name.extend_from_slice(record_header.get(3..)?);
+        let name = HeaderName::from_bytes(&http_name).ok()?;
         if self.attribute_names.len() < HEADER_NAME_CACHE {
-            self.attribute_names.insert(record_header.to_owned(), name.clone());
+            self.attribute_names.insert(record_header.clone(), name.clone());
         }
         Some(name)
     }
@@ -147,21 +153,21 @@ impl RequestBuilder {
         headers.insert(USER_AGENT, AGENT.clone());
         for header in &record.headers {
             let Some(value) = &header.value else { continue };
-            let name = header.name.as_str();
-            if name.len() > 3 && name.as_bytes()[..3].eq_ignore_ascii_case(b"ce_") {
+            let name = &header.name[..];
+            if name.len() > 3 && starts_with_ignore_case(name, b"ce_") {
                 let encoded = match encode_attribute(value) {
                     Cow::Borrowed(_) => header_value(value),
                     Cow::Owned(encoded) => HeaderValue::from_bytes(&encoded).ok(),
                 };
-                if let (Some(name), Some(value)) = (self.attribute_name(name), encoded) {
+                if let (Some(name), Some(value)) = (self.attribute_name(&header.name), encoded) {
                     headers.append(name, value);
                 }
-            } else if name.eq_ignore_ascii_case("content-type") {
+            } else if name.eq_ignore_ascii_case(b"content-type") {
                 if let Some(value) = header_value(value) {
                     headers.insert(CONTENT_TYPE, value);
                 }
-            } else if !is_connection_header(name) && !name.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("ce-")) {
-                if let (Ok(name), Some(value)) = (HeaderName::from_bytes(name.as_bytes()), header_value(value)) {
+            } else if !is_connection_header(name) && !starts_with_ignore_case(name, b"ce-") {
+                if let (Ok(name), Some(value)) = (HeaderName::from_bytes(name), header_value(value)) {
                     headers.append(name, value);
                 }
             }
@@ -393,20 +399,10 @@ pub fn with_causes(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dispatch::record::RecordHeader;
     use crate::dispatch::scheduler::PartitionId;
 
     fn record(headers: &[(&str, Option<&[u8]>)], value: Option<&[u8]>) -> Record {
-        Record {
-            partition: PartitionId(1),
-            offset: 7,
-            key: Some(Bytes::from_static(b"order-1")),
-            value: value.map(Bytes::copy_from_slice),
-            headers: headers
-                .iter()
-                .map(|(name, value)| RecordHeader { name: (*name).to_owned(), value: value.map(Bytes::copy_from_slice) })
-                .collect(),
-        }
+        Record::copy_from(PartitionId(1), 7, Some(b"order-1"), value, headers.iter().copied())
     }
 
     #[test]
