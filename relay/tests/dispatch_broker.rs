@@ -21,7 +21,7 @@ use tributary_relay::producer::{EventProducer, OutgoingRecord, ProducerSettings,
 
 /// librdkafka settings of every dispatcher here: quick group joins (Tansu completes a join after
 /// about half the session timeout).
-const CONSUMER_PROPERTIES: &str = "session.timeout.ms=6000\nheartbeat.interval.ms=500\n";
+const CONSUMER_PROPERTIES: &str = "session.timeout.ms=2000\nheartbeat.interval.ms=300\n";
 
 // ---------------------------------------------------------------------------------------------
 // The sink
