@@ -504,7 +504,8 @@ impl DispatchArgs {
     pub fn settings(&self) -> Result<crate::dispatch::DispatchSettings, String> {
         use crate::dispatch::{Backoff, ConsumerSettings, DispatchSettings, Filter, Ordering, RetryPolicy, Sink};
         check_bootstrap_servers(&self.bootstrap_servers)?;
-        let topics: Vec<String> = self.topics.iter().map(|topic| topic.trim()).filter(|topic| !topic.is_empty()).map(str::to_owned).collect();
+        let topics: Vec<String> =
+            self.topics.iter().map(|topic| topic.trim()).filter(|topic| !topic.is_empty()).map(str::to_owned).collect();
         if topics.is_empty() {
             return Err("no topics to consume (--topics a,b)".into());
         }
@@ -660,10 +661,8 @@ mod tests {
         use clap::CommandFactory;
         let command = Cli::command();
         let dispatch = command.find_subcommand("dispatch").expect("dispatch subcommand");
-        let mirrored: Vec<(String, String)> = dispatch
-            .get_arguments()
-            .filter_map(|arg| Some((arg.get_long()?.to_owned(), arg.get_env()?.to_str()?.to_owned())))
-            .collect();
+        let mirrored: Vec<(String, String)> =
+            dispatch.get_arguments().filter_map(|arg| Some((arg.get_long()?.to_owned(), arg.get_env()?.to_str()?.to_owned()))).collect();
         let expected = [
             ("bootstrap-servers", "TRIBUTARY_BOOTSTRAP_SERVERS"),
             ("topics", "TRIBUTARY_TOPICS"),
@@ -687,8 +686,11 @@ mod tests {
         ];
         let expected: Vec<(String, String)> = expected.iter().map(|(flag, env)| ((*flag).to_owned(), (*env).to_owned())).collect();
         assert_eq!(mirrored, expected);
-        let unmirrored: Vec<&str> =
-            dispatch.get_arguments().filter(|arg| arg.get_long().is_some() && arg.get_env().is_none()).filter_map(|arg| arg.get_long()).collect();
+        let unmirrored: Vec<&str> = dispatch
+            .get_arguments()
+            .filter(|arg| arg.get_long().is_some() && arg.get_env().is_none())
+            .filter_map(|arg| arg.get_long())
+            .collect();
         assert_eq!(unmirrored, Vec::<&str>::new());
     }
 

@@ -204,7 +204,11 @@ async fn produce(producer: &RdKafkaProducer, records: Vec<OutgoingRecord>) {
 }
 
 fn ids(records: &[OutgoingRecord]) -> HashSet<String> {
-    records.iter().filter_map(|record| record.headers.iter().find(|(name, _)| name == "ce_id")).map(|(_, id)| String::from_utf8_lossy(id).into_owned()).collect()
+    records
+        .iter()
+        .filter_map(|record| record.headers.iter().find(|(name, _)| name == "ce_id"))
+        .map(|(_, id)| String::from_utf8_lossy(id).into_owned())
+        .collect()
 }
 
 /// A topic of `partitions` partitions and its dead-letter topic, both fresh.
@@ -225,7 +229,15 @@ fn properties_file() -> (tempfile::TempDir, String) {
 }
 
 /// `tributary-relay dispatch` for `topic`, reading from the earliest offset, plus `extra` flags.
-fn spawn_dispatcher(env: &TestEnv, topic: &str, dead_letters: &str, group: &str, sink: &TestSink, properties: &str, extra: &[&str]) -> Relay {
+fn spawn_dispatcher(
+    env: &TestEnv,
+    topic: &str,
+    dead_letters: &str,
+    group: &str,
+    sink: &TestSink,
+    properties: &str,
+    extra: &[&str],
+) -> Relay {
     let mut args: Vec<String> = [
         "dispatch",
         "--bootstrap-servers",
@@ -252,7 +264,8 @@ fn spawn_dispatcher(env: &TestEnv, topic: &str, dead_letters: &str, group: &str,
 
 /// The group's committed offset of each partition (-1: none).
 fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
-    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().expect("offsets client");
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().expect("offsets client");
     let mut list = TopicPartitionList::new();
     for partition in 0..partitions {
         list.add_partition(topic, partition);
@@ -276,7 +289,8 @@ async fn assert_committed_to_end(env: &TestEnv, group: &str, topic: &str, partit
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let (bootstrap, group_id, topic_id) = (env.bootstrap_servers.clone(), group.to_owned(), topic.to_owned());
-        let committed = tokio::task::spawn_blocking(move || committed(&bootstrap, &group_id, &topic_id, partitions)).await.expect("offsets");
+        let committed =
+            tokio::task::spawn_blocking(move || committed(&bootstrap, &group_id, &topic_id, partitions)).await.expect("offsets");
         if committed == ends {
             return;
         }
@@ -307,7 +321,8 @@ async fn delivers_cloudevents_configured_by_environment_and_exits_0_on_sigterm()
     let Some(env) = test_env("delivers_cloudevents_configured_by_environment_and_exits_0_on_sigterm", false) else { return };
     let started = Instant::now();
     let (topic, dead_letters) = topics(&env, "dispatch-env", 2).await;
-    let mut records: Vec<OutgoingRecord> = (0..30).map(|seq| event(&topic, &format!("k{}", seq % 5), seq, "orders.created", "o-eu")).collect();
+    let mut records: Vec<OutgoingRecord> =
+        (0..30).map(|seq| event(&topic, &format!("k{}", seq % 5), seq, "orders.created", "o-eu")).collect();
     records[0].headers.push(("traceparent".into(), b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_vec()));
     records[0].headers.push(("transfer-encoding".into(), b"chunked".to_vec()));
     let expected = ids(&records);
@@ -366,11 +381,9 @@ async fn retries_server_errors_and_honours_retry_after() {
     let sink = TestSink::start(Duration::ZERO, |request| match (request.id.as_str(), request.attempt) {
         ("a-0", 1) => Reply { status: 503, retry_after: Some("1".into()), body: "busy" },
         ("b-0", 1 | 2) => Reply::status(500),
-        ("c-0", 1) => Reply {
-            status: 429,
-            retry_after: Some(httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(2))),
-            body: "slow down",
-        },
+        ("c-0", 1) => {
+            Reply { status: 429, retry_after: Some(httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(2))), body: "slow down" }
+        }
         _ => Reply::status(200),
     })
     .await;
@@ -407,7 +420,8 @@ async fn failures_are_dead_lettered_with_the_original_record_and_failure_headers
     let Some(env) = test_env("failures_are_dead_lettered_with_the_original_record_and_failure_headers", false) else { return };
     let test_started = SystemTime::now();
     let (topic, dead_letters) = topics(&env, "dispatch-dlq", 2).await;
-    let records: Vec<OutgoingRecord> = ["bad", "down", "fine", "other"].iter().map(|key| event(&topic, key, 0, "orders.created", "o-1")).collect();
+    let records: Vec<OutgoingRecord> =
+        ["bad", "down", "fine", "other"].iter().map(|key| event(&topic, key, 0, "orders.created", "o-1")).collect();
     let produced = ids(&records);
     produce(&producer(&env), records).await;
 
@@ -427,10 +441,12 @@ async fn failures_are_dead_lettered_with_the_original_record_and_failure_headers
     let missing = letters.wait_for(&wanted, Duration::from_secs(30)).await;
     assert!(missing.is_empty(), "no dead letter for {missing:?}\n{}", dispatcher.log_tail(30));
     let originals = Collector::read_back(&env.bootstrap_servers, std::slice::from_ref(&topic), &wanted, Duration::from_secs(10)).await;
-    let original = |id: &str| -> Received { originals.records().into_iter().find(|record| record.ce_id() == Some(id)).expect("original read back") };
+    let original =
+        |id: &str| -> Received { originals.records().into_iter().find(|record| record.ce_id() == Some(id)).expect("original read back") };
     let letter = |id: &str| -> Received { letters.records().into_iter().find(|record| record.ce_id() == Some(id)).expect("dead letter") };
 
-    for (id, attempts, error) in [("bad-0", "1", "HTTP 400 Bad Request: no such order"), ("down-0", "3", "HTTP 500 Internal Server Error")] {
+    for (id, attempts, error) in [("bad-0", "1", "HTTP 400 Bad Request: no such order"), ("down-0", "3", "HTTP 500 Internal Server Error")]
+    {
         let (letter, original) = (letter(id), original(id));
         assert_eq!(letter.key, original.key, "{id}: key");
         assert_eq!(letter.payload, original.payload, "{id}: value");
@@ -442,7 +458,8 @@ async fn failures_are_dead_lettered_with_the_original_record_and_failure_headers
         assert_eq!(letter.header(dead_letter::ORIGINAL_TOPIC), Some(topic.as_str()), "{id}");
         assert_eq!(letter.header(dead_letter::ORIGINAL_PARTITION), Some(original.partition.to_string().as_str()), "{id}");
         assert_eq!(letter.header(dead_letter::ORIGINAL_OFFSET), Some(original.offset.to_string().as_str()), "{id}");
-        let first_failure: jiff::Timestamp = letter.header(dead_letter::FIRST_FAILURE_TIME).expect("first failure time").parse().expect("RFC 3339");
+        let first_failure: jiff::Timestamp =
+            letter.header(dead_letter::FIRST_FAILURE_TIME).expect("first failure time").parse().expect("RFC 3339");
         let first_failure = SystemTime::from(first_failure);
         assert!(first_failure >= test_started - Duration::from_millis(1) && first_failure <= SystemTime::now(), "{id}: {first_failure:?}");
     }
@@ -462,8 +479,10 @@ async fn per_key_order_holds_and_a_failing_key_does_not_block_the_others() {
     let (topic, dead_letters) = topics(&env, "dispatch-order", 1).await;
     const KEYS: u64 = 8;
     const PER_KEY: u64 = 25;
-    let records: Vec<OutgoingRecord> =
-        (0..PER_KEY).flat_map(|seq| (0..KEYS).map(move |key| (key, seq))).map(|(key, seq)| event(&topic, &format!("k{key}"), seq, "t", "s")).collect();
+    let records: Vec<OutgoingRecord> = (0..PER_KEY)
+        .flat_map(|seq| (0..KEYS).map(move |key| (key, seq)))
+        .map(|(key, seq)| event(&topic, &format!("k{key}"), seq, "t", "s"))
+        .collect();
     let expected = ids(&records);
     produce(&producer(&env), records).await;
 
@@ -506,9 +525,13 @@ async fn per_key_order_holds_and_a_failing_key_does_not_block_the_others() {
     assert!(log.max_in_flight > 1, "keys are delivered in parallel");
     drop(log);
     // The other keys were all through while k3 still waited for its first record's retries.
-    let k3_first_delivered =
-        requests.iter().find(|(request, status, _)| request.id == "k3-0" && *status == 200).map(|(_, _, answered)| *answered).expect("k3-0");
-    let others_done = requests.iter().filter(|(request, _, _)| request.key != "k3").map(|(_, _, answered)| *answered).max().expect("others");
+    let k3_first_delivered = requests
+        .iter()
+        .find(|(request, status, _)| request.id == "k3-0" && *status == 200)
+        .map(|(_, _, answered)| *answered)
+        .expect("k3-0");
+    let others_done =
+        requests.iter().filter(|(request, _, _)| request.key != "k3").map(|(_, _, answered)| *answered).max().expect("others");
     assert!(others_done < k3_first_delivered, "other keys waited for the failing key");
 }
 
@@ -610,12 +633,23 @@ async fn kill_9_under_load_loses_nothing() {
     let produced: HashSet<String> = writer.await.expect("writer").into_iter().collect();
 
     let dispatcher = spawn_dispatcher(&env, &topic, &dead_letters, &group, &sink, &properties, &extra);
-    let refused: HashSet<String> =
-        produced.iter().filter(|id| id.rsplit('-').next().and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n % 97 == 0)).cloned().collect();
+    let refused: HashSet<String> = produced
+        .iter()
+        .filter(|id| id.rsplit('-').next().and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n % 97 == 0))
+        .cloned()
+        .collect();
     let accepted: HashSet<String> = produced.difference(&refused).cloned().collect();
     let missing = sink.wait_delivered(&accepted, Duration::from_secs(60)).await;
-    assert!(missing.is_empty(), "{} of {} records never delivered, e.g. {:?}\n{}", missing.len(), accepted.len(), missing.iter().take(5).collect::<Vec<_>>(), dispatcher.log_tail(30));
-    let letters = Collector::read_back(&env.bootstrap_servers, std::slice::from_ref(&dead_letters), &refused, Duration::from_secs(30)).await;
+    assert!(
+        missing.is_empty(),
+        "{} of {} records never delivered, e.g. {:?}\n{}",
+        missing.len(),
+        accepted.len(),
+        missing.iter().take(5).collect::<Vec<_>>(),
+        dispatcher.log_tail(30)
+    );
+    let letters =
+        Collector::read_back(&env.bootstrap_servers, std::slice::from_ref(&dead_letters), &refused, Duration::from_secs(30)).await;
     let dead_lettered = letters.seen_ids();
     let missing: HashSet<&String> = refused.difference(&dead_lettered).collect();
     assert!(missing.is_empty(), "{} refused records never dead-lettered: {missing:?}", missing.len());

@@ -158,7 +158,11 @@ impl Bench {
             let started = Instant::now();
             let mut cpu_at_first = None;
             while sink.state.count.load(AtomicOrdering::Acquire) < records {
-                ensure!(started.elapsed() < PHASE_TIMEOUT, "{name}: {} of {records} delivered", sink.state.count.load(AtomicOrdering::Acquire));
+                ensure!(
+                    started.elapsed() < PHASE_TIMEOUT,
+                    "{name}: {} of {records} delivered",
+                    sink.state.count.load(AtomicOrdering::Acquire)
+                );
                 if cpu_at_first.is_none() && sink.state.count.load(AtomicOrdering::Acquire) > 0 {
                     cpu_at_first = process_cpu("self");
                 }

@@ -88,7 +88,10 @@ pub struct AssignedPartition {
 pub enum Incoming {
     Deliver(Record),
     /// Did not pass the filters: done without delivery.
-    Filtered { partition: PartitionId, offset: i64 },
+    Filtered {
+        partition: PartitionId,
+        offset: i64,
+    },
 }
 
 #[derive(Debug)]
@@ -565,7 +568,7 @@ mod tests {
         let first = assignment.add("orders", 0);
         assert_eq!(assignment.get("orders", 0), Some(first.id));
         assert_eq!(assignment.get("orders", 1), None);
-        assert_eq!(assignment.added, [first.clone()]);
+        assert_eq!(assignment.added, std::slice::from_ref(&first));
         assert_eq!(assignment.clear(), [first.id]);
         assert!(assignment.added.is_empty() && assignment.revoked);
         assert_eq!(assignment.get("orders", 0), None);

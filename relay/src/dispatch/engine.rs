@@ -138,7 +138,12 @@ impl Dispatcher {
         let lanes = (0..settings.lanes)
             .map(|index| {
                 let (jobs, receiver) = mpsc::channel(1);
-                lane_tasks.spawn(run_lane(index, Lane::new(settings.sink.clone(), settings.request_timeout), receiver, outcomes_sender.clone()));
+                lane_tasks.spawn(run_lane(
+                    index,
+                    Lane::new(settings.sink.clone(), settings.request_timeout),
+                    receiver,
+                    outcomes_sender.clone(),
+                ));
                 jobs
             })
             .collect::<Vec<_>>();
@@ -355,7 +360,8 @@ impl Engine {
             topic = %meta.topic, partition = meta.partition, offset = pending.record.offset, attempts = pending.attempts,
             reason = reason.label(), error = %failure.message, "dead-lettering a record"
         );
-        let failed = Failed { topic: &meta.topic, partition: meta.partition, error: &failure.message, attempts: pending.attempts, first_failure };
+        let failed =
+            Failed { topic: &meta.topic, partition: meta.partition, error: &failure.message, attempts: pending.attempts, first_failure };
         let letter = dead_letter::dead_letter(&self.settings.dead_letter_topic, &pending.record, &failed);
         let (producer, metrics, outcomes) = (self.producer.clone(), self.metrics.clone(), self.outcomes_sender.clone());
         let (ticket, weight) = (job.ticket, pending.weight);

@@ -48,7 +48,10 @@ impl Record {
             offset,
             key: key.map(|range| buffer.slice(range)),
             value: value.map(|range| buffer.slice(range)),
-            headers: headers.into_iter().map(|(name, value)| RecordHeader { name: buffer.slice(name), value: value.map(|range| buffer.slice(range)) }).collect(),
+            headers: headers
+                .into_iter()
+                .map(|(name, value)| RecordHeader { name: buffer.slice(name), value: value.map(|range| buffer.slice(range)) })
+                .collect(),
         }
     }
 

@@ -324,10 +324,11 @@ impl Relay {
     /// `tributary-relay outbox --database-url … --bootstrap-servers … --table … --listen-address …`
     /// plus `args`.
     pub fn spawn(env: &TestEnv, table: &str, args: &[String]) -> Relay {
-        let mut all: Vec<String> = ["outbox", "--database-url", &env.database_url, "--bootstrap-servers", &env.bootstrap_servers, "--table", table]
-            .iter()
-            .map(|arg| (*arg).to_owned())
-            .collect();
+        let mut all: Vec<String> =
+            ["outbox", "--database-url", &env.database_url, "--bootstrap-servers", &env.bootstrap_servers, "--table", table]
+                .iter()
+                .map(|arg| (*arg).to_owned())
+                .collect();
         all.extend_from_slice(args);
         Relay::spawn_command(&all, &[])
     }
