@@ -239,10 +239,11 @@ impl Bench {
             max_buffered_records: usize::try_from(self.args.max_buffered_records)?,
             max_buffered_bytes: 64 << 20,
         };
-        let metrics = Arc::new(DispatchMetrics::register(&mut Registry::default(), Readiness::default()));
+        let mut registry = Registry::default();
+        let metrics = Arc::new(DispatchMetrics::register(&mut registry, Readiness::default()));
         let dispatcher = Dispatcher::new(settings, Arc::new(self.producer()?), metrics.clone())?;
         let (stop, stopped) = watch::channel(false);
-        Ok(Running { stop, task: tokio::spawn(dispatcher.run(stopped)), metrics })
+        Ok(Running { stop, task: tokio::spawn(dispatcher.run(stopped)), metrics, registry })
     }
 
     async fn latency(&self, producer: &Arc<RdKafkaProducer>) -> anyhow::Result<()> {
@@ -301,6 +302,8 @@ impl Bench {
         while sink.state.count.load(AtomicOrdering::Acquire) < total && caught_up.elapsed() < Duration::from_secs(30) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        let mut exposition = String::new();
+        prometheus_client::encoding::text::encode(&mut exposition, &running.registry)?;
         running.stop().await?;
 
         let mut latencies_ms: Vec<f64> = sink
@@ -331,6 +334,12 @@ impl Bench {
             let value = percentile(&acks_ms, quantile).map_or_else(|| "none".to_owned(), |ms| format!("{ms:.2}"));
             figure(&format!("{name}_produce_ack_ms"), value);
         }
+        println!("# the dispatcher's own share, from its histogram (arrival from Kafka to the sink's answer): an upper bound per quantile");
+        for (name, quantile) in [("p50", 0.5), ("p99", 0.99)] {
+            let value = histogram_quantile_bound(&exposition, "tributary_dispatch_delivery_latency_seconds", quantile)
+                .map_or_else(|| "none".to_owned(), |seconds| format!("{:.1}", seconds * 1000.0));
+            figure(&format!("{name}_dispatch_ms_at_most"), value);
+        }
         Ok(())
     }
 }
@@ -340,6 +349,7 @@ struct Running {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), super::DispatchError>>,
     metrics: Arc<DispatchMetrics>,
+    registry: Registry,
 }
 
 impl Running {
@@ -347,6 +357,25 @@ impl Running {
         let _ = self.stop.send(true);
         Ok(self.task.await??)
     }
+}
+
+/// The upper bound of the histogram bucket holding the `quantile` (0..1) of the observations, from
+/// an OpenMetrics text exposition; None without observations.
+fn histogram_quantile_bound(exposition: &str, histogram: &str, quantile: f64) -> Option<f64> {
+    let prefix = format!("{histogram}_bucket{{le=\"");
+    let buckets: Vec<(f64, f64)> = exposition
+        .lines()
+        .filter_map(|line| {
+            let (bound, count) = line.strip_prefix(&prefix)?.split_once("\"} ")?;
+            let bound = if bound == "+Inf" { f64::INFINITY } else { bound.parse().ok()? };
+            Some((bound, count.split_whitespace().next()?.parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    buckets.iter().find(|(_, count)| *count >= quantile * total).map(|(bound, _)| *bound)
 }
 
 async fn create_topics(admin: &AdminClient<DefaultClientContext>, names: &[&str], partitions: i32) -> anyhow::Result<()> {
@@ -460,4 +489,25 @@ async fn receive(State(state): State<Arc<SinkState>>, headers: HeaderMap, body: 
     state.count.fetch_add(1, AtomicOrdering::AcqRel);
     drop(body);
     StatusCode::OK
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles_are_bounded_by_their_bucket() {
+        let exposition = "# TYPE x histogram\n\
+            x_sum 1.0\n\
+            x_count 100\n\
+            x_bucket{le=\"0.001\"} 40\n\
+            x_bucket{le=\"0.002\"} 90\n\
+            x_bucket{le=\"0.004\"} 99\n\
+            x_bucket{le=\"+Inf\"} 100\n";
+        assert_eq!(histogram_quantile_bound(exposition, "x", 0.5), Some(0.002));
+        assert_eq!(histogram_quantile_bound(exposition, "x", 0.99), Some(0.004));
+        assert_eq!(histogram_quantile_bound(exposition, "x", 1.0), Some(f64::INFINITY));
+        assert_eq!(histogram_quantile_bound("x_bucket{le=\"+Inf\"} 0\n", "x", 0.5), None);
+        assert_eq!(histogram_quantile_bound("", "x", 0.5), None);
+    }
 }
