@@ -233,8 +233,9 @@ impl Engine {
                     retry_timer.as_mut().reset(at);
                 }
             }
+            // Unbiased: under load outcomes are always ready, and the other branches (records,
+            // retries, storing offsets) must still get their turn.
             tokio::select! {
-                biased;
                 _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
                 Some(outcome) = self.outcomes.recv() => {
                     self.on_outcome(outcome);
