@@ -625,7 +625,8 @@ async fn kill_9_under_load_loses_nothing() {
             assert!(Instant::now() < deadline, "round {round}: nothing delivered\n{}", dispatcher.log_tail(30));
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(random.between(50, 1000))).await;
+        // Long enough, mostly, for some commits (every second) to land in between.
+        tokio::time::sleep(Duration::from_millis(random.between(300, 2500))).await;
         dispatcher.kill9().await;
         eprintln!("round {round}: killed after {} requests ({})", sink.requests().len(), since(started));
     }

@@ -329,6 +329,15 @@ impl ClientContext for DispatchContext {
 }
 
 impl ConsumerContext for DispatchContext {
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => debug!(partitions = offsets.count(), "offsets committed"),
+            // Nothing stored since the last commit.
+            Err(error) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) => {}
+            Err(error) => warn!(%error, "cannot commit offsets"),
+        }
+    }
+
     /// Eager rebalancing, with the start position applied to new partitions and stored offsets
     /// committed before revoked ones are released.
     fn rebalance(&self, consumer: &BaseConsumer<Self>, error: RDKafkaRespErr, partitions: &mut TopicPartitionList) {
