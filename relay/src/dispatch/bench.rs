@@ -77,8 +77,10 @@ pub struct BenchDispatchArgs {
     /// Records the dispatcher buffers before pausing consumption.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_buffered_records: u32,
-    /// Extra librdkafka consumer property for the dispatcher, `key=value` (repeatable).
-    #[arg(long = "consumer-property")]
+    /// librdkafka consumer property for the dispatcher, `key=value` (repeatable). The default
+    /// shortens the fetch wait: Tansu holds a fetch for most of its wait even while records
+    /// arrive (a Kafka broker answers as soon as there are records).
+    #[arg(long = "consumer-property", default_values_t = ["fetch.wait.max.ms=5".to_owned()])]
     pub consumer_properties: Vec<String>,
     /// Ordering of the dispatcher in the latency phase.
     #[arg(long, value_enum, default_value_t = LatencyOrdering::PerKey)]
@@ -127,8 +129,8 @@ impl Bench {
     async fn run(&self, admin: &AdminClient<DefaultClientContext>) -> anyhow::Result<()> {
         let args = &self.args;
         println!(
-            "# tributary-relay bench-dispatch: records={} keys={} value_bytes={} partitions={} concurrency={} keys_in_flight={} offered_rate={} duration={:?}",
-            args.records, args.keys, args.value_bytes, args.partitions, args.concurrency, args.keys_in_flight, args.offered_rate, args.duration
+            "# tributary-relay bench-dispatch: records={} keys={} value_bytes={} partitions={} concurrency={} keys_in_flight={} offered_rate={} duration={:?} consumer_properties={:?}",
+            args.records, args.keys, args.value_bytes, args.partitions, args.concurrency, args.keys_in_flight, args.offered_rate, args.duration, args.consumer_properties
         );
         println!("# load average at start: {}", load_average());
         create_topics(admin, &[&self.topic, &self.latency_topic()], args.partitions).await?;
