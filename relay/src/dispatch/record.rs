@@ -55,11 +55,6 @@ impl Record {
         }
     }
 
-    /// The value of the first header called `name`.
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|header| header.name == name.as_bytes()).and_then(|header| header.value.as_deref())
-    }
-
     /// What the record weighs in the dispatcher's buffer: payloads plus a fixed overhead.
     pub fn weight(&self) -> usize {
         let headers: usize = self.headers.iter().map(|header| header.name.len() + header.value.as_ref().map_or(0, Bytes::len) + 32).sum();
@@ -78,12 +73,9 @@ mod tests {
         assert_eq!((record.partition, record.offset), (PartitionId(3), 41));
         assert_eq!(record.key.as_deref(), Some(&b"k"[..]));
         assert_eq!(record.value, None);
-        assert_eq!(record.header("ce_id"), Some(&b"e-1"[..]));
-        assert_eq!(record.header("empty"), Some(&b""[..]));
-        assert_eq!(record.header("null"), None);
-        let names: Vec<&[u8]> = record.headers.iter().map(|header| &header.name[..]).collect();
-        assert_eq!(names, [&b"ce_id"[..], b"empty", b"null"]);
-        assert_eq!(record.headers[2].value, None);
+        let headers: Vec<(&[u8], Option<&[u8]>)> =
+            record.headers.iter().map(|header| (&header.name[..], header.value.as_deref())).collect();
+        assert_eq!(headers, [(&b"ce_id"[..], Some(&b"e-1"[..])), (b"empty", Some(b"")), (b"null", None)]);
         assert_eq!(record.weight(), 1 + (5 + 3 + 32) + (5 + 32) + (4 + 32) + 128);
     }
 }

@@ -90,11 +90,6 @@ impl OffsetTracker {
     pub fn position(&self) -> Option<i64> {
         self.slots.front().map(|slot| slot.offset).or(self.end)
     }
-
-    /// Records seen and not yet done.
-    pub fn pending(&self) -> usize {
-        self.slots.iter().filter(|slot| !slot.done).count()
-    }
 }
 
 #[derive(Debug)]
@@ -179,10 +174,6 @@ impl<T> Scheduler<T> {
         self.ready.pop_front()
     }
 
-    pub fn ready_len(&self) -> usize {
-        self.ready.len()
-    }
-
     /// An out record whose retry is due: ready again, ahead of the others (it held its key up).
     /// Handed back when its partition was revoked meanwhile.
     pub fn retry(&mut self, ticket: Ticket, record: T) -> Result<(), T> {
@@ -215,20 +206,18 @@ impl<T> Scheduler<T> {
     pub fn position(&self, partition: PartitionId) -> Option<i64> {
         self.partitions.get(&partition)?.tracker.position()
     }
-
-    /// Records of a partition seen and not yet done.
-    pub fn pending(&self, partition: PartitionId) -> usize {
-        self.partitions.get(&partition).map_or(0, |state| state.tracker.pending())
-    }
-
-    pub fn partitions(&self) -> impl Iterator<Item = PartitionId> + '_ {
-        self.partitions.keys().copied()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl<T> Scheduler<T> {
+        /// Records of a partition seen and not yet done.
+        fn pending(&self, partition: PartitionId) -> usize {
+            self.partitions.get(&partition).map_or(0, |state| state.tracker.slots.iter().filter(|slot| !slot.done).count())
+        }
+    }
 
     const P: PartitionId = PartitionId(1);
     const Q: PartitionId = PartitionId(2);
@@ -356,7 +345,7 @@ mod tests {
         for offset in 0..5 {
             push(&mut scheduler, P, offset, "same");
         }
-        assert_eq!(scheduler.ready_len(), 5);
+        assert_eq!(scheduler.ready.len(), 5);
     }
 
     #[test]
@@ -382,6 +371,6 @@ mod tests {
         scheduler.assign(again);
         push(&mut scheduler, again, 1, "a");
         assert_eq!(offsets(&drain(&mut scheduler)), [1]);
-        assert_eq!(scheduler.partitions().count(), 2);
+        assert_eq!(scheduler.partitions.len(), 2);
     }
 }
