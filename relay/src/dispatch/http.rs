@@ -501,4 +501,131 @@ mod tests {
         assert!(!classify_response(StatusCode::MOVED_PERMANENTLY, None, b"", now).expect_err("3xx fails").retryable);
         assert!(classify_response(StatusCode::SERVICE_UNAVAILABLE, None, b"", now).expect_err("503 fails").retryable);
     }
+
+    /// How the raw sink treats a connection.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Conduct {
+        /// Answers every request.
+        KeepAlive,
+        /// Closes the connection after its answer (as an idle keep-alive timeout would).
+        CloseAfterAnswer,
+        /// Answers the first request, then closes on the next without answering (the sink's
+        /// close crossing the dispatcher's next request).
+        CloseOnSecondRequest,
+        Silent,
+    }
+
+    /// A minimal HTTP/1.1 server answering `response` as `conduct` says; counts the connections
+    /// it accepted.
+    async fn raw_sink(response: &'static str, conduct: Conduct) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/events", listener.local_addr().expect("address"));
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 4096];
+                    let mut filled = 0;
+                    let mut answered = 0;
+                    loop {
+                        let Ok(read) = stream.read(&mut buffer[filled..]).await else { return };
+                        if read == 0 {
+                            return;
+                        }
+                        filled += read;
+                        let text = String::from_utf8_lossy(&buffer[..filled]).into_owned();
+                        let Some(head_end) = text.find("\r\n\r\n") else { continue };
+                        let length: usize = text[..head_end]
+                            .lines()
+                            .find_map(|line| {
+                                line.to_ascii_lowercase().strip_prefix("content-length: ").map(|n| n.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if filled < head_end + 4 + length {
+                            continue;
+                        }
+                        filled = 0;
+                        match conduct {
+                            Conduct::Silent => continue,
+                            Conduct::CloseOnSecondRequest if answered == 1 => return,
+                            _ => {}
+                        }
+                        answered += 1;
+                        if stream.write_all(response.as_bytes()).await.is_err() || conduct == Conduct::CloseAfterAnswer {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    fn lane(url: &str, timeout: Duration) -> Lane {
+        Lane::new(std::sync::Arc::new(Sink::parse(url).expect("sink")), timeout)
+    }
+
+    const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+
+    #[tokio::test]
+    async fn a_lane_keeps_its_connection_alive() {
+        let (url, accepted) = raw_sink(OK, Conduct::KeepAlive).await;
+        let mut lane = lane(&url, Duration::from_secs(5));
+        let record = record(&[("ce_id", Some(b"1"))], Some(b"{}"));
+        for _ in 0..5 {
+            assert_eq!(lane.deliver(&record).await, Ok(()));
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_sink_closed_is_replaced_without_failing_the_attempt() {
+        let record = record(&[("ce_id", Some(b"1"))], Some(b"{}"));
+        // Closed while idle: noticed before the next request.
+        let (url, accepted) = raw_sink(OK, Conduct::CloseAfterAnswer).await;
+        let mut idle = lane(&url, Duration::from_secs(5));
+        for _ in 0..3 {
+            assert_eq!(idle.deliver(&record).await, Ok(()));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+        // Closed as the next request arrives: sent again on a new connection.
+        let (url, accepted) = raw_sink(OK, Conduct::CloseOnSecondRequest).await;
+        let mut racing = lane(&url, Duration::from_secs(5));
+        for _ in 0..3 {
+            assert_eq!(racing.deliver(&record).await, Ok(()));
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn unanswered_requests_time_out_and_refused_connections_fail_to_connect() {
+        let (url, _) = raw_sink(OK, Conduct::Silent).await;
+        let failure = lane(&url, Duration::from_millis(200)).deliver(&record(&[], None)).await.expect_err("no answer");
+        assert_eq!((failure.kind, failure.retryable), (FailureKind::Timeout, true));
+        // A port nothing listens on: bound, then released.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address");
+        let failure = lane(&format!("http://{closed}/"), Duration::from_secs(5)).deliver(&record(&[], None)).await.expect_err("refused");
+        assert_eq!((failure.kind, failure.retryable), (FailureKind::Connect, true));
+        assert!(failure.message.contains("cannot connect"), "{}", failure.message);
+    }
+
+    #[tokio::test]
+    async fn error_responses_carry_status_body_and_retry_after() {
+        let (url, _) =
+            raw_sink("HTTP/1.1 503 Service Unavailable\r\nretry-after: 7\r\ncontent-length: 4\r\n\r\nbusy", Conduct::KeepAlive).await;
+        let failure = lane(&url, Duration::from_secs(5)).deliver(&record(&[], None)).await.expect_err("503");
+        assert_eq!(
+            failure,
+            Failure {
+                kind: FailureKind::Status,
+                retryable: true,
+                retry_after: Some(Duration::from_secs(7)),
+                message: "HTTP 503 Service Unavailable: busy".into()
+            }
+        );
+    }
 }
