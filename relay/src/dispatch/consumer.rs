@@ -41,6 +41,9 @@ const MAX_BATCH: usize = 256;
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// Broker requests made inside a rebalance (committed offsets, offsets for a time).
 const REBALANCE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the engine to finish the deliveries of revoked partitions (it gives up on
+/// them earlier, after the request timeout; this only guards against it being gone).
+const REVOKE_WAIT_LIMIT: Duration = Duration::from_secs(60);
 
 /// Where a group starts reading partitions it has no committed offset for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,9 +100,14 @@ pub enum Incoming {
 #[derive(Debug)]
 pub enum ConsumerEvent {
     Assigned(Vec<AssignedPartition>),
-    /// Everything of these partitions still held is to be dropped; they will be read again by
-    /// whoever gets them.
-    Revoked(Vec<PartitionId>),
+    /// Records of these partitions still held are dropped (whoever gets the partitions reads them
+    /// again); deliveries in flight finish first, then the engine stores the positions and
+    /// answers on `done`, and only then are the partitions committed and given up: no record
+    /// of a key is delivered by the next owner while an earlier one is still in flight here.
+    Revoked {
+        partitions: Vec<PartitionId>,
+        done: std::sync::mpsc::SyncSender<()>,
+    },
     Records(Vec<Incoming>),
 }
 
@@ -286,8 +294,13 @@ impl DispatchContext {
 
     fn revoke(&self, consumer: &BaseConsumer<Self>) {
         let revoked = self.assignment().clear();
-        info!(partitions = revoked.len(), "partitions revoked");
-        self.send(ConsumerEvent::Revoked(revoked));
+        info!(partitions = revoked.len(), "partitions revoked: finishing their deliveries in flight");
+        let (done, finished) = std::sync::mpsc::sync_channel(1);
+        self.send(ConsumerEvent::Revoked { partitions: revoked, done });
+        // Answered, or dropped with the engine.
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(REVOKE_WAIT_LIMIT) {
+            warn!(limit = ?REVOKE_WAIT_LIMIT, "giving up revoked partitions without waiting for their deliveries");
+        }
         // What is done is committed before the partitions go to another member.
         commit_stored(consumer);
         if let Err(error) = consumer.unassign() {

@@ -98,6 +98,18 @@ struct PartitionMeta {
     partition: i32,
     /// The position last stored.
     stored: Option<i64>,
+    /// Deliveries and dead letters in flight.
+    out: usize,
+    /// Revoked: its records in flight finish, nothing more is sent, retried or dead-lettered.
+    stopping: bool,
+}
+
+/// Revoked partitions whose records in flight are finishing; the consumer waits for `done`.
+#[derive(Debug)]
+struct Revocation {
+    partitions: Vec<PartitionId>,
+    done: std::sync::mpsc::SyncSender<()>,
+    deadline: Instant,
 }
 
 /// A dispatcher with its consumer created and subscribed; [`Dispatcher::run`] does the work.
@@ -164,10 +176,13 @@ impl Dispatcher {
             outcomes,
             dead_letters: JoinSet::new(),
             dead_lettering: 0,
+            revocations: Vec::new(),
             draining: false,
         };
         let served = engine.serve(&mut events, &mut shutdown).await;
         info!("shutting down: finishing in-flight deliveries");
+        // A rebalance from now on must not wait for this engine.
+        drop(events);
         control.drain();
         wake.notify();
         engine.drain().await;
@@ -211,6 +226,7 @@ struct Engine {
     dead_letters: JoinSet<()>,
     /// Dead letters being written.
     dead_lettering: usize,
+    revocations: Vec<Revocation>,
     /// Shutting down: failures are abandoned rather than retried or dead-lettered.
     draining: bool,
 }
@@ -248,7 +264,10 @@ impl Engine {
                     None => return Err(DispatchError::ConsumerStopped),
                 },
                 () = &mut retry_timer, if next_retry.is_some() => self.resume_due_retries(),
-                _ = store.tick() => self.store_offsets(),
+                _ = store.tick() => {
+                    self.store_offsets();
+                    self.finish_revocations(false);
+                }
             }
         }
     }
@@ -262,6 +281,7 @@ impl Engine {
         while let Some(&lane) = self.idle.last() {
             let Some((ticket, pending)) = self.scheduler.pop_ready() else { break };
             self.idle.pop();
+            self.count_out(ticket.partition, true);
             self.lanes[lane].try_send(Job { ticket, pending }).map_err(|_| DispatchError::LaneStopped)?;
         }
         Ok(())
@@ -272,16 +292,29 @@ impl Engine {
             ConsumerEvent::Assigned(partitions) => {
                 for AssignedPartition { id, topic, partition } in partitions {
                     self.scheduler.assign(id);
-                    self.partitions.insert(id, PartitionMeta { topic, partition, stored: None });
+                    self.partitions.insert(id, PartitionMeta { topic, partition, stored: None, out: 0, stopping: false });
                 }
             }
-            ConsumerEvent::Revoked(partitions) => {
-                for id in partitions {
-                    for pending in self.scheduler.revoke(id) {
+            ConsumerEvent::Revoked { partitions, done } => {
+                for id in &partitions {
+                    for pending in self.scheduler.stop(*id) {
                         self.budget.release(pending.weight);
                     }
-                    self.partitions.remove(&id);
+                    if let Some(meta) = self.partitions.get_mut(id) {
+                        meta.stopping = true;
+                    }
                 }
+                let budget = &self.budget;
+                self.retries.retain(|Reverse(due)| {
+                    let keep = !partitions.contains(&due.job.ticket.partition);
+                    if !keep {
+                        budget.release(due.job.pending.weight);
+                    }
+                    keep
+                });
+                let deadline = Instant::now() + self.settings.request_timeout.min(MAX_SHUTDOWN_GRACE);
+                self.revocations.push(Revocation { partitions, done, deadline });
+                self.finish_revocations(false);
             }
             ConsumerEvent::Records(batch) => {
                 let arrived = Instant::now();
@@ -307,6 +340,7 @@ impl Engine {
         match outcome {
             Outcome::Attempted { lane, job, attempt } => {
                 self.idle.push(lane);
+                self.count_out(job.ticket.partition, false);
                 if !self.scheduler.is_current(job.ticket) {
                     self.budget.release(job.pending.weight);
                     return;
@@ -321,6 +355,7 @@ impl Engine {
             }
             Outcome::DeadLettered { ticket, weight } => {
                 self.dead_lettering -= 1;
+                self.count_out(ticket.partition, false);
                 while self.dead_letters.try_join_next().is_some() {}
                 if self.scheduler.is_current(ticket) {
                     self.finish(ticket, weight);
@@ -328,6 +363,41 @@ impl Engine {
                     self.budget.release(weight);
                 }
             }
+        }
+    }
+
+    fn count_out(&mut self, partition: PartitionId, out: bool) {
+        if let Some(meta) = self.partitions.get_mut(&partition) {
+            meta.out = if out { meta.out + 1 } else { meta.out.saturating_sub(1) };
+        }
+    }
+
+    /// Answers revocations whose partitions have nothing in flight any more (or whose time is
+    /// up, or all with `force`): stores their positions and forgets them.
+    fn finish_revocations(&mut self, force: bool) {
+        let now = Instant::now();
+        let partitions = &self.partitions;
+        let (finished, waiting): (Vec<Revocation>, Vec<Revocation>) =
+            std::mem::take(&mut self.revocations).into_iter().partition(|revocation| {
+                force
+                    || now >= revocation.deadline
+                    || revocation.partitions.iter().all(|id| partitions.get(id).is_none_or(|meta| meta.out == 0))
+            });
+        self.revocations = waiting;
+        if finished.is_empty() {
+            return;
+        }
+        self.store_offsets();
+        for revocation in finished {
+            let abandoned: usize = revocation.partitions.iter().filter_map(|id| self.partitions.get(id)).map(|meta| meta.out).sum();
+            if abandoned > 0 {
+                warn!(abandoned, "giving up revoked partitions with deliveries still in flight");
+            }
+            for id in &revocation.partitions {
+                self.scheduler.remove(*id);
+                self.partitions.remove(id);
+            }
+            let _ = revocation.done.send(());
         }
     }
 
@@ -342,9 +412,10 @@ impl Engine {
         let first_failure = *pending.first_failure.get_or_insert_with(SystemTime::now);
         let policy = &self.settings.retry;
         let retry = policy.should_retry(pending.attempts, failure.retryable);
-        self.metrics.failed_attempt(failure.kind.label(), retry && !self.draining);
-        if self.draining {
-            // Not done, not committed: delivered again after the restart.
+        let stopping = self.draining || self.partitions.get(&job.ticket.partition).is_none_or(|meta| meta.stopping);
+        self.metrics.failed_attempt(failure.kind.label(), retry && !stopping);
+        if stopping {
+            // Not done, not committed: delivered again after the restart or by the next owner.
             self.budget.release(pending.weight);
             return;
         }
@@ -367,6 +438,7 @@ impl Engine {
         let (producer, metrics, outcomes) = (self.producer.clone(), self.metrics.clone(), self.outcomes_sender.clone());
         let (ticket, weight) = (job.ticket, pending.weight);
         self.dead_lettering += 1;
+        self.count_out(ticket.partition, true);
         self.dead_letters.spawn(async move {
             dead_letter::write(producer.as_ref(), letter, || metrics.dead_letter_write_failed()).await;
             metrics.dead_lettered(reason);
@@ -422,6 +494,7 @@ impl Engine {
                 }
             }
         }
+        self.finish_revocations(true);
         self.store_offsets();
     }
 }

@@ -8,6 +8,9 @@
 //!
 //! A partition may be committed up to (not including) its lowest record that is neither delivered,
 //! dead-lettered nor filtered out: nothing is ever skipped, whatever order outcomes arrive in.
+//!
+//! A revoked partition is first stopped (its held records dropped, nothing new taken, the records
+//! out still finishing and moving its position) and then removed.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
@@ -97,6 +100,8 @@ struct PartitionState<T> {
     tracker: OffsetTracker,
     /// Per-key mode: keys with a record out, and their records waiting behind it, in order.
     keys: HashMap<Bytes, VecDeque<(u64, T)>>,
+    /// Being revoked: takes nothing new, only lets its records out finish.
+    stopped: bool,
 }
 
 /// See the module documentation. `T` is whatever the engine carries per record.
@@ -113,14 +118,20 @@ impl<T> Scheduler<T> {
     }
 
     pub fn assign(&mut self, partition: PartitionId) {
-        self.partitions.entry(partition).or_insert_with(|| PartitionState { tracker: OffsetTracker::default(), keys: HashMap::new() });
+        self.partitions.entry(partition).or_insert_with(|| PartitionState {
+            tracker: OffsetTracker::default(),
+            keys: HashMap::new(),
+            stopped: false,
+        });
     }
 
-    /// Forgets a partition; returns the records it held (waiting or ready), which are not done.
-    /// Records of it that are out are stale from now on.
-    pub fn revoke(&mut self, partition: PartitionId) -> Vec<T> {
-        let Some(state) = self.partitions.remove(&partition) else { return Vec::new() };
-        let mut dropped: Vec<T> = state.keys.into_values().flatten().map(|(_, record)| record).collect();
+    /// Stops a partition being revoked: returns the records it held (waiting or ready), which are
+    /// not done; records of it that are out may still finish (and move its position), but
+    /// nothing is retried or taken in any more.
+    pub fn stop(&mut self, partition: PartitionId) -> Vec<T> {
+        let Some(state) = self.partitions.get_mut(&partition) else { return Vec::new() };
+        state.stopped = true;
+        let mut dropped: Vec<T> = state.keys.values_mut().flat_map(std::mem::take).map(|(_, record)| record).collect();
         let ready = std::mem::take(&mut self.ready);
         for (ticket, record) in ready {
             if ticket.partition == partition {
@@ -132,39 +143,54 @@ impl<T> Scheduler<T> {
         dropped
     }
 
-    /// Whether work on this ticket still counts (its partition was not revoked since).
+    /// Forgets a (stopped) partition: work on it still out is stale from now on.
+    pub fn remove(&mut self, partition: PartitionId) {
+        self.partitions.remove(&partition);
+    }
+
+    /// Whether work on this ticket still counts (its partition was not removed since).
     pub fn is_current(&self, ticket: Ticket) -> bool {
         self.partitions.contains_key(&ticket.partition)
     }
 
+    fn taking(&mut self, partition: PartitionId) -> Option<&mut PartitionState<T>> {
+        self.partitions.get_mut(&partition).filter(|state| !state.stopped)
+    }
+
     /// Takes a record in; it becomes ready now or once its key's earlier records are done.
     /// Offsets of a partition must come in increasing order. A record of a partition not
-    /// assigned (any more) is handed back.
+    /// assigned (or stopped) is handed back.
     pub fn push(&mut self, partition: PartitionId, offset: i64, key: Option<Bytes>, record: T) -> Result<(), T> {
-        let Some(state) = self.partitions.get_mut(&partition) else { return Err(record) };
-        let key = match self.ordering {
+        let ordering = self.ordering;
+        let Some(state) = self.taking(partition) else { return Err(record) };
+        let key = match ordering {
             Ordering::PerKey => key,
             Ordering::Unordered => None,
         };
         let seq = state.tracker.track(offset, key.clone());
-        let ticket = Ticket { partition, seq };
-        match key {
-            None => self.ready.push_back((ticket, record)),
+        let ready = match key {
+            None => true,
             Some(key) => match state.keys.entry(key) {
-                Entry::Occupied(mut waiting) => waiting.get_mut().push_back((seq, record)),
+                Entry::Occupied(mut waiting) => {
+                    waiting.get_mut().push_back((seq, record));
+                    return Ok(());
+                }
                 Entry::Vacant(vacant) => {
                     vacant.insert(VecDeque::new());
-                    self.ready.push_back((ticket, record));
+                    true
                 }
             },
+        };
+        if ready {
+            self.ready.push_back((Ticket { partition, seq }, record));
         }
         Ok(())
     }
 
     /// A record that needs no delivery (filtered out): done at once. False for a partition not
-    /// assigned.
+    /// assigned (or stopped).
     pub fn skip(&mut self, partition: PartitionId, offset: i64) -> bool {
-        let Some(state) = self.partitions.get_mut(&partition) else { return false };
+        let Some(state) = self.taking(partition) else { return false };
         state.tracker.skip(offset);
         true
     }
@@ -175,9 +201,9 @@ impl<T> Scheduler<T> {
     }
 
     /// An out record whose retry is due: ready again, ahead of the others (it held its key up).
-    /// Handed back when its partition was revoked meanwhile.
+    /// Handed back when its partition was stopped meanwhile.
     pub fn retry(&mut self, ticket: Ticket, record: T) -> Result<(), T> {
-        if !self.is_current(ticket) {
+        if self.taking(ticket.partition).is_none() {
             return Err(record);
         }
         self.ready.push_front((ticket, record));
@@ -349,23 +375,28 @@ mod tests {
     }
 
     #[test]
-    fn revoking_drops_held_records_and_makes_out_records_stale() {
+    fn revoking_drops_held_records_lets_out_records_finish_then_makes_them_stale() {
         let mut scheduler = scheduler(Ordering::PerKey, &[P, Q]);
-        for (offset, k) in [(0, "a"), (1, "a"), (2, "b")] {
+        for (offset, k) in [(0, "a"), (1, "a"), (2, "b"), (3, "c")] {
             push(&mut scheduler, P, offset, k);
         }
         push(&mut scheduler, Q, 7, "a");
         let a0 = scheduler.pop_ready().expect("a@0");
-        assert_eq!(a0.1, 0);
-        let mut dropped = scheduler.revoke(P);
+        let b2 = scheduler.pop_ready().expect("b@2");
+        assert_eq!((a0.1, b2.1), (0, 2));
+        let mut dropped = scheduler.stop(P);
         dropped.sort_unstable();
-        assert_eq!(dropped, [1, 2], "waiting a@1 and ready b@2; a@0 is out");
-        assert!(!scheduler.is_current(a0.0));
-        assert!(!scheduler.finish(a0.0), "a stale outcome changes nothing");
-        assert_eq!(scheduler.retry(a0.0, 0), Err(0), "a stale retry is handed back");
+        assert_eq!(dropped, [1, 3], "waiting a@1 and ready c@3; a@0 and b@2 are out");
+        assert_eq!(scheduler.push(P, 4, key("d"), 4), Err(4), "a stopped partition takes nothing new");
+        assert!(!scheduler.skip(P, 4));
+        assert_eq!(scheduler.retry(b2.0, 2), Err(2), "nor retries");
+        assert!(scheduler.finish(a0.0), "what is out still finishes");
+        assert_eq!(scheduler.position(P), Some(1), "and moves the position");
+        assert_eq!(offsets(&drain(&mut scheduler)), [7], "nothing of the stopped partition becomes ready");
+        scheduler.remove(P);
+        assert!(!scheduler.is_current(b2.0));
+        assert!(!scheduler.finish(b2.0), "a stale outcome changes nothing");
         assert_eq!(scheduler.position(P), None);
-        assert_eq!(scheduler.push(P, 3, key("a"), 3), Err(3));
-        assert_eq!(offsets(&drain(&mut scheduler)), [7], "the other partition is untouched");
         // A new assignment of the same partition starts afresh under a new id.
         let again = PartitionId(3);
         scheduler.assign(again);
