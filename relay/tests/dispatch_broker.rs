@@ -37,6 +37,8 @@ struct Request {
     seq: u64,
     /// 1 for the first request with this `ce-id`.
     attempt: u32,
+    /// The query of the URL posted to (tells dispatchers apart).
+    query: String,
     headers: HeaderMap,
     body: Bytes,
 }
@@ -130,8 +132,9 @@ impl Drop for TestSink {
     }
 }
 
-async fn receive(State(sink): State<Arc<SinkShared>>, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
+async fn receive(State(sink): State<Arc<SinkShared>>, uri: axum::http::Uri, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
     let at = Instant::now();
+    let query = uri.query().unwrap_or_default().to_owned();
     let id = headers.get("ce-id").and_then(|id| id.to_str().ok()).unwrap_or_default().to_owned();
     let payload: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let key = payload.get("key").and_then(|key| key.as_str()).unwrap_or_default().to_owned();
@@ -140,7 +143,7 @@ async fn receive(State(sink): State<Arc<SinkShared>>, headers: HeaderMap, body: 
         let mut log = sink.log.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let attempt = log.attempts.entry(id.clone()).or_default();
         *attempt += 1;
-        let request = Request { at, id, key: key.clone(), seq, attempt: *attempt, headers, body };
+        let request = Request { at, id, key: key.clone(), seq, attempt: *attempt, query, headers, body };
         let per_key = log.in_flight_by_key.entry(key.clone()).or_default();
         *per_key += 1;
         let per_key = *per_key;
@@ -228,16 +231,9 @@ fn properties_file() -> (tempfile::TempDir, String) {
     (dir, path)
 }
 
-/// `tributary-relay dispatch` for `topic`, reading from the earliest offset, plus `extra` flags.
-fn spawn_dispatcher(
-    env: &TestEnv,
-    topic: &str,
-    dead_letters: &str,
-    group: &str,
-    sink: &TestSink,
-    properties: &str,
-    extra: &[&str],
-) -> Relay {
+/// `tributary-relay dispatch` for `topic` posting to `sink`, reading from the earliest offset, plus
+/// `extra` flags.
+fn spawn_dispatcher(env: &TestEnv, topic: &str, dead_letters: &str, group: &str, sink: &str, properties: &str, extra: &[&str]) -> Relay {
     let mut args: Vec<String> = [
         "dispatch",
         "--bootstrap-servers",
@@ -247,7 +243,7 @@ fn spawn_dispatcher(
         "--group",
         group,
         "--sink",
-        &sink.url(),
+        sink,
         "--dead-letter-topic",
         dead_letters,
         "--start-from",
@@ -389,7 +385,7 @@ async fn retries_server_errors_and_honours_retry_after() {
     .await;
     let (_dir, properties) = properties_file();
     let extra = ["--initial-delay", "50ms", "--max-delay", "5s", "--max-attempts", "5"];
-    let dispatcher = spawn_dispatcher(&env, &topic, &dead_letters, &format!("{topic}.group"), &sink, &properties, &extra);
+    let dispatcher = spawn_dispatcher(&env, &topic, &dead_letters, &format!("{topic}.group"), &sink.url(), &properties, &extra);
 
     let missing = sink.wait_delivered(&expected, Duration::from_secs(30)).await;
     assert!(missing.is_empty(), "not delivered: {missing:?}\n{}", dispatcher.log_tail(30));
@@ -434,7 +430,7 @@ async fn failures_are_dead_lettered_with_the_original_record_and_failure_headers
     let (_dir, properties) = properties_file();
     let group = format!("{topic}.group");
     let extra = ["--initial-delay", "20ms", "--max-attempts", "3"];
-    let dispatcher = spawn_dispatcher(&env, &topic, &dead_letters, &group, &sink, &properties, &extra);
+    let dispatcher = spawn_dispatcher(&env, &topic, &dead_letters, &group, &sink.url(), &properties, &extra);
 
     let letters = Collector::start(&env.bootstrap_servers, std::slice::from_ref(&dead_letters));
     let wanted: HashSet<String> = ["bad-0".to_owned(), "down-0".to_owned()].into();
@@ -497,29 +493,12 @@ async fn per_key_order_holds_and_a_failing_key_does_not_block_the_others() {
     .await;
     let (_dir, properties) = properties_file();
     let extra = ["--ordering", "per-key", "--max-keys-in-flight", "16", "--initial-delay", "100ms", "--max-attempts", "6"];
-    let dispatcher = spawn_dispatcher(&env, &topic, &dead_letters, &format!("{topic}.group"), &sink, &properties, &extra);
+    let dispatcher = spawn_dispatcher(&env, &topic, &dead_letters, &format!("{topic}.group"), &sink.url(), &properties, &extra);
 
     let missing = sink.wait_delivered(&expected, Duration::from_secs(40)).await;
     assert!(missing.is_empty(), "not delivered: {} records, e.g. {:?}\n{}", missing.len(), missing.iter().next(), dispatcher.log_tail(30));
     let requests = sink.requests();
-    let mut by_key: HashMap<&str, Vec<&(Request, u16, Instant)>> = HashMap::new();
-    for entry in &requests {
-        by_key.entry(entry.0.key.as_str()).or_default().push(entry);
-    }
-    for (key, entries) in &by_key {
-        // In arrival order: seq never goes back, and moves on only after the sink accepted.
-        let mut sorted = entries.clone();
-        sorted.sort_by_key(|(request, _, _)| request.at);
-        for pair in sorted.windows(2) {
-            let ((before, status, answered), (after, _, _)) = (pair[0], pair[1]);
-            assert!(after.seq >= before.seq, "{key}: seq {} after {}", after.seq, before.seq);
-            if after.seq > before.seq {
-                assert!((200..300).contains(status), "{key}: seq {} sent after seq {} failed", after.seq, before.seq);
-                assert_eq!(after.seq, before.seq + 1, "{key}: skipped from {} to {}", before.seq, after.seq);
-                assert!(after.at >= *answered, "{key}: seq {} sent before seq {} was answered", after.seq, before.seq);
-            }
-        }
-    }
+    assert_per_key_order(&requests);
     let log = sink.log();
     assert_eq!(log.max_in_flight_per_key, 1, "one delivery per key at a time");
     assert!(log.max_in_flight > 1, "keys are delivered in parallel");
@@ -533,6 +512,95 @@ async fn per_key_order_holds_and_a_failing_key_does_not_block_the_others() {
     let others_done =
         requests.iter().filter(|(request, _, _)| request.key != "k3").map(|(_, _, answered)| *answered).max().expect("others");
     assert!(others_done < k3_first_delivered, "other keys waited for the failing key");
+}
+
+/// Per key, in arrival order: seq never goes back except to repeat one already accepted, and a
+/// seq is sent only after the previous one was accepted.
+fn assert_per_key_order(requests: &[(Request, u16, Instant)]) {
+    let mut by_key: HashMap<&str, Vec<&(Request, u16, Instant)>> = HashMap::new();
+    for entry in requests {
+        by_key.entry(entry.0.key.as_str()).or_default().push(entry);
+    }
+    for (key, mut entries) in by_key {
+        entries.sort_by_key(|(request, _, _)| request.at);
+        // The highest seq accepted so far, and when.
+        let mut accepted: Option<(u64, Instant)> = None;
+        for (request, status, answered) in entries {
+            match accepted {
+                None => assert_eq!(request.seq, 0, "{key}: starts at seq {}", request.seq),
+                Some((last, at)) if request.seq == last + 1 => {
+                    assert!(request.at >= at, "{key}: seq {} sent before seq {last} was accepted", request.seq);
+                }
+                Some((last, _)) => assert!(request.seq <= last, "{key}: seq {} after seq {last}", request.seq),
+            }
+            if (200..300).contains(status) && accepted.is_none_or(|(last, _)| request.seq > last) {
+                accepted = Some((request.seq, *answered));
+            }
+        }
+    }
+}
+
+/// A second dispatcher joining the group takes over partitions while records are delivered, some
+/// slowly: the first finishes its deliveries of those partitions before giving them up, so no
+/// key ever has two deliveries at once and no record overtakes an earlier one of its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_keeps_per_key_order() {
+    let Some(env) = test_env("a_rebalance_keeps_per_key_order", false) else { return };
+    let started = Instant::now();
+    let (topic, dead_letters) = topics(&env, "dispatch-rebalance", 4).await;
+    let group = format!("{topic}.group");
+    // Every 25th record takes 800 ms: deliveries are in flight when partitions move.
+    let slow = TestSink::start(Duration::from_millis(2), |request| {
+        if request.seq % 25 == 24 {
+            std::thread::sleep(Duration::from_millis(800));
+        }
+        Reply::status(200)
+    })
+    .await;
+    let (_dir, properties) = properties_file();
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (producer, topic, stop) = (producer(&env), topic.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut produced = Vec::new();
+            let mut seq = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let batch: Vec<OutgoingRecord> = (0..16).map(|key| event(&topic, &format!("key{key}"), seq, "t", "s")).collect();
+                seq += 1;
+                produced.extend(ids(&batch));
+                produce(&producer, batch).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            produced
+        })
+    };
+    let url = |name: &str| format!("{}?dispatcher={name}", slow.url());
+    let first = spawn_dispatcher(&env, &topic, &dead_letters, &group, &url("a"), &properties, &["--ordering", "per-key"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while slow.requests().is_empty() {
+        assert!(Instant::now() < deadline, "nothing delivered\n{}", first.log_tail(30));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = spawn_dispatcher(&env, &topic, &dead_letters, &group, &url("b"), &properties, &["--ordering", "per-key"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !slow.requests().iter().any(|(request, _, _)| request.query == "dispatcher=b") {
+        assert!(Instant::now() < deadline, "the second dispatcher never delivered\n{}", second.log_tail(30));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let produced: HashSet<String> = writer.await.expect("writer").into_iter().collect();
+    let missing = slow.wait_delivered(&produced, Duration::from_secs(30)).await;
+    assert!(missing.is_empty(), "{} records never delivered\n{}\n{}", missing.len(), first.log_tail(20), second.log_tail(20));
+
+    let requests = slow.requests();
+    assert_per_key_order(&requests);
+    assert_eq!(slow.log().max_in_flight_per_key, 1, "a key had two deliveries at once");
+    let by = |name: &str| requests.iter().filter(|(request, _, _)| request.query == format!("dispatcher={name}")).count();
+    assert!(by("a") > 0 && by("b") > 0, "both dispatchers delivered: a {}, b {}", by("a"), by("b"));
+    eprintln!("{} records, {} requests (a {}, b {}), {}", produced.len(), requests.len(), by("a"), by("b"), since(started));
 }
 
 /// Only records whose CloudEvents attributes match every filter are POSTed; the others are
@@ -563,7 +631,7 @@ async fn filters_deliver_only_matching_records_and_commit_the_rest() {
     let (_dir, properties) = properties_file();
     let group = format!("{topic}.group");
     let extra = ["--filter", "type=prefix:orders.", "--filter", "subject=suffix:-eu"];
-    let dispatcher = spawn_dispatcher(&env, &topic, &dead_letters, &group, &sink, &properties, &extra);
+    let dispatcher = spawn_dispatcher(&env, &topic, &dead_letters, &group, &sink.url(), &properties, &extra);
 
     let missing = sink.wait_delivered(&matching, Duration::from_secs(30)).await;
     assert!(missing.is_empty(), "not delivered: {missing:?}\n{}", dispatcher.log_tail(30));
@@ -617,7 +685,7 @@ async fn kill_9_under_load_loses_nothing() {
     let extra = ["--ordering", "per-key", "--initial-delay", "20ms", "--max-attempts", "3"];
     const KILLS: usize = 10;
     for round in 0..KILLS {
-        let mut dispatcher = spawn_dispatcher(&env, &topic, &dead_letters, &group, &sink, &properties, &extra);
+        let mut dispatcher = spawn_dispatcher(&env, &topic, &dead_letters, &group, &sink.url(), &properties, &extra);
         // Until it delivers something (it has joined), then a little longer.
         let before = sink.requests().len();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -633,7 +701,7 @@ async fn kill_9_under_load_loses_nothing() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let produced: HashSet<String> = writer.await.expect("writer").into_iter().collect();
 
-    let dispatcher = spawn_dispatcher(&env, &topic, &dead_letters, &group, &sink, &properties, &extra);
+    let dispatcher = spawn_dispatcher(&env, &topic, &dead_letters, &group, &sink.url(), &properties, &extra);
     let refused: HashSet<String> = produced
         .iter()
         .filter(|id| id.rsplit('-').next().and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n % 97 == 0))
