@@ -735,6 +735,9 @@ async fn kill_9_under_load_loses_nothing() {
 /// Configuration the dispatcher cannot run with: exit code 2 and a message naming the cause.
 #[tokio::test]
 async fn bad_configuration_exits_2_naming_the_cause() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cooperative = dir.path().join("cooperative.properties").to_str().expect("utf-8 path").to_owned();
+    std::fs::write(&cooperative, "partition.assignment.strategy=cooperative-sticky\n").expect("properties file");
     // Required flags, replaced by the same flag in `extra`.
     let base = |extra: &[&str]| -> Vec<String> {
         let mut flags: Vec<(&str, &str)> = vec![
@@ -759,6 +762,7 @@ async fn bad_configuration_exits_2_naming_the_cause() {
         (&["--dead-letter-topic", "t"][..], "also consumed"),
         (&["--start-from", "yesterday"][..], "yesterday"),
         (&["--kafka-properties-file", "/nonexistent/kafka.properties"][..], "/nonexistent/kafka.properties"),
+        (&["--kafka-properties-file", &cooperative][..], "eager strategy"),
     ] {
         let (code, stderr) = support::run_relay_to_exit(&base(extra), Duration::from_secs(20)).await;
         assert_eq!(code, Some(2), "{extra:?}: {stderr}");

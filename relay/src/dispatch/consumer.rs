@@ -386,6 +386,8 @@ pub enum ConsumerError {
         #[source]
         source: KafkaError,
     },
+    #[error("partition.assignment.strategy {0:?}: the dispatcher needs an eager strategy (range, roundrobin)")]
+    Cooperative(String),
     #[error("cannot subscribe to {topics:?}: {source}")]
     Subscribe {
         topics: Vec<String>,
@@ -412,6 +414,10 @@ pub fn create(
         .set("fetch.wait.max.ms", "100");
     if let Some(path) = &settings.properties_file {
         for (key, value) in tributary_api::kafka_properties::read(path)? {
+            // The rebalance handling assigns and revokes whole assignments.
+            if key == "partition.assignment.strategy" && value.contains("cooperative") {
+                return Err(ConsumerError::Cooperative(value));
+            }
             config.set(key, value);
         }
     }
