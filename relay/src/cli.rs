@@ -476,10 +476,10 @@ pub struct DispatchArgs {
     /// Longest time one delivery attempt may take, connecting included.
     #[arg(long, env = "TRIBUTARY_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
-    /// Records held in memory (read and not yet done) before consumption pauses.
+    /// Records held in memory (read and not yet done) before the dispatcher stops reading more.
     #[arg(long, env = "TRIBUTARY_MAX_BUFFERED_RECORDS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_buffered_records: u32,
-    /// Bytes of records held in memory before consumption pauses.
+    /// Bytes of records held in memory before the dispatcher stops reading more.
     #[arg(long, env = "TRIBUTARY_MAX_BUFFERED_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_buffered_bytes: u64,
 }
