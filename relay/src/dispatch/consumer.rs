@@ -244,8 +244,7 @@ impl DispatchContext {
     }
 
     /// Partitions the group has no committed offset for start at the first record at or after
-    /// `time` (or at the end when there is none); on failure they start from the beginning, which
-    /// delivers too much rather than too little.
+    /// `time` (or at the end when there is none).
     fn start_at_time(&self, consumer: &BaseConsumer<Self>, partitions: &mut TopicPartitionList, time: i64) -> Result<(), KafkaError> {
         let committed = consumer.committed_offsets(partitions.clone(), REBALANCE_REQUEST_TIMEOUT)?;
         let mut fresh = TopicPartitionList::new();
@@ -269,13 +268,9 @@ impl DispatchContext {
 
     fn assign(&self, consumer: &BaseConsumer<Self>, partitions: &mut TopicPartitionList) {
         if let StartFrom::Timestamp(time) = self.start_from {
+            // On failure the committed offsets apply, and auto.offset.reset (earliest) elsewhere.
             if let Err(error) = self.start_at_time(consumer, partitions, time) {
-                warn!(%error, "cannot look up offsets for --start-from; new partitions start from the beginning");
-                for element in partitions.clone().elements() {
-                    if matches!(element.offset(), Offset::Invalid) {
-                        let _ = partitions.set_partition_offset(element.topic(), element.partition(), Offset::Beginning);
-                    }
-                }
+                warn!(%error, "cannot look up offsets for --start-from; partitions without a committed offset start from the beginning");
             }
         }
         if let Err(error) = consumer.assign(partitions) {
