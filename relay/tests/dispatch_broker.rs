@@ -231,8 +231,8 @@ fn properties_file() -> (tempfile::TempDir, String) {
     (dir, path)
 }
 
-/// `tributary-relay dispatch` for `topic` posting to `sink`, reading from the earliest offset, plus
-/// `extra` flags.
+/// `tributary-relay dispatch` for `topic` posting to `sink`, plus `extra` flags; from the earliest
+/// offset unless `extra` says otherwise.
 fn spawn_dispatcher(env: &TestEnv, topic: &str, dead_letters: &str, group: &str, sink: &str, properties: &str, extra: &[&str]) -> Relay {
     let mut args: Vec<String> = [
         "dispatch",
@@ -246,14 +246,15 @@ fn spawn_dispatcher(env: &TestEnv, topic: &str, dead_letters: &str, group: &str,
         sink,
         "--dead-letter-topic",
         dead_letters,
-        "--start-from",
-        "earliest",
         "--kafka-properties-file",
         properties,
     ]
     .iter()
     .map(|arg| (*arg).to_owned())
     .collect();
+    if !extra.contains(&"--start-from") {
+        args.extend(["--start-from".to_owned(), "earliest".to_owned()]);
+    }
     args.extend(extra.iter().map(|arg| (*arg).to_owned()));
     Relay::spawn_command(&args, &[])
 }
@@ -730,6 +731,35 @@ async fn kill_9_under_load_loses_nothing() {
         requests.saturating_sub(produced.len() + produced.len() / 13),
         since(started)
     );
+}
+
+/// `--start-from <time>`: a group without committed offsets starts at the first record at or
+/// after that time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_group_starts_at_the_given_time() {
+    let Some(env) = test_env("a_new_group_starts_at_the_given_time", false) else { return };
+    let (topic, dead_letters) = topics(&env, "dispatch-start", 2).await;
+    let producer = producer(&env);
+    let before: Vec<OutgoingRecord> = (0..10).map(|seq| event(&topic, &format!("k{}", seq % 3), seq, "t", "s")).collect();
+    let before_ids = ids(&before);
+    produce(&producer, before).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let start = jiff::Timestamp::now();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let after: Vec<OutgoingRecord> = (10..20).map(|seq| event(&topic, &format!("k{}", seq % 3), seq, "t", "s")).collect();
+    let after_ids = ids(&after);
+    produce(&producer, after).await;
+
+    let sink = TestSink::start(Duration::ZERO, |_| Reply::status(200)).await;
+    let (_dir, properties) = properties_file();
+    let start = format!("{start:.3}");
+    let dispatcher =
+        spawn_dispatcher(&env, &topic, &dead_letters, &format!("{topic}.group"), &sink.url(), &properties, &["--start-from", &start]);
+    let missing = sink.wait_delivered(&after_ids, Duration::from_secs(30)).await;
+    assert!(missing.is_empty(), "not delivered: {missing:?}\n{}", dispatcher.log_tail(30));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let early: Vec<String> = sink.delivered().intersection(&before_ids).cloned().collect();
+    assert!(early.is_empty(), "records from before {start} were delivered: {early:?}");
 }
 
 /// Configuration the dispatcher cannot run with: exit code 2 and a message naming the cause.
