@@ -214,6 +214,39 @@ fn ids(records: &[OutgoingRecord]) -> HashSet<String> {
         .collect()
 }
 
+/// Produces a batch of records every 20 ms until stopped.
+struct Writer {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<HashSet<String>>,
+}
+
+impl Writer {
+    /// `batch(topic, round)`: the records of round 0, 1, 2…
+    fn spawn(env: &TestEnv, topic: &str, batch: impl Fn(&str, u64) -> Vec<OutgoingRecord> + Send + 'static) -> Writer {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (producer, topic, stopped) = (producer(env), topic.to_owned(), stop.clone());
+        let task = tokio::spawn(async move {
+            let mut produced = HashSet::new();
+            let mut round = 0;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let records = batch(&topic, round);
+                round += 1;
+                produced.extend(ids(&records));
+                produce(&producer, records).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            produced
+        });
+        Writer { stop, task }
+    }
+
+    /// Stops after the batch under way; the `ce_id`s of every record produced.
+    async fn stop(self) -> HashSet<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.expect("writer")
+    }
+}
+
 /// A topic of `partitions` partitions and its dead-letter topic, both fresh.
 async fn topics(env: &TestEnv, test: &str, partitions: i32) -> (String, String) {
     let topic = topic_name(test);
@@ -560,22 +593,9 @@ async fn a_rebalance_keeps_per_key_order() {
     .await;
     let (_dir, properties) = properties_file();
 
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let (producer, topic, stop) = (producer(&env), topic.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut produced = Vec::new();
-            let mut seq = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let batch: Vec<OutgoingRecord> = (0..16).map(|key| event(&topic, &format!("key{key}"), seq, "t", "s")).collect();
-                seq += 1;
-                produced.extend(ids(&batch));
-                produce(&producer, batch).await;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            produced
-        })
-    };
+    // Every 20 ms one record for each of 16 keys.
+    let writer =
+        Writer::spawn(&env, &topic, |topic, round| (0..16).map(|key| event(topic, &format!("key{key}"), round, "t", "s")).collect());
     let url = |name: &str| format!("{}?dispatcher={name}", slow.url());
     let first = spawn_dispatcher(&env, &topic, &dead_letters, &group, &url("a"), &properties, &["--ordering", "per-key"]);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -591,8 +611,7 @@ async fn a_rebalance_keeps_per_key_order() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(2000)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let produced: HashSet<String> = writer.await.expect("writer").into_iter().collect();
+    let produced = writer.stop().await;
     let missing = slow.wait_delivered(&produced, Duration::from_secs(30)).await;
     assert!(missing.is_empty(), "{} records never delivered\n{}\n{}", missing.len(), first.log_tail(20), second.log_tail(20));
 
@@ -663,23 +682,10 @@ async fn kill_9_under_load_loses_nothing() {
     .await;
     let (_dir, properties) = properties_file();
 
-    // A writer producing records of 50 keys until told to stop.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let (producer, topic, stop) = (producer(&env), topic.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut produced = Vec::new();
-            let mut seq = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let batch: Vec<OutgoingRecord> = (seq..seq + 20).map(|n| event(&topic, &format!("key{}", n % 50), n, "t", "s")).collect();
-                seq += 20;
-                produced.extend(ids(&batch));
-                produce(&producer, batch).await;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            produced
-        })
-    };
+    // Every 20 ms 20 records, over 50 keys.
+    let writer = Writer::spawn(&env, &topic, |topic, round| {
+        (round * 20..round * 20 + 20).map(|n| event(topic, &format!("key{}", n % 50), n, "t", "s")).collect()
+    });
 
     let mut random = XorShift::from_time();
     eprintln!("kill -9 test seed {}", random.seed());
@@ -699,8 +705,7 @@ async fn kill_9_under_load_loses_nothing() {
         dispatcher.kill9().await;
         eprintln!("round {round}: killed after {} requests ({})", sink.requests().len(), since(started));
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let produced: HashSet<String> = writer.await.expect("writer").into_iter().collect();
+    let produced = writer.stop().await;
 
     let dispatcher = spawn_dispatcher(&env, &topic, &dead_letters, &group, &sink.url(), &properties, &extra);
     let refused: HashSet<String> = produced
