@@ -102,7 +102,7 @@ pub enum Phase {
     Latency,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     tributary_api::duration::parse(text).map_err(|error| error.to_string())
 }
 
@@ -496,7 +496,7 @@ impl Bench {
 }
 
 /// Prints one `name=value` figure.
-fn figure(name: &str, value: impl std::fmt::Display) {
+pub(crate) fn figure(name: &str, value: impl std::fmt::Display) {
     println!("{name}={value}");
 }
 
@@ -506,18 +506,18 @@ fn serial_ceiling(first_per_s: f64, second_per_s: f64) -> f64 {
 }
 
 /// The 1, 5 and 15 minute load averages: the machine is shared, so say how busy it was.
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn per_second(count: usize, elapsed: Duration) -> f64 {
+pub(crate) fn per_second(count: usize, elapsed: Duration) -> f64 {
     count as f64 / elapsed.as_secs_f64().max(f64::EPSILON)
 }
 
 /// Nearest-rank percentile (`quantile` in 0..=100) of ascending `sorted` values.
-fn percentile(sorted: &[f64], quantile: f64) -> Option<f64> {
+pub(crate) fn percentile(sorted: &[f64], quantile: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
     }
@@ -807,7 +807,7 @@ impl CpuUsage {
     }
 }
 
-fn process_cpu(pid: &str) -> Option<Duration> {
+pub(crate) fn process_cpu(pid: &str) -> Option<Duration> {
     parse_proc_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?).map(|(_, cpu)| cpu)
 }
 

@@ -1,5 +1,5 @@
-//! The command line: `migrate` and `outbox`. Every flag has an environment variable, which is how
-//! the operator configures a relay container.
+//! The command line: `migrate`, `outbox` and `dispatch` (and their benchmarks). Every flag has an
+//! environment variable, which is how the operator configures a relay container.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,7 +23,7 @@ use crate::outbox::{self, Cleanup, FailurePolicy, OutboxSettings};
 use crate::producer::{EventProducer, ProducerSettings, RdKafkaProducer};
 
 #[derive(Debug, Parser)]
-#[command(name = "tributary-relay", version, about = "Tributary's data plane: the transactional-outbox relay")]
+#[command(name = "tributary-relay", version, about = "Tributary's data plane: the transactional-outbox relay and the push dispatcher")]
 pub struct Cli {
     #[command(flatten)]
     pub logging: LoggingArgs,
@@ -40,6 +40,11 @@ pub enum Command {
     /// Benchmark: relay throughput and commit→ack latency against a real database and broker,
     /// beside PostgreSQL-only and Kafka-only baselines; prints name=value lines.
     Bench(Box<crate::bench::BenchArgs>),
+    /// Push dispatcher: consume topics as a group and POST every record to an HTTP sink until SIGTERM.
+    Dispatch(Box<DispatchArgs>),
+    /// Benchmark: dispatcher throughput (unordered, per-key) and latency at an offered load against
+    /// a real broker and an in-process sink, beside a plain-consume baseline; prints name=value lines.
+    BenchDispatch(Box<crate::dispatch::bench::BenchDispatchArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -230,6 +235,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Outbox(args) => run_outbox(*args).await,
         Command::Bench(args) => crate::bench::run(*args).await,
+        Command::Dispatch(args) => run_dispatch(*args).await,
+        Command::BenchDispatch(args) => crate::dispatch::bench::run(*args).await,
     }
 }
 
@@ -460,6 +467,202 @@ async fn housekeeping(
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// dispatch
+
+#[derive(Debug, Args)]
+pub struct DispatchArgs {
+    /// Kafka bootstrap servers, host:port[,host:port…].
+    #[arg(long, env = "TRIBUTARY_BOOTSTRAP_SERVERS")]
+    pub bootstrap_servers: String,
+    /// Topics to consume (comma-separated).
+    #[arg(long, env = "TRIBUTARY_TOPICS", value_delimiter = ',', required = true)]
+    pub topics: Vec<String>,
+    /// Consumer group id.
+    #[arg(long, env = "TRIBUTARY_GROUP")]
+    pub group: String,
+    /// URL every record is POSTed to (http://host:port/path).
+    #[arg(long, env = "TRIBUTARY_SINK")]
+    pub sink: String,
+    /// per-key: records of one key one at a time, in order; unordered: up to --concurrency at once.
+    #[arg(long, env = "TRIBUTARY_ORDERING", value_enum, default_value_t = OrderingArg::PerKey)]
+    pub ordering: OrderingArg,
+    /// Deliveries in flight at once with --ordering unordered; per-key runs one per key (so only 1 is accepted there).
+    #[arg(long, env = "TRIBUTARY_CONCURRENCY", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: u16,
+    /// With --ordering per-key: keys delivered at once (one connection to the sink each).
+    #[arg(long, env = "TRIBUTARY_MAX_KEYS_IN_FLIGHT", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub max_keys_in_flight: u16,
+    /// Delivery attempts before a record is dead-lettered, the first one included.
+    #[arg(long, env = "TRIBUTARY_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_attempts: u32,
+    /// How the delay between attempts grows.
+    #[arg(long, env = "TRIBUTARY_BACKOFF", value_enum, default_value_t = BackoffArg::Exponential)]
+    pub backoff: BackoffArg,
+    /// Delay before the first retry.
+    #[arg(long, env = "TRIBUTARY_INITIAL_DELAY", default_value = "100ms", value_parser = parse_duration)]
+    pub initial_delay: Duration,
+    /// Longest delay between attempts; a Retry-After from the sink is honoured up to it.
+    #[arg(long, env = "TRIBUTARY_MAX_DELAY", default_value = "30s", value_parser = parse_duration)]
+    pub max_delay: Duration,
+    /// Topic records go to after their last failed attempt (or a response that is not retried).
+    #[arg(long, env = "TRIBUTARY_DEAD_LETTER_TOPIC")]
+    pub dead_letter_topic: String,
+    /// Deliver only records whose CloudEvents attribute matches: `type=prefix:orders.` (exact, prefix,
+    /// suffix); repeatable, all must match (env: one per line).
+    #[arg(long = "filter", env = "TRIBUTARY_FILTERS", value_delimiter = '\n')]
+    pub filters: Vec<String>,
+    /// Where to start in partitions the group has no committed offset for: earliest, latest or an
+    /// RFC 3339 timestamp.
+    #[arg(long, env = "TRIBUTARY_START_FROM", default_value = "latest", value_parser = crate::dispatch::StartFrom::parse)]
+    pub start_from: crate::dispatch::StartFrom,
+    /// librdkafka properties file with SASL/TLS settings.
+    #[arg(long, env = "TRIBUTARY_KAFKA_PROPERTIES_FILE")]
+    pub kafka_properties_file: Option<PathBuf>,
+    /// Address serving /metrics, /healthz and /readyz.
+    #[arg(long, env = "TRIBUTARY_LISTEN_ADDRESS", default_value = "0.0.0.0:8082")]
+    pub listen_address: SocketAddr,
+    /// Longest time one delivery attempt may take, connecting included.
+    #[arg(long, env = "TRIBUTARY_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Records held in memory (read and not yet done) before the dispatcher stops reading more.
+    #[arg(long, env = "TRIBUTARY_MAX_BUFFERED_RECORDS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_buffered_records: u32,
+    /// Bytes of records held in memory before the dispatcher stops reading more.
+    #[arg(long, env = "TRIBUTARY_MAX_BUFFERED_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_buffered_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OrderingArg {
+    PerKey,
+    Unordered,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackoffArg {
+    Linear,
+    Exponential,
+}
+
+/// Largest dead letter sent (the original plus failure headers; the broker has its own limit).
+const DEAD_LETTER_MAX_BYTES: usize = 10 << 20;
+
+impl DispatchArgs {
+    /// The dispatcher's settings, or what is wrong with the flags.
+    pub fn settings(&self) -> Result<crate::dispatch::DispatchSettings, String> {
+        use crate::dispatch::{Backoff, ConsumerSettings, DispatchSettings, Filter, Ordering, RetryPolicy, Sink};
+        check_bootstrap_servers(&self.bootstrap_servers)?;
+        let topics: Vec<String> =
+            self.topics.iter().map(|topic| topic.trim()).filter(|topic| !topic.is_empty()).map(str::to_owned).collect();
+        if topics.is_empty() {
+            return Err("no topics to consume (--topics a,b)".into());
+        }
+        if self.group.trim().is_empty() {
+            return Err("the consumer group (--group) is empty".into());
+        }
+        let dead_letter_topic = self.dead_letter_topic.trim();
+        if dead_letter_topic.is_empty() {
+            return Err("the dead-letter topic (--dead-letter-topic) is empty".into());
+        }
+        if topics.iter().any(|topic| topic == dead_letter_topic) {
+            return Err(format!("the dead-letter topic {dead_letter_topic:?} is also consumed: failures would come back forever"));
+        }
+        let ordering = match self.ordering {
+            OrderingArg::PerKey if self.concurrency > 1 => {
+                return Err(format!(
+                    "--concurrency {} needs --ordering unordered; per-key runs one delivery per key (see --max-keys-in-flight)",
+                    self.concurrency
+                ))
+            }
+            OrderingArg::PerKey => Ordering::PerKey,
+            OrderingArg::Unordered => Ordering::Unordered,
+        };
+        if self.initial_delay > self.max_delay {
+            return Err(format!("--initial-delay {:?} exceeds --max-delay {:?}", self.initial_delay, self.max_delay));
+        }
+        if self.request_timeout.is_zero() {
+            return Err("--request-timeout must be above zero".into());
+        }
+        let filters = self
+            .filters
+            .iter()
+            .map(|filter| filter.trim())
+            .filter(|filter| !filter.is_empty())
+            .map(Filter::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| error.to_string())?;
+        Ok(DispatchSettings {
+            consumer: ConsumerSettings {
+                bootstrap_servers: self.bootstrap_servers.clone(),
+                group: self.group.clone(),
+                topics,
+                properties_file: self.kafka_properties_file.clone(),
+                start_from: self.start_from,
+            },
+            sink: Arc::new(Sink::parse(&self.sink).map_err(|error| error.to_string())?),
+            lanes: usize::from(match ordering {
+                Ordering::PerKey => self.max_keys_in_flight,
+                Ordering::Unordered => self.concurrency,
+            }),
+            ordering,
+            retry: RetryPolicy {
+                max_attempts: self.max_attempts,
+                backoff: match self.backoff {
+                    BackoffArg::Linear => Backoff::Linear,
+                    BackoffArg::Exponential => Backoff::Exponential,
+                },
+                initial_delay: self.initial_delay,
+                max_delay: self.max_delay,
+            },
+            dead_letter_topic: dead_letter_topic.to_owned(),
+            filters,
+            request_timeout: self.request_timeout,
+            max_buffered_records: usize::try_from(self.max_buffered_records).unwrap_or(usize::MAX),
+            max_buffered_bytes: usize::try_from(self.max_buffered_bytes).unwrap_or(usize::MAX),
+        })
+    }
+}
+
+async fn run_dispatch(args: DispatchArgs) -> anyhow::Result<ExitCode> {
+    use crate::dispatch::metrics::DispatchMetrics;
+    use crate::dispatch::Dispatcher;
+    let settings = match args.settings() {
+        Ok(settings) => settings,
+        Err(problem) => return Ok(usage_error(problem)),
+    };
+    let producer = RdKafkaProducer::new(&ProducerSettings {
+        bootstrap_servers: args.bootstrap_servers.clone(),
+        properties_file: args.kafka_properties_file.clone(),
+        delivery_timeout: Duration::from_secs(30),
+        max_record_bytes: DEAD_LETTER_MAX_BYTES,
+    });
+    let producer: Arc<dyn EventProducer> = match producer {
+        Ok(producer) => Arc::new(producer),
+        Err(error) => return Ok(usage_error(error)),
+    };
+    let readiness = Readiness::default();
+    let mut registry = Registry::default();
+    let metrics = Arc::new(DispatchMetrics::register(&mut registry, readiness.clone()));
+    let dispatcher = match Dispatcher::new(settings, producer, metrics) {
+        Ok(dispatcher) => dispatcher,
+        Err(error) => return Ok(usage_error(error)),
+    };
+    let listen_address = args.listen_address;
+    tokio::spawn(async move {
+        if let Err(error) = server::serve(listen_address, Arc::new(registry), readiness).await {
+            error!(%error, %listen_address, "the /metrics, /healthz and /readyz server stopped");
+        }
+    });
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_shutdown_signal().await;
+        let _ = shutdown_tx.send(true);
+    });
+    dispatcher.run(shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -476,5 +679,142 @@ mod tests {
     fn routes_parse_as_aggregate_type_and_topic() {
         assert_eq!(parse_route("Order=shop.orders"), Ok(("Order".into(), "shop.orders".into())));
         assert!(parse_route("Order").is_err() && parse_route("=x").is_err());
+    }
+
+    /// Parses `dispatch` with the required flags, `extra` (flag, value pairs) replacing or adding to them.
+    fn dispatch_args(extra: &[&str]) -> Result<DispatchArgs, clap::Error> {
+        let mut flags: Vec<(&str, &str)> = vec![
+            ("--bootstrap-servers", "kafka:9092"),
+            ("--topics", "shop.orders,shop.payments"),
+            ("--group", "billing"),
+            ("--sink", "http://127.0.0.1:8080/events"),
+            ("--dead-letter-topic", "billing.dlq"),
+        ];
+        for pair in extra.chunks(2) {
+            let (flag, value) = (pair[0], pair[1]);
+            // --filter repeats; every other flag given twice would be a parse error.
+            match flags.iter_mut().find(|(known, _)| *known == flag && flag != "--filter") {
+                Some(known) => known.1 = value,
+                None => flags.push((flag, value)),
+            }
+        }
+        let words = ["tributary-relay", "dispatch"].into_iter().chain(flags.iter().flat_map(|(flag, value)| [*flag, *value]));
+        match Cli::try_parse_from(words)?.command {
+            Command::Dispatch(args) => Ok(*args),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_dispatch_flag_has_its_environment_variable() {
+        use clap::CommandFactory;
+        let command = Cli::command();
+        let dispatch = command.find_subcommand("dispatch").expect("dispatch subcommand");
+        let mirrored: Vec<(String, String)> =
+            dispatch.get_arguments().filter_map(|arg| Some((arg.get_long()?.to_owned(), arg.get_env()?.to_str()?.to_owned()))).collect();
+        let expected = [
+            ("bootstrap-servers", "TRIBUTARY_BOOTSTRAP_SERVERS"),
+            ("topics", "TRIBUTARY_TOPICS"),
+            ("group", "TRIBUTARY_GROUP"),
+            ("sink", "TRIBUTARY_SINK"),
+            ("ordering", "TRIBUTARY_ORDERING"),
+            ("concurrency", "TRIBUTARY_CONCURRENCY"),
+            ("max-keys-in-flight", "TRIBUTARY_MAX_KEYS_IN_FLIGHT"),
+            ("max-attempts", "TRIBUTARY_MAX_ATTEMPTS"),
+            ("backoff", "TRIBUTARY_BACKOFF"),
+            ("initial-delay", "TRIBUTARY_INITIAL_DELAY"),
+            ("max-delay", "TRIBUTARY_MAX_DELAY"),
+            ("dead-letter-topic", "TRIBUTARY_DEAD_LETTER_TOPIC"),
+            ("filter", "TRIBUTARY_FILTERS"),
+            ("start-from", "TRIBUTARY_START_FROM"),
+            ("kafka-properties-file", "TRIBUTARY_KAFKA_PROPERTIES_FILE"),
+            ("listen-address", "TRIBUTARY_LISTEN_ADDRESS"),
+            ("request-timeout", "TRIBUTARY_REQUEST_TIMEOUT"),
+            ("max-buffered-records", "TRIBUTARY_MAX_BUFFERED_RECORDS"),
+            ("max-buffered-bytes", "TRIBUTARY_MAX_BUFFERED_BYTES"),
+        ];
+        let expected: Vec<(String, String)> = expected.iter().map(|(flag, env)| ((*flag).to_owned(), (*env).to_owned())).collect();
+        assert_eq!(mirrored, expected);
+        let unmirrored: Vec<&str> = dispatch
+            .get_arguments()
+            .filter(|arg| arg.get_long().is_some() && arg.get_env().is_none())
+            .filter_map(|arg| arg.get_long())
+            .collect();
+        assert_eq!(unmirrored, Vec::<&str>::new());
+    }
+
+    #[test]
+    fn dispatch_defaults_and_settings() {
+        let settings = dispatch_args(&[]).expect("parses").settings().expect("valid");
+        assert_eq!(settings.consumer.topics, ["shop.orders", "shop.payments"]);
+        assert_eq!(settings.consumer.start_from, crate::dispatch::StartFrom::Latest);
+        assert_eq!(settings.ordering, crate::dispatch::Ordering::PerKey);
+        assert_eq!(settings.lanes, 64, "per-key: keys in flight");
+        assert_eq!(
+            settings.retry,
+            crate::dispatch::RetryPolicy {
+                max_attempts: 5,
+                backoff: crate::dispatch::Backoff::Exponential,
+                initial_delay: Duration::from_millis(100),
+                max_delay: Duration::from_secs(30)
+            }
+        );
+        assert_eq!(settings.request_timeout, Duration::from_secs(30));
+        assert!(settings.filters.is_empty());
+        assert_eq!(dispatch_args(&[]).expect("parses").listen_address, "0.0.0.0:8082".parse().expect("address"));
+
+        let args = dispatch_args(&[
+            "--ordering",
+            "unordered",
+            "--concurrency",
+            "32",
+            "--backoff",
+            "linear",
+            "--initial-delay",
+            "250ms",
+            "--max-delay",
+            "1m",
+            "--filter",
+            "type=prefix:orders.",
+            "--filter",
+            "subject=exact:o-1",
+            "--start-from",
+            "2026-01-02T03:04:05Z",
+        ])
+        .expect("parses");
+        let settings = args.settings().expect("valid");
+        assert_eq!((settings.ordering, settings.lanes), (crate::dispatch::Ordering::Unordered, 32));
+        assert_eq!(settings.retry.backoff, crate::dispatch::Backoff::Linear);
+        assert_eq!((settings.retry.initial_delay, settings.retry.max_delay), (Duration::from_millis(250), Duration::from_secs(60)));
+        let filters: Vec<String> = settings.filters.iter().map(ToString::to_string).collect();
+        assert_eq!(filters, ["type=prefix:orders.", "subject=exact:o-1"]);
+        assert_eq!(settings.consumer.start_from, crate::dispatch::StartFrom::Timestamp(1_767_323_045_000));
+    }
+
+    #[test]
+    fn bad_dispatch_configuration_names_the_cause() {
+        let problem = |extra: &[&str]| dispatch_args(extra).expect("parses").settings().expect_err("invalid");
+        assert!(problem(&["--concurrency", "4"]).contains("needs --ordering unordered"));
+        assert!(problem(&["--initial-delay", "1m", "--max-delay", "1s"]).contains("exceeds --max-delay"));
+        assert!(problem(&["--filter", "type=orders"]).contains("type=orders"));
+        assert!(problem(&["--sink", "https://x/"]).contains("only http://"));
+        assert!(problem(&["--dead-letter-topic", "shop.orders"]).contains("also consumed"));
+        assert!(problem(&["--bootstrap-servers", "kafka"]).contains("not host:port"));
+        assert!(problem(&["--request-timeout", "0s"]).contains("above zero"));
+        // Refused by the parser itself (exit code 2 as well).
+        assert!(dispatch_args(&["--ordering", "random"]).is_err());
+        assert!(dispatch_args(&["--max-attempts", "0"]).is_err());
+        assert!(dispatch_args(&["--start-from", "yesterday"]).is_err());
+        assert!(dispatch_args(&["--max-delay", "soon"]).is_err());
+    }
+
+    #[test]
+    fn filter_lists_from_the_environment_are_one_per_line_and_skip_blank_lines() {
+        let mut args = dispatch_args(&[]).expect("parses");
+        // What clap makes of TRIBUTARY_FILTERS="type=prefix:orders.\n\nsource=exact:/shop\n".
+        args.filters = "type=prefix:orders.\n\nsource=exact:/shop\n".split('\n').map(str::to_owned).collect();
+        assert_eq!(args.settings().expect("valid").filters.len(), 2);
+        args.topics = vec!["a".into(), String::new(), " b ".into()];
+        assert_eq!(args.settings().expect("valid").consumer.topics, ["a", "b"]);
     }
 }

@@ -334,6 +334,15 @@ impl Relay {
         Relay::start(&all, &[], listen)
     }
 
+    /// `tributary-relay <args>` with `vars` as its only TRIBUTARY_* variables and
+    /// TRIBUTARY_LISTEN_ADDRESS set to a free port (a `--listen-address` in `args` would win).
+    pub fn spawn_command(args: &[String], vars: &[(&str, String)]) -> Relay {
+        let listen = free_address();
+        let mut all: Vec<(String, String)> = vars.iter().map(|(name, value)| ((*name).to_owned(), value.clone())).collect();
+        all.push(("TRIBUTARY_LISTEN_ADDRESS".to_owned(), listen.to_string()));
+        Relay::start(args, &all, listen)
+    }
+
     /// `tributary-relay <args>` with `vars` as its only TRIBUTARY_* environment; `listen` is where
     /// its configuration makes it serve HTTP.
     pub fn start(args: &[String], vars: &[(String, String)], listen: SocketAddr) -> Relay {

@@ -1,0 +1,601 @@
+//! The Kafka side: a group consumer polled on a thread of its own, which turns messages into
+//! [`Record`]s (filtering on the way) and reports assignments and revocations in order with the
+//! records.
+//!
+//! Flow control: every assigned partition gets a queue of its own (`split_partition_queue`), and
+//! the thread reads them only while the dispatcher's buffer has room. librdkafka stops fetching
+//! a partition whose queue holds `queued.max.messages.kbytes`, so memory stays bounded without
+//! pausing partitions (a resume left librdkafka idle for up to a second). The consumer's own
+//! queue, with rebalances and errors, is served all the time.
+//!
+//! Offsets: the engine stores the position of each partition (everything below it delivered,
+//! dead-lettered or filtered) with `store_offsets`; librdkafka commits stored offsets every second,
+//! and this thread commits them synchronously before giving partitions up and when it stops.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use super::filter::{accepts_all, Filter};
+use super::metrics::DispatchMetrics;
+use super::record::Record;
+use super::scheduler::PartitionId;
+
+/// Messages handed to the engine at once (fewer when no more are waiting); also how far the
+/// buffer may overshoot its limit.
+const MAX_BATCH: usize = 256;
+/// Longest sleep of the consumer thread without a wake-up (serving the consumer's queue).
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// Broker requests made inside a rebalance (committed offsets, offsets for a time).
+const REBALANCE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the engine to finish the deliveries of revoked partitions (it gives up on
+/// them earlier, after the request timeout; this only guards against it being gone).
+const REVOKE_WAIT_LIMIT: Duration = Duration::from_secs(60);
+
+/// Where a group starts reading partitions it has no committed offset for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    Earliest,
+    Latest,
+    /// The first record at or after this time (milliseconds since the epoch).
+    Timestamp(i64),
+}
+
+impl StartFrom {
+    /// `earliest`, `latest` or an RFC 3339 timestamp with offset (`2026-01-02T03:04:05Z`).
+    pub fn parse(text: &str) -> Result<StartFrom, String> {
+        match text {
+            "earliest" => Ok(StartFrom::Earliest),
+            "latest" => Ok(StartFrom::Latest),
+            _ => text
+                .parse::<jiff::Timestamp>()
+                .map(|timestamp| StartFrom::Timestamp(timestamp.as_millisecond()))
+                .map_err(|error| format!("start {text:?} is not earliest, latest or an RFC 3339 timestamp: {error}")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    pub bootstrap_servers: String,
+    pub group: String,
+    pub topics: Vec<String>,
+    /// librdkafka properties (SASL/TLS, tuning); the dispatcher's own settings win over them.
+    pub properties_file: Option<PathBuf>,
+    pub start_from: StartFrom,
+}
+
+/// A partition newly assigned to this consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssignedPartition {
+    pub id: PartitionId,
+    pub topic: Arc<str>,
+    pub partition: i32,
+}
+
+/// A consumed message, as the engine takes it.
+#[derive(Debug)]
+pub enum Incoming {
+    Deliver(Record),
+    /// Did not pass the filters: done without delivery.
+    Filtered {
+        partition: PartitionId,
+        offset: i64,
+    },
+}
+
+#[derive(Debug)]
+pub enum ConsumerEvent {
+    Assigned(Vec<AssignedPartition>),
+    /// Records of these partitions still held are dropped (whoever gets the partitions reads them
+    /// again); deliveries in flight finish first, then the engine stores the positions and
+    /// answers on `done`, and only then are the partitions committed and given up: no record
+    /// of a key is delivered by the next owner while an earlier one is still in flight here.
+    Revoked {
+        partitions: Vec<PartitionId>,
+        done: std::sync::mpsc::SyncSender<()>,
+    },
+    Records(Vec<Incoming>),
+}
+
+/// Wakes the consumer thread: librdkafka calls it when a queue turns non-empty, the engine when
+/// the buffer has room again.
+#[derive(Debug, Default)]
+pub struct Wake {
+    woken: Mutex<bool>,
+    signal: Condvar,
+}
+
+impl Wake {
+    pub fn notify(&self) {
+        *self.woken.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = true;
+        self.signal.notify_one();
+    }
+
+    /// Sleeps until notified (a notification since the last wait counts) or `timeout`.
+    fn wait(&self, timeout: Duration) {
+        let mut woken = self.woken.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !*woken {
+            woken = self.signal.wait_timeout(woken, timeout).unwrap_or_else(|poisoned| poisoned.into_inner()).0;
+        }
+        *woken = false;
+    }
+}
+
+/// Records (and their weight in bytes) between the consumer and the end of their delivery; the
+/// consumer reads no more while either is at its limit.
+#[derive(Debug)]
+pub struct Budget {
+    records: AtomicUsize,
+    bytes: AtomicUsize,
+    max_records: usize,
+    max_bytes: usize,
+    wake: Arc<Wake>,
+}
+
+impl Budget {
+    pub fn new(max_records: usize, max_bytes: usize, wake: Arc<Wake>) -> Self {
+        Budget { records: AtomicUsize::new(0), bytes: AtomicUsize::new(0), max_records, max_bytes, wake }
+    }
+
+    pub fn take(&self, records: usize, bytes: usize) {
+        self.records.fetch_add(records, Ordering::AcqRel);
+        self.bytes.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    pub fn release(&self, bytes: usize) {
+        let records = self.records.fetch_sub(1, Ordering::AcqRel);
+        let before = self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        // Crossing back below a limit: the consumer may be waiting for room.
+        if records == self.max_records || (before >= self.max_bytes && before - bytes < self.max_bytes) {
+            self.wake.notify();
+        }
+    }
+
+    pub fn records(&self) -> usize {
+        self.records.load(Ordering::Acquire)
+    }
+
+    fn is_full(&self) -> bool {
+        self.records() >= self.max_records || self.bytes.load(Ordering::Acquire) >= self.max_bytes
+    }
+}
+
+/// What the engine tells the consumer thread.
+#[derive(Debug, Default)]
+pub struct ConsumerControl {
+    /// Stop reading records (shutdown is under way); keep serving the group.
+    draining: AtomicBool,
+    /// Commit stored offsets, leave the group and end.
+    stopped: AtomicBool,
+}
+
+impl ConsumerControl {
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+    }
+}
+
+/// Partition ids of the current assignment, by topic and partition.
+#[derive(Debug, Default)]
+struct Assignment {
+    ids: HashMap<String, HashMap<i32, PartitionId>>,
+    next_id: u64,
+    /// Assigned since the consumer thread last looked: their queues are to be split off.
+    added: Vec<AssignedPartition>,
+    /// Revoked since the consumer thread last looked: their queues are to be dropped.
+    revoked: bool,
+}
+
+impl Assignment {
+    fn add(&mut self, topic: &str, partition: i32) -> AssignedPartition {
+        self.next_id += 1;
+        let id = PartitionId(self.next_id);
+        self.ids.entry(topic.to_owned()).or_default().insert(partition, id);
+        let assigned = AssignedPartition { id, topic: Arc::from(topic), partition };
+        self.added.push(assigned.clone());
+        assigned
+    }
+
+    fn get(&self, topic: &str, partition: i32) -> Option<PartitionId> {
+        self.ids.get(topic)?.get(&partition).copied()
+    }
+
+    fn clear(&mut self) -> Vec<PartitionId> {
+        self.added.clear();
+        self.revoked = true;
+        std::mem::take(&mut self.ids).into_values().flat_map(HashMap::into_values).collect()
+    }
+}
+
+/// Rebalances, statistics (lag, broker state) and errors of the consumer.
+pub struct DispatchContext {
+    events: mpsc::UnboundedSender<ConsumerEvent>,
+    metrics: Arc<DispatchMetrics>,
+    start_from: StartFrom,
+    assignment: Mutex<Assignment>,
+}
+
+impl DispatchContext {
+    fn assignment(&self) -> std::sync::MutexGuard<'_, Assignment> {
+        self.assignment.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn send(&self, event: ConsumerEvent) {
+        // The engine is gone only while shutting down, when nothing more is needed.
+        let _ = self.events.send(event);
+    }
+
+    /// Partitions the group has no committed offset for start at the first record at or after
+    /// `time` (or at the end when there is none).
+    fn start_at_time(&self, consumer: &BaseConsumer<Self>, partitions: &mut TopicPartitionList, time: i64) -> Result<(), KafkaError> {
+        let committed = consumer.committed_offsets(partitions.clone(), REBALANCE_REQUEST_TIMEOUT)?;
+        let mut fresh = TopicPartitionList::new();
+        for element in committed.elements() {
+            if matches!(element.offset(), Offset::Invalid) {
+                fresh.add_partition_offset(element.topic(), element.partition(), Offset::Offset(time))?;
+            }
+        }
+        if fresh.count() == 0 {
+            return Ok(());
+        }
+        for element in consumer.offsets_for_times(fresh, REBALANCE_REQUEST_TIMEOUT)?.elements() {
+            let start = match element.offset() {
+                Offset::Offset(offset) => Offset::Offset(offset),
+                _ => Offset::End,
+            };
+            partitions.set_partition_offset(element.topic(), element.partition(), start)?;
+        }
+        Ok(())
+    }
+
+    fn assign(&self, consumer: &BaseConsumer<Self>, partitions: &mut TopicPartitionList) {
+        if let StartFrom::Timestamp(time) = self.start_from {
+            // On failure the committed offsets apply, and auto.offset.reset (earliest) elsewhere.
+            if let Err(error) = self.start_at_time(consumer, partitions, time) {
+                warn!(%error, "cannot look up offsets for --start-from; partitions without a committed offset start from the beginning");
+            }
+        }
+        if let Err(error) = consumer.assign(partitions) {
+            error!(%error, "cannot take the assigned partitions");
+        }
+        let assigned: Vec<AssignedPartition> = {
+            let mut assignment = self.assignment();
+            partitions.elements().iter().map(|element| assignment.add(element.topic(), element.partition())).collect()
+        };
+        let names: Vec<String> = assigned.iter().map(|p| format!("{}/{}", p.topic, p.partition)).collect();
+        info!(partitions = ?names, "partitions assigned");
+        self.send(ConsumerEvent::Assigned(assigned));
+        self.metrics.set_assigned(true);
+        self.metrics.set_broker_up(true);
+    }
+
+    fn revoke(&self, consumer: &BaseConsumer<Self>) {
+        let revoked = self.assignment().clear();
+        info!(partitions = revoked.len(), "partitions revoked: finishing their deliveries in flight");
+        let (done, finished) = std::sync::mpsc::sync_channel(1);
+        self.send(ConsumerEvent::Revoked { partitions: revoked, done });
+        // Answered, or dropped with the engine.
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(REVOKE_WAIT_LIMIT) {
+            warn!(limit = ?REVOKE_WAIT_LIMIT, "giving up revoked partitions without waiting for their deliveries");
+        }
+        // What is done is committed before the partitions go to another member.
+        commit_stored(consumer);
+        if let Err(error) = consumer.unassign() {
+            error!(%error, "cannot give up the revoked partitions");
+        }
+        self.metrics.set_assigned(false);
+    }
+}
+
+impl ClientContext for DispatchContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                error!(target: "librdkafka", facility, "{message}")
+            }
+            RDKafkaLogLevel::Warning => warn!(target: "librdkafka", facility, "{message}"),
+            _ => debug!(target: "librdkafka", facility, "{message}"),
+        }
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        let lag: i64 = statistics
+            .topics
+            .values()
+            .flat_map(|topic| topic.partitions.values())
+            .filter(|partition| partition.partition >= 0 && partition.consumer_lag_stored > 0)
+            .map(|partition| partition.consumer_lag_stored)
+            .sum();
+        self.metrics.set_lag(lag);
+        self.metrics.set_broker_up(statistics.brokers.values().any(|broker| broker.state == "UP"));
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.metrics.set_broker_up(false);
+        }
+        warn!(%error, reason, "Kafka client error");
+    }
+}
+
+impl ConsumerContext for DispatchContext {
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => debug!(partitions = offsets.count(), "offsets committed"),
+            // Nothing stored since the last commit.
+            Err(error) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) => {}
+            Err(error) => warn!(%error, "cannot commit offsets"),
+        }
+    }
+
+    /// Eager rebalancing, with the start position applied to new partitions and stored offsets
+    /// committed before revoked ones are released.
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, error: RDKafkaRespErr, partitions: &mut TopicPartitionList) {
+        match error {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, partitions),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(consumer),
+            other => {
+                error!(error = ?other, "rebalance failed; giving up the assignment");
+                self.revoke(consumer);
+            }
+        }
+    }
+}
+
+fn commit_stored(consumer: &BaseConsumer<DispatchContext>) {
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => {}
+        // Nothing stored since the last commit.
+        Err(error) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) => {}
+        Err(error) => warn!(%error, "cannot commit offsets"),
+    }
+}
+
+pub type DispatchConsumer = BaseConsumer<DispatchContext>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error(transparent)]
+    Properties(#[from] tributary_api::kafka_properties::PropertiesError),
+    #[error("cannot create the Kafka consumer for {bootstrap_servers}: {source}")]
+    Create {
+        bootstrap_servers: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("partition.assignment.strategy {0:?}: the dispatcher needs an eager strategy (range, roundrobin)")]
+    Cooperative(String),
+    #[error("cannot subscribe to {topics:?}: {source}")]
+    Subscribe {
+        topics: Vec<String>,
+        #[source]
+        source: KafkaError,
+    },
+}
+
+/// Creates the consumer and subscribes; records and rebalances arrive on the returned channel
+/// once [`run`] polls it. `wake` is notified when the consumer's queue has something.
+pub fn create(
+    settings: &ConsumerSettings,
+    metrics: Arc<DispatchMetrics>,
+    wake: Arc<Wake>,
+) -> Result<(Arc<DispatchConsumer>, mpsc::UnboundedReceiver<ConsumerEvent>), ConsumerError> {
+    let mut config = ClientConfig::new();
+    // Tuning the properties file may override.
+    config
+        .set("auto.commit.interval.ms", "1000")
+        .set("statistics.interval.ms", "5000")
+        // Read-ahead per partition (each has its queue): enough to cover a refetch.
+        .set("queued.max.messages.kbytes", "4096")
+        .set("fetch.queue.backoff.ms", "50")
+        .set("fetch.wait.max.ms", "100");
+    if let Some(path) = &settings.properties_file {
+        for (key, value) in tributary_api::kafka_properties::read(path)? {
+            // The rebalance handling assigns and revokes whole assignments.
+            if key == "partition.assignment.strategy" && value.contains("cooperative") {
+                return Err(ConsumerError::Cooperative(value));
+            }
+            config.set(key, value);
+        }
+    }
+    let reset = match settings.start_from {
+        StartFrom::Latest => "latest",
+        // A timestamp is applied on assignment; should that fail, start early rather than late.
+        StartFrom::Earliest | StartFrom::Timestamp(_) => "earliest",
+    };
+    config
+        .set("bootstrap.servers", &settings.bootstrap_servers)
+        .set("group.id", &settings.group)
+        // At-least-once: only offsets the engine stored (everything below done) are committed.
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", reset)
+        .set("enable.partition.eof", "false");
+    let (events, receiver) = mpsc::unbounded_channel();
+    let context = DispatchContext { events, metrics, start_from: settings.start_from, assignment: Mutex::default() };
+    let mut consumer: DispatchConsumer = config
+        .create_with_context(context)
+        .map_err(|source| ConsumerError::Create { bootstrap_servers: settings.bootstrap_servers.clone(), source })?;
+    consumer.set_nonempty_callback(move || wake.notify());
+    let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).map_err(|source| ConsumerError::Subscribe { topics: settings.topics.clone(), source })?;
+    Ok((Arc::new(consumer), receiver))
+}
+
+/// Messages read in one round, ready for the engine.
+#[derive(Default)]
+struct Batch {
+    items: Vec<Incoming>,
+    records: usize,
+    bytes: usize,
+}
+
+impl Batch {
+    fn add(&mut self, consumer: &DispatchConsumer, polled: KafkaResult<BorrowedMessage<'_>>, filters: &[Filter]) {
+        match polled {
+            Ok(message) => {
+                if let Some(incoming) = to_incoming(consumer, &message, filters) {
+                    if let Incoming::Deliver(record) = &incoming {
+                        self.records += 1;
+                        self.bytes += record.weight();
+                    }
+                    self.items.push(incoming);
+                }
+            }
+            Err(error) => warn!(%error, "Kafka consumer error"),
+        }
+    }
+}
+
+/// Serves the consumer's own queue (rebalances run here) until it is empty; messages of
+/// partitions whose queue was not split off yet come this way too.
+fn serve_events(consumer: &DispatchConsumer, filters: &[Filter], batch: &mut Batch) {
+    while let Some(polled) = consumer.poll(Duration::ZERO) {
+        batch.add(consumer, polled, filters);
+    }
+}
+
+type Queues = Vec<(PartitionId, PartitionQueue<DispatchContext>)>;
+
+/// Splits off the queues of newly assigned partitions and drops those of revoked ones.
+fn update_queues(consumer: &Arc<DispatchConsumer>, queues: &mut Queues, wake: &Arc<Wake>) -> bool {
+    let (added, revoked) = {
+        let mut assignment = consumer.context().assignment();
+        (std::mem::take(&mut assignment.added), std::mem::take(&mut assignment.revoked))
+    };
+    if revoked {
+        queues.clear();
+    }
+    for partition in &added {
+        match consumer.split_partition_queue(&partition.topic, partition.partition) {
+            Some(mut queue) => {
+                let wake = wake.clone();
+                queue.set_nonempty_callback(move || wake.notify());
+                queues.push((partition.id, queue));
+            }
+            None => error!(topic = %partition.topic, partition = partition.partition, "cannot read the partition"),
+        }
+    }
+    revoked || !added.is_empty()
+}
+
+/// Polls until stopped (see the module documentation); run it on a thread of its own.
+pub fn run(consumer: Arc<DispatchConsumer>, filters: Arc<[Filter]>, budget: Arc<Budget>, control: Arc<ConsumerControl>, wake: Arc<Wake>) {
+    let mut queues: Queues = Vec::new();
+    let mut next = 0usize;
+    while !control.stopped.load(Ordering::Acquire) {
+        let mut batch = Batch::default();
+        serve_events(&consumer, &filters, &mut batch);
+        if update_queues(&consumer, &mut queues, &wake) {
+            // What reached the consumer's queue before the split comes before the partition queue's.
+            serve_events(&consumer, &filters, &mut batch);
+        }
+        if !control.draining.load(Ordering::Acquire) && !budget.is_full() && !queues.is_empty() {
+            // One message per partition in turn, so no partition starves the others.
+            let mut empty = 0;
+            while batch.items.len() < MAX_BATCH && empty < queues.len() {
+                next = (next + 1) % queues.len();
+                match queues[next].1.poll(Duration::ZERO) {
+                    Some(polled) => {
+                        empty = 0;
+                        batch.add(&consumer, polled, &filters);
+                    }
+                    None => empty += 1,
+                }
+            }
+        }
+        if batch.items.is_empty() {
+            wake.wait(IDLE_WAIT);
+            continue;
+        }
+        budget.take(batch.records, batch.bytes);
+        consumer.context().send(ConsumerEvent::Records(batch.items));
+    }
+    commit_stored(&consumer);
+}
+
+fn to_incoming(consumer: &DispatchConsumer, message: &BorrowedMessage<'_>, filters: &[Filter]) -> Option<Incoming> {
+    let (topic, partition_number, offset) = (message.topic(), message.partition(), message.offset());
+    let Some(partition) = consumer.context().assignment().get(topic, partition_number) else {
+        // Fetched before a revocation and returned after it: whoever owns it now reads it again.
+        debug!(topic, partition = partition_number, offset, "dropping a message of a partition no longer assigned");
+        return None;
+    };
+    let headers = message.headers();
+    let header = |name: &str| headers.and_then(|headers| headers.iter().find(|header| header.key == name).and_then(|header| header.value));
+    if !accepts_all(filters, header) {
+        return Some(Incoming::Filtered { partition, offset });
+    }
+    let count = headers.map_or(0, Headers::count);
+    let header_list = (0..count).filter_map(move |index| headers?.try_get(index)).map(|header| (header.key, header.value));
+    Some(Incoming::Deliver(Record::copy_from(partition, offset, message.key(), message.payload(), header_list)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_from_is_earliest_latest_or_an_rfc3339_time() {
+        assert_eq!(StartFrom::parse("earliest"), Ok(StartFrom::Earliest));
+        assert_eq!(StartFrom::parse("latest"), Ok(StartFrom::Latest));
+        assert_eq!(StartFrom::parse("2026-01-02T03:04:05Z"), Ok(StartFrom::Timestamp(1_767_323_045_000)));
+        assert_eq!(StartFrom::parse("2026-01-02T03:04:05.5+02:00"), Ok(StartFrom::Timestamp(1_767_315_845_500)));
+        for bad in ["", "Earliest", "2026-01-02", "2026-01-02T03:04:05", "yesterday"] {
+            assert!(StartFrom::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_budget_is_full_at_either_limit_and_wakes_the_consumer_below_it() {
+        let wake = Arc::new(Wake::default());
+        let budget = Budget::new(10, 1000, wake.clone());
+        budget.take(9, 100);
+        assert!(!budget.is_full());
+        budget.take(1, 10);
+        assert!(budget.is_full());
+        assert!(!*wake.woken.lock().expect("lock"));
+        budget.release(11);
+        assert!(!budget.is_full());
+        assert!(*wake.woken.lock().expect("lock"), "room again: the consumer is woken");
+        wake.wait(Duration::ZERO);
+        budget.release(11);
+        assert!(!*wake.woken.lock().expect("lock"), "only when crossing the limit");
+        budget.take(1, 995);
+        assert!(budget.is_full(), "bytes count too");
+        budget.release(995);
+        assert!(*wake.woken.lock().expect("lock"));
+    }
+
+    #[test]
+    fn partition_ids_are_never_reused() {
+        let mut assignment = Assignment::default();
+        let first = assignment.add("orders", 0);
+        assert_eq!(assignment.get("orders", 0), Some(first.id));
+        assert_eq!(assignment.get("orders", 1), None);
+        assert_eq!(assignment.added, std::slice::from_ref(&first));
+        assert_eq!(assignment.clear(), [first.id]);
+        assert!(assignment.added.is_empty() && assignment.revoked);
+        assert_eq!(assignment.get("orders", 0), None);
+        let again = assignment.add("orders", 0);
+        assert_ne!(again.id, first.id);
+    }
+}
