@@ -398,6 +398,93 @@ async fn delivers_cloudevents_configured_by_environment_and_exits_0_on_sigterm()
     eprintln!("delivered 30 records and stopped in {}", since(started));
 }
 
+/// The contract between the Subscription controller and the dispatcher: the sidecar exactly as
+/// the controller renders it for a push-mode Subscription (its arguments and environment, the
+/// workload Kafka Secret mounted as the kubelet would) delivers to the sink the Subscription names
+/// and applies its filter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecar_the_subscription_controller_renders_delivers() {
+    use tributary_api::Subscription;
+    use tributary_operator::subscription::desired::{deployment, RELAY_CONTAINER};
+    use tributary_operator::subscription::resolve::{workload, ResolvedTopic};
+    use tributary_operator::workload::WorkloadSettings;
+
+    let Some(env) = test_env("the_sidecar_the_subscription_controller_renders_delivers", false) else { return };
+    let started = Instant::now();
+    let (topic, _) = topics(&env, "dispatch-rendered", 2).await;
+    let records: Vec<OutgoingRecord> = (0..20)
+        .map(|seq| event(&topic, &format!("k{}", seq % 4), seq, if seq % 2 == 0 { "orders.created" } else { "payments.settled" }, "s"))
+        .collect();
+    let wanted: HashSet<String> = ids(&records)
+        .into_iter()
+        .filter(|id| id.split('-').nth(1).and_then(|seq| seq.parse::<u64>().ok()).is_some_and(|seq| seq % 2 == 0))
+        .collect();
+    produce(&producer(&env), records).await;
+    let sink = TestSink::start(Duration::ZERO, |_| Reply::status(200)).await;
+
+    let subscription: Subscription = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tributary.dev/v1alpha1", "kind": "Subscription",
+        "metadata": {"name": topic.replace('.', "-"), "namespace": "shop"},
+        "spec": {
+            "topics": [{"name": "orders"}],
+            "template": {"image": "shop/billing:1"},
+            "startFrom": "earliest",
+            "delivery": {
+                "mode": "Push",
+                "sink": {"port": sink.address.port(), "path": "/events"},
+                "ordering": "Unordered",
+                "concurrency": 4,
+                "filters": [{"attribute": "type", "operator": "Prefix", "value": "orders."}],
+            },
+        },
+    }))
+    .expect("a valid Subscription");
+    let resolved = vec![ResolvedTopic { name: "orders".into(), kafka_topic: topic.clone(), dead_letter_topic: None }];
+    let workload = workload(&subscription, resolved).expect("a runnable Subscription");
+    let settings = WorkloadSettings {
+        bootstrap_servers: env.bootstrap_servers.clone(),
+        relay_image: "not used".into(),
+        kafka_properties_secret: Some("kafka-auth".into()),
+    };
+    let rendered = deployment(&workload, &settings, Some(1));
+    let pod = rendered.spec.and_then(|spec| spec.template.spec).expect("a pod template");
+    let sidecar = pod.containers.iter().find(|container| container.name == RELAY_CONTAINER).expect("the dispatcher sidecar");
+    let (dir, properties) = properties_file();
+    let mut vars: Vec<(&str, String)> = Vec::new();
+    for var in sidecar.env.iter().flatten() {
+        let value = var.value.clone().unwrap_or_else(|| panic!("{} is not a literal value", var.name));
+        let value = match var.name.as_str() {
+            // Another test may hold the rendered port; the address is not part of the contract.
+            "TRIBUTARY_LISTEN_ADDRESS" => continue,
+            // The Secret volume, mounted from a directory as the kubelet would.
+            "TRIBUTARY_KAFKA_PROPERTIES_FILE" => {
+                let mounted = sidecar
+                    .volume_mounts
+                    .iter()
+                    .flatten()
+                    .any(|mount| value.starts_with(&mount.mount_path) && mount.read_only == Some(true));
+                assert!(mounted, "{value} is in a read-only mount");
+                properties.clone()
+            }
+            _ => value,
+        };
+        vars.push((var.name.as_str(), value));
+    }
+    assert!(
+        vars.iter().any(|(name, value)| *name == "TRIBUTARY_SINK" && *value == sink.url()),
+        "the sink the Subscription names: {vars:?}"
+    );
+    let mut dispatcher = Relay::spawn_command(sidecar.args.as_deref().unwrap_or_default(), &vars);
+
+    let missing = sink.wait_delivered(&wanted, Duration::from_secs(30)).await;
+    assert!(missing.is_empty(), "not delivered after {}: {missing:?}\n{}", since(started), dispatcher.log_tail(30));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sink.delivered(), wanted, "only the records the filter lets through");
+    dispatcher.sigterm();
+    assert_eq!(exit_code(&mut dispatcher, Duration::from_secs(20)).await, Some(0), "{}", dispatcher.log_tail(20));
+    drop(dir);
+}
+
 /// 5xx answers are retried with backoff until the sink accepts; a Retry-After (seconds or HTTP
 /// date) longer than the backoff is waited for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
