@@ -515,3 +515,44 @@ pub enum ReplayPhase {
     ScalingUp,
     Completed,
 }
+
+/// Where a group starts on a partition it has not committed an offset for (`spec.startFrom`), as
+/// the operator and the dispatcher both read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    Earliest,
+    Latest,
+    /// The first record at or after this time, in milliseconds since the Unix epoch.
+    Timestamp(i64),
+}
+
+impl StartFrom {
+    /// Parses `earliest`, `latest` or an RFC 3339 timestamp with offset (`2026-01-02T03:04:05Z`).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "earliest" => Ok(StartFrom::Earliest),
+            "latest" => Ok(StartFrom::Latest),
+            timestamp => timestamp
+                .parse::<k8s_openapi::jiff::Timestamp>()
+                .map(|at| StartFrom::Timestamp(at.as_millisecond()))
+                .map_err(|error| format!("{timestamp:?} is not earliest, latest or an RFC 3339 timestamp: {error}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_from_is_earliest_latest_or_an_rfc3339_time() {
+        assert_eq!(StartFrom::parse("earliest"), Ok(StartFrom::Earliest));
+        assert_eq!(StartFrom::parse("latest"), Ok(StartFrom::Latest));
+        assert_eq!(StartFrom::parse("2026-01-01T00:00:01Z"), Ok(StartFrom::Timestamp(1_767_225_601_000)));
+        assert_eq!(StartFrom::parse("2026-01-01T02:00:01+02:00"), Ok(StartFrom::Timestamp(1_767_225_601_000)));
+        assert_eq!(StartFrom::parse("2026-01-02T03:04:05.5+02:00"), Ok(StartFrom::Timestamp(1_767_315_845_500)));
+        for bad in ["", "Earliest", "2026-01-02", "2026-01-02T03:04:05", "yesterday"] {
+            assert!(StartFrom::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -7,32 +7,10 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use k8s_openapi::jiff::Timestamp;
 
 use super::KafkaError;
 
-/// Where a group starts on a partition it has not committed an offset for (`spec.startFrom`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StartFrom {
-    Earliest,
-    Latest,
-    /// The first record at or after this time, in milliseconds since the Unix epoch.
-    Timestamp(i64),
-}
-
-impl StartFrom {
-    /// Parses `earliest`, `latest` or an RFC 3339 timestamp.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        match text {
-            "earliest" => Ok(StartFrom::Earliest),
-            "latest" => Ok(StartFrom::Latest),
-            timestamp => timestamp
-                .parse::<Timestamp>()
-                .map(|at| StartFrom::Timestamp(at.as_millisecond()))
-                .map_err(|error| format!("{timestamp:?} is not earliest, latest or an RFC 3339 timestamp: {error}")),
-        }
-    }
-}
+pub use tributary_api::subscription::StartFrom;
 
 /// The offsets of one partition that decide a group's lag on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,15 +123,6 @@ mod tests {
         };
         assert_eq!(lag.by_topic(), vec![("b".to_owned(), 12), ("a".to_owned(), 3)]);
         assert_eq!((lag.total(), lag.partition_count()), (15, 3));
-    }
-
-    #[test]
-    fn start_from_parses_keywords_and_timestamps() {
-        assert_eq!(StartFrom::parse("earliest"), Ok(StartFrom::Earliest));
-        assert_eq!(StartFrom::parse("latest"), Ok(StartFrom::Latest));
-        assert_eq!(StartFrom::parse("2026-01-01T00:00:01Z"), Ok(StartFrom::Timestamp(1_767_225_601_000)));
-        assert_eq!(StartFrom::parse("2026-01-01T02:00:01+02:00"), Ok(StartFrom::Timestamp(1_767_225_601_000)));
-        assert!(StartFrom::parse("yesterday").is_err());
     }
 
     #[test]

@@ -45,28 +45,7 @@ const REBALANCE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// them earlier, after the request timeout; this only guards against it being gone).
 const REVOKE_WAIT_LIMIT: Duration = Duration::from_secs(60);
 
-/// Where a group starts reading partitions it has no committed offset for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StartFrom {
-    Earliest,
-    Latest,
-    /// The first record at or after this time (milliseconds since the epoch).
-    Timestamp(i64),
-}
-
-impl StartFrom {
-    /// `earliest`, `latest` or an RFC 3339 timestamp with offset (`2026-01-02T03:04:05Z`).
-    pub fn parse(text: &str) -> Result<StartFrom, String> {
-        match text {
-            "earliest" => Ok(StartFrom::Earliest),
-            "latest" => Ok(StartFrom::Latest),
-            _ => text
-                .parse::<jiff::Timestamp>()
-                .map(|timestamp| StartFrom::Timestamp(timestamp.as_millisecond()))
-                .map_err(|error| format!("start {text:?} is not earliest, latest or an RFC 3339 timestamp: {error}")),
-        }
-    }
-}
+pub use tributary_api::subscription::StartFrom;
 
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
@@ -552,17 +531,6 @@ fn to_incoming(consumer: &DispatchConsumer, message: &BorrowedMessage<'_>, filte
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn start_from_is_earliest_latest_or_an_rfc3339_time() {
-        assert_eq!(StartFrom::parse("earliest"), Ok(StartFrom::Earliest));
-        assert_eq!(StartFrom::parse("latest"), Ok(StartFrom::Latest));
-        assert_eq!(StartFrom::parse("2026-01-02T03:04:05Z"), Ok(StartFrom::Timestamp(1_767_323_045_000)));
-        assert_eq!(StartFrom::parse("2026-01-02T03:04:05.5+02:00"), Ok(StartFrom::Timestamp(1_767_315_845_500)));
-        for bad in ["", "Earliest", "2026-01-02", "2026-01-02T03:04:05", "yesterday"] {
-            assert!(StartFrom::parse(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn the_budget_is_full_at_either_limit_and_wakes_the_consumer_below_it() {
