@@ -447,7 +447,7 @@ pub fn plan_outbox_relays(relays: &[OutboxRelay], topics: &[TopicResult], settin
                 routes: resolve_routes(relay, lookup),
                 // Offline there are no Secrets to look at.
                 secret: SecretCheck::Found,
-                kafka_secret: None,
+                kafka_secret_problem: None,
                 invalid: validate(relay).err(),
                 ready_relays: None,
                 report: None,

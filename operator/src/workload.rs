@@ -1,10 +1,14 @@
-//! What every pod the operator runs gets from the operator's own configuration (pure): the Kafka
+//! What every pod the operator runs gets from the operator's own configuration: the Kafka
 //! bootstrap servers, the `tributary-relay` image, and the workload Kafka properties Secret with
-//! the volume, mount and variable that hand it to each container talking to Kafka. Subscriptions'
-//! consumers and push dispatchers and OutboxRelays' relays all take it from here, so credentials
-//! reach every workload the same way.
+//! the volume, mount and variable that hand it to each container talking to Kafka (pure), and the
+//! check that this Secret is there before a pod needs it. Subscriptions' consumers and push
+//! dispatchers and OutboxRelays' relays all take it from here, so credentials reach every
+//! workload the same way.
 
-use k8s_openapi::api::core::v1::{EnvVar, SecretVolumeSource, Volume, VolumeMount};
+use k8s_openapi::api::core::v1::{EnvVar, Secret, SecretVolumeSource, Volume, VolumeMount};
+use kube::Api;
+
+use crate::error::{Error, Result};
 
 /// Where the workload Kafka properties Secret is mounted.
 pub const KAFKA_PROPERTIES_DIR: &str = "/etc/tributary/kafka";
@@ -29,6 +33,54 @@ impl WorkloadSettings {
     pub fn kafka_properties<'a>(&'a self, volume: &'a str) -> Option<KafkaProperties<'a>> {
         self.kafka_properties_secret.as_deref().map(|secret| KafkaProperties { secret, volume })
     }
+}
+
+/// A Secret checked for a key, without keeping (or logging) its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretCheck {
+    Found,
+    Missing,
+    KeyMissing,
+}
+
+impl SecretCheck {
+    pub fn of(secret: Option<&Secret>, key: &str) -> Self {
+        match secret {
+            None => SecretCheck::Missing,
+            Some(secret) if secret.data.as_ref().is_some_and(|data| data.contains_key(key)) => SecretCheck::Found,
+            Some(_) => SecretCheck::KeyMissing,
+        }
+    }
+}
+
+/// Whether Secret `name` in `namespace` exists and holds `key`.
+pub async fn check_secret_key(client: &kube::Client, namespace: &str, name: &str, key: &str, object: &str) -> Result<SecretCheck> {
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace).get_opt(name).await.map_err(|source| Error::Kube {
+        operation: "Secret lookup",
+        object: object.to_owned(),
+        source,
+    })?;
+    Ok(SecretCheck::of(secret.as_ref(), key))
+}
+
+/// Why the workload Kafka properties Secret cannot be mounted in `namespace`, if it cannot: a pod
+/// whose Secret volume is missing does not start. `None` also when the operator has no such
+/// Secret.
+pub async fn kafka_secret_problem(
+    settings: &WorkloadSettings,
+    client: &kube::Client,
+    namespace: &str,
+    object: &str,
+) -> Result<Option<String>> {
+    let Some(name) = &settings.kafka_properties_secret else { return Ok(None) };
+    let problem = match check_secret_key(client, namespace, name, KAFKA_PROPERTIES_KEY, object).await? {
+        SecretCheck::Found => return Ok(None),
+        SecretCheck::Missing => "does not exist in this namespace",
+        SecretCheck::KeyMissing => "has no key kafka.properties",
+    };
+    Ok(Some(format!(
+        "Secret {name} (the operator's Kafka settings for workloads, --workload-kafka-properties-secret) {problem}; pods that mount it cannot start"
+    )))
 }
 
 /// The workload Kafka properties Secret in one pod: the pod gets `volume()`, and every container
@@ -71,6 +123,18 @@ impl KafkaProperties<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_check_needs_the_key() {
+        let secret = |keys: &[&str]| Secret {
+            data: Some(keys.iter().map(|key| ((*key).to_owned(), k8s_openapi::ByteString(b"postgres://x".to_vec()))).collect()),
+            ..Secret::default()
+        };
+        assert_eq!(SecretCheck::of(Some(&secret(&["url"])), "url"), SecretCheck::Found);
+        assert_eq!(SecretCheck::of(Some(&secret(&["dsn"])), "url"), SecretCheck::KeyMissing);
+        assert_eq!(SecretCheck::of(Some(&Secret::default()), "url"), SecretCheck::KeyMissing);
+        assert_eq!(SecretCheck::of(None, "url"), SecretCheck::Missing);
+    }
 
     fn settings(secret: Option<&str>) -> WorkloadSettings {
         WorkloadSettings {

@@ -33,7 +33,7 @@ use super::desired::{
     RelayWorkload, ResolvedRoute,
 };
 use super::probe::{ready_relays, ProbeSchedule, RelayStatusSource};
-use super::resolve::{check_secret, check_secret_key, get_deployment, lookup_topics, target_holder, validate};
+use super::resolve::{check_secret, get_deployment, lookup_topics, target_holder, validate};
 use super::status::{build_status, paused_status, ready_reason, reason, recorded_target, Observation, Workload, READY};
 use crate::conditions::Clock;
 use crate::controller_support::{
@@ -41,7 +41,7 @@ use crate::controller_support::{
 };
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::workload::{WorkloadSettings, KAFKA_PROPERTIES_KEY};
+use crate::workload::{kafka_secret_problem, WorkloadSettings};
 
 /// Name of this controller in metrics and logs.
 pub const CONTROLLER: &str = "outboxrelay";
@@ -186,10 +186,7 @@ async fn reconcile_relay(relay: &OutboxRelay, context: &Context) -> Result<Actio
     }
 
     let secret = check_secret(&context.client, relay, &namespace, &object).await?;
-    let kafka_secret = match &context.settings.workload.kafka_properties_secret {
-        Some(name) => Some((name.clone(), check_secret_key(&context.client, &namespace, name, KAFKA_PROPERTIES_KEY, &object).await?)),
-        None => None,
-    };
+    let kafka_secret_problem = kafka_secret_problem(&context.settings.workload, &context.client, &namespace, &object).await?;
     let routes = lookup_topics(&context.client, relay, &namespace, &object).await?;
     let (workload, live) = match (&relay.spec.placement.sidecar, holder) {
         (Some(_), Some(holder)) => (Workload::TargetHeldBy(holder), None),
@@ -204,7 +201,7 @@ async fn reconcile_relay(relay: &OutboxRelay, context: &Context) -> Result<Actio
         },
     };
     let mut observation =
-        Observation { workload, routes, secret, kafka_secret, invalid: validate(relay).err(), ready_relays: None, report: None };
+        Observation { workload, routes, secret, kafka_secret_problem, invalid: validate(relay).err(), ready_relays: None, report: None };
 
     // Blocked: whatever relay runs keeps running as it is, and the status says what is missing.
     let live = match observation.routes_to_apply() {

@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Secret;
 use kube::core::error_boundary::DeserializeGuard;
 use kube::{Api, ResourceExt};
 use tributary_api::{EventTopic, OutboxRelay};
@@ -88,38 +87,13 @@ pub fn resolve_routes(relay: &OutboxRelay, lookup: impl Fn(&str) -> TopicLookup)
     }
 }
 
-/// The database Secret, checked for the key without keeping (or logging) its value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SecretCheck {
-    Found,
-    Missing,
-    KeyMissing,
-}
-
-impl SecretCheck {
-    pub fn of(secret: Option<&Secret>, key: &str) -> Self {
-        match secret {
-            None => SecretCheck::Missing,
-            Some(secret) if secret.data.as_ref().is_some_and(|data| data.contains_key(key)) => SecretCheck::Found,
-            Some(_) => SecretCheck::KeyMissing,
-        }
-    }
-}
+use crate::workload::check_secret_key;
+pub use crate::workload::SecretCheck;
 
 /// The database Secret of `relay`, checked.
 pub async fn check_secret(client: &kube::Client, relay: &OutboxRelay, namespace: &str, object: &str) -> Result<SecretCheck> {
     let reference = &relay.spec.database.url_secret_ref;
     check_secret_key(client, namespace, &reference.name, &reference.key, object).await
-}
-
-/// Whether Secret `name` in `namespace` exists and holds `key` (the value is not looked at).
-pub async fn check_secret_key(client: &kube::Client, namespace: &str, name: &str, key: &str, object: &str) -> Result<SecretCheck> {
-    let secret = Api::<Secret>::namespaced(client.clone(), namespace).get_opt(name).await.map_err(|source| Error::Kube {
-        operation: "Secret lookup",
-        object: object.to_owned(),
-        source,
-    })?;
-    Ok(SecretCheck::of(secret.as_ref(), key))
 }
 
 /// Every EventTopic the routes name, looked up once each.
@@ -179,7 +153,6 @@ mod tests {
     use crate::outbox_relay::test_support::outbox_relay;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::Timestamp;
-    use k8s_openapi::ByteString;
 
     const ROUTES: &str = r#"
 database: { urlSecretRef: { name: db } }
@@ -223,18 +196,6 @@ placement: { standalone: {} }
         let fresh = EventTopic { status: None, ..topic };
         assert_eq!(TopicLookup::of(Some(&DeserializeGuard(Ok(fresh)))), found("shop.orders", false));
         assert_eq!(TopicLookup::of(None), TopicLookup::Missing);
-    }
-
-    #[test]
-    fn secret_check_needs_the_key() {
-        let secret = |keys: &[&str]| Secret {
-            data: Some(keys.iter().map(|key| ((*key).to_owned(), ByteString(b"postgres://x".to_vec()))).collect()),
-            ..Secret::default()
-        };
-        assert_eq!(SecretCheck::of(Some(&secret(&["url"])), "url"), SecretCheck::Found);
-        assert_eq!(SecretCheck::of(Some(&secret(&["dsn"])), "url"), SecretCheck::KeyMissing);
-        assert_eq!(SecretCheck::of(Some(&Secret::default()), "url"), SecretCheck::KeyMissing);
-        assert_eq!(SecretCheck::of(None, "url"), SecretCheck::Missing);
     }
 
     #[test]

@@ -57,10 +57,9 @@ pub struct Observation {
     pub workload: Workload,
     pub routes: Routes,
     pub secret: SecretCheck,
-    /// The Secret with the relays' Kafka settings (`--workload-kafka-properties-secret`), when the
-    /// operator has one: a pod whose Secret volume is missing does not start, and as a sidecar
-    /// that would be the application's pod.
-    pub kafka_secret: Option<(String, SecretCheck)>,
+    /// Why the workload Kafka Secret cannot be mounted (see `workload::kafka_secret_problem`): as
+    /// a sidecar, the pod that would not start is the application's.
+    pub kafka_secret_problem: Option<String>,
     /// A spec the relay could not run with.
     pub invalid: Option<String>,
     /// Pods of the workload whose relay container is ready; `None` when there is no workload.
@@ -105,18 +104,8 @@ impl Observation {
             SecretCheck::KeyMissing => return Some((reason::SECRET_KEY_NOT_FOUND, String::new())),
             SecretCheck::Found => {}
         }
-        if let Some((name, check)) = &self.kafka_secret {
-            let problem = match check {
-                SecretCheck::Missing => "does not exist in this namespace",
-                SecretCheck::KeyMissing => "has no key kafka.properties",
-                SecretCheck::Found => "",
-            };
-            if !problem.is_empty() {
-                let message = format!(
-                    "Secret {name} (the operator's Kafka settings for workloads) {problem}; the relay reads its Kafka settings from it"
-                );
-                return Some((reason::KAFKA_SECRET_NOT_FOUND, message));
-            }
+        if let Some(problem) = &self.kafka_secret_problem {
+            return Some((reason::KAFKA_SECRET_NOT_FOUND, problem.clone()));
         }
         match &self.routes {
             Routes::NotFound(names) => Some((reason::TOPIC_NOT_FOUND, names.join(", "))),
@@ -266,7 +255,7 @@ placement: { sidecar: { targetRef: { name: shop-api } } }
                 kafka_topic: "shop.orders".into(),
             }]),
             secret: SecretCheck::Found,
-            kafka_secret: None,
+            kafka_secret_problem: None,
             invalid: None,
             ready_relays: Some(2),
             report: Some(RelayReport { pending_rows: Some(12), last_published_time: Some(Time(at(500))) }),

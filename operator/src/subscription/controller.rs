@@ -38,7 +38,7 @@ use crate::error::{Error, Result};
 use crate::event_topic::sync::SyncMode;
 use crate::kafka::{ConsumerGroups, GroupLag, KafkaError, TopicAdmin, TopicSpec};
 use crate::metrics::Metrics;
-use crate::workload::WorkloadSettings;
+use crate::workload::{kafka_secret_problem, WorkloadSettings};
 use crate::FIELD_MANAGER;
 
 /// Name of this controller in metrics and logs.
@@ -56,7 +56,8 @@ pub struct Settings {
     /// How often a Subscription scaled by KEDA is looked at when nothing changed (its lag in
     /// status), and the most often unchanged lag is rewritten.
     pub resync_interval: Duration,
-    /// How soon a Subscription that lost a conflict (consumer group, Deployment) looks again.
+    /// How soon a Subscription that lost a conflict (consumer group, Deployment) or waits for the
+    /// workload Kafka Secret looks again.
     pub conflict_retry: Duration,
     /// Delay before retrying after Kafka or the API server failed.
     pub error_retry: Duration,
@@ -225,6 +226,11 @@ async fn reconcile_subscription(subscription: &Subscription, context: &Context) 
             return Ok(Action::await_change());
         }
     };
+    if let Some(problem) = kafka_secret_problem(&deps.workload, &deps.client, &namespace, &object_name(subscription)).await? {
+        report(Outcome::KafkaSecretMissing(problem)).await?;
+        // Secrets are not watched (that would take the right to list them all): look again.
+        return Ok(Action::requeue(deps.settings.conflict_retry));
+    }
     let deployments: Api<Deployment> = Api::namespaced(deps.client.clone(), &namespace);
     let existing = deployments.get_opt(&workload.name).await.map_err(|source| Error::Kube {
         operation: "get",

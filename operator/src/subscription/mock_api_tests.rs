@@ -44,6 +44,11 @@ struct Harness {
 }
 
 fn harness() -> (Harness, ApiServerVerifier) {
+    harness_with(None)
+}
+
+/// With `kafka_properties_secret` as the operator's workload Kafka Secret.
+fn harness_with(kafka_properties_secret: Option<&str>) -> (Harness, ApiServerVerifier) {
     let (client, verifier) = mock_client();
     let kafka = Arc::new(FakeTopicAdmin::new());
     let groups = Arc::new(FakeConsumerGroups::new());
@@ -60,7 +65,7 @@ fn harness() -> (Harness, ApiServerVerifier) {
         workload: WorkloadSettings {
             bootstrap_servers: "kafka:9092".into(),
             relay_image: "ghcr.io/tributary-dev/tributary-relay:0.1.0".into(),
-            kafka_properties_secret: None,
+            kafka_properties_secret: kafka_properties_secret.map(str::to_owned),
         },
     };
     (Harness { context: Arc::new(Context::new(deps, store)), kafka, groups, clock, store_writer }, verifier)
@@ -514,6 +519,22 @@ async fn someone_elses_deployment_of_the_same_name_is_left_alone() {
     });
     assert_eq!(harness.reconcile(&subscription).await.expect("reconciles"), Action::requeue(Settings::default().conflict_retry));
     scenario.await.expect("scenario ran");
+}
+
+#[tokio::test]
+async fn a_missing_workload_kafka_secret_is_reported_and_nothing_is_applied() {
+    let (harness, mut api) = harness_with(Some("kafka-auth"));
+    let subscription = stored(subscription("billing", ""));
+    let scenario = tokio::spawn(async move {
+        api.expect(Method::GET, &format!("{TOPICS}/orders"), ready_orders()).await;
+        api.expect_not_found(Method::GET, "/api/v1/namespaces/default/secrets/kafka-auth").await;
+        let status = api.expect(Method::PATCH, STATUS, json!({})).await;
+        assert_eq!(condition(&status.body, "Ready"), ("False", "KafkaSecretNotFound"));
+        api.expect_no_more_requests().await;
+    });
+    assert_eq!(harness.reconcile(&subscription).await.expect("reconciles"), Action::requeue(Settings::default().conflict_retry));
+    scenario.await.expect("scenario ran");
+    assert!(harness.kafka.calls().is_empty(), "no dead-letter topic before the consumers can run");
 }
 
 #[tokio::test]

@@ -29,6 +29,7 @@ pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const CONSUMER_GROUP_CONFLICT: &str = "ConsumerGroupConflict";
     pub const DEPLOYMENT_CONFLICT: &str = "DeploymentConflict";
+    pub const KAFKA_SECRET_NOT_FOUND: &str = "KafkaSecretNotFound";
     pub const KAFKA_UNAVAILABLE: &str = "KafkaUnavailable";
     // Ready and TopicsReady
     pub const TOPICS_NOT_READY: &str = "TopicsNotReady";
@@ -87,6 +88,8 @@ pub enum Outcome {
     InvalidSpec(String),
     /// A Deployment of the Subscription's name exists and belongs to someone else.
     DeploymentConflict(String),
+    /// The workload Kafka properties Secret cannot be mounted in the Subscription's namespace.
+    KafkaSecretMissing(String),
     /// `scaling.engine: Keda` but KEDA's CRD is not installed.
     KedaNotInstalled,
     Reconciled(Box<Reconciled>),
@@ -188,6 +191,7 @@ fn ready_condition(outcome: &Outcome) -> DesiredCondition {
         ),
         Outcome::InvalidSpec(message) => not_ready(reason::INVALID_SPEC, message.clone()),
         Outcome::DeploymentConflict(message) => not_ready(reason::DEPLOYMENT_CONFLICT, message.clone()),
+        Outcome::KafkaSecretMissing(message) => not_ready(reason::KAFKA_SECRET_NOT_FOUND, message.clone()),
         Outcome::KedaNotInstalled => not_ready(reason::KEDA_NOT_INSTALLED, "KEDA is not installed; see the Scaled condition".into()),
         Outcome::Reconciled(reconciled) => {
             if let Some(problem) = &reconciled.kafka_problem {
