@@ -58,6 +58,12 @@ pub struct DispatchMetrics {
 
 impl DispatchMetrics {
     pub fn register(registry: &mut Registry, readiness: Readiness) -> Self {
+        Self::register_with_latency_buckets(registry, readiness, exponential_buckets(0.0005, 2.0, 18))
+    }
+
+    /// With the delivery-latency histogram's bucket bounds given (the benchmark reads its
+    /// quantiles from finer buckets than a Prometheus server needs).
+    pub fn register_with_latency_buckets(registry: &mut Registry, readiness: Readiness, buckets: impl Iterator<Item = f64>) -> Self {
         let metrics = DispatchMetrics {
             delivered: Counter::default(),
             retried: Counter::default(),
@@ -65,7 +71,7 @@ impl DispatchMetrics {
             dead_lettered: Family::default(),
             dead_letter_write_failures: Counter::default(),
             filtered: Counter::default(),
-            delivery_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
+            delivery_latency: Histogram::new(buckets),
             lag: Gauge::default(),
             buffered: Gauge::default(),
             in_flight: Gauge::default(),
