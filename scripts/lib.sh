@@ -13,6 +13,24 @@ die() {
   exit 1
 }
 
+# The running script's leading comment block (after the #! line), as its usage text.
+usage() { sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p;}' "$0"; }
+
+# Sets want_env from the one optional argument of a script that can print `export` lines:
+# --env, or -h/--help for the usage.
+parse_env_flag() {
+  want_env=false
+  case "${1:-}" in
+    --env) want_env=true ;;
+    "") ;;
+    -h | --help)
+      usage
+      exit 0
+      ;;
+    *) die "unknown argument: $1 (try --help)" ;;
+  esac
+}
+
 # Run a command as root: directly when we are root, through sudo otherwise.
 as_root() {
   if [[ $(id -u) -eq 0 ]]; then

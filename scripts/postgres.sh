@@ -15,16 +15,7 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-want_env=false
-case "${1:-}" in
-  --env) want_env=true ;;
-  "") ;;
-  -h | --help)
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
-    exit 0
-    ;;
-  *) die "unknown argument: $1 (try --help)" ;;
-esac
+parse_env_flag "$@"
 
 PG_PORT="${TRIBUTARY_PG_PORT:-5432}"
 PG_CLUSTER="${TRIBUTARY_PG_CLUSTER:-main}"

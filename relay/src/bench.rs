@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use async_trait::async_trait;
 use clap::{Args, ValueEnum};
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use prometheus_client::registry::Registry;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -28,7 +28,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{Client, NoTls};
 use tracing::info;
 use tributary_common::server::Readiness;
 
@@ -669,16 +669,8 @@ impl RunningRelay {
         let metrics = Arc::new(RelayMetrics::register(&mut Registry::default(), Readiness::default()));
         let wakers: Vec<Arc<Notify>> = (0..workers).map(|_| Arc::new(Notify::new())).collect();
 
-        let (listen_client, mut connection) = tokio_postgres::connect(url, NoTls).await.context("LISTEN connection")?;
-        let listener_wakers = wakers.clone();
-        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        let listener = tokio::spawn(async move {
-            while let Some(Ok(message)) = messages.next().await {
-                if let AsyncMessage::Notification(_) = message {
-                    listener_wakers.iter().for_each(|waker| waker.notify_one());
-                }
-            }
-        });
+        let (listen_client, connection) = tokio_postgres::connect(url, NoTls).await.context("LISTEN connection")?;
+        let listener = outbox::wake_workers_on_notify(connection, wakers.clone());
         listen_client.batch_execute(&format!("LISTEN \"{}\"", settings.statements.channel)).await.context("LISTEN")?;
 
         let connector = outbox::connector(url.to_owned());

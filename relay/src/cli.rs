@@ -8,10 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use futures::StreamExt;
 use prometheus_client::registry::Registry;
 use tokio::sync::{watch, Notify};
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{Client, NoTls};
 use tracing::{error, info, warn};
 use tributary_common::logging::{self, LoggingArgs};
 use tributary_common::server::{self, Readiness};
@@ -417,7 +416,7 @@ async fn housekeeping(
 ) {
     let statements = &settings.statements;
     while !*shutdown.borrow() {
-        let (client, mut connection) = match tokio_postgres::connect(&url, NoTls).await {
+        let (client, connection) = match tokio_postgres::connect(&url, NoTls).await {
             Ok(pair) => pair,
             Err(error) => {
                 warn!(%error, "LISTEN connection failed; retrying");
@@ -425,15 +424,7 @@ async fn housekeeping(
                 continue;
             }
         };
-        let wakers = wakers.clone();
-        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        let listener = tokio::spawn(async move {
-            while let Some(Ok(message)) = messages.next().await {
-                if let AsyncMessage::Notification(_) = message {
-                    wakers.iter().for_each(|waker| waker.notify_one());
-                }
-            }
-        });
+        let listener = outbox::wake_workers_on_notify(connection, wakers.clone());
         if let Err(error) = client.batch_execute(&format!("LISTEN \"{}\"", statements.channel)).await {
             warn!(%error, "LISTEN failed; polling only until reconnected");
         }

@@ -420,6 +420,23 @@ pub fn connector(url: String) -> Connector {
     })
 }
 
+/// Drives `connection` (a session that will `LISTEN` on the outbox's channel) and wakes every
+/// worker on each notification, until the connection ends.
+pub fn wake_workers_on_notify(
+    mut connection: tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+    wakers: Vec<Arc<Notify>>,
+) -> tokio::task::JoinHandle<()> {
+    use futures::StreamExt;
+    let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(_) = message {
+                wakers.iter().for_each(|waker| waker.notify_one());
+            }
+        }
+    })
+}
+
 /// Runs one worker until shutdown: batches back to back while rows keep coming, then waits for a
 /// NOTIFY or the poll interval. Reconnects and backs off on failure.
 pub async fn run_worker(
