@@ -2,7 +2,7 @@
 //! warning Event on failure, objects that do not parse), the pause annotation, finalizers and
 //! status by server-side apply, and Events.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -32,14 +32,26 @@ impl<K> Watched for K where K: Resource<DynamicType = (), Scope = NamespaceResou
 /// The condition in which an object that does not match the schema is reported.
 const READY: &str = "Ready";
 
+/// How often a waiter looks again whether a store has synced.
+const SYNC_POLL: Duration = Duration::from_millis(100);
+
 /// Calls `ready` once the controller's store has synced with the API server.
+///
+/// kube's readiness signal is a oneshot channel, which keeps the waker of only the last task that
+/// polled it, and the controller's own runner waits on the same signal: a second waiter is never
+/// woken. So this one polls again on a timer instead of relying on being woken.
 pub fn signal_when_synced<K>(store: Store<K>, ready: impl FnOnce() + Send + 'static)
 where
     K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
     tokio::spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
-            ready();
+        loop {
+            match tokio::time::timeout(SYNC_POLL, store.wait_until_ready()).await {
+                Ok(Ok(())) => return ready(),
+                // The writer is gone: the controller stopped before it synced.
+                Ok(Err(_)) => return,
+                Err(_elapsed) => continue,
+            }
         }
     });
 }

@@ -1,0 +1,6 @@
+//! Support for tests and benchmarks; never a dependency of a shipped binary.
+
+pub mod api_server;
+pub mod http;
+
+pub use api_server::{FakeApiServer, ResourceKey};
