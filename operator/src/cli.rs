@@ -3,21 +3,22 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use prometheus_client::registry::Registry;
 
 use crate::apply;
 use crate::conditions::{Clock, SystemClock};
 use crate::event_topic::{self, sync::SyncMode};
 use crate::kafka::{KafkaConnection, RdKafkaTopicAdmin, TopicAdmin};
+use crate::leader::LeaseSettings;
 use crate::metrics::Metrics;
 use crate::outbox_relay::{self, probe::HttpRelayStatus};
+use crate::runtime;
 use crate::subscription;
 use crate::workload::WorkloadSettings;
 use tributary_common::logging::{self, LoggingArgs};
@@ -114,6 +115,57 @@ pub struct RunArgs {
     pub scale_interval: Duration,
     #[command(flatten)]
     pub workload: WorkloadArgs,
+    #[command(flatten)]
+    pub leader_election: LeaderElectionArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LeaderElectionArgs {
+    /// Reconcile only while holding the leader Lease, so that several replicas can run and one
+    /// takes over when the leader goes. `false` for a single instance that always reconciles.
+    #[arg(long, env = "TRIBUTARY_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Namespace of the Lease; default: the operator's own (POD_NAMESPACE), else the kubeconfig's.
+    #[arg(long, env = "TRIBUTARY_LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+    /// Name of the Lease.
+    #[arg(long, env = "TRIBUTARY_LEADER_ELECTION_LEASE", default_value = "tributary-operator")]
+    pub leader_election_lease: String,
+    /// How long a Lease holds without renewal; a standby takes over after that.
+    #[arg(long, env = "TRIBUTARY_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// How long the leader tries to renew before it stops reconciling; less than the lease duration.
+    #[arg(long, env = "TRIBUTARY_LEASE_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    pub lease_renew_deadline: Duration,
+    /// How often the leader renews and a standby tries to take the Lease.
+    #[arg(long, env = "TRIBUTARY_LEASE_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
+    pub lease_retry_period: Duration,
+}
+
+impl LeaderElectionArgs {
+    /// The Lease to lead by, or `None` without leader election. The identity is the pod's name, or
+    /// `<host>-<pid>` outside a cluster.
+    fn settings(&self, client: &kube::Client, identity: Option<String>) -> Option<LeaseSettings> {
+        if !self.leader_election {
+            return None;
+        }
+        let namespace = self
+            .leader_election_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| client.default_namespace().to_owned());
+        let identity = identity.unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        });
+        Some(LeaseSettings {
+            name: self.leader_election_lease.clone(),
+            lease_duration: self.lease_duration,
+            renew_deadline: self.lease_renew_deadline,
+            retry_period: self.lease_retry_period,
+            ..LeaseSettings::new(namespace, identity)
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -179,69 +231,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 async fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default().await.context("cannot reach the Kubernetes API")?;
     let kafka = args.kafka.client()?;
-    let admin: Arc<dyn TopicAdmin> = kafka.clone();
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
     let readiness = Readiness::default();
     let server = tokio::spawn(server::serve(args.listen_address, Arc::new(registry), readiness.clone()));
-    let reporter = Reporter { controller: crate::FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
-    let settings = event_topic::Settings {
-        resync_interval: args.resync_interval,
-        deletion_timeout: args.deletion_timeout,
-        ..event_topic::Settings::default()
-    };
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let recorder = Recorder::new(client.clone(), reporter);
-    let synced = SyncedControllers::new(readiness, 3);
+    let identity = std::env::var("POD_NAME").ok();
+    let lease = args.leader_election.settings(&client, identity.clone());
     let workload = args.workload.settings(&args.kafka, &args.relay_image);
-    let subscriptions = subscription::controller::run(
-        subscription::Dependencies {
-            client: client.clone(),
-            admin: admin.clone(),
-            groups: kafka,
-            recorder: recorder.clone(),
-            metrics: metrics.clone(),
-            clock: clock.clone(),
-            settings: subscription::Settings {
-                scale_interval: args.scale_interval,
-                resync_interval: args.resync_interval,
-                ..subscription::Settings::default()
-            },
-            workload: workload.clone(),
+    let operator = runtime::Operator {
+        client,
+        admin: kafka.clone(),
+        groups: kafka,
+        relay_status: Arc::new(HttpRelayStatus { timeout: Duration::from_secs(2) }),
+        clock: Arc::new(SystemClock),
+        metrics,
+        reporter: Reporter { controller: crate::FIELD_MANAGER.into(), instance: identity },
+        event_topics: event_topic::Settings {
+            resync_interval: args.resync_interval,
+            deletion_timeout: args.deletion_timeout,
+            ..event_topic::Settings::default()
         },
-        synced.callback(),
-    );
-    let topics =
-        event_topic::controller::run(client.clone(), admin, metrics.clone(), clock.clone(), recorder.clone(), settings, synced.callback());
-    let relay_settings = outbox_relay::Settings::new(workload);
-    let relay_status = Arc::new(HttpRelayStatus { timeout: Duration::from_secs(2) });
-    let relays = outbox_relay::controller::run(client, metrics, clock, recorder, relay_status, relay_settings, synced.callback());
+        subscriptions: subscription::Settings {
+            scale_interval: args.scale_interval,
+            resync_interval: args.resync_interval,
+            ..subscription::Settings::default()
+        },
+        outbox_relays: outbox_relay::Settings::new(workload),
+    };
     tokio::select! {
-        _ = async { tokio::join!(topics, subscriptions, relays) } => Ok(()),
+        () = runtime::run(operator, lease, readiness) => Ok(()),
         served = server => Err(anyhow::anyhow!("the metrics and health server stopped: {:?}", served)),
-    }
-}
-
-/// Turns `/readyz` ready once every controller's watch has synced.
-#[derive(Clone)]
-struct SyncedControllers {
-    readiness: Readiness,
-    pending: Arc<AtomicUsize>,
-}
-
-impl SyncedControllers {
-    fn new(readiness: Readiness, controllers: usize) -> Self {
-        SyncedControllers { readiness, pending: Arc::new(AtomicUsize::new(controllers)) }
-    }
-
-    /// What one controller calls once synced.
-    fn callback(&self) -> impl FnOnce() + Send + 'static {
-        let synced = self.clone();
-        move || {
-            if synced.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-                synced.readiness.mark_ready();
-            }
-        }
     }
 }
 

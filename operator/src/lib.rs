@@ -13,8 +13,10 @@ pub mod event_topic;
 #[cfg(test)]
 pub(crate) mod fixtures;
 pub mod kafka;
+pub mod leader;
 pub mod metrics;
 pub mod outbox_relay;
+pub mod runtime;
 pub mod subscription;
 pub mod workload;
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -32,6 +33,7 @@ pub struct Metrics {
     failures: Family<FailureLabels, Counter>,
     duration: Family<ControllerLabels, Histogram>,
     scalings: Family<ScalingLabels, Counter>,
+    leader: Gauge,
 }
 
 impl Metrics {
@@ -41,13 +43,23 @@ impl Metrics {
             failures: Family::default(),
             duration: Family::new_with_constructor(|| Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])),
             scalings: Family::default(),
+            leader: Gauge::default(),
         };
         let registry = registry.sub_registry_with_prefix("tributary");
         registry.register("reconciles", "Reconcile runs", metrics.reconciles.clone());
         registry.register("reconcile_failures", "Reconcile runs that failed, by reason", metrics.failures.clone());
         registry.register("reconcile_duration_seconds", "Time a reconcile run took", metrics.duration.clone());
         registry.register("subscription_scalings", "Replica changes the built-in scaler made, by direction", metrics.scalings.clone());
+        registry.register(
+            "leader",
+            "1 while this instance holds the leader Lease and reconciles, 0 while it stands by",
+            metrics.leader.clone(),
+        );
         metrics
+    }
+
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     pub fn reconciled(&self, controller: &'static str, took: Duration) {

@@ -12,7 +12,8 @@ use std::process::Command;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, PodSpec, Service, ServiceAccount, Volume, VolumeMount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -150,6 +151,9 @@ enum Manifest {
     ServiceAccount(Box<ServiceAccount>),
     ClusterRole(Box<ClusterRole>),
     ClusterRoleBinding(Box<ClusterRoleBinding>),
+    Role(Box<Role>),
+    RoleBinding(Box<RoleBinding>),
+    PodDisruptionBudget(Box<PodDisruptionBudget>),
     Deployment(Box<Deployment>),
     Service(Box<Service>),
     ServiceMonitor(Value),
@@ -162,6 +166,9 @@ impl Manifest {
             Manifest::ServiceAccount(object) => ("ServiceAccount", object.metadata.clone()),
             Manifest::ClusterRole(object) => ("ClusterRole", object.metadata.clone()),
             Manifest::ClusterRoleBinding(object) => ("ClusterRoleBinding", object.metadata.clone()),
+            Manifest::Role(object) => ("Role", object.metadata.clone()),
+            Manifest::RoleBinding(object) => ("RoleBinding", object.metadata.clone()),
+            Manifest::PodDisruptionBudget(object) => ("PodDisruptionBudget", object.metadata.clone()),
             Manifest::Deployment(object) => ("Deployment", object.metadata.clone()),
             Manifest::Service(object) => ("Service", object.metadata.clone()),
             Manifest::ServiceMonitor(value) => {
@@ -191,6 +198,9 @@ impl Rendered {
                 "ServiceAccount" => Manifest::ServiceAccount(Box::new(parse_typed(document, &value))),
                 "ClusterRole" => Manifest::ClusterRole(Box::new(parse_typed(document, &value))),
                 "ClusterRoleBinding" => Manifest::ClusterRoleBinding(Box::new(parse_typed(document, &value))),
+                "Role" => Manifest::Role(Box::new(parse_typed(document, &value))),
+                "RoleBinding" => Manifest::RoleBinding(Box::new(parse_typed(document, &value))),
+                "PodDisruptionBudget" => Manifest::PodDisruptionBudget(Box::new(parse_typed(document, &value))),
                 "Deployment" => Manifest::Deployment(Box::new(parse_typed(document, &value))),
                 "Service" => Manifest::Service(Box::new(parse_typed(document, &value))),
                 "ServiceMonitor" => {
@@ -244,6 +254,18 @@ impl Rendered {
 
     fn cluster_role_binding(&self) -> &ClusterRoleBinding {
         self.one("ClusterRoleBinding", |m| if let Manifest::ClusterRoleBinding(b) = m { Some(b.as_ref()) } else { None })
+    }
+
+    fn role(&self) -> &Role {
+        self.one("Role", |m| if let Manifest::Role(r) = m { Some(r.as_ref()) } else { None })
+    }
+
+    fn role_binding(&self) -> &RoleBinding {
+        self.one("RoleBinding", |m| if let Manifest::RoleBinding(b) = m { Some(b.as_ref()) } else { None })
+    }
+
+    fn pod_disruption_budget(&self) -> &PodDisruptionBudget {
+        self.one("PodDisruptionBudget", |m| if let Manifest::PodDisruptionBudget(p) = m { Some(p.as_ref()) } else { None })
     }
 
     fn service_monitors(&self) -> Vec<&Value> {
@@ -381,8 +403,17 @@ fn default_render_is_typed_labelled_and_wired_together() {
     let Some(helm) = helm() else { return };
     let rendered = helm.render(&with_bootstrap(&[]));
 
-    let expected: BTreeMap<&str, usize> =
-        [("ClusterRole", 1), ("ClusterRoleBinding", 1), ("Deployment", 1), ("Service", 1), ("ServiceAccount", 1)].into();
+    let expected: BTreeMap<&str, usize> = [
+        ("ClusterRole", 1),
+        ("ClusterRoleBinding", 1),
+        ("Deployment", 1),
+        ("PodDisruptionBudget", 1),
+        ("Role", 1),
+        ("RoleBinding", 1),
+        ("Service", 1),
+        ("ServiceAccount", 1),
+    ]
+    .into();
     assert_eq!(rendered.kinds(), expected, "kinds rendered with default values");
 
     for manifest in &rendered.manifests {
@@ -397,11 +428,14 @@ fn default_render_is_typed_labelled_and_wired_together() {
         assert_eq!(metadata.namespace.as_deref(), expected_namespace, "{kind} namespace");
     }
 
-    // The Deployment: one pod, replaced rather than rolled, selecting its own pods.
+    // The Deployment: two pods electing a leader, rolled one at a time, selecting their own pods.
     let deployment = rendered.deployment();
     let spec = deployment.spec.as_ref().expect("Deployment spec");
-    assert_eq!(spec.replicas, Some(1), "the operator is a single writer");
-    assert_eq!(spec.strategy.as_ref().and_then(|s| s.type_.as_deref()), Some("Recreate"));
+    assert_eq!(spec.replicas, Some(2), "a leader and a standby");
+    let strategy = spec.strategy.as_ref().expect("a strategy");
+    assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+    let rolling = strategy.rolling_update.as_ref().expect("rollingUpdate");
+    assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)), "a standby is always there to take over");
     let selector = spec.selector.match_labels.clone().expect("Deployment selects by labels");
     let pod_labels = spec.template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
     for (key, value) in &selector {
@@ -427,6 +461,16 @@ fn default_render_is_typed_labelled_and_wired_together() {
     let relay_image = format!("ghcr.io/tributary-dev/tributary-relay:{}", app_version());
     assert_eq!(env_value(container, "TRIBUTARY_RELAY_IMAGE"), Some(relay_image.as_str()), "relay image defaults to the chart's version");
     assert!(!has_env(container, "TRIBUTARY_KAFKA_PROPERTIES_FILE"), "no properties file unless a Secret is given");
+    assert_eq!(env_value(container, "TRIBUTARY_LEADER_ELECTION"), Some("true"));
+    assert_eq!(env_value(container, "TRIBUTARY_LEASE_DURATION"), Some("15s"));
+    assert_eq!(env_value(container, "TRIBUTARY_LEASE_RENEW_DEADLINE"), Some("10s"));
+    assert_eq!(env_value(container, "TRIBUTARY_LEASE_RETRY_PERIOD"), Some("2s"));
+    for (name, field) in [("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")] {
+        let from = container.env.as_deref().unwrap_or_default().iter().find(|env| env.name == name);
+        let path =
+            from.and_then(|env| env.value_from.as_ref()).and_then(|from| from.field_ref.as_ref()).map(|field| field.field_path.as_str());
+        assert_eq!(path, Some(field), "{name} comes from the downward API");
+    }
 
     let ports = container.ports.as_deref().unwrap_or_default();
     assert!(
@@ -498,6 +542,23 @@ fn default_render_is_typed_labelled_and_wired_together() {
     );
     assert_eq!(granted, expected_permissions(), "ClusterRole permissions");
 
+    // Leases only in the release namespace, with exactly the verbs leader election uses.
+    let lease_role = rendered.role();
+    assert_eq!(lease_role.metadata.namespace.as_deref(), Some(NAMESPACE));
+    let lease_rules: Vec<PolicyRule> = lease_role.rules.clone().unwrap_or_default();
+    assert_eq!(lease_rules.len(), 1, "{lease_rules:?}");
+    assert_eq!(lease_rules[0].api_groups.as_deref(), Some(["coordination.k8s.io".to_owned()].as_slice()));
+    assert_eq!(lease_rules[0].resources.as_deref(), Some(["leases".to_owned()].as_slice()));
+    assert_eq!(lease_rules[0].verbs, ["get", "create", "update"]);
+    let lease_binding = rendered.role_binding();
+    assert_eq!((lease_binding.role_ref.kind.as_str(), Some(&lease_binding.role_ref.name)), ("Role", lease_role.metadata.name.as_ref()));
+    let lease_subjects = lease_binding.subjects.as_deref().unwrap_or_default();
+    assert!(lease_subjects.iter().any(|s| s.kind == "ServiceAccount" && Some(&s.name) == service_account.metadata.name.as_ref()));
+
+    let budget = rendered.pod_disruption_budget().spec.clone().expect("PodDisruptionBudget spec");
+    assert_eq!(budget.min_available, Some(IntOrString::Int(1)));
+    assert_eq!(budget.selector.and_then(|selector| selector.match_labels), Some(selector.clone()), "the budget covers the operator pods");
+
     let binding = rendered.cluster_role_binding();
     assert_eq!(binding.role_ref.kind, "ClusterRole");
     assert_eq!(Some(&binding.role_ref.name), role.metadata.name.as_ref(), "the binding grants the chart's ClusterRole");
@@ -532,6 +593,27 @@ fn expected_permissions() -> BTreeSet<(String, String, String)> {
         }
     }
     permissions
+}
+
+#[test]
+fn without_leader_election_one_pod_is_replaced_and_more_are_refused() {
+    let Some(helm) = helm() else { return };
+    let rendered = helm.render(&with_bootstrap(&[("leaderElection.enabled", "false"), ("replicaCount", "1")]));
+    let spec = rendered.deployment().spec.clone().expect("Deployment spec");
+    assert_eq!(spec.replicas, Some(1));
+    assert_eq!(
+        spec.strategy.and_then(|strategy| strategy.type_).as_deref(),
+        Some("Recreate"),
+        "the old pod goes before the new one reconciles"
+    );
+    assert_eq!(env_value(rendered.operator_container(), "TRIBUTARY_LEADER_ELECTION"), Some("false"));
+    let kinds = rendered.kinds();
+    for absent in ["Role", "RoleBinding", "PodDisruptionBudget"] {
+        assert!(!kinds.contains_key(absent), "{absent} rendered without leader election");
+    }
+    let refused =
+        helm.template(&with_bootstrap(&[("leaderElection.enabled", "false")])).expect_failure("two replicas without leader election");
+    assert!(refused.contains("replicaCount > 1 needs leaderElection.enabled=true"), "{refused}");
 }
 
 #[test]
@@ -657,7 +739,7 @@ fn existing_service_account_without_rbac() {
         ("serviceAccount.create", "false"),
         ("serviceAccount.name", "tributary-existing"),
     ]));
-    let expected: BTreeMap<&str, usize> = [("Deployment", 1), ("Service", 1)].into();
+    let expected: BTreeMap<&str, usize> = [("Deployment", 1), ("PodDisruptionBudget", 1), ("Service", 1)].into();
     assert_eq!(rendered.kinds(), expected, "only the workload when RBAC and ServiceAccount are managed elsewhere");
     assert_eq!(rendered.pod_spec().service_account_name.as_deref(), Some("tributary-existing"));
 }

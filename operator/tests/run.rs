@@ -47,7 +47,7 @@ fn start_operator(api: &FakeApiServer, extra_args: &[&str], env: &[(&str, &str)]
 #[tokio::test]
 async fn run_turns_ready_once_every_controller_has_synced() {
     let api = FakeApiServer::start().await.expect("fake API server");
-    let operator = start_operator(&api, &[], &[]);
+    let operator = start_operator(&api, &["--leader-election=false"], &[]);
 
     let answer = wait_for_status(operator.address, "/readyz", 200, Duration::from_secs(20)).await;
     assert_eq!(answer.as_ref().map(|(status, _)| *status), Some(200), "/readyz never answered 200: last answer {answer:?}");

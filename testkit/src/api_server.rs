@@ -234,6 +234,19 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// An error answer, as the API server's `Status` object.
+struct Failure {
+    code: StatusCode,
+    reason: &'static str,
+    message: String,
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        status_error(self.code, self.reason, self.message)
+    }
+}
+
 fn status_error(code: StatusCode, reason: &str, message: String) -> Response {
     let body = json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
@@ -280,8 +293,12 @@ fn not_found(target: &Target, name: &str) -> Response {
     status_error(StatusCode::NOT_FOUND, "NotFound", format!("{} {name:?} not found", target.resource.0))
 }
 
-fn parse_body(body: &Bytes) -> Result<Value, Response> {
-    serde_json::from_slice(body).map_err(|error| status_error(StatusCode::BAD_REQUEST, "BadRequest", format!("body is not JSON: {error}")))
+fn parse_body(body: &Bytes) -> Result<Value, Failure> {
+    serde_json::from_slice(body).map_err(|error| Failure {
+        code: StatusCode::BAD_REQUEST,
+        reason: "BadRequest",
+        message: format!("body is not JSON: {error}"),
+    })
 }
 
 fn list(shared: &Shared, target: &Target, query: &BTreeMap<String, String>) -> Response {
@@ -364,7 +381,7 @@ fn tokio_stream_of(receiver: broadcast::Receiver<WatchEvent>) -> impl futures::S
 fn create(shared: &Shared, target: &Target, body: &Bytes) -> Response {
     let mut object = match parse_body(body) {
         Ok(object) => object,
-        Err(response) => return response,
+        Err(failure) => return failure.into_response(),
     };
     let name = string_at(&object, "/metadata/name");
     if name.is_empty() {
@@ -386,15 +403,15 @@ fn create(shared: &Shared, target: &Target, body: &Bytes) -> Response {
 fn replace(shared: &Shared, target: &Target, name: &str, body: &Bytes) -> Response {
     let object = match parse_body(body) {
         Ok(object) => object,
-        Err(response) => return response,
+        Err(failure) => return failure.into_response(),
     };
     let mut store = shared.lock();
     let key = (target.resource.clone(), target.namespace.clone().unwrap_or_default(), name.to_owned());
     let Some(existing) = store.objects.get(&key).cloned() else {
         return not_found(target, name);
     };
-    if let Err(response) = check_version(&existing, &object, target, name) {
-        return response;
+    if let Err(failure) = check_version(&existing, &object, target, name) {
+        return failure.into_response();
     }
     let merged = if target.status { with_status_of(&existing, &object) } else { with_status_of(&object, &existing) };
     let stored = store.write(&shared.events, key, Some(&existing), merged);
@@ -404,7 +421,7 @@ fn replace(shared: &Shared, target: &Target, name: &str, body: &Bytes) -> Respon
 fn patch(shared: &Shared, target: &Target, name: &str, content_type: &str, query: &BTreeMap<String, String>, body: &Bytes) -> Response {
     let patch = match parse_body(body) {
         Ok(patch) => patch,
-        Err(response) => return response,
+        Err(failure) => return failure.into_response(),
     };
     let apply = content_type.starts_with("application/apply-patch");
     if !apply && !content_type.starts_with("application/merge-patch") && !content_type.starts_with("application/strategic-merge-patch") {
@@ -425,8 +442,8 @@ fn patch(shared: &Shared, target: &Target, name: &str, content_type: &str, query
         (None, true) => json!({ "metadata": { "name": name } }),
         (None, false) => return not_found(target, name),
     };
-    if let Err(response) = check_version(&base, &patch, target, name) {
-        return response;
+    if let Err(failure) = check_version(&base, &patch, target, name) {
+        return failure.into_response();
     }
     let mut merged = base.clone();
     if target.status {
@@ -463,16 +480,16 @@ fn delete(shared: &Shared, target: &Target, name: &str) -> Response {
 }
 
 /// A write that names a `resourceVersion` succeeds only against that version.
-fn check_version(existing: &Value, incoming: &Value, target: &Target, name: &str) -> Result<(), Response> {
+fn check_version(existing: &Value, incoming: &Value, target: &Target, name: &str) -> Result<(), Failure> {
     match incoming.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
-        Some(version) if Some(version) != existing.pointer("/metadata/resourceVersion").and_then(Value::as_str) => Err(status_error(
-            StatusCode::CONFLICT,
-            "Conflict",
-            format!(
+        Some(version) if Some(version) != existing.pointer("/metadata/resourceVersion").and_then(Value::as_str) => Err(Failure {
+            code: StatusCode::CONFLICT,
+            reason: "Conflict",
+            message: format!(
                 "Operation cannot be fulfilled on {} {name:?}: the object has been modified; please apply your changes to the latest version and try again",
                 target.resource.0
             ),
-        )),
+        }),
         _ => Ok(()),
     }
 }

@@ -1,0 +1,123 @@
+//! What `tributary-operator run` runs, as a library function the binary and the tests share: the
+//! three controllers, started while this instance leads (or always, without leader election),
+//! and the readiness they report.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use kube::runtime::events::{Recorder, Reporter};
+use kube::Client;
+use tributary_common::server::Readiness;
+
+use crate::conditions::Clock;
+use crate::kafka::{ConsumerGroups, TopicAdmin};
+use crate::leader::{self, LeaderElector, LeaseSettings};
+use crate::metrics::Metrics;
+use crate::outbox_relay::{self, probe::RelayStatusSource};
+use crate::{event_topic, subscription};
+
+/// Everything the controllers run with.
+pub struct Operator {
+    pub client: Client,
+    pub admin: Arc<dyn TopicAdmin>,
+    pub groups: Arc<dyn ConsumerGroups>,
+    pub relay_status: Arc<dyn RelayStatusSource>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    /// Names this instance in the Events it publishes.
+    pub reporter: Reporter,
+    pub event_topics: event_topic::Settings,
+    pub subscriptions: subscription::Settings,
+    pub outbox_relays: outbox_relay::Settings,
+}
+
+/// Runs until shutdown is signalled. With `lease`, the controllers run only while this instance
+/// holds the Lease; a standby is ready (it serves its probes), the leader once its watches synced.
+pub async fn run(operator: Operator, lease: Option<LeaseSettings>, readiness: Readiness) {
+    let Some(lease) = lease else {
+        operator.metrics.set_leader(true);
+        return run_controllers(&operator, &readiness).await;
+    };
+    readiness.mark_ready();
+    let elector = LeaderElector::new(operator.client.clone(), lease, operator.clock.clone());
+    leader::run_elected(elector, operator.metrics.clone(), || async {
+        // Not ready while the new leader's watches sync; a standby again when this is dropped.
+        let _standby_again = ReadyOnDrop(readiness.clone());
+        readiness.set(false);
+        run_controllers(&operator, &readiness).await;
+    })
+    .await;
+}
+
+/// The three controllers, until shutdown; `readiness` turns ready once all three have synced.
+async fn run_controllers(operator: &Operator, readiness: &Readiness) {
+    let synced = SyncedControllers::new(readiness.clone(), 3);
+    let recorder = Recorder::new(operator.client.clone(), operator.reporter.clone());
+    let subscriptions = subscription::controller::run(
+        subscription::Dependencies {
+            client: operator.client.clone(),
+            admin: operator.admin.clone(),
+            groups: operator.groups.clone(),
+            recorder: recorder.clone(),
+            metrics: operator.metrics.clone(),
+            clock: operator.clock.clone(),
+            settings: operator.subscriptions.clone(),
+            workload: operator.outbox_relays.workload.clone(),
+        },
+        synced.callback(),
+    );
+    let topics = event_topic::controller::run(
+        operator.client.clone(),
+        operator.admin.clone(),
+        operator.metrics.clone(),
+        operator.clock.clone(),
+        recorder.clone(),
+        operator.event_topics.clone(),
+        synced.callback(),
+    );
+    let relays = outbox_relay::controller::run(
+        operator.client.clone(),
+        operator.metrics.clone(),
+        operator.clock.clone(),
+        recorder,
+        operator.relay_status.clone(),
+        operator.outbox_relays.clone(),
+        synced.callback(),
+    );
+    tokio::join!(topics, subscriptions, relays);
+}
+
+/// Marks ready when dropped: a leader that stops leading is a standby, and standbys are ready.
+struct ReadyOnDrop(Readiness);
+
+impl Drop for ReadyOnDrop {
+    fn drop(&mut self) {
+        self.0.mark_ready();
+    }
+}
+
+/// Turns `/readyz` ready once every controller's watch has synced.
+#[derive(Clone)]
+struct SyncedControllers {
+    readiness: Readiness,
+    pending: Arc<AtomicUsize>,
+}
+
+impl SyncedControllers {
+    fn new(readiness: Readiness, controllers: usize) -> Self {
+        SyncedControllers { readiness, pending: Arc::new(AtomicUsize::new(controllers)) }
+    }
+
+    /// What one controller calls once synced.
+    fn callback(&self) -> impl FnOnce() + Send + 'static {
+        let synced = self.clone();
+        move || {
+            if synced.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+                synced.readiness.mark_ready();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
