@@ -110,6 +110,10 @@ pub struct RunArgs {
     /// Image of `tributary-relay`, run as outbox relays and push dispatchers.
     #[arg(long, env = "TRIBUTARY_RELAY_IMAGE", default_value = concat!("ghcr.io/tributary-dev/tributary-relay:", env!("CARGO_PKG_VERSION")))]
     pub relay_image: String,
+    /// Reconciles each controller runs at once.
+    #[arg(long, env = "TRIBUTARY_MAX_CONCURRENT_RECONCILES", default_value_t = crate::controller_support::DEFAULT_CONCURRENCY,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_reconciles: u16,
     /// How often the built-in scaler reads consumer lag and sets a Subscription's replicas.
     #[arg(long, env = "TRIBUTARY_SCALE_INTERVAL", default_value = "15s", value_parser = parse_duration)]
     pub scale_interval: Duration,
@@ -249,14 +253,16 @@ async fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
         event_topics: event_topic::Settings {
             resync_interval: args.resync_interval,
             deletion_timeout: args.deletion_timeout,
+            concurrency: args.max_concurrent_reconciles,
             ..event_topic::Settings::default()
         },
         subscriptions: subscription::Settings {
             scale_interval: args.scale_interval,
             resync_interval: args.resync_interval,
+            concurrency: args.max_concurrent_reconciles,
             ..subscription::Settings::default()
         },
-        outbox_relays: outbox_relay::Settings::new(workload),
+        outbox_relays: outbox_relay::Settings { concurrency: args.max_concurrent_reconciles, ..outbox_relay::Settings::new(workload) },
     };
     tokio::select! {
         () = runtime::run(operator, lease, readiness) => Ok(()),

@@ -32,6 +32,16 @@ impl<K> Watched for K where K: Resource<DynamicType = (), Scope = NamespaceResou
 /// The condition in which an object that does not match the schema is reported.
 const READY: &str = "Ready";
 
+/// Reconciles one controller runs at once unless told otherwise: enough to keep Kafka and the API
+/// server busy, few enough that thousands of objects at start-up do not become thousands of
+/// Kafka requests (each holding a blocking thread) and API calls in flight at once.
+pub const DEFAULT_CONCURRENCY: u16 = 16;
+
+/// The runtime configuration every controller runs with.
+pub fn controller_config(concurrency: u16) -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(concurrency)
+}
+
 /// How often a waiter looks again whether a store has synced.
 const SYNC_POLL: Duration = Duration::from_millis(100);
 

@@ -33,25 +33,33 @@ fn qualified_name(topic: &EventTopic) -> String {
 /// The first older claimant of any topic `me` names, if there is one. `all` holds every known
 /// EventTopic (`me` may be among them) in the order they were seen; it decides between objects
 /// with equal (or without) creation timestamps, as in a file given to the offline `apply`.
+///
+/// One pass over `all`: the controller runs this on every reconcile with every EventTopic in the
+/// cluster, so nothing here may cost more than a comparison per object.
 pub fn find_conflict<'a>(me: &EventTopic, all: impl IntoIterator<Item = &'a EventTopic>) -> Option<Conflict> {
     let my_claims = claims(me);
-    let all: Vec<&EventTopic> = all.into_iter().collect();
-    let position = |topic: &EventTopic| all.iter().position(|other| same_object(other, topic)).unwrap_or(usize::MAX);
-    let seniority = |topic: &EventTopic| {
-        // No creation timestamp (not yet stored by the apiserver) sorts last.
-        let created = topic.metadata.creation_timestamp.as_ref().map(|time| time.0);
-        (created.is_none(), created, position(topic))
-    };
-    let mine = seniority(me);
-    all.iter()
-        .filter(|other| !same_object(other, me))
-        .filter(|other| seniority(other) < mine)
-        .filter_map(|other| {
-            let overlap = claims(other).into_iter().find(|name| my_claims.contains(name))?;
-            Some((seniority(other), Conflict { owner: qualified_name(other), topic: overlap }))
-        })
-        .min_by(|(a, _), (b, _)| a.cmp(b))
-        .map(|(_, conflict)| conflict)
+    let mut my_position = None;
+    let mut claimants = Vec::new();
+    for (position, other) in all.into_iter().enumerate() {
+        if same_object(other, me) {
+            my_position.get_or_insert(position);
+        } else if let Some(overlap) = claims(other).into_iter().find(|name| my_claims.contains(name)) {
+            claimants.push((seniority(other, position), other, overlap));
+        }
+    }
+    let mine = seniority(me, my_position.unwrap_or(usize::MAX));
+    claimants
+        .into_iter()
+        .filter(|(theirs, _, _)| *theirs < mine)
+        .min_by(|(a, _, _), (b, _, _)| a.cmp(b))
+        .map(|(_, owner, topic)| Conflict { owner: qualified_name(owner), topic })
+}
+
+/// Older first; no creation timestamp (not yet stored by the apiserver) sorts last; then the
+/// order seen.
+fn seniority(topic: &EventTopic, position: usize) -> (bool, Option<k8s_openapi::jiff::Timestamp>, usize) {
+    let created = topic.metadata.creation_timestamp.as_ref().map(|time| time.0);
+    (created.is_none(), created, position)
 }
 
 #[cfg(test)]

@@ -43,6 +43,8 @@ pub struct Settings {
     pub conflict_retry: Duration,
     /// Delay before retrying after Kafka or the API server failed.
     pub error_retry: Duration,
+    /// Reconciles in flight at once.
+    pub concurrency: u16,
 }
 
 impl Default for Settings {
@@ -52,6 +54,7 @@ impl Default for Settings {
             deletion_timeout: Duration::from_secs(300),
             conflict_retry: Duration::from_secs(30),
             error_retry: Duration::from_secs(15),
+            concurrency: controller_support::DEFAULT_CONCURRENCY,
         }
     }
 }
@@ -83,7 +86,8 @@ pub async fn run(
     ready: impl FnOnce() + Send + 'static,
 ) {
     let api: Api<DeserializeGuard<EventTopic>> = Api::all(client.clone());
-    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    let controller = Controller::new(api, watcher::Config::default().any_semantic())
+        .with_config(controller_support::controller_config(settings.concurrency));
     let store = controller.store();
     controller_support::signal_when_synced(store.clone(), ready);
     let context = Arc::new(Context { client, admin, recorder, metrics, clock, store, settings });

@@ -58,11 +58,18 @@ pub struct Settings {
     pub status_interval: Duration,
     /// Delay before retrying after the API server failed.
     pub error_retry: Duration,
+    /// Reconciles in flight at once.
+    pub concurrency: u16,
 }
 
 impl Settings {
     pub fn new(workload: WorkloadSettings) -> Self {
-        Settings { workload, status_interval: Duration::from_secs(30), error_retry: Duration::from_secs(15) }
+        Settings {
+            workload,
+            status_interval: Duration::from_secs(30),
+            error_retry: Duration::from_secs(15),
+            concurrency: controller_support::DEFAULT_CONCURRENCY,
+        }
     }
 }
 
@@ -98,7 +105,8 @@ pub async fn run(
     ready: impl FnOnce() + Send + 'static,
 ) {
     let api: RelayApi = Api::all(client.clone());
-    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    let controller = Controller::new(api, watcher::Config::default().any_semantic())
+        .with_config(controller_support::controller_config(settings.concurrency));
     let store = controller.store();
     controller_support::signal_when_synced(store.clone(), ready);
     let (by_target, by_topic) = (store.clone(), store.clone());

@@ -63,6 +63,8 @@ pub struct Settings {
     pub error_retry: Duration,
     /// How long the answer to "is KEDA installed?" is trusted.
     pub keda_check_interval: Duration,
+    /// Reconciles in flight at once.
+    pub concurrency: u16,
 }
 
 impl Default for Settings {
@@ -73,6 +75,7 @@ impl Default for Settings {
             conflict_retry: Duration::from_secs(30),
             error_retry: Duration::from_secs(15),
             keda_check_interval: Duration::from_secs(300),
+            concurrency: controller_support::DEFAULT_CONCURRENCY,
         }
     }
 }
@@ -127,7 +130,8 @@ impl Context {
 pub async fn run(deps: Dependencies, ready: impl FnOnce() + Send + 'static) {
     let client = deps.client.clone();
     let subscriptions: Api<DeserializeGuard<Subscription>> = Api::all(client.clone());
-    let controller = Controller::new(subscriptions, watcher::Config::default().any_semantic());
+    let controller = Controller::new(subscriptions, watcher::Config::default().any_semantic())
+        .with_config(controller_support::controller_config(deps.settings.concurrency));
     let store = controller.store();
     controller_support::signal_when_synced(store.clone(), ready);
     let mapper_store = store.clone();
