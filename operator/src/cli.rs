@@ -38,8 +38,9 @@ pub enum Command {
     Run(RunArgs),
     /// Print every CRD as YAML, or write one file per kind into a directory.
     Crdgen(CrdgenArgs),
-    /// Reconcile the Kafka side of the EventTopics and Subscriptions in files, without a cluster,
-    /// and print the Kubernetes objects the Subscriptions and OutboxRelays would get.
+    /// Validate manifests, reconcile the Kafka side of their EventTopics and Subscriptions without
+    /// a cluster (only plan it when no broker is given), and print the Kubernetes objects the
+    /// Subscriptions and OutboxRelays would get.
     Apply(ApplyArgs),
     /// Benchmark: reconcile N fresh EventTopics against a broker and print topics_per_s and peak_rss_mib.
     BenchTopics(BenchArgs),
@@ -334,6 +335,9 @@ async fn run_apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             "note: no broker given (--bootstrap-servers or {BOOTSTRAP_SERVERS_ENV}): nothing is applied; \
              below is the plan for a cluster that has none of these topics yet"
         );
+        if !subscriptions.is_empty() || !relays.is_empty() {
+            eprintln!("note: the printed objects say {NO_BOOTSTRAP_SERVERS:?} where the bootstrap servers go");
+        }
         (Arc::new(apply::NoBroker), SyncMode::DryRun)
     } else {
         (kafka.admin()?, if args.dry_run { SyncMode::DryRun } else { SyncMode::Apply })
