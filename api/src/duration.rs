@@ -5,12 +5,6 @@
 
 use std::time::Duration;
 
-/// Schema pattern for a duration: one or more `<number><unit>` parts, unit one of ms, s, m, h, d, w.
-pub const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h|d|w))+$";
-
-/// Schema pattern for a retention: a duration, or `infinite` for Kafka's `-1`.
-pub const RETENTION_PATTERN: &str = r"^(infinite|([0-9]+(ms|s|m|h|d|w))+)$";
-
 /// The retention value that keeps records forever.
 pub const INFINITE: &str = "infinite";
 
@@ -69,6 +63,7 @@ pub fn retention_ms(input: &str) -> Result<i64, DurationError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::patterns;
 
     #[test]
     fn parses_single_and_compound_units() {
@@ -98,12 +93,12 @@ mod tests {
     fn patterns_agree_with_the_parser() {
         let pattern = regex_lite_match;
         for ok in ["1ms", "7d", "1h30m", "2w"] {
-            assert!(pattern(DURATION_PATTERN, ok) && parse(ok).is_ok(), "{ok}");
+            assert!(pattern(patterns::DURATION.regex, ok) && parse(ok).is_ok(), "{ok}");
         }
         for bad in ["", "7", "d", "1.5h", "7 d", "-1d"] {
-            assert!(!pattern(DURATION_PATTERN, bad) && parse(bad).is_err(), "{bad}");
+            assert!(!pattern(patterns::DURATION.regex, bad) && parse(bad).is_err(), "{bad}");
         }
-        assert!(pattern(RETENTION_PATTERN, "infinite"));
+        assert!(pattern(patterns::RETENTION.regex, "infinite"));
     }
 
     /// Checks a pattern the same way the apiserver's OpenAPI validation does, via the schema

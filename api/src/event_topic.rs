@@ -7,6 +7,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::patterns;
+
 /// Topic settings the typed fields own; setting them in `config` as well would be ambiguous.
 pub const TYPED_CONFIG_KEYS: [&str; 5] = ["retention.ms", "cleanup.policy", "min.insync.replicas", "compression.type", "max.message.bytes"];
 
@@ -56,7 +58,7 @@ pub const TYPED_CONFIG_KEYS: [&str; 5] = ["retention.ms", "cleanup.policy", "min
 #[serde(rename_all = "camelCase")]
 pub struct EventTopicSpec {
     /// Name of the Kafka topic. Defaults to metadata.name. Immutable.
-    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"), length(min = 1, max = 249))]
+    #[schemars(regex(pattern = patterns::KAFKA_TOPIC_NAME.regex), length(min = 1, max = 249))]
     #[x_kube(validation = Rule::new("self != '.' && self != '..'").message("'.' and '..' are not valid Kafka topic names"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic_name: Option<String>,
@@ -77,7 +79,7 @@ pub struct EventTopicSpec {
     /// How long records are kept, as a duration (`7d`, `12h`, `30m`) or `infinite`. Sets
     /// Kafka's `retention.ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^(infinite|([0-9]+(ms|s|m|h|d|w))+)$"))]
+    #[schemars(regex(pattern = patterns::RETENTION.regex))]
     pub retention: Option<String>,
 
     /// What Kafka does with old records: delete them, keep the latest per key (compact), or both.
@@ -194,7 +196,7 @@ pub struct DeadLetterTopic {
 
     /// Kafka name of the dead-letter topic. Defaults to `<topic>.dlq`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    #[schemars(regex(pattern = patterns::KAFKA_TOPIC_NAME.regex))]
     #[x_kube(validation = Rule::new("self != '.' && self != '..'").message("'.' and '..' are not valid Kafka topic names"))]
     pub topic_name: Option<String>,
 
@@ -205,7 +207,7 @@ pub struct DeadLetterTopic {
 
     /// How long dead letters are kept (`14d`, `infinite`). Defaults to the topic's retention.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^(infinite|([0-9]+(ms|s|m|h|d|w))+)$"))]
+    #[schemars(regex(pattern = patterns::RETENTION.regex))]
     pub retention: Option<String>,
 }
 

@@ -10,6 +10,7 @@ pub mod duration;
 pub mod event_topic;
 pub mod kafka_properties;
 pub mod outbox_relay;
+pub mod patterns;
 pub mod subscription;
 pub mod validation;
 
@@ -27,9 +28,6 @@ pub const CATEGORY: &str = "tributary";
 /// Setting this annotation to `"true"` stops the operator from reconciling the object; the Ready
 /// condition says so. Anything else (or its absence) resumes reconciling.
 pub const PAUSED_ANNOTATION: &str = "tributary.dev/paused";
-
-/// Kafka topic names: the characters Kafka accepts, at most 249 of them.
-pub const TOPIC_NAME_PATTERN: &str = r"^[a-zA-Z0-9._-]{1,249}$";
 
 /// A `conditions` list as Kubernetes API conventions want it: a list-map keyed by `type`, so
 /// server-side apply merges conditions one by one.

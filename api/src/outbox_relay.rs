@@ -5,6 +5,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::patterns;
+
 /// SQL identifiers Tributary accepts for tables and columns: plain, unquoted names.
 pub const SQL_IDENTIFIER_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$";
 
@@ -37,7 +39,7 @@ pub struct OutboxRelaySpec {
 
     /// The outbox table, optionally schema-qualified (`public.outbox`).
     #[serde(default = "default_table")]
-    #[schemars(regex(pattern = r"^([A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$"))]
+    #[schemars(regex(pattern = patterns::SQL_TABLE.regex))]
     pub table: String,
 
     /// Column names; the defaults are Debezium's outbox layout, so existing tables work as they are.
@@ -62,7 +64,7 @@ pub struct OutboxRelaySpec {
 
     /// How often the table is polled when no NOTIFY wakes the relay (`1s`, `500ms`).
     #[serde(default = "default_poll_interval")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = patterns::SHORT_DURATION.regex))]
     pub poll_interval: String,
 
     /// What happens to a row once Kafka acknowledged it.
@@ -120,31 +122,31 @@ fn default_secret_key() -> String {
 pub struct Columns {
     /// Unique event id (uuid); becomes the CloudEvents `id`.
     #[serde(default = "column_id")]
-    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"))]
+    #[schemars(regex(pattern = patterns::SQL_IDENTIFIER.regex))]
     pub id: String,
     /// Aggregate type (`Order`); used for routing.
     #[serde(default = "column_aggregate_type")]
-    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"))]
+    #[schemars(regex(pattern = patterns::SQL_IDENTIFIER.regex))]
     pub aggregate_type: String,
     /// Aggregate id; becomes the Kafka key, so one aggregate stays in one partition, in order.
     #[serde(default = "column_aggregate_id")]
-    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"))]
+    #[schemars(regex(pattern = patterns::SQL_IDENTIFIER.regex))]
     pub aggregate_id: String,
     /// Event type; becomes the CloudEvents `type`.
     #[serde(default = "column_type")]
-    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"))]
+    #[schemars(regex(pattern = patterns::SQL_IDENTIFIER.regex))]
     pub r#type: String,
     /// Event payload; becomes the Kafka value.
     #[serde(default = "column_payload")]
-    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"))]
+    #[schemars(regex(pattern = patterns::SQL_IDENTIFIER.regex))]
     pub payload: String,
     /// Optional jsonb column of extra headers (correlation and causation ids pass through).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"))]
+    #[schemars(regex(pattern = patterns::SQL_IDENTIFIER.regex))]
     pub headers: Option<String>,
     /// Optional commit-time column; becomes the CloudEvents `time`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"))]
+    #[schemars(regex(pattern = patterns::SQL_IDENTIFIER.regex))]
     pub created_at: Option<String>,
 }
 
@@ -194,7 +196,7 @@ pub enum PayloadFormat {
 pub struct Routing {
     /// Column naming the Kafka topic of each row.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"))]
+    #[schemars(regex(pattern = patterns::SQL_IDENTIFIER.regex))]
     pub topic_column: Option<String>,
 
     /// Aggregate type → EventTopic.
@@ -205,7 +207,7 @@ pub struct Routing {
 
     /// Kafka topic prefix for aggregate types without a route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,200}$"))]
+    #[schemars(regex(pattern = patterns::TOPIC_PREFIX.regex))]
     pub topic_prefix: Option<String>,
 }
 
@@ -215,7 +217,7 @@ pub struct Routing {
 pub struct Route {
     /// Value of the aggregate type column. It cannot contain `,` or `=`, which separate routes in
     /// the relay's configuration.
-    #[schemars(regex(pattern = r"^[^,=]+$"))]
+    #[schemars(regex(pattern = patterns::ROUTE_KEY.regex))]
     pub aggregate_type: String,
     /// metadata.name of an EventTopic in this namespace.
     #[schemars(length(min = 1, max = 253))]
@@ -285,7 +287,7 @@ pub struct Cleanup {
     pub mode: CleanupMode,
     /// With Mark: how long published rows are kept (`7d`).
     #[serde(default = "default_cleanup_retention")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d|w))+$"))]
+    #[schemars(regex(pattern = patterns::DURATION.regex))]
     pub retention: String,
 }
 

@@ -9,6 +9,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::patterns;
+
 /// A consumer group that reads one or more EventTopics.
 ///
 /// The operator runs the consumer Deployment (with the dispatcher sidecar in push mode), creates
@@ -47,7 +49,7 @@ pub struct SubscriptionSpec {
 
     /// Kafka consumer group id. Defaults to `<namespace>.<name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,255}$"))]
+    #[schemars(regex(pattern = patterns::CONSUMER_GROUP.regex))]
     pub consumer_group: Option<String>,
 
     /// The consumer container: the application that handles events.
@@ -60,9 +62,7 @@ pub struct SubscriptionSpec {
     /// Where a group without committed offsets starts: `earliest`, `latest`, or an RFC 3339
     /// timestamp.
     #[serde(default = "default_start_from")]
-    #[schemars(regex(
-        pattern = r"^(earliest|latest|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2}))$"
-    ))]
+    #[schemars(regex(pattern = patterns::START_FROM.regex))]
     pub start_from: String,
 
     /// Re-read events from a point in time. Each change of `toTimestamp` is applied once: the
@@ -243,7 +243,7 @@ pub struct Sink {
 
     /// Path events are POSTed to.
     #[serde(default = "default_sink_path")]
-    #[schemars(regex(pattern = r"^/[^\s]*$"))]
+    #[schemars(regex(pattern = patterns::HTTP_PATH.regex))]
     pub path: String,
 }
 
@@ -268,12 +268,12 @@ pub struct Retry {
 
     /// Delay before the first retry (`100ms`, `1s`).
     #[serde(default = "default_initial_delay")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = patterns::SHORT_DURATION.regex))]
     pub initial_delay: String,
 
     /// Longest delay between attempts; a `Retry-After` from the sink is honoured up to it.
     #[serde(default = "default_max_delay")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = patterns::SHORT_DURATION.regex))]
     pub max_delay: String,
 }
 
@@ -314,7 +314,7 @@ pub struct SubscriptionDeadLetter {
     /// `<consumerGroup>.dlq` otherwise. The operator creates this topic when no EventTopic
     /// manages it, and leaves it in place when the Subscription is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    #[schemars(regex(pattern = patterns::KAFKA_TOPIC_NAME.regex))]
     #[x_kube(validation = Rule::new("self != '.' && self != '..'").message("'.' and '..' are not valid Kafka topic names"))]
     pub topic_name: Option<String>,
 }
@@ -323,7 +323,7 @@ pub struct SubscriptionDeadLetter {
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
 pub struct Filter {
     /// CloudEvents attribute: `type`, `source`, `subject` or an extension attribute name.
-    #[schemars(regex(pattern = r"^[a-z0-9]{1,20}$"))]
+    #[schemars(regex(pattern = patterns::CLOUDEVENTS_ATTRIBUTE.regex))]
     pub attribute: String,
 
     /// How the attribute is compared with `value`.
@@ -388,7 +388,7 @@ pub struct Scaling {
 
     /// How long lag must stay low before scaling down (`5m`).
     #[serde(default = "default_cooldown")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = patterns::SHORT_DURATION.regex))]
     pub cooldown: String,
 }
 

@@ -7,8 +7,12 @@
 
 use std::fmt;
 
+use jsonschema::error::ValidationErrorKind;
+use jsonschema::ValidationError;
 use kube::core::{cel::Validator, CustomResourceExt};
 use serde_json::Value;
+
+use crate::patterns;
 
 /// One reason a manifest is invalid, naming the field it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,7 +24,9 @@ pub struct FieldError {
 
 impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
+        // CEL rule messages often name their field already ("spec.delivery.sink is required …").
+        let names_itself = self.message.strip_prefix(self.field.as_str()).is_some_and(|rest| rest.starts_with(' '));
+        if self.field.is_empty() || names_itself {
             f.write_str(&self.message)
         } else {
             write!(f, "{}: {}", self.field, self.message)
@@ -92,7 +98,7 @@ fn structural_errors(schema: &Value, value: &Value, path: &str, errors: &mut Vec
                     (Some(child_schema), _) | (None, Some(child_schema)) => structural_errors(child_schema, child, &child_path, errors),
                     // Embedded ObjectMeta has no properties in CRD schemas; the apiserver checks it.
                     (None, None) if properties.is_none() => {}
-                    (None, None) => errors.push(FieldError { field: child_path, message: "unknown field".into() }),
+                    (None, None) => errors.push(unknown_field(path, key, properties.into_iter().flat_map(|p| p.keys()))),
                 }
             }
         }
@@ -106,6 +112,22 @@ fn structural_errors(schema: &Value, value: &Value, path: &str, errors: &mut Vec
         }
         _ => {}
     }
+}
+
+/// `unknown field "partitons"; did you mean "partitions"?`, on the object holding it.
+fn unknown_field<'a>(path: &str, key: &str, known: impl Iterator<Item = &'a String>) -> FieldError {
+    let lowercase = key.to_lowercase();
+    // Up to a third of the name may be mistyped (at least two letters), swaps counting once.
+    let within = 2.max(key.chars().count() / 3);
+    let nearest = known
+        .map(|candidate| (strsim::damerau_levenshtein(&lowercase, &candidate.to_lowercase()), candidate))
+        .filter(|(distance, _)| *distance <= within)
+        .min();
+    let message = match nearest {
+        Some((_, candidate)) => format!("unknown field {key:?}; did you mean {candidate:?}?"),
+        None => format!("unknown field {key:?}"),
+    };
+    FieldError { field: path.to_owned(), message }
 }
 
 /// Entries of a `x-kubernetes-list-type: map` list with the same keys, or of a `set` with the
@@ -142,10 +164,50 @@ fn openapi_errors(schema: &Value, object: &Value) -> Vec<FieldError> {
         Ok(validator) => validator,
         Err(error) => return vec![FieldError { field: String::new(), message: format!("the CRD schema itself is invalid: {error}") }],
     };
-    validator
-        .iter_errors(object)
-        .map(|error| FieldError { field: pointer_to_path(error.instance_path().as_str()), message: error.to_string() })
-        .collect()
+    validator.iter_errors(object).map(|error| field_error(schema, &error)).collect()
+}
+
+/// The validator's error, worded for people where its own wording is not: limits of integer
+/// fields without `.0`, patterns in words (see [`patterns`]), every allowed value, a missing
+/// field by its own path.
+fn field_error(schema: &Value, error: &ValidationError) -> FieldError {
+    let field = pointer_to_path(error.instance_path().as_str());
+    let value = error.instance();
+    let message = match error.kind() {
+        ValidationErrorKind::Required { property } => {
+            let property = property.as_str().map_or_else(|| property.to_string(), str::to_owned);
+            let field = if field.is_empty() { property } else { format!("{field}.{property}") };
+            return FieldError { message: format!("{field} is required"), field };
+        }
+        ValidationErrorKind::Minimum { limit } => format!("{value} is less than the minimum of {}", limit_text(schema, error, limit)),
+        ValidationErrorKind::Maximum { limit } => format!("{value} is greater than the maximum of {}", limit_text(schema, error, limit)),
+        ValidationErrorKind::Pattern { pattern } => match patterns::find(pattern) {
+            Some(pattern) => format!("{value} is not {}", pattern.expected),
+            None => error.to_string(),
+        },
+        ValidationErrorKind::Enum { options } => {
+            // `null` stands for "unset" in nullable fields; it is no value to offer.
+            let options: Vec<String> = options.as_array().into_iter().flatten().filter(|o| !o.is_null()).map(Value::to_string).collect();
+            match options.split_last() {
+                Some((last, [])) => format!("{value} is not {last}"),
+                Some((last, rest)) => format!("{value} is not one of {} or {last}", rest.join(", ")),
+                None => error.to_string(),
+            }
+        }
+        _ => error.to_string(),
+    };
+    FieldError { field, message }
+}
+
+/// A numeric limit as the field's type reads: `1`, not `1.0`, for an integer field.
+fn limit_text(schema: &Value, error: &ValidationError, limit: &Value) -> String {
+    let keyword = error.schema_path().as_str();
+    let field_schema = keyword.rsplit_once('/').and_then(|(parent, _)| schema.pointer(parent));
+    let integer_field = field_schema.and_then(|s| s.get("type")).and_then(Value::as_str) == Some("integer");
+    match limit.as_f64() {
+        Some(limit) if integer_field && limit.fract() == 0.0 => format!("{}", limit as i64),
+        _ => limit.to_string(),
+    }
 }
 
 /// `/spec/deadLetter/partitions` → `spec.deadLetter.partitions`; `/spec/topics/0` → `spec.topics[0]`.
@@ -178,6 +240,92 @@ mod tests {
         assert_eq!(pointer_to_path("/spec/deadLetter/partitions"), "spec.deadLetter.partitions");
         assert_eq!(pointer_to_path("/spec/topics/0/name"), "spec.topics[0].name");
         assert_eq!(pointer_to_path(""), "");
+    }
+
+    /// The messages of `spec` in an EventTopic (or, with `kind`, another Tributary kind).
+    fn rejections<K: CustomResourceExt>(kind: &str, spec: Value) -> Vec<String> {
+        let object = serde_json::json!({
+            "apiVersion": "tributary.dev/v1alpha1", "kind": kind, "metadata": { "name": "orders" }, "spec": spec,
+        });
+        validate_manifest::<K>(&object, None).expect_err("invalid").iter().map(FieldError::to_string).collect()
+    }
+
+    fn topic_messages(spec: Value) -> Vec<String> {
+        rejections::<crate::EventTopic>("EventTopic", spec)
+    }
+
+    #[test]
+    fn integer_limits_read_as_integers() {
+        let spec = serde_json::json!({ "partitions": -3, "replicationFactor": 40000 });
+        assert_eq!(
+            topic_messages(spec),
+            ["spec.partitions: -3 is less than the minimum of 1", "spec.replicationFactor: 40000 is greater than the maximum of 32767"]
+        );
+    }
+
+    #[test]
+    fn patterns_are_described_in_words() {
+        assert_eq!(
+            topic_messages(serde_json::json!({ "retention": "7 days" })),
+            [format!("spec.retention: \"7 days\" is not {}", patterns::RETENTION.expected)]
+        );
+        let message = &topic_messages(serde_json::json!({ "retention": "7 days" }))[0];
+        assert!(message.contains("use a number and a unit ms, s, m, h, d or w"), "{message}");
+        assert!(!message.contains('^'), "no regex: {message}");
+    }
+
+    #[test]
+    fn every_pattern_of_every_crd_has_words() {
+        fn patterns_in(schema: &Value, found: &mut Vec<String>) {
+            match schema {
+                Value::Object(map) => {
+                    found.extend(map.get("pattern").and_then(Value::as_str).map(str::to_owned));
+                    map.values().for_each(|child| patterns_in(child, found));
+                }
+                Value::Array(items) => items.iter().for_each(|child| patterns_in(child, found)),
+                _ => {}
+            }
+        }
+        let mut found = Vec::new();
+        for schema in
+            [openapi_schema::<crate::EventTopic>(), openapi_schema::<crate::Subscription>(), openapi_schema::<crate::OutboxRelay>()]
+        {
+            patterns_in(&schema, &mut found);
+        }
+        let unused: Vec<_> = patterns::ALL.iter().filter(|pattern| !found.iter().any(|regex| regex == pattern.regex)).collect();
+        assert!(unused.is_empty(), "patterns no CRD uses: {unused:?}");
+        let undescribed: Vec<_> = found.iter().filter(|regex| patterns::find(regex).is_none()).collect();
+        assert!(undescribed.is_empty(), "patterns without words in patterns::ALL: {undescribed:?}");
+    }
+
+    #[test]
+    fn enum_errors_name_every_allowed_value() {
+        let messages = topic_messages(serde_json::json!({ "cleanupPolicy": "keep" }));
+        assert_eq!(messages, ["spec.cleanupPolicy: \"keep\" is not one of \"delete\", \"compact\" or \"compact,delete\""]);
+    }
+
+    #[test]
+    fn a_missing_field_is_named_by_its_path_once() {
+        let spec = serde_json::json!({ "topics": [{ "name": "orders" }], "delivery": { "mode": "Push" } });
+        let messages = rejections::<crate::Subscription>("Subscription", spec);
+        assert_eq!(messages, ["spec.template is required"]);
+        let spec =
+            serde_json::json!({ "topics": [{ "name": "orders" }], "delivery": { "mode": "Push" }, "template": { "image": "shop:1" } });
+        let messages = rejections::<crate::Subscription>("Subscription", spec);
+        assert_eq!(messages, ["spec.delivery.sink is required when spec.delivery.mode is Push"]);
+    }
+
+    #[test]
+    fn unknown_fields_suggest_the_nearest_known_one() {
+        let messages = topic_messages(serde_json::json!({ "partitons": 3, "retnetion": "7d", "colour": "blue" }));
+        assert_eq!(
+            messages,
+            [
+                "spec: unknown field \"colour\"",
+                "spec: unknown field \"partitons\"; did you mean \"partitions\"?",
+                "spec: unknown field \"retnetion\"; did you mean \"retention\"?",
+            ]
+        );
     }
 
     #[test]

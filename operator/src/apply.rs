@@ -7,7 +7,7 @@
 //! Every document is validated (CRD schema and CEL rules) before anything touches Kafka, so bad
 //! input changes nothing.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -24,7 +24,7 @@ use tributary_api::{EventTopic, EventTopicStatus, OutboxRelay, Subscription};
 use crate::event_topic::controller::reconcile_kafka;
 use crate::event_topic::status::{build_status, Outcome, READY};
 use crate::event_topic::sync::{SyncMode, TopicReport};
-use crate::kafka::TopicAdmin;
+use crate::kafka::{KafkaError, TopicAdmin, TopicLayout, TopicSpec, TopicState};
 use crate::outbox_relay::desired::{relay_workload, PlacementKind, RelayWorkload};
 use crate::outbox_relay::resolve::{resolve_routes, validate, SecretCheck, TopicLookup};
 use crate::outbox_relay::status::{self as relay_status, Observation, Workload};
@@ -220,14 +220,15 @@ pub async fn apply_event_topics(admin: &dyn TopicAdmin, topics: &[EventTopic], m
     results
 }
 
-/// Human-readable report: per EventTopic, the planned or made changes and the resulting status.
+/// Per EventTopic, the planned or made changes and the resulting status, as `#` comment lines
+/// (so the whole output of `apply` stays a YAML stream).
 pub fn render_report(results: &[TopicResult], mode: SyncMode) -> String {
     let mut out = String::new();
     for result in results {
         let topic = &result.topic;
         let _ = writeln!(
             out,
-            "EventTopic {}/{} → Kafka topic {:?}",
+            "# EventTopic {}/{} → Kafka topic {:?}",
             topic.namespace().unwrap_or_default(),
             topic.name_any(),
             topic.kafka_topic_name()
@@ -235,18 +236,18 @@ pub fn render_report(results: &[TopicResult], mode: SyncMode) -> String {
         if let Outcome::Synced(reports) = &result.outcome {
             for report in reports {
                 for line in describe_plan(report, mode) {
-                    let _ = writeln!(out, "  {line}");
+                    let _ = writeln!(out, "#   {line}");
                 }
             }
         }
         if mode == SyncMode::Apply {
             let status = serde_yaml::to_string(&serde_json::json!({ "status": result.status })).unwrap_or_default();
             for line in status.lines() {
-                let _ = writeln!(out, "  {line}");
+                let _ = writeln!(out, "#   {line}");
             }
         } else if !matches!(result.outcome, Outcome::Synced(_)) {
             let ready = crate::event_topic::status::ready_condition(&result.outcome, None);
-            let _ = writeln!(out, "  would not sync: {}: {}", ready.reason, ready.message);
+            let _ = writeln!(out, "#   would not sync: {}: {}", ready.reason, ready.message);
         }
     }
     out
@@ -376,11 +377,15 @@ pub fn render_subscriptions(results: &[SubscriptionResult], mode: SyncMode) -> S
         };
         let topic_state = match (dead_letter.owned, created, mode) {
             (false, _, _) => "managed by its EventTopic",
-            (true, true, SyncMode::DryRun) => "would create",
+            (true, true, SyncMode::DryRun) => "would be created",
             (true, true, SyncMode::Apply) => "created",
             (true, false, _) => "exists",
         };
-        let _ = writeln!(out, "#   engine {engine:?}; dead letters to {:?} ({topic_state})", dead_letter.topic);
+        let scaler = match engine {
+            ScalingEngine::Keda => "KEDA (a ScaledObject)",
+            ScalingEngine::Builtin | ScalingEngine::Auto => "the operator's built-in scaler",
+        };
+        let _ = writeln!(out, "#   scaled by {scaler}; dead letters go to {:?} ({topic_state})", dead_letter.topic);
         if subscription.spec.replay.is_some() {
             let _ = writeln!(out, "#   spec.replay is carried out by the operator in a cluster, not here");
         }
@@ -397,7 +402,8 @@ fn describe_plan(report: &TopicReport, mode: SyncMode) -> Vec<String> {
     let plan = &report.plan;
     let mut lines = Vec::new();
     if plan.create {
-        lines.push(format!("{} {subject} with {} partitions", verb("created", "would create"), report.partitions.unwrap_or_default()));
+        let partitions = counted(usize::try_from(report.partitions.unwrap_or_default()).unwrap_or_default(), "partition");
+        lines.push(format!("{} {subject} with {partitions}", verb("created", "would create")));
     }
     if let Some((from, to)) = plan.add_partitions {
         // A failed raise shows up among the problems below instead.
@@ -410,12 +416,69 @@ fn describe_plan(report: &TopicReport, mode: SyncMode) -> Vec<String> {
         lines.push(format!("{} {key} on {subject}: {from} → {}", verb("set", "would set"), change.to));
     }
     for problem in &report.problems {
-        lines.push(format!("problem on {subject}: {problem:?}"));
+        lines.push(format!("problem with {subject}: {problem}"));
     }
     if lines.is_empty() {
         lines.push(format!("{subject} is in sync"));
     }
     lines
+}
+
+/// `1 partition`, `3 partitions`.
+pub fn counted(count: usize, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
+}
+
+/// What the input holds, e.g. `1 EventTopic, 2 Subscriptions and 1 OutboxRelay`.
+pub fn summary(objects: &[Object]) -> String {
+    let count = |kind: &str| objects.iter().filter(|object| identity(object).0 == kind).count();
+    let parts: Vec<String> = ["EventTopic", "Subscription", "OutboxRelay"]
+        .into_iter()
+        .map(|kind| (count(kind), kind))
+        .filter(|(count, _)| *count > 0)
+        .map(|(count, kind)| counted(count, kind))
+        .collect();
+    match parts.split_last() {
+        None => "no objects".to_owned(),
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+/// Stands in for Kafka when no broker was given: every topic reads as missing, so a dry run
+/// against it plans what applying to a cluster without these topics would do. Writes fail.
+pub struct NoBroker;
+
+impl NoBroker {
+    fn refuse() -> Result<(), KafkaError> {
+        Err(KafkaError::Unavailable("no broker was given (--bootstrap-servers)".into()))
+    }
+}
+
+#[async_trait::async_trait]
+impl TopicAdmin for NoBroker {
+    async fn describe_topic(&self, _name: &str) -> Result<Option<TopicState>, KafkaError> {
+        Ok(None)
+    }
+    async fn topic_layout(&self, _name: &str) -> Result<Option<TopicLayout>, KafkaError> {
+        Ok(None)
+    }
+    async fn create_topic(&self, _spec: &TopicSpec) -> Result<(), KafkaError> {
+        Self::refuse()
+    }
+    async fn create_partitions(&self, _name: &str, _total: i32) -> Result<(), KafkaError> {
+        Self::refuse()
+    }
+    async fn set_configs(&self, _name: &str, _configs: &BTreeMap<String, String>) -> Result<(), KafkaError> {
+        Self::refuse()
+    }
+    async fn delete_topic(&self, _name: &str) -> Result<(), KafkaError> {
+        Self::refuse()
+    }
 }
 
 /// What the controller would apply for one OutboxRelay, or why it would wait.
@@ -465,13 +528,14 @@ pub fn plan_outbox_relays(relays: &[OutboxRelay], topics: &[TopicResult], settin
         .collect()
 }
 
-/// Per OutboxRelay, the server-side apply it would make, as YAML, or why it would wait.
+/// Per OutboxRelay, the server-side apply it would make, or why it would wait, as `#` comment
+/// lines, then the object as a YAML document, as [`render_subscriptions`] does.
 pub fn render_relay_plans(plans: &[RelayPlan]) -> String {
     let mut out = String::new();
     for plan in plans {
         let relay = &plan.relay;
         let namespace = relay.namespace().unwrap_or_default();
-        let _ = write!(out, "OutboxRelay {namespace}/{}", relay.name_any());
+        let _ = write!(out, "# OutboxRelay {namespace}/{}", relay.name_any());
         let yaml = match &plan.workload {
             Err((reason, message)) => {
                 let _ = writeln!(out, ": would wait: {reason}: {message}");
@@ -496,8 +560,13 @@ pub fn render_relay_plans(plans: &[RelayPlan]) -> String {
                 serde_yaml::to_string(deployment)
             }
         };
-        for line in yaml.unwrap_or_else(|error| format!("cannot render: {error}")).lines() {
-            let _ = writeln!(out, "  {line}");
+        match yaml {
+            Ok(yaml) => {
+                let _ = write!(out, "---\n{yaml}");
+            }
+            Err(error) => {
+                let _ = writeln!(out, "#   cannot render: {error}");
+            }
         }
     }
     out
@@ -644,11 +713,21 @@ spec:
 
         let report = render_relay_plans(&plans);
         assert!(
-            report.contains("OutboxRelay shop/shop-outbox → container tributary-relay in Deployment shop/shop-api (server-side apply, field manager tributary-operator/outbox-relay/shop-outbox):\n  apiVersion: apps/v1\n"),
+            report.contains("# OutboxRelay shop/shop-outbox → container tributary-relay in Deployment shop/shop-api (server-side apply, field manager tributary-operator/outbox-relay/shop-outbox):\n---\napiVersion: apps/v1\n"),
             "{report}"
         );
-        assert!(report.contains("  - name: TRIBUTARY_ROUTES\n            value: Order=orders\n"), "{report}");
-        assert!(report.contains("OutboxRelay shop/billing: would wait: TopicNotFound: "), "{report}");
+        assert!(report.contains("# OutboxRelay shop/billing: would wait: TopicNotFound: "), "{report}");
+        // The whole report is a YAML stream of exactly the apply body, for `kubectl apply -f -`.
+        let RelayWorkload::Sidecar { body, .. } = sidecar else { unreachable!("compared above") };
+        assert_eq!(yaml_documents(&report), vec![serde_json::to_value(body).expect("JSON")]);
+    }
+
+    /// The YAML documents of a report; `#` lines are comments to YAML.
+    fn yaml_documents(report: &str) -> Vec<Value> {
+        serde_yaml::Deserializer::from_str(report)
+            .map(|document| Value::deserialize(document).unwrap_or_else(|error| panic!("not YAML: {error}\n{report}")))
+            .filter(|document| !document.is_null())
+            .collect()
     }
 
     #[tokio::test]
@@ -665,11 +744,77 @@ spec:
         let report = render_relay_plans(&plans);
         assert!(
             report.contains(
-                "OutboxRelay shop/billing → Deployment shop/billing-relay (server-side apply, field manager tributary-operator):"
+                "# OutboxRelay shop/billing → Deployment shop/billing-relay (server-side apply, field manager tributary-operator):"
             ),
             "{report}"
         );
-        assert!(report.contains("  replicas: 2"), "{report}");
+        assert_eq!(yaml_documents(&report), vec![serde_json::to_value(deployment).expect("JSON")]);
+    }
+
+    #[tokio::test]
+    async fn the_whole_report_is_a_yaml_stream_of_the_objects() {
+        let admin = FakeTopicAdmin::new();
+        let objects = validate_documents(&documents(&format!("{TWO_TOPICS}\n---{SUBSCRIPTIONS}\n---\n{RELAYS}"))).expect("valid");
+        let (mut subscriptions, mut relays) = (Vec::new(), Vec::new());
+        for object in &objects {
+            match object {
+                Object::Subscription(subscription) => subscriptions.push(*subscription.clone()),
+                Object::OutboxRelay(relay) => relays.push(*relay.clone()),
+                Object::EventTopic(_) => {}
+            }
+        }
+        let topics = apply_event_topics(&admin, &event_topics(objects), SyncMode::Apply, Timestamp::UNIX_EPOCH).await;
+        let subscription_results = apply_subscriptions(&admin, &subscriptions, &topics, SyncMode::Apply, &settings()).await;
+        let plans = plan_outbox_relays(&relays, &topics, &settings(), Timestamp::UNIX_EPOCH);
+        let report = render_report(&topics, SyncMode::Apply)
+            + &render_subscriptions(&subscription_results, SyncMode::Apply)
+            + &render_relay_plans(&plans);
+        let kinds: Vec<String> = yaml_documents(&report)
+            .iter()
+            .map(|object| format!("{}/{}", object["kind"].as_str().unwrap_or("?"), object["metadata"]["name"].as_str().unwrap_or("?")))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "ConfigMap/billing-consumer",
+                "Deployment/billing",
+                "ConfigMap/notifier-consumer",
+                "Deployment/notifier",
+                "ScaledObject/notifier",
+                "Deployment/shop-api"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn reports_read_as_sentences() {
+        let admin = FakeTopicAdmin::new();
+        admin.insert_topic(crate::kafka::TopicState {
+            name: "payments".into(),
+            partitions: 1,
+            replication_factor: 1,
+            configs: BTreeMap::new(),
+        });
+        admin.set_create_partitions_unsupported(true);
+        let yaml =
+            format!("{TWO_TOPICS}\n---\napiVersion: tributary.dev/v1alpha1\nkind: EventTopic\nmetadata: {{ name: audit }}\nspec: {{}}\n");
+        let topics = event_topics(validate_documents(&documents(&yaml)).expect("valid"));
+        let report = render_report(&apply_event_topics(&admin, &topics, SyncMode::Apply, Timestamp::UNIX_EPOCH).await, SyncMode::Apply);
+        assert!(report.contains("#   created topic \"audit\" with 1 partition\n"), "{report}");
+        assert!(report.contains("#   problem with topic \"payments\": the broker does not support CreatePartitions (fake"), "{report}");
+        assert!(!report.contains('{'), "no Rust debug output: {report}");
+        // Applied again, every topic is in sync; one topic "matches", two "match".
+        let report = render_report(&apply_event_topics(&admin, &topics, SyncMode::Apply, Timestamp::UNIX_EPOCH).await, SyncMode::Apply);
+        assert!(report.contains("message: topic \"audit\" matches the spec"), "{report}");
+        assert!(report.contains("message: topic \"orders\" and dead-letter topic \"orders.dlq\" match the spec"), "{report}");
+    }
+
+    #[test]
+    fn the_summary_counts_each_kind() {
+        let objects = validate_documents(&documents(&format!("{TWO_TOPICS}\n---{SUBSCRIPTIONS}"))).expect("valid");
+        assert_eq!(summary(&objects), "2 EventTopics and 3 Subscriptions");
+        assert_eq!(summary(&objects[..1]), "1 EventTopic");
+        assert_eq!(summary(&[]), "no objects");
     }
 
     const SUBSCRIPTIONS: &str = r#"
@@ -717,8 +862,11 @@ spec:
         let admin = FakeTopicAdmin::new();
         let (results, report) = apply_all(&admin, SyncMode::Apply).await;
         assert!(admin.topic("billing.dead").is_some(), "the Subscription's own dead-letter topic");
-        assert!(report.contains("#   engine Builtin; dead letters to \"billing.dead\" (created)"), "{report}");
-        assert!(report.contains("#   engine Keda; dead letters to \"orders.dlq\" (managed by its EventTopic)"), "{report}");
+        assert!(report.contains("#   scaled by the operator's built-in scaler; dead letters go to \"billing.dead\" (created)"), "{report}");
+        assert!(
+            report.contains("#   scaled by KEDA (a ScaledObject); dead letters go to \"orders.dlq\" (managed by its EventTopic)"),
+            "{report}"
+        );
         assert!(!results[2].is_applied(), "default/lost reads an EventTopic of another namespace");
         assert!(
             report.contains("#   not applied: its EventTopics must be in the input and Ready: EventTopic \"orders\" does not exist"),
@@ -752,7 +900,7 @@ spec:
         let (results, report) = apply_all(&admin, SyncMode::DryRun).await;
         assert!(admin.calls().is_empty(), "{:?}", admin.calls());
         assert!(results[0].is_applied());
-        assert!(report.contains("dead letters to \"billing.dead\" (would create)"), "{report}");
+        assert!(report.contains("dead letters go to \"billing.dead\" (would be created)"), "{report}");
     }
 
     #[tokio::test]

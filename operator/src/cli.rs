@@ -39,8 +39,9 @@ pub enum Command {
     Run(RunArgs),
     /// Print every CRD as YAML, or write one file per kind into a directory.
     Crdgen(CrdgenArgs),
-    /// Reconcile the Kafka side of the EventTopics and Subscriptions in files, without a cluster,
-    /// and print the Kubernetes objects the Subscriptions and OutboxRelays would get.
+    /// Validate manifests, reconcile the Kafka side of their EventTopics and Subscriptions without
+    /// a cluster (only plan it when no broker is given), and print the Kubernetes objects the
+    /// Subscriptions and OutboxRelays would get.
     Apply(ApplyArgs),
     /// Benchmark: reconcile N fresh EventTopics against a broker and print topics_per_s and peak_rss_mib.
     BenchTopics(BenchArgs),
@@ -49,8 +50,17 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers, host:port[,host:port…].
-    #[arg(long, env = "TRIBUTARY_BOOTSTRAP_SERVERS")]
+    #[arg(long, env = BOOTSTRAP_SERVERS_ENV)]
     pub bootstrap_servers: String,
+    #[command(flatten)]
+    pub client: KafkaClientArgs,
+}
+
+const BOOTSTRAP_SERVERS_ENV: &str = "TRIBUTARY_BOOTSTRAP_SERVERS";
+
+/// How to talk to Kafka, whichever brokers.
+#[derive(Debug, Args)]
+pub struct KafkaClientArgs {
     /// librdkafka properties file with SASL/TLS settings (key=value lines).
     #[arg(long, env = "TRIBUTARY_KAFKA_PROPERTIES_FILE")]
     pub kafka_properties_file: Option<PathBuf>,
@@ -64,8 +74,8 @@ impl KafkaArgs {
     fn client(&self) -> anyhow::Result<Arc<RdKafkaTopicAdmin>> {
         let connection = KafkaConnection {
             bootstrap_servers: self.bootstrap_servers.clone(),
-            properties_file: self.kafka_properties_file.clone(),
-            request_timeout: self.kafka_request_timeout,
+            properties_file: self.client.kafka_properties_file.clone(),
+            request_timeout: self.client.kafka_request_timeout,
         };
         Ok(Arc::new(RdKafkaTopicAdmin::connect(&connection)?))
     }
@@ -187,8 +197,15 @@ pub struct ApplyArgs {
     /// Print what would change; touch nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Only check the manifests against the CRDs (schema and CEL rules); no broker needed.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub validate_only: bool,
+    /// Kafka bootstrap servers, host:port[,host:port…]. Without them nothing is applied: the
+    /// plan is printed as for a cluster that has none of the topics yet.
+    #[arg(long, env = BOOTSTRAP_SERVERS_ENV)]
+    pub bootstrap_servers: Option<String>,
     #[command(flatten)]
-    pub kafka: KafkaArgs,
+    pub kafka: KafkaClientArgs,
     /// Image of `tributary-relay` in the printed relays and Push-mode Deployments.
     #[arg(long, env = "TRIBUTARY_RELAY_IMAGE", default_value = concat!("ghcr.io/tributary-dev/tributary-relay:", env!("CARGO_PKG_VERSION")))]
     pub relay_image: String,
@@ -233,7 +250,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
-    let client = kube::Client::try_default().await.context("cannot reach the Kubernetes API")?;
+    let client = kube_client().await?;
     let kafka = args.kafka.client()?;
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
@@ -270,8 +287,50 @@ async fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
     }
 }
 
+/// The Kubernetes client, from the kubeconfig or the pod's service account. With neither, the
+/// error says in one line what was looked for (kube's own error repeats itself per source).
+async fn kube_client() -> anyhow::Result<kube::Client> {
+    let config = match kube::Config::infer().await {
+        Ok(config) => config,
+        Err(error) => match missing_kube_config() {
+            Some(looked_for) => anyhow::bail!("no Kubernetes configuration: {looked_for}"),
+            None => anyhow::bail!("cannot load the Kubernetes configuration: {error}"),
+        },
+    };
+    kube::Client::try_from(config).context("cannot create the Kubernetes client")
+}
+
+/// What was looked for, when there is no Kubernetes configuration to load at all; `None` when
+/// one exists (then its own error says what is wrong with it).
+fn missing_kube_config() -> Option<String> {
+    let kubeconfig_set = std::env::var_os("KUBECONFIG").is_some_and(|value| !value.is_empty());
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    let default_file = std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".kube").join("config"));
+    let default_file = match default_file {
+        _ if kubeconfig_set || in_cluster => return None,
+        Some(path) if path.exists() => return None,
+        Some(path) => format!("{} does not exist", path.display()),
+        None => "HOME is not set (for ~/.kube/config)".to_owned(),
+    };
+    Some(format!("KUBECONFIG is not set, {default_file}, and this is not a pod (KUBERNETES_SERVICE_HOST unset)"))
+}
+
+/// `apply`'s exit code for input it cannot use (unreadable, not YAML, invalid), as the README
+/// promises; 1 is for objects that cannot be made Ready.
+const INVALID_INPUT: u8 = 2;
+
+/// What stands in for the bootstrap servers in printed objects when no broker was given.
+const NO_BOOTSTRAP_SERVERS: &str = "<pass --bootstrap-servers>";
+
 async fn run_apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
-    let documents = apply::load_documents(&args.paths)?;
+    // The error says the file and the cause once; printed here, not as an anyhow chain.
+    let documents = match apply::load_documents(&args.paths) {
+        Ok(documents) => documents,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return Ok(ExitCode::from(INVALID_INPUT));
+        }
+    };
     let objects = match apply::validate_documents(&documents) {
         Ok(objects) => objects,
         Err(problems) => {
@@ -279,9 +338,13 @@ async fn run_apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             for problem in problems {
                 eprintln!("  {problem}");
             }
-            return Ok(ExitCode::from(2));
+            return Ok(ExitCode::from(INVALID_INPUT));
         }
     };
+    if args.validate_only {
+        println!("valid: {}", apply::summary(&objects));
+        return Ok(ExitCode::SUCCESS);
+    }
     let (mut topics, mut subscriptions, mut relays) = (Vec::new(), Vec::new(), Vec::new());
     for object in objects {
         match object {
@@ -290,28 +353,45 @@ async fn run_apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             apply::Object::OutboxRelay(relay) => relays.push(*relay),
         }
     }
-    let mode = if args.dry_run { SyncMode::DryRun } else { SyncMode::Apply };
-    let admin = args.kafka.admin()?;
+    let offline = args.bootstrap_servers.is_none();
+    let kafka = KafkaArgs { bootstrap_servers: args.bootstrap_servers.unwrap_or_else(|| NO_BOOTSTRAP_SERVERS.into()), client: args.kafka };
+    let (admin, mode): (Arc<dyn TopicAdmin>, _) = if offline {
+        eprintln!(
+            "note: no broker given (--bootstrap-servers or {BOOTSTRAP_SERVERS_ENV}): nothing is applied; \
+             below is the plan for a cluster that has none of these topics yet"
+        );
+        if !subscriptions.is_empty() || !relays.is_empty() {
+            eprintln!("note: the printed objects say {NO_BOOTSTRAP_SERVERS:?} where the bootstrap servers go");
+        }
+        (Arc::new(apply::NoBroker), SyncMode::DryRun)
+    } else {
+        (kafka.admin()?, if args.dry_run { SyncMode::DryRun } else { SyncMode::Apply })
+    };
     let results = apply::apply_event_topics(admin.as_ref(), &topics, mode, SystemClock.now()).await;
     print!("{}", apply::render_report(&results, mode));
-    let workload = args.workload.settings(&args.kafka, &args.relay_image);
+    let workload = args.workload.settings(&kafka, &args.relay_image);
     let subscription_results = apply::apply_subscriptions(admin.as_ref(), &subscriptions, &results, mode, &workload).await;
     print!("{}", apply::render_subscriptions(&subscription_results, mode));
     let relay_plans = apply::plan_outbox_relays(&relays, &results, &workload, SystemClock.now());
     print!("{}", apply::render_relay_plans(&relay_plans));
-    let not_ready = results.iter().filter(|result| !result.is_ready()).count();
-    let not_applied = subscription_results.iter().filter(|result| !result.is_applied()).count();
-    let blocked = relay_plans.iter().filter(|plan| plan.workload.is_err()).count();
-    if mode == SyncMode::Apply && not_ready > 0 {
-        eprintln!("error: {not_ready} of {} EventTopics are not Ready (see their status above)", results.len());
+    // A dry run fails where the apply would: the same outcomes decide.
+    let verb = if mode == SyncMode::DryRun { "would not" } else { "cannot" };
+    let failures = [
+        (results.iter().filter(|result| !result.is_ready()).count(), results.len(), "EventTopic", "become Ready"),
+        (
+            subscription_results.iter().filter(|result| !result.is_applied()).count(),
+            subscription_results.len(),
+            "Subscription",
+            "be applied",
+        ),
+        (relay_plans.iter().filter(|plan| plan.workload.is_err()).count(), relay_plans.len(), "OutboxRelay", "run"),
+    ];
+    let mut failed = false;
+    for (count, total, kind, outcome) in failures.into_iter().filter(|(count, ..)| *count > 0) {
+        eprintln!("error: {count} of {total} {kind}s {verb} {outcome} (see above)");
+        failed = true;
     }
-    if not_applied > 0 {
-        eprintln!("error: {not_applied} of {} Subscriptions cannot be applied (see above)", subscription_results.len());
-    }
-    if blocked > 0 {
-        eprintln!("error: {blocked} of {} OutboxRelays cannot run (see above)", relay_plans.len());
-    }
-    Ok(if (mode == SyncMode::Apply && not_ready > 0) || not_applied > 0 || blocked > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {

@@ -80,7 +80,10 @@ pub fn ready_condition(outcome: &Outcome, previous: Option<&EventTopicStatus>) -
                         reason: known_reason(&condition.reason),
                         message: condition.message.clone(),
                     },
-                    None => ready(Status::True, reason::IN_SYNC, format!("{} match the spec", topic_list(reports))),
+                    None => {
+                        let verb = if reports.len() == 1 { "matches" } else { "match" };
+                        ready(Status::True, reason::IN_SYNC, format!("{} {verb} the spec", topic_list(reports)))
+                    }
                 };
             }
             let created = reports.iter().any(|report| report.plan.create);

@@ -21,6 +21,18 @@ pub enum TopicProblem {
     Rejected(String),
 }
 
+/// Follows "<topic>: " in reports.
+impl std::fmt::Display for TopicProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TopicProblem::Blocked(blocker) => write!(f, "{blocker}"),
+            TopicProblem::Unsupported { operation, message } => write!(f, "the broker does not support {operation} ({message})"),
+            TopicProblem::InvalidConfig(message) => write!(f, "Kafka rejected its config: {message}"),
+            TopicProblem::Rejected(message) => f.write_str(message),
+        }
+    }
+}
+
 /// What happened to one topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicReport {
