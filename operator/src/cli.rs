@@ -183,7 +183,7 @@ async fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
     let readiness = Readiness::default();
-    let server = tokio::spawn(server::serve(args.listen_address, Arc::new(registry), readiness.clone()));
+    let server = tokio::spawn(server::bind(args.listen_address).await?.serve(Arc::new(registry), readiness.clone()));
     let reporter = Reporter { controller: crate::FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     let settings = event_topic::Settings {
         resync_interval: args.resync_interval,
