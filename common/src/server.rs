@@ -44,16 +44,47 @@ pub fn router(registry: Arc<Registry>, readiness: Readiness) -> Router {
         .with_state(ServerState { registry, readiness })
 }
 
-/// Serves until the process ends.
-pub async fn serve(address: SocketAddr, registry: Arc<Registry>, readiness: Readiness) -> std::io::Result<()> {
-    serve_with(address, registry, readiness, Router::new()).await
+/// The server's socket, bound before the binary starts its work: an address already in use
+/// stops the binary at start instead of leaving it running without health endpoints.
+#[derive(Debug)]
+pub struct Listener {
+    listener: tokio::net::TcpListener,
+    address: SocketAddr,
 }
 
-/// Serves the common routes plus `extra`, the binary's own (such as the relay's `/status`), until
-/// the process ends.
-pub async fn serve_with(address: SocketAddr, registry: Arc<Registry>, readiness: Readiness, extra: Router) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(address).await?;
-    axum::serve(listener, router(registry, readiness).merge(extra)).await
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {address} for /metrics, /healthz and /readyz (set another --listen-address)")]
+pub struct BindError {
+    pub address: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds `address` and logs where `/metrics` is served (the bound address: port 0 is resolved).
+pub async fn bind(address: SocketAddr) -> Result<Listener, BindError> {
+    let bind_error = |source| BindError { address, source };
+    let listener = tokio::net::TcpListener::bind(address).await.map_err(bind_error)?;
+    let address = listener.local_addr().map_err(bind_error)?;
+    tracing::info!("serving /metrics, /healthz and /readyz at http://{address}/metrics");
+    Ok(Listener { listener, address })
+}
+
+impl Listener {
+    /// The bound address.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Serves until the process ends.
+    pub async fn serve(self, registry: Arc<Registry>, readiness: Readiness) -> std::io::Result<()> {
+        self.serve_with(registry, readiness, Router::new()).await
+    }
+
+    /// Serves the common routes plus `extra`, the binary's own (such as the relay's `/status`),
+    /// until the process ends.
+    pub async fn serve_with(self, registry: Arc<Registry>, readiness: Readiness, extra: Router) -> std::io::Result<()> {
+        axum::serve(self.listener, router(registry, readiness).merge(extra)).await
+    }
 }
 
 async fn metrics(State(state): State<ServerState>) -> impl IntoResponse {
@@ -93,10 +124,10 @@ mod tests {
         registry.register("failures", "Failures", failures.clone());
         failures.inc();
         let readiness = Readiness::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
-        let address = listener.local_addr().expect("address");
-        let app = router(Arc::new(registry), readiness.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let listener = bind("127.0.0.1:0".parse().expect("address")).await.expect("binds");
+        let address = listener.address();
+        assert_ne!(address.port(), 0, "the bound port, not the requested one");
+        tokio::spawn(listener.serve(Arc::new(registry), readiness.clone()));
 
         assert_eq!(get_text(address, "/healthz").await.0, 200);
         assert_eq!(get_text(address, "/readyz").await.0, 503);
@@ -105,5 +136,15 @@ mod tests {
         let (status, body) = get_text(address, "/metrics").await;
         assert_eq!(status, 200);
         assert!(body.contains("failures_total 1"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_taken_address_fails_to_bind_and_the_error_names_it() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+        let address = taken.local_addr().expect("address");
+        let error = bind(address).await.expect_err("the address is taken");
+        assert_eq!(error.address, address);
+        assert_eq!(error.source.kind(), std::io::ErrorKind::AddrInUse);
+        assert!(error.to_string().contains(&address.to_string()), "{error}");
     }
 }

@@ -255,7 +255,7 @@ async fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
     let readiness = Readiness::default();
-    let server = tokio::spawn(server::serve(args.listen_address, Arc::new(registry), readiness.clone()));
+    let server = tokio::spawn(server::bind(args.listen_address).await?.serve(Arc::new(registry), readiness.clone()));
     let identity = std::env::var("POD_NAME").ok();
     let lease = args.leader_election.settings(&client, identity.clone());
     let workload = args.workload.settings(&args.kafka, &args.relay_image);

@@ -11,14 +11,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use prometheus_client::registry::Registry;
 use tokio::sync::{watch, Notify};
 use tokio_postgres::{Client, NoTls};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 use tributary_common::logging::{self, LoggingArgs};
 use tributary_common::server::{self, Readiness};
 
 use crate::metrics::RelayMetrics;
 use crate::outbox::record::{RecordSettings, Routing};
 use crate::outbox::schema::{Columns, Ident, IdentError, PayloadFormat, Statements, Table};
-use crate::outbox::{self, Cleanup, FailurePolicy, OutboxSettings};
+use crate::outbox::{self, Cleanup, FailurePolicy, OutboxSettings, SchemaProblem};
 use crate::producer::{EventProducer, ProducerSettings, RdKafkaProducer};
 
 #[derive(Debug, Parser)]
@@ -32,10 +32,16 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create the outbox table, its indexes, the failed-rows table and the NOTIFY trigger (idempotent).
+    /// Create the outbox table, its indexes, the failed-rows table and the NOTIFY trigger, or add
+    /// the relay's columns and the optional ones the flags name to an existing table (idempotent;
+    /// never drops, converts or rewrites data).
     Migrate(Box<MigrateArgs>),
     /// Relay outbox rows to Kafka until SIGTERM.
     Outbox(Box<OutboxArgs>),
+    /// Release rows held by `--failure-policy block` (failed for good, holding back their
+    /// aggregate): they are pending again with fresh attempts, and a running relay publishes them.
+    /// Prints how many rows were released.
+    OutboxRelease(Box<ReleaseArgs>),
     /// Benchmark: relay throughput and commit→ack latency against a real database and broker,
     /// beside PostgreSQL-only and Kafka-only baselines; prints name=value lines.
     Bench(Box<crate::bench::BenchArgs>),
@@ -54,23 +60,29 @@ pub struct TableArgs {
     /// Outbox table, optionally schema-qualified.
     #[arg(long, env = "TRIBUTARY_OUTBOX_TABLE", default_value = "outbox")]
     pub table: String,
+    /// Column of the event id (published as CloudEvents `id`).
     #[arg(long, env = "TRIBUTARY_COLUMN_ID", default_value = "id")]
     pub column_id: String,
+    /// Column of the aggregate type, which --route maps to a topic.
     #[arg(long, env = "TRIBUTARY_COLUMN_AGGREGATE_TYPE", default_value = "aggregatetype")]
     pub column_aggregate_type: String,
+    /// Column of the aggregate id: the record key, and the unit of ordering.
     #[arg(long, env = "TRIBUTARY_COLUMN_AGGREGATE_ID", default_value = "aggregateid")]
     pub column_aggregate_id: String,
+    /// Column of the event type (published as CloudEvents `type`).
     #[arg(long, env = "TRIBUTARY_COLUMN_TYPE", default_value = "type")]
     pub column_type: String,
+    /// Column of the payload, the record value (see --payload-format).
     #[arg(long, env = "TRIBUTARY_COLUMN_PAYLOAD", default_value = "payload")]
     pub column_payload: String,
-    /// Optional jsonb column of extra headers.
+    /// Optional jsonb column of extra record headers (a JSON object of strings); migrate adds it.
     #[arg(long, env = "TRIBUTARY_COLUMN_HEADERS")]
     pub column_headers: Option<String>,
-    /// Optional column naming each row's topic.
+    /// Optional text column naming each row's topic (wins over --route); migrate adds it.
     #[arg(long, env = "TRIBUTARY_COLUMN_TOPIC")]
     pub column_topic: Option<String>,
-    /// Optional commit-time column (CloudEvents `time`, commit→ack latency).
+    /// Optional timestamptz commit-time column (CloudEvents `time`, commit→ack latency); migrate
+    /// adds it, existing rows getting the time of the migration.
     #[arg(long, env = "TRIBUTARY_COLUMN_CREATED_AT")]
     pub column_created_at: Option<String>,
     /// json (json/jsonb column) or binary (bytea column).
@@ -109,6 +121,19 @@ impl TableArgs {
 pub struct MigrateArgs {
     #[command(flatten)]
     pub table: TableArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("rows").required(true).args(["aggregate", "all"])))]
+pub struct ReleaseArgs {
+    #[command(flatten)]
+    pub table: TableArgs,
+    /// Release the held rows of this aggregate (a value of the aggregate id column).
+    #[arg(long)]
+    pub aggregate: Option<String>,
+    /// Release the held rows of every aggregate.
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[derive(Debug, Args)]
@@ -214,33 +239,58 @@ fn check_bootstrap_servers(servers: &str) -> Result<(), String> {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     logging::init(cli.logging.log_format);
     match cli.command {
-        Command::Migrate(args) => {
-            let statements = match args.table.statements() {
-                Ok(statements) => statements,
-                Err(error) => return Ok(usage_error(error)),
-            };
-            // A one-off command: an unreachable database is an error, not something to wait for.
-            let connected = match parse_database_url(&args.table.database_url) {
-                Ok(config) => connect(&config).await,
-                Err(error) => Err(error),
-            };
-            let mut client = match connected {
-                Ok(client) => client,
-                Err(error) => return Ok(usage_error(error)),
-            };
-            outbox::migrate(&mut client, &statements).await?;
-            info!(table = %statements.table, "outbox table migrated");
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Migrate(args) => run_migrate(&args.table).await,
         Command::Outbox(args) => run_outbox(*args).await,
+        Command::OutboxRelease(args) => run_release(&args).await,
         Command::Bench(args) => crate::bench::run(*args).await,
         Command::Dispatch(args) => run_dispatch(*args).await,
         Command::BenchDispatch(args) => crate::dispatch::bench::run(*args).await,
     }
 }
 
+/// The statements of a one-off command's table and a connection to its database, or the exit
+/// code of what is wrong: an unreachable database is an error there, not something to wait for.
+async fn statements_and_client(table: &TableArgs) -> Result<(Statements, Client), ExitCode> {
+    let statements = table.statements().map_err(usage_error)?;
+    let config = parse_database_url(&table.database_url).map_err(usage_error)?;
+    let client = connect(&config).await.map_err(usage_error)?;
+    Ok((statements, client))
+}
+
+async fn run_migrate(table: &TableArgs) -> anyhow::Result<ExitCode> {
+    let (statements, mut client) = match statements_and_client(table).await {
+        Ok(found) => found,
+        Err(code) => return Ok(code),
+    };
+    match outbox::migrate(&mut client, &statements).await {
+        Ok(added) if added.is_empty() => info!(table = %statements.table, "outbox table migrated"),
+        Ok(added) => info!(table = %statements.table, added = %added.join(", "), "outbox table migrated; optional column(s) added"),
+        Err(SchemaProblem::Relay(error)) => return Err(error.into()),
+        Err(problem) => return Ok(usage_error(problem)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_release(args: &ReleaseArgs) -> anyhow::Result<ExitCode> {
+    let (statements, mut client) = match statements_and_client(&args.table).await {
+        Ok(found) => found,
+        Err(code) => return Ok(code),
+    };
+    match outbox::check_schema(&client, &statements).await {
+        Ok(()) => {}
+        Err(SchemaProblem::Relay(error)) => return Err(error.into()),
+        Err(problem) => return Ok(usage_error(problem)),
+    }
+    let released = outbox::release_held(&mut client, &statements, args.aggregate.as_deref()).await?;
+    match &args.aggregate {
+        Some(aggregate) => println!("released {released} held row(s) of aggregate {aggregate:?} in {}", statements.table),
+        None => println!("released {released} held row(s) in {}", statements.table),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a configuration error once (the log would repeat it) and gives exit code 2.
 fn usage_error(error: impl std::fmt::Display) -> ExitCode {
-    error!("{error}");
     eprintln!("error: {error}");
     ExitCode::from(2)
 }
@@ -301,6 +351,8 @@ async fn run_outbox(args: OutboxArgs) -> anyhow::Result<ExitCode> {
         Ok(config) => config,
         Err(error) => return Ok(usage_error(error)),
     };
+    // Before any work (librdkafka connects as soon as the producer exists).
+    let listener = server::bind(args.listen_address).await?;
     let producer = RdKafkaProducer::new(&ProducerSettings {
         bootstrap_servers: args.bootstrap_servers.clone(),
         properties_file: args.kafka_properties_file.clone(),
@@ -338,13 +390,9 @@ async fn run_outbox(args: OutboxArgs) -> anyhow::Result<ExitCode> {
     let readiness = Readiness::default();
     let mut registry = Registry::default();
     let metrics = Arc::new(RelayMetrics::register(&mut registry, readiness.clone()));
-    let listen_address = args.listen_address;
     let status = crate::metrics::status_routes(metrics.clone());
-    tokio::spawn(async move {
-        if let Err(error) = server::serve_with(listen_address, Arc::new(registry), readiness, status).await {
-            error!(%error, %listen_address, "the /metrics, /healthz, /readyz and /status server stopped");
-        }
-    });
+    // Bound, it serves until the process ends (axum retries failed accepts).
+    tokio::spawn(listener.serve_with(Arc::new(registry), readiness, status));
 
     // Not ready until it is connected; /healthz answers meanwhile.
     let client = tokio::select! {
@@ -622,6 +670,8 @@ async fn run_dispatch(args: DispatchArgs) -> anyhow::Result<ExitCode> {
         Ok(settings) => settings,
         Err(problem) => return Ok(usage_error(problem)),
     };
+    // Before any work (librdkafka connects as soon as the producer exists).
+    let listener = server::bind(args.listen_address).await?;
     let producer = RdKafkaProducer::new(&ProducerSettings {
         bootstrap_servers: args.bootstrap_servers.clone(),
         properties_file: args.kafka_properties_file.clone(),
@@ -639,12 +689,7 @@ async fn run_dispatch(args: DispatchArgs) -> anyhow::Result<ExitCode> {
         Ok(dispatcher) => dispatcher,
         Err(error) => return Ok(usage_error(error)),
     };
-    let listen_address = args.listen_address;
-    tokio::spawn(async move {
-        if let Err(error) = server::serve(listen_address, Arc::new(registry), readiness).await {
-            error!(%error, %listen_address, "the /metrics, /healthz and /readyz server stopped");
-        }
-    });
+    tokio::spawn(listener.serve(Arc::new(registry), readiness));
     let (shutdown_tx, shutdown) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_shutdown_signal().await;
@@ -664,6 +709,38 @@ mod tests {
         for bad in ["localhost", "kafka:port", ":9092", "a:9092,", "kafka:0"] {
             assert!(check_bootstrap_servers(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn every_flag_of_the_table_commands_has_help_text() {
+        use clap::CommandFactory;
+        let command = Cli::command();
+        let mut undocumented = Vec::new();
+        for name in ["migrate", "outbox", "outbox-release", "dispatch"] {
+            let subcommand = command.find_subcommand(name).unwrap_or_else(|| panic!("subcommand {name}"));
+            for arg in subcommand.get_arguments() {
+                let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                if help.trim().is_empty() {
+                    undocumented.push(format!("{name} --{}", arg.get_long().unwrap_or(arg.get_id().as_str())));
+                }
+            }
+        }
+        assert_eq!(undocumented, Vec::<String>::new(), "flags without help text");
+    }
+
+    #[test]
+    fn outbox_release_takes_one_aggregate_or_all() {
+        let parse = |extra: &[&str]| {
+            let words = ["tributary-relay", "outbox-release", "--database-url", "postgres://x@db/app"].iter().chain(extra);
+            Cli::try_parse_from(words).map(|cli| match cli.command {
+                Command::OutboxRelease(args) => (args.aggregate, args.all),
+                other => panic!("parsed as {other:?}"),
+            })
+        };
+        assert_eq!(parse(&["--aggregate", "o-1"]).expect("parses"), (Some("o-1".to_owned()), false));
+        assert_eq!(parse(&["--all"]).expect("parses"), (None, true));
+        assert!(parse(&[]).is_err(), "which rows must be said");
+        assert!(parse(&["--all", "--aggregate", "o-1"]).is_err(), "one or the other");
     }
 
     #[test]

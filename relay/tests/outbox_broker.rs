@@ -392,23 +392,6 @@ fn ids_in(records: &[Received]) -> HashSet<String> {
 // ---------------------------------------------------------------------------------------------
 // 4. Poison rows
 
-/// Inserts one row by hand.
-async fn insert(db: &tokio_postgres::Client, table: &str, aggregate_type: &str, aggregate: &str, seq: u64, pad: usize) -> Inserted {
-    let event_type = format!("{}.updated", aggregate_type.to_lowercase());
-    let payload = serde_json::json!({ "aggregate": aggregate, "seq": seq, "pad": "p".repeat(pad) }).to_string();
-    let row = db
-        .query_one(
-            &format!(
-                "INSERT INTO \"{table}\" (id, aggregatetype, aggregateid, type, payload) \
-                 VALUES (gen_random_uuid(), $1, $2, $3, $4::text::jsonb) RETURNING id::text"
-            ),
-            &[&aggregate_type, &aggregate, &event_type, &payload],
-        )
-        .await
-        .expect("insert");
-    Inserted { id: row.get(0), aggregate_type: aggregate_type.to_owned(), aggregate: aggregate.to_owned(), event_type, seq }
-}
-
 /// Rows of three aggregates: `a` has an unroutable row at seq 1, `b` a too-large row at seq 1,
 /// `c` is clean. Returns (all rows, the two poison rows).
 async fn poison_rows(db: &tokio_postgres::Client, table: &str) -> (Vec<Inserted>, [Inserted; 2]) {

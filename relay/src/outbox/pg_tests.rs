@@ -208,6 +208,36 @@ async fn skip_policy_moves_the_failed_row_aside_and_the_aggregate_goes_on() {
     table.drop_table(&client).await;
 }
 
+/// A column `migrate` adds to a table whose failed-rows table exists comes after the failed
+/// table's own columns there: rows move by column name, not position.
+#[tokio::test]
+async fn skip_policy_moves_rows_by_name_after_migrate_added_a_column() {
+    let Some(mut client) = database().await else { return };
+    let table = fresh_table(&mut client, "skip_added", Cleanup::Delete, FailurePolicy::Skip).await;
+    let mut columns = table.settings.statements.columns.clone();
+    columns.headers = Some(Ident::new("column", "headers").expect("valid"));
+    let statements = Statements::new(table.settings.statements.table.clone(), columns, PayloadFormat::Json).expect("valid");
+    assert_eq!(migrate(&mut client, &statements).await.expect("migrates"), ["headers"]);
+    let settings = OutboxSettings { statements, max_attempts: 1, ..table.settings.clone() };
+    let mut session = Session::prepare(client, &settings).await.expect("prepares");
+    table.insert(&session, "Unknown", "a", 7).await;
+    session.batch_execute(&format!("UPDATE {} SET headers = '{{\"h\": \"v\"}}'", table.name)).await.expect("headers");
+    let outcome = process_batch(&mut session, &settings, Shard::WHOLE, &FakeProducer::default(), &metrics()).await.expect("batch");
+    assert_eq!(outcome.failed, 1);
+    let moved = session
+        .query_one(
+            &format!("SELECT headers::text, payload::text, tributary_error, tributary_moved_at IS NOT NULL FROM {}_failed", table.name),
+            &[],
+        )
+        .await
+        .expect("the moved row");
+    let (headers, payload, error, moved_at): (String, String, String, bool) = (moved.get(0), moved.get(1), moved.get(2), moved.get(3));
+    assert_eq!((headers.as_str(), payload.as_str()), (r#"{"h": "v"}"#, r#"{"n": 7}"#));
+    assert!(error.contains("no topic for aggregate type") && moved_at, "{error} {moved_at}");
+    assert_eq!(table.count(&session, "true").await, 0);
+    table.drop_table(&session).await;
+}
+
 #[tokio::test]
 async fn an_aggregate_in_flight_elsewhere_is_skipped_and_late_commits_are_not_lost() {
     let Some(mut client) = database().await else { return };

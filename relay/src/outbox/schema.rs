@@ -128,6 +128,9 @@ pub struct Statements {
     pub schedule_retry: String,
     pub hold_failed: String,
     pub move_failed: String,
+    /// Held rows (failed under the block policy) pending again with fresh attempts: those of
+    /// aggregate $1, or all when $1 is NULL.
+    pub release_held: String,
     pub count_pending: String,
     /// The claimed rows (sequence numbers $1) as they are now, seen by a statement of its own:
     /// see [`Recheck`](super::Recheck).
@@ -188,9 +191,19 @@ impl Statements {
                  {NEXT_ATTEMPT_AT} = now() + make_interval(secs => $3) WHERE {by_seq}"
             ),
             hold_failed: format!("UPDATE {t} SET {ATTEMPTS} = {ATTEMPTS} + 1, {LAST_ERROR} = $2, {FAILED_AT} = now() WHERE {by_seq}"),
+            // By column name, not position: columns `migrate` adds later come last in both tables,
+            // after the failed table's own. json keeps the payload's text as it was (jsonb would
+            // reformat a json column); the inner record supplies the failure columns.
             move_failed: format!(
                 "WITH moved AS (DELETE FROM {t} WHERE {by_seq} RETURNING *) \
-                 INSERT INTO {failed_table} SELECT moved.*, $2::text, now() FROM moved"
+                 INSERT INTO {failed_table} SELECT (json_populate_record(\
+                   jsonb_populate_record(NULL::{failed_table}, jsonb_build_object('tributary_error', $2::text, 'tributary_moved_at', now())), \
+                   to_json(moved))).* FROM moved"
+            ),
+            release_held: format!(
+                "UPDATE {t} SET {FAILED_AT} = NULL, {ATTEMPTS} = 0, {NEXT_ATTEMPT_AT} = NULL \
+                 WHERE {FAILED_AT} IS NOT NULL AND {PUBLISHED_AT} IS NULL AND ($1::text IS NULL OR {agg_id}::text = $1)",
+                agg_id = c.aggregate_id,
             ),
             count_pending: format!("SELECT count(*) FROM {t} WHERE {PUBLISHED_AT} IS NULL AND {FAILED_AT} IS NULL"),
             recheck: format!(
@@ -223,16 +236,18 @@ impl Statements {
             PayloadFormat::Json => "jsonb",
             PayloadFormat::Binary => "bytea",
         };
-        let mut optional = String::new();
-        if let Some(headers) = &c.headers {
-            optional.push_str(&format!(", {headers} jsonb"));
-        }
-        if let Some(topic) = &c.topic {
-            optional.push_str(&format!(", {topic} text"));
-        }
-        if let Some(created_at) = &c.created_at {
-            optional.push_str(&format!(", {created_at} timestamptz NOT NULL DEFAULT now()"));
-        }
+        // Optional columns are added to an existing table (and its failed-rows table) too: nullable
+        // or with a stable default, so PostgreSQL adds them without rewriting a row (existing
+        // rows of a new created-at column get the time of the migration).
+        let optional: String = [
+            c.headers.as_ref().map(|headers| format!("{headers} jsonb")),
+            c.topic.as_ref().map(|topic| format!("{topic} text")),
+            c.created_at.as_ref().map(|created_at| format!("{created_at} timestamptz NOT NULL DEFAULT now()")),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|definition| format!("ADD COLUMN IF NOT EXISTS {definition}, "))
+        .collect();
         let trigger_function = Ident(format!("\"{}_notify\"", self.table.name.name()));
         let trigger = Ident(format!("\"{}_tributary_notify\"", self.table.name.name()));
         let pending_index = Ident(format!("\"{}_tributary_pending\"", self.table.name.name()));
@@ -243,8 +258,8 @@ impl Statements {
             "SET client_min_messages = warning;\n\
              CREATE TABLE IF NOT EXISTS {t} (\
                {id} uuid PRIMARY KEY, {agg_type} text NOT NULL, {agg_id} text NOT NULL, {ty} text NOT NULL, \
-               {payload} {payload_type}{optional});\n\
-             ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {SEQ} bigserial, \
+               {payload} {payload_type});\n\
+             ALTER TABLE {t} {optional}ADD COLUMN IF NOT EXISTS {SEQ} bigserial, \
                ADD COLUMN IF NOT EXISTS {ATTEMPTS} integer NOT NULL DEFAULT 0, \
                ADD COLUMN IF NOT EXISTS {NEXT_ATTEMPT_AT} timestamptz, \
                ADD COLUMN IF NOT EXISTS {LAST_ERROR} text, \
@@ -255,7 +270,7 @@ impl Statements {
                WHERE {FAILED_AT} IS NOT NULL OR {NEXT_ATTEMPT_AT} IS NOT NULL;\n\
              CREATE INDEX IF NOT EXISTS {aggregate_index} ON {t} ({agg_id}, {SEQ}) WHERE {PUBLISHED_AT} IS NULL;\n\
              CREATE TABLE IF NOT EXISTS {failed} (LIKE {t} INCLUDING DEFAULTS);\n\
-             ALTER TABLE {failed} ADD COLUMN IF NOT EXISTS tributary_error text, \
+             ALTER TABLE {failed} {optional}ADD COLUMN IF NOT EXISTS tributary_error text, \
                ADD COLUMN IF NOT EXISTS tributary_moved_at timestamptz;\n\
              CREATE OR REPLACE FUNCTION {schema}.{trigger_function}() RETURNS trigger LANGUAGE plpgsql AS \
                $$ BEGIN PERFORM pg_notify('{channel}', ''); RETURN NULL; END $$;\n\
@@ -271,13 +286,56 @@ impl Statements {
         )
     }
 
+    /// The columns the flags name, with what the relay reads from each.
+    pub fn named_columns(&self) -> Vec<NamedColumn<'_>> {
+        let c = &self.columns;
+        let any: &[&str] = &[];
+        let payload: &[&str] = match self.format {
+            PayloadFormat::Json => &["json", "jsonb", "text"],
+            PayloadFormat::Binary => &["bytea"],
+        };
+        let mut named = vec![
+            NamedColumn::new("--column-id", &c.id, any, false),
+            NamedColumn::new("--column-aggregate-type", &c.aggregate_type, any, false),
+            NamedColumn::new("--column-aggregate-id", &c.aggregate_id, any, false),
+            NamedColumn::new("--column-type", &c.event_type, any, false),
+            NamedColumn::new("--column-payload", &c.payload, payload, false),
+        ];
+        let optional: [(_, _, &'static [&'static str]); 3] = [
+            ("--column-headers", &c.headers, &["jsonb", "json", "text"]),
+            ("--column-topic", &c.topic, &["text", "character varying"]),
+            ("--column-created-at", &c.created_at, &["timestamp with time zone", "timestamp without time zone"]),
+        ];
+        named.extend(
+            optional.into_iter().filter_map(|(flag, ident, accepted)| Some(NamedColumn::new(flag, ident.as_ref()?, accepted, true))),
+        );
+        named
+    }
+
     /// Column names the table must have, for the start-up check.
     pub fn required_columns(&self) -> Vec<&str> {
-        let c = &self.columns;
-        let mut names = vec![c.id.name(), c.aggregate_type.name(), c.aggregate_id.name(), c.event_type.name(), c.payload.name()];
-        names.extend([&c.headers, &c.topic, &c.created_at].into_iter().flatten().map(Ident::name));
+        let mut names: Vec<&str> = self.named_columns().iter().map(|column| column.name).collect();
         names.extend([SEQ, ATTEMPTS, NEXT_ATTEMPT_AT, LAST_ERROR, FAILED_AT, PUBLISHED_AT]);
         names
+    }
+}
+
+/// A column named by a flag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedColumn<'a> {
+    pub name: &'a str,
+    pub flag: &'static str,
+    /// The types (as `information_schema.columns.data_type` names them) the relay can read; empty:
+    /// any (the relay reads it as text).
+    pub accepted: &'static [&'static str],
+    /// Optional: `migrate` adds it to an existing table (the application's own columns it never
+    /// adds).
+    pub optional: bool,
+}
+
+impl<'a> NamedColumn<'a> {
+    fn new(flag: &'static str, ident: &'a Ident, accepted: &'static [&'static str], optional: bool) -> Self {
+        NamedColumn { name: ident.name(), flag, accepted, optional }
     }
 }
 

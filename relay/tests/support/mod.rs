@@ -170,6 +170,23 @@ pub async fn wait_until_empty(client: &Client, table: &str, timeout: Duration) -
     }
 }
 
+/// Inserts one row by hand: payload `{"aggregate", "seq", "pad"}` with `pad` bytes of padding.
+pub async fn insert(db: &Client, table: &str, aggregate_type: &str, aggregate: &str, seq: u64, pad: usize) -> Inserted {
+    let event_type = format!("{}.updated", aggregate_type.to_lowercase());
+    let payload = serde_json::json!({ "aggregate": aggregate, "seq": seq, "pad": "p".repeat(pad) }).to_string();
+    let row = db
+        .query_one(
+            &format!(
+                "INSERT INTO \"{table}\" (id, aggregatetype, aggregateid, type, payload) \
+                 VALUES (gen_random_uuid(), $1, $2, $3, $4::text::jsonb) RETURNING id::text"
+            ),
+            &[&aggregate_type, &aggregate, &event_type, &payload],
+        )
+        .await
+        .expect("insert");
+    Inserted { id: row.get(0), aggregate_type: aggregate_type.to_owned(), aggregate: aggregate.to_owned(), event_type, seq }
+}
+
 /// One committed outbox row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inserted {
@@ -289,7 +306,7 @@ impl Writers {
 // ---------------------------------------------------------------------------------------------
 // The relay process
 
-trait ClearTributaryEnv {
+pub trait ClearTributaryEnv {
     fn env_clear_tributary(&mut self) -> &mut Self;
 }
 
