@@ -10,6 +10,7 @@ pub mod duration;
 pub mod event_topic;
 pub mod kafka_properties;
 pub mod outbox_relay;
+pub mod pod_security;
 pub mod subscription;
 pub mod validation;
 

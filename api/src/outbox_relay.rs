@@ -1,9 +1,12 @@
 //! `OutboxRelay`: a PostgreSQL outbox table feeding EventTopics, relayed by `tributary-relay`.
 
+use k8s_openapi::api::core::v1::{PodSecurityContext, SecurityContext};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::pod_security::{privileged_needs_privilege_escalation, root_needs_run_as_non_root_false, NonRootDefault};
 
 /// SQL identifiers Tributary accepts for tables and columns: plain, unquoted names.
 pub const SQL_IDENTIFIER_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$";
@@ -265,12 +268,30 @@ pub struct DeploymentReference {
 }
 
 /// The relay runs in its own Deployment.
-#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+#[derive(Serialize, Deserialize, KubeSchema, Debug, Clone, PartialEq)]
+#[x_kube(validation = root_needs_run_as_non_root_false("spec.placement.standalone", NonRootDefault::Container))]
+#[serde(rename_all = "camelCase")]
 pub struct StandalonePlacement {
     /// Relay replicas; several are safe, order per aggregate holds.
     #[serde(default = "default_relay_replicas")]
     #[schemars(range(min = 1, max = 32))]
     pub replicas: i32,
+
+    /// Security settings of the relay pods. Tributary's defaults, `runAsNonRoot: true` and
+    /// `seccompProfile: {type: RuntimeDefault}`, let the pods into a namespace that enforces the
+    /// Pod Security Standards `restricted` profile. Each field given here replaces the default
+    /// of that field; fields left out keep the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_security_context: Option<PodSecurityContext>,
+
+    /// Security settings of the relay container. Tributary's defaults: `runAsNonRoot: true`,
+    /// `seccompProfile: {type: RuntimeDefault}`, `allowPrivilegeEscalation: false`,
+    /// `readOnlyRootFilesystem: true` and `capabilities: {drop: [ALL]}`; the relay image runs as
+    /// user 65532. Each field given here replaces the default of that field (`capabilities.add`
+    /// and `capabilities.drop` each count as one); fields left out keep the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = privileged_needs_privilege_escalation("spec.placement.standalone.securityContext"))]
+    pub security_context: Option<SecurityContext>,
 }
 
 fn default_relay_replicas() -> i32 {
