@@ -15,6 +15,7 @@ pub(crate) mod fixtures;
 pub mod kafka;
 pub mod metrics;
 pub mod outbox_relay;
+pub mod pod_security;
 pub mod subscription;
 pub mod workload;
 

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Volume,
+    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SecretKeySelector, Volume,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use tributary_api::outbox_relay::{CleanupMode, Columns, FailurePolicy, PayloadFormat, Placement, RELAY_PORT};
 use tributary_api::{OutboxRelay, OutboxRelaySpec};
 
+use crate::pod_security::{pod_security_context, relay_security_context};
 use crate::workload::{KafkaProperties, WorkloadSettings};
 
 /// Name of the relay container, in the standalone Deployment and in an application's pods.
@@ -203,6 +204,7 @@ fn http_probe(path: &str, period_seconds: i32) -> Probe {
 /// The `tributary-relay outbox` container.
 pub fn relay_container(relay: &OutboxRelay, routes: &[ResolvedRoute], settings: &WorkloadSettings) -> Container {
     let sidecar = relay.spec.placement.sidecar.is_some();
+    let standalone = relay.spec.placement.standalone.as_ref().filter(|_| !sidecar);
     Container {
         name: CONTAINER_NAME.into(),
         image: Some(settings.relay_image.clone()),
@@ -222,14 +224,8 @@ pub fn relay_container(relay: &OutboxRelay, routes: &[ResolvedRoute], settings: 
             requests: Some(BTreeMap::from([("cpu".into(), Quantity("10m".into())), ("memory".into(), Quantity("32Mi".into()))])),
             ..ResourceRequirements::default()
         }),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
-            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
-            ..SecurityContext::default()
-        }),
+        // Only a standalone relay has settings of its own; a sidecar's must pass in any pod.
+        security_context: Some(relay_security_context(standalone.and_then(|standalone| standalone.security_context.as_ref()))),
         // Configuration errors end the relay with exit code 2 and a one-line reason on stderr;
         // this puts that line into the pod's status.
         termination_message_policy: Some("FallbackToLogsOnError".into()),
@@ -361,11 +357,9 @@ pub fn standalone_deployment(relay: &OutboxRelay, replicas: i32, container: Cont
                     // The relay talks to PostgreSQL and Kafka only, never to the Kubernetes API.
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
-                        ..PodSecurityContext::default()
-                    }),
+                    security_context: Some(pod_security_context(
+                        relay.spec.placement.standalone.as_ref().and_then(|standalone| standalone.pod_security_context.as_ref()),
+                    )),
                     ..PodSpec::default()
                 }),
             },
