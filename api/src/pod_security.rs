@@ -53,6 +53,18 @@ pub fn root_needs_run_as_non_root_false(at: &str, default: NonRootDefault) -> Ru
     )))
 }
 
+/// In Push mode the pod's `runAsUser` also reaches the dispatcher sidecar, which keeps
+/// `runAsNonRoot: true` (and sets no user of its own, so that platforms assigning UIDs can run
+/// it): a consumer that must run as root says so on its own container. The rule sits on the
+/// Subscription.
+pub fn push_pod_not_root() -> Rule {
+    Rule::new(
+        "self.spec.delivery.mode != 'Push' || !has(self.spec.template.podSecurityContext) || !has(self.spec.template.podSecurityContext.runAsUser) || self.spec.template.podSecurityContext.runAsUser != 0",
+    )
+    .message("spec.template.podSecurityContext.runAsUser 0 would run Push mode's dispatcher sidecar as root too, which it refuses; set runAsUser: 0 (with runAsNonRoot: false) in spec.template.securityContext instead")
+    .field_path(".spec.template.podSecurityContext.runAsUser")
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::{json, Value};
@@ -92,6 +104,19 @@ mod tests {
             (json!({}), json!({"privileged": true, "allowPrivilegeEscalation": true}), true, true),
             (json!({}), json!({"privileged": false}), true, true),
         ]
+    }
+
+    #[test]
+    fn a_root_pod_is_refused_in_push_mode_only() {
+        let root_pod = json!({"podSecurityContext": {"runAsUser": 0, "runAsNonRoot": false}});
+        let mut push = subscription(root_pod.clone());
+        push["spec"]["delivery"] = json!({"mode": "Push", "sink": {"port": 8080}});
+        let errors = validate_manifest::<Subscription>(&push, None).expect_err("the dispatcher cannot run as root");
+        assert!(errors.iter().all(|error| error.message.contains("dispatcher")), "{errors:?}");
+        assert_eq!(validate_manifest::<Subscription>(&subscription(root_pod), None), Ok(()), "Pull mode has no dispatcher");
+        let root_container = json!({"securityContext": {"runAsUser": 0, "runAsNonRoot": false}});
+        push["spec"]["template"] = subscription(root_container)["spec"]["template"].clone();
+        assert_eq!(validate_manifest::<Subscription>(&push, None), Ok(()), "the consumer's own container may run as root");
     }
 
     #[test]

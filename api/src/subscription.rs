@@ -9,7 +9,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::pod_security::{privileged_needs_privilege_escalation, root_needs_run_as_non_root_false, NonRootDefault};
+use crate::pod_security::{privileged_needs_privilege_escalation, push_pod_not_root, root_needs_run_as_non_root_false, NonRootDefault};
 
 /// A consumer group that reads one or more EventTopics.
 ///
@@ -39,6 +39,7 @@ use crate::pod_security::{privileged_needs_privilege_escalation, root_needs_run_
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("size(self.metadata.name) <= 63")
         .message("metadata.name must be at most 63 characters: it labels the consumer pods, and label values are limited to 63"),
+    validation = push_pod_not_root(),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SubscriptionSpec {
