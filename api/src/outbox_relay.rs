@@ -288,7 +288,8 @@ pub struct StandalonePlacement {
     /// `seccompProfile: {type: RuntimeDefault}`, `allowPrivilegeEscalation: false`,
     /// `readOnlyRootFilesystem: true` and `capabilities: {drop: [ALL]}`; the relay image runs as
     /// user 65532. Each field given here replaces the default of that field (`capabilities.add`
-    /// and `capabilities.drop` each count as one); fields left out keep the default.
+    /// and `capabilities.drop` each count as one); fields left out keep the default, so
+    /// `privileged: true` or adding `SYS_ADMIN` needs `allowPrivilegeEscalation: true` as well.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = privileged_needs_privilege_escalation("spec.placement.standalone.securityContext"))]
     pub security_context: Option<SecurityContext>,

@@ -175,7 +175,8 @@ pub struct ConsumerTemplate {
     /// `allowPrivilegeEscalation: false` and `capabilities: {drop: [ALL]}`, with the pod's
     /// defaults make the container pass the `restricted` profile. Each field given here replaces
     /// the default of that field (`capabilities.add` and `capabilities.drop` each count as one);
-    /// fields left out keep the default. The dispatcher sidecar of Push mode keeps its own
+    /// fields left out keep the default, so `privileged: true` or adding `SYS_ADMIN` needs
+    /// `allowPrivilegeEscalation: true` as well. The dispatcher sidecar of Push mode keeps its own
     /// settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = privileged_needs_privilege_escalation("spec.template.securityContext"))]

@@ -254,7 +254,7 @@ mod tests {
     fn every_default_is_needed_to_pass() {
         let container_defaults: [Change<SecurityContext>; 2] = [
             ("allowPrivilegeEscalation", |context| context.allow_privilege_escalation = None),
-            ("capabilities.drop", |context| context.capabilities = None),
+            ("capabilities.drop", |context| context.capabilities.iter_mut().for_each(|capabilities| capabilities.drop = None)),
         ];
         for (name, pod) in rendered_pods() {
             for index in 0..pod.containers.len() {
