@@ -230,7 +230,12 @@ pub struct Route {
 #[x_kube(validation = Rule::new("has(self.sidecar) != has(self.standalone)")
     .message("spec.placement needs exactly one of sidecar and standalone"))]
 pub struct Placement {
-    /// Run the relay as a container of the application's own Deployment.
+    /// Run the relay as a container of the application's own Deployment. The container brings its
+    /// own securityContext, which passes the Pod Security Standards `restricted` profile whatever
+    /// the pod sets (the operator leaves the pod's securityContext to the application): non-root
+    /// as the image's user 65532, `seccompProfile: RuntimeDefault`, no privilege escalation, no
+    /// capabilities, a read-only root filesystem. It names that user only in pods that set
+    /// `runAsUser: 0`, so that a UID the platform assigns (OpenShift) applies otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidecar: Option<SidecarPlacement>,
     /// Run the relay as its own Deployment.

@@ -50,6 +50,21 @@ pub fn relay_security_context(overrides: Option<&SecurityContext>) -> SecurityCo
     context
 }
 
+/// The user the `tributary-relay` image runs as (the Dockerfile's `USER`).
+pub const RELAY_IMAGE_USER: i64 = 65532;
+
+/// The relay sidecar's settings in the application's pods, whose own securityContext is `pod`:
+/// [`relay_security_context`], plus the image's user when the pod makes its containers run as
+/// root (`runAsUser: 0`), under which the kubelet would refuse to start a `runAsNonRoot`
+/// container, and with it the application's pods.
+pub fn sidecar_security_context(pod: Option<&PodSecurityContext>) -> SecurityContext {
+    let mut context = relay_security_context(None);
+    if pod.and_then(|pod| pod.run_as_user) == Some(0) {
+        context.run_as_user = Some(RELAY_IMAGE_USER);
+    }
+    context
+}
+
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::core::v1::{
@@ -217,9 +232,15 @@ mod tests {
 
     /// The pod an OutboxRelay with this `placement` renders.
     fn relay_pod(placement: &str) -> PodSpec {
+        relay_pod_joining(placement, None)
+    }
+
+    /// The pod an OutboxRelay with this `placement` renders, a sidecar joining pods with the
+    /// securityContext `target`.
+    fn relay_pod_joining(placement: &str, target: Option<&PodSecurityContext>) -> PodSpec {
         let spec = format!("database: {{ urlSecretRef: {{ name: db }} }}\nrouting: {{ topicPrefix: 'shop.' }}\nplacement: {placement}");
         let routes: [ResolvedRoute; 0] = [];
-        match relay_workload(&outbox_relay("shop-outbox", &spec), &routes, &settings()) {
+        match relay_workload(&outbox_relay("shop-outbox", &spec), &routes, &settings(), target) {
             RelayWorkload::Standalone(deployment) => deployment.spec.and_then(|spec| spec.template.spec).expect("a pod template"),
             // What the sidecar apply adds to the application's pod, alone in a pod with no
             // securityContext: the application's settings are not the operator's to count on.
@@ -388,5 +409,20 @@ delivery: { mode: Push, sink: { port: 8080 } }",
             (Some(false), Some(1001), Some(true))
         );
         assert_eq!(restricted_violations(&relay), Vec::<String>::new());
+    }
+
+    /// Under `runAsNonRoot: true` the kubelet refuses a container whose user, its own or else the
+    /// pod's, is 0: the application's pods would stop starting.
+    #[test]
+    fn the_sidecar_runs_as_its_own_user_only_in_pods_that_run_as_root() {
+        for (pod_user, expected) in [(None, None), (Some(1000), None), (Some(0), Some(RELAY_IMAGE_USER))] {
+            let target = PodSecurityContext { run_as_user: pod_user, ..PodSecurityContext::default() };
+            let sidecar = relay_pod_joining(SIDECAR, Some(&target));
+            let context = sidecar.containers[0].security_context.clone().expect("the sidecar has a securityContext");
+            assert_eq!(context.run_as_user, expected, "in a pod with runAsUser {pod_user:?}");
+            assert_eq!(context.run_as_non_root, Some(true));
+            assert_ne!(context.run_as_user.or(pod_user), Some(0), "in a pod with runAsUser {pod_user:?}, the relay would run as root");
+            assert_eq!(sidecar.security_context, None, "nothing on the application's pod");
+        }
     }
 }
