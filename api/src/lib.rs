@@ -11,6 +11,7 @@ pub mod event_topic;
 pub mod kafka_properties;
 pub mod outbox_relay;
 pub mod patterns;
+pub mod pod_security;
 pub mod subscription;
 pub mod validation;
 

@@ -1,11 +1,13 @@
 //! `OutboxRelay`: a PostgreSQL outbox table feeding EventTopics, relayed by `tributary-relay`.
 
+use k8s_openapi::api::core::v1::{PodSecurityContext, SecurityContext};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::patterns;
+use crate::pod_security::{privileged_needs_privilege_escalation, root_needs_run_as_non_root_false, NonRootDefault};
 
 /// SQL identifiers Tributary accepts for tables and columns: plain, unquoted names.
 pub const SQL_IDENTIFIER_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$";
@@ -229,7 +231,12 @@ pub struct Route {
 #[x_kube(validation = Rule::new("has(self.sidecar) != has(self.standalone)")
     .message("spec.placement needs exactly one of sidecar and standalone"))]
 pub struct Placement {
-    /// Run the relay as a container of the application's own Deployment.
+    /// Run the relay as a container of the application's own Deployment. The container brings its
+    /// own securityContext, which passes the Pod Security Standards `restricted` profile whatever
+    /// the pod sets (the operator leaves the pod's securityContext to the application): non-root
+    /// as the image's user 65532, `seccompProfile: RuntimeDefault`, no privilege escalation, no
+    /// capabilities, a read-only root filesystem. It names that user only in pods that set
+    /// `runAsUser: 0`, so that a UID the platform assigns (OpenShift) applies otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidecar: Option<SidecarPlacement>,
     /// Run the relay as its own Deployment.
@@ -267,12 +274,31 @@ pub struct DeploymentReference {
 }
 
 /// The relay runs in its own Deployment.
-#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+#[derive(Serialize, Deserialize, KubeSchema, Debug, Clone, PartialEq)]
+#[x_kube(validation = root_needs_run_as_non_root_false("spec.placement.standalone", NonRootDefault::Container))]
+#[serde(rename_all = "camelCase")]
 pub struct StandalonePlacement {
     /// Relay replicas; several are safe, order per aggregate holds.
     #[serde(default = "default_relay_replicas")]
     #[schemars(range(min = 1, max = 32))]
     pub replicas: i32,
+
+    /// Security settings of the relay pods. Tributary's defaults, `runAsNonRoot: true` and
+    /// `seccompProfile: {type: RuntimeDefault}`, let the pods into a namespace that enforces the
+    /// Pod Security Standards `restricted` profile. Each field given here replaces the default
+    /// of that field; fields left out keep the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_security_context: Option<PodSecurityContext>,
+
+    /// Security settings of the relay container. Tributary's defaults: `runAsNonRoot: true`,
+    /// `seccompProfile: {type: RuntimeDefault}`, `allowPrivilegeEscalation: false`,
+    /// `readOnlyRootFilesystem: true` and `capabilities: {drop: [ALL]}`; the relay image runs as
+    /// user 65532. Each field given here replaces the default of that field (`capabilities.add`
+    /// and `capabilities.drop` each count as one); fields left out keep the default, so
+    /// `privileged: true` or adding `SYS_ADMIN` needs `allowPrivilegeEscalation: true` as well.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = privileged_needs_privilege_escalation("spec.placement.standalone.securityContext"))]
+    pub security_context: Option<SecurityContext>,
 }
 
 fn default_relay_replicas() -> i32 {

@@ -3,13 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{EnvFromSource, EnvVar, ResourceRequirements};
+use k8s_openapi::api::core::v1::{EnvFromSource, EnvVar, PodSecurityContext, ResourceRequirements, SecurityContext};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::patterns;
+use crate::pod_security::{privileged_needs_privilege_escalation, push_pod_not_root, root_needs_run_as_non_root_false, NonRootDefault};
 
 /// A consumer group that reads one or more EventTopics.
 ///
@@ -39,6 +40,7 @@ use crate::patterns;
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("size(self.metadata.name) <= 63")
         .message("metadata.name must be at most 63 characters: it labels the consumer pods, and label values are limited to 63"),
+    validation = push_pod_not_root(),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SubscriptionSpec {
@@ -110,6 +112,7 @@ pub struct TopicReference {
 
 /// The consumer container and the pod it runs in.
 #[derive(Serialize, Deserialize, KubeSchema, Debug, Clone, PartialEq, Default)]
+#[x_kube(validation = root_needs_run_as_non_root_false("spec.template", NonRootDefault::Pod))]
 #[serde(rename_all = "camelCase")]
 pub struct ConsumerTemplate {
     /// Container image of the consumer.
@@ -158,6 +161,25 @@ pub struct ConsumerTemplate {
     /// Node labels the consumer pods must run on.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+
+    /// Security settings of the consumer pods. Tributary's defaults, `runAsNonRoot: true` and
+    /// `seccompProfile: {type: RuntimeDefault}`, let the pods into a namespace that enforces the
+    /// Pod Security Standards `restricted` profile. Each field given here replaces the default
+    /// of that field; fields left out keep the default. The consumer image must then run as a
+    /// numeric non-root user (a `USER 1000` in its Dockerfile), or `runAsUser` must name one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_security_context: Option<PodSecurityContext>,
+
+    /// Security settings of the consumer container. Tributary's defaults,
+    /// `allowPrivilegeEscalation: false` and `capabilities: {drop: [ALL]}`, with the pod's
+    /// defaults make the container pass the `restricted` profile. Each field given here replaces
+    /// the default of that field (`capabilities.add` and `capabilities.drop` each count as one);
+    /// fields left out keep the default, so `privileged: true` or adding `SYS_ADMIN` needs
+    /// `allowPrivilegeEscalation: true` as well. The dispatcher sidecar of Push mode keeps its own
+    /// settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = privileged_needs_privilege_escalation("spec.template.securityContext"))]
+    pub security_context: Option<SecurityContext>,
 }
 
 /// Delivery settings.

@@ -516,7 +516,8 @@ pub fn plan_outbox_relays(relays: &[OutboxRelay], topics: &[TopicResult], settin
                 report: None,
             };
             let workload = match observation.routes_to_apply() {
-                Some(routes) => Ok(relay_workload(relay, routes, settings)),
+                // Offline the target's pods are unknown: the sidecar as it joins a pod that sets no user.
+                Some(routes) => Ok(relay_workload(relay, routes, settings, None)),
                 None => {
                     let status = relay_status::build_status(relay, &observation, now);
                     let ready = crate::conditions::find(&status.conditions, relay_status::READY);

@@ -16,6 +16,7 @@ pub mod kafka;
 pub mod leader;
 pub mod metrics;
 pub mod outbox_relay;
+pub mod pod_security;
 pub mod runtime;
 pub mod subscription;
 pub mod workload;

@@ -254,7 +254,9 @@ async fn apply_relay(
     if relay.status.as_ref().map(|status| (&status.placement, &status.target)) != Some((&recorded.placement, &recorded.target)) {
         controller_support::patch_status(api, relay, &recorded).await?;
     }
-    let workload = relay_workload(relay, routes, &context.settings.workload);
+    // For a sidecar, `before` is the target Deployment, whose pods the relay joins.
+    let target_pod = before.and_then(|deployment| deployment.spec.as_ref()).and_then(|spec| spec.template.spec.as_ref());
+    let workload = relay_workload(relay, routes, &context.settings.workload, target_pod.and_then(|pod| pod.security_context.as_ref()));
     let (name, manager) = (workload.deployment_name(), workload.field_manager());
     let deployments: Api<Deployment> = Api::namespaced(context.client.clone(), namespace);
     let (applied, change) = match &workload {

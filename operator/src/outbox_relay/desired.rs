@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Volume,
+    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SecretKeySelector, Volume,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use tributary_api::outbox_relay::{CleanupMode, Columns, FailurePolicy, PayloadFormat, Placement, RELAY_PORT};
 use tributary_api::{OutboxRelay, OutboxRelaySpec};
 
+use crate::pod_security::{pod_security_context, relay_security_context, sidecar_security_context};
 use crate::workload::{KafkaProperties, WorkloadSettings};
 
 /// Name of the relay container, in the standalone Deployment and in an application's pods.
@@ -203,6 +204,7 @@ fn http_probe(path: &str, period_seconds: i32) -> Probe {
 /// The `tributary-relay outbox` container.
 pub fn relay_container(relay: &OutboxRelay, routes: &[ResolvedRoute], settings: &WorkloadSettings) -> Container {
     let sidecar = relay.spec.placement.sidecar.is_some();
+    let standalone = relay.spec.placement.standalone.as_ref().filter(|_| !sidecar);
     Container {
         name: CONTAINER_NAME.into(),
         image: Some(settings.relay_image.clone()),
@@ -222,14 +224,9 @@ pub fn relay_container(relay: &OutboxRelay, routes: &[ResolvedRoute], settings: 
             requests: Some(BTreeMap::from([("cpu".into(), Quantity("10m".into())), ("memory".into(), Quantity("32Mi".into()))])),
             ..ResourceRequirements::default()
         }),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
-            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
-            ..SecurityContext::default()
-        }),
+        // Only a standalone relay has settings of its own; a sidecar's must pass in any pod
+        // (`relay_workload` adapts them to the pod it joins).
+        security_context: Some(relay_security_context(standalone.and_then(|standalone| standalone.security_context.as_ref()))),
         // Configuration errors end the relay with exit code 2 and a one-line reason on stderr;
         // this puts that line into the pod's status.
         termination_message_policy: Some("FallbackToLogsOnError".into()),
@@ -304,13 +301,20 @@ impl RelayWorkload {
     }
 }
 
-/// The relay, configured with `routes`, in the placement its spec asks for.
-pub fn relay_workload(relay: &OutboxRelay, routes: &[ResolvedRoute], settings: &WorkloadSettings) -> RelayWorkload {
-    let container = relay_container(relay, routes, settings);
+/// The relay, configured with `routes`, in the placement its spec asks for. A sidecar adapts to
+/// the securityContext of the pods it joins, `target_pod` (`None` when unknown, as offline).
+pub fn relay_workload(
+    relay: &OutboxRelay,
+    routes: &[ResolvedRoute],
+    settings: &WorkloadSettings,
+    target_pod: Option<&PodSecurityContext>,
+) -> RelayWorkload {
+    let mut container = relay_container(relay, routes, settings);
     let volume = kafka_properties(settings).map(|kafka| kafka.volume());
     let placement = &relay.spec.placement;
     match (&placement.sidecar, &placement.standalone) {
         (Some(sidecar), _) => {
+            container.security_context = Some(sidecar_security_context(target_pod));
             let target = sidecar.target_ref.name.clone();
             let body = sidecar_apply_body(&relay.namespace().unwrap_or_default(), &target, &container, volume.as_ref());
             RelayWorkload::Sidecar { target, field_manager: sidecar_field_manager(relay), body }
@@ -361,11 +365,9 @@ pub fn standalone_deployment(relay: &OutboxRelay, replicas: i32, container: Cont
                     // The relay talks to PostgreSQL and Kafka only, never to the Kubernetes API.
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
-                        ..PodSecurityContext::default()
-                    }),
+                    security_context: Some(pod_security_context(
+                        relay.spec.placement.standalone.as_ref().and_then(|standalone| standalone.pod_security_context.as_ref()),
+                    )),
                     ..PodSpec::default()
                 }),
             },
@@ -556,7 +558,7 @@ failurePolicy: Block
         let without = env_map(&relay_container(&relay, &routes(), &settings()));
         assert_eq!(env.len(), without.len() + 1, "one variable more than without the Secret");
         assert_eq!(serde_json::to_value(&container.volume_mounts).expect("serializes"), expected_mount);
-        let RelayWorkload::Sidecar { body, .. } = relay_workload(&relay, &routes(), &with_secret) else { panic!("a sidecar") };
+        let RelayWorkload::Sidecar { body, .. } = relay_workload(&relay, &routes(), &with_secret, None) else { panic!("a sidecar") };
         let pod = &body["spec"]["template"]["spec"];
         assert_eq!(pod["volumes"], json!([expected_volume]), "the relay's field manager owns its volume entry");
         assert_eq!(pod["containers"], json!([serde_json::to_value(&container).expect("serializes")]));
@@ -566,7 +568,7 @@ failurePolicy: Block
             "billing",
             "database: { urlSecretRef: { name: db } }\nrouting: { topicPrefix: 'billing.' }\nplacement: { standalone: {} }",
         );
-        let RelayWorkload::Standalone(deployment) = relay_workload(&standalone, &[], &with_secret) else { panic!("standalone") };
+        let RelayWorkload::Standalone(deployment) = relay_workload(&standalone, &[], &with_secret, None) else { panic!("standalone") };
         let pod = deployment.spec.and_then(|spec| spec.template.spec).expect("pod spec");
         assert_eq!(serde_json::to_value(&pod.volumes).expect("serializes"), json!([expected_volume]));
         assert_eq!(serde_json::to_value(&pod.containers[0].volume_mounts).expect("serializes"), expected_mount);

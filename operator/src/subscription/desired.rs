@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, HTTPGetAction, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, HTTPGetAction, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -19,6 +19,7 @@ use tributary_api::subscription::{Backoff, DeliveryMode, FilterOperator, Orderin
 
 use super::resolve::Workload;
 use crate::kafka::StartFrom;
+use crate::pod_security::{container_security_context, pod_security_context, relay_security_context};
 use crate::workload::{KafkaProperties, WorkloadSettings};
 
 /// Label on every object of a Subscription (value: its name); the Deployment selects its pods by it.
@@ -38,8 +39,6 @@ const CONSUMER_PROPERTIES_VOLUME: &str = "consumer-properties";
 const CONSUMER_PROPERTIES_DIR: &str = "/etc/tributary/consumer";
 const CONSUMER_PROPERTIES_KEY: &str = "consumer.properties";
 const KAFKA_PROPERTIES_VOLUME: &str = "kafka-properties";
-/// The non-root user of the tributary-relay image.
-const RELAY_USER: i64 = 65532;
 
 /// The ConfigMap of consumer properties is named after the Subscription.
 pub fn config_map_name(subscription: &str) -> String {
@@ -190,6 +189,7 @@ fn consumer_container(workload: &Workload, settings: &WorkloadSettings) -> Conta
         env: non_empty(vars),
         env_from: non_empty(template.env_from.clone()),
         resources: template.resources.clone(),
+        security_context: Some(container_security_context(template.security_context.as_ref())),
         volume_mounts: non_empty(mounts),
         ..Container::default()
     }
@@ -248,16 +248,7 @@ fn relay_container(workload: &Workload, settings: &WorkloadSettings) -> Containe
             limits: Some(quantities(&[("memory", "256Mi")])),
             ..ResourceRequirements::default()
         }),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            run_as_user: Some(RELAY_USER),
-            run_as_group: Some(RELAY_USER),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_owned()]), add: None }),
-            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".to_owned(), localhost_profile: None }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(relay_security_context(None)),
         volume_mounts: kafka_properties(settings).map(|kafka| vec![kafka.mount()]),
         ..Container::default()
     }
@@ -301,6 +292,7 @@ pub fn deployment(workload: &Workload, settings: &WorkloadSettings, replicas: Op
                     volumes: non_empty(volumes),
                     service_account_name: template.service_account_name.clone(),
                     node_selector: (!template.node_selector.is_empty()).then(|| template.node_selector.clone()),
+                    security_context: Some(pod_security_context(template.pod_security_context.as_ref())),
                     ..PodSpec::default()
                 }),
             },
