@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # Runs a throwaway single-node Kafka-protocol broker (tansu, in-memory storage) on
-# a free loopback port, for tests and the demo.
+# a free port, for tests, the demo and scripts/kind-e2e.sh.
 #
 # Usage: scripts/broker.sh start|stop|restart|status [--env]
 #   start    start one (or reuse the one already running); waits until it accepts connections
-#   stop     stop it (SIGINT, then SIGKILL after 10 s) and remove pid/port files
+#   stop     stop it (SIGINT, then SIGKILL after 10 s) and remove pid/port/host files
 #   restart  stop, then start on the SAME port (clients reconnect to the same address);
 #            memory storage: all topics and records are gone afterwards
 #   status   exit 0 if running and accepting connections, 3 otherwise
 #   --env    (start/restart/status) print `export ...` lines for eval
 #
-# Env: TRIBUTARY_RUN_DIR       state dir (default <repo>/.run): broker.pid, broker.port, broker.log
+# Env: TRIBUTARY_RUN_DIR       state dir (default <repo>/.run): broker.pid, broker.port, broker.log;
+#                              one broker per dir (scripts/test.sh runs its own in a dir of its own)
 #      TRIBUTARY_BROKER_PORT   port for `start` (default: a free one)
+#      TRIBUTARY_BROKER_HOST   IPv4 address to listen on and advertise (default: the running
+#                              broker's, else 127.0.0.1; kind-e2e.sh uses the kind network's
+#                              gateway, which the cluster's pods reach)
 #      TRIBUTARY_BROKER_START_TIMEOUT  seconds to wait for the port (default 30)
 #      TRIBUTARY_BROKER_RUST_LOG  tansu log filter (default warn; ignores an inherited RUST_LOG)
 #      TRIBUTARY_TANSU         tansu binary (default: from scripts/tools.sh)
@@ -38,6 +42,7 @@ RUN_DIR="$(cd "$RUN_DIR" && pwd)" # absolute: it is exported to tests
 PID_FILE="$RUN_DIR/broker.pid"
 PORT_FILE="$RUN_DIR/broker.port"
 LOG_FILE="$RUN_DIR/broker.log"
+HOST_FILE="$RUN_DIR/broker.host"
 START_TIMEOUT="${TRIBUTARY_BROKER_START_TIMEOUT:-30}"
 SELF="$TRIBUTARY_ROOT/scripts/broker.sh"
 
@@ -49,6 +54,11 @@ if command -v flock >/dev/null 2>&1; then
 fi
 
 read_file() { if [[ -f $1 ]]; then tr -d '[:space:]' <"$1"; fi; }
+
+# The address a running broker was started on is remembered, so status/restart/stop
+# need not be told again.
+HOST="${TRIBUTARY_BROKER_HOST:-$(read_file "$HOST_FILE")}"
+HOST="${HOST:-127.0.0.1}"
 
 # Alive AND really tansu: a stale pid file may name a recycled pid.
 pid_is_tansu() {
@@ -64,16 +74,16 @@ pid_is_tansu() {
   [[ $args == *tansu* ]]
 }
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
 # Bind port 0 and let the kernel choose; there is a small window before tansu
 # binds it, covered by retrying with a new port if tansu dies at startup.
 free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  python3 -c 'import socket, sys; s = socket.socket(); s.bind((sys.argv[1], 0)); print(s.getsockname()[1])' "$HOST"
 }
 
 print_env() {
-  printf 'export TRIBUTARY_BOOTSTRAP_SERVERS=%q\n' "127.0.0.1:$1"
+  printf 'export TRIBUTARY_BOOTSTRAP_SERVERS=%q\n' "$HOST:$1"
   printf 'export TRIBUTARY_RUN_DIR=%q\n' "$RUN_DIR"
   printf 'export TRIBUTARY_BROKER_CTL=%q\n' "$SELF"
 }
@@ -96,8 +106,8 @@ launch() {
     NO_COLOR=1 RUST_LOG="${TRIBUTARY_BROKER_RUST_LOG:-warn}" \
     python3 - "$LOG_FILE" "$tansu" broker \
     --cluster-id tributary \
-    --listener-url "tcp://127.0.0.1:$port" \
-    --advertised-listener-url "tcp://127.0.0.1:$port" \
+    --listener-url "tcp://$HOST:$port" \
+    --advertised-listener-url "tcp://$HOST:$port" \
     --storage-engine memory://tansu/ <<'PY'
 import subprocess, sys
 log = open(sys.argv[1], "ab")
@@ -107,7 +117,7 @@ print(p.pid)
 PY
 }
 
-clear_state() { rm -f "$PID_FILE" "$PORT_FILE"; }
+clear_state() { rm -f "$PID_FILE" "$PORT_FILE" "$HOST_FILE"; }
 
 fail_start() {
   local pid=$1
@@ -132,19 +142,20 @@ start_broker() {
       if [[ -z $fixed_port ]]; then
         port=$(free_port)
       else
-        ((SECONDS < deadline)) || fail_start "" "127.0.0.1:$port is in use by another process"
+        ((SECONDS < deadline)) || fail_start "" "$HOST:$port is in use by another process"
         sleep 0.5
       fi
     done
     pid="$(launch "$tansu" "$port")"
     printf '%s\n' "$pid" >"$PID_FILE"
     printf '%s\n' "$port" >"$PORT_FILE"
+    printf '%s\n' "$HOST" >"$HOST_FILE"
     while pid_is_tansu "$pid" && ! port_open "$port"; do
-      ((SECONDS < deadline)) || fail_start "$pid" "tansu did not accept connections on 127.0.0.1:$port within ${START_TIMEOUT}s"
+      ((SECONDS < deadline)) || fail_start "$pid" "tansu did not accept connections on $HOST:$port within ${START_TIMEOUT}s"
       sleep 0.1
     done
     if pid_is_tansu "$pid"; then
-      log "tansu broker up: pid $pid, bootstrap 127.0.0.1:$port, log $LOG_FILE"
+      log "tansu broker up: pid $pid, bootstrap $HOST:$port, log $LOG_FILE"
       return 0
     fi
     # It died at startup, most likely "address in use".
@@ -195,7 +206,7 @@ running_port() {
 case $cmd in
   start)
     if port="$(running_port)"; then
-      log "reusing running tansu broker: pid $(read_file "$PID_FILE"), bootstrap 127.0.0.1:$port"
+      log "reusing running tansu broker: pid $(read_file "$PID_FILE"), bootstrap $HOST:$port"
     else
       # A live process that is not accepting yet (another start in progress died?)
       # or stale files: start from a clean slate.
@@ -224,7 +235,7 @@ case $cmd in
     ;;
   status)
     if port="$(running_port)"; then
-      log "running: pid $(read_file "$PID_FILE"), bootstrap 127.0.0.1:$port, log $LOG_FILE"
+      log "running: pid $(read_file "$PID_FILE"), bootstrap $HOST:$port, log $LOG_FILE"
       if $want_env; then print_env "$port"; fi
     else
       log "not running"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end tests against a real cluster (e.g. `kind create cluster --config kind-config.yaml`):
 # installs the chart, then runs the tributary-e2e test crate.
-# Without a reachable cluster it prints one SKIP line and exits 0, so it is safe
-# to call unconditionally.
+# Without a reachable cluster it prints one line starting with SKIP and exits 0, so
+# it is safe to call unconditionally. scripts/kind-e2e.sh makes a kind cluster and runs this.
 #
 # Usage: scripts/e2e.sh [test name filter / libtest args]
 # Env:   KUBECONFIG                       cluster to use (kubectl's default otherwise)
@@ -14,7 +14,8 @@
 #                                         tributary-relay image the operator runs in workloads
 #        TRIBUTARY_E2E_NAMESPACE          release namespace (tributary-system)
 # Exports to the tests: TRIBUTARY_KUBECTL, TRIBUTARY_HELM, TRIBUTARY_TANSU,
-#        TRIBUTARY_E2E_NAMESPACE, TRIBUTARY_E2E_BOOTSTRAP_SERVERS, TRIBUTARY_TEST_STRICT=1
+#        TRIBUTARY_E2E_NAMESPACE, TRIBUTARY_E2E_BOOTSTRAP_SERVERS, TRIBUTARY_TEST_STRICT=1,
+#        TRIBUTARY_E2E_REQUIRED=1 (a test that finds no cluster fails)
 
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -23,18 +24,9 @@ cd "$TRIBUTARY_ROOT"
 
 eval "$(bash scripts/tools.sh --env)"
 
-skip() {
-  echo "e2e: SKIP: $1"
+if no_cluster="$(why_no_cluster)"; then
+  echo "SKIP e2e: $no_cluster"
   exit 0
-}
-# With no kubeconfig at all kubectl falls back to http://localhost:8080, where the
-# operator's own /readyz may be listening: do not mistake that for a cluster.
-if [[ -z ${KUBECONFIG:-} && ! -f $HOME/.kube/config && -z ${KUBERNETES_SERVICE_HOST:-} ]]; then
-  skip "no Kubernetes cluster configured (KUBECONFIG unset, no ~/.kube/config)"
-fi
-# Reachable = the API server answers /readyz within a few seconds.
-if ! "$TRIBUTARY_KUBECTL" get --raw=/readyz --request-timeout=10s >/dev/null 2>&1; then
-  skip "no reachable Kubernetes cluster (KUBECONFIG=${KUBECONFIG:-~/.kube/config})"
 fi
 
 bootstrap="${TRIBUTARY_E2E_BOOTSTRAP_SERVERS:-${TRIBUTARY_BOOTSTRAP_SERVERS:-}}"
@@ -66,7 +58,7 @@ fi
 "$TRIBUTARY_HELM" "${helm_args[@]}"
 
 ensure_build_deps
-export TRIBUTARY_TEST_STRICT=1
+export TRIBUTARY_TEST_STRICT=1 TRIBUTARY_E2E_REQUIRED=1
 PATH="$(dirname "$TRIBUTARY_KUBECTL"):$PATH"
 export PATH
 locked=()

@@ -84,3 +84,18 @@ ensure_build_deps() {
 
 # lock_has <crate> <Cargo.lock>: is that crate in the resolved dependency graph?
 lock_has() { [[ -f $2 ]] && grep -qxF "name = \"$1\"" "$2"; }
+
+# why_no_cluster: when no Kubernetes API server answers (kubeconfig from $KUBECONFIG, else
+# ~/.kube/config, else in-cluster), prints why and succeeds; when one answers, fails silently.
+# Needs TRIBUTARY_KUBECTL (scripts/tools.sh).
+why_no_cluster() {
+  # With no kubeconfig at all kubectl falls back to http://localhost:8080, where the
+  # operator's own /readyz may be listening: do not mistake that for a cluster.
+  if [[ -z ${KUBECONFIG:-} && ! -f $HOME/.kube/config && -z ${KUBERNETES_SERVICE_HOST:-} ]]; then
+    echo "no Kubernetes cluster configured (KUBECONFIG unset, no ~/.kube/config)"
+  elif ! "$TRIBUTARY_KUBECTL" get --raw=/readyz --request-timeout=5s >/dev/null 2>&1; then
+    echo "no Kubernetes cluster answers (KUBECONFIG=${KUBECONFIG:-$HOME/.kube/config})"
+  else
+    return 1
+  fi
+}
