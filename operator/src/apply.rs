@@ -21,6 +21,7 @@ use tributary_api::subscription::ScalingEngine;
 use tributary_api::validation::validate_manifest;
 use tributary_api::{EventTopic, EventTopicStatus, OutboxRelay, Subscription};
 
+use crate::event_topic::conflict::older_claims;
 use crate::event_topic::controller::reconcile_kafka;
 use crate::event_topic::status::{build_status, Outcome, READY};
 use crate::event_topic::sync::{SyncMode, TopicReport};
@@ -212,8 +213,8 @@ impl TopicResult {
 /// Applies (or, with [`SyncMode::DryRun`], plans) every EventTopic, in input order.
 pub async fn apply_event_topics(admin: &dyn TopicAdmin, topics: &[EventTopic], mode: SyncMode, now: Timestamp) -> Vec<TopicResult> {
     let mut results = Vec::with_capacity(topics.len());
-    for topic in topics {
-        let outcome = reconcile_kafka(admin, topic, topics, mode).await;
+    for (topic, older_claim) in topics.iter().zip(older_claims(topics)) {
+        let outcome = reconcile_kafka(admin, topic, older_claim, mode).await;
         let status = build_status(topic, &outcome, now);
         results.push(TopicResult { topic: topic.clone(), outcome, status });
     }

@@ -55,7 +55,7 @@ pub async fn bench_topics(admin: Arc<dyn TopicAdmin>, prefix: &str, count: usize
             async move {
                 let mut topic = EventTopic::new(&name, bench_spec());
                 topic.metadata.namespace = Some("bench".into());
-                let outcome = reconcile_kafka(admin.as_ref(), &topic, std::slice::from_ref(&topic), SyncMode::Apply).await;
+                let outcome = reconcile_kafka(admin.as_ref(), &topic, None, SyncMode::Apply).await;
                 let status = build_status(&topic, &outcome, Timestamp::now());
                 status.conditions.iter().any(|condition| condition.type_ == "Ready" && condition.status == "True")
             }

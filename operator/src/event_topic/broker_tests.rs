@@ -34,7 +34,7 @@ fn topic_with(name: &str, spec: &str) -> EventTopic {
 
 /// One reconcile of the Kafka side, as the controller and `apply` do it; returns the status.
 async fn sync(admin: &dyn TopicAdmin, topic: &EventTopic) -> (Outcome, tributary_api::EventTopicStatus) {
-    let outcome = reconcile_kafka(admin, topic, std::slice::from_ref(topic), SyncMode::Apply).await;
+    let outcome = reconcile_kafka(admin, topic, None, SyncMode::Apply).await;
     let status = build_status(topic, &outcome, Timestamp::now());
     (outcome, status)
 }
@@ -156,6 +156,7 @@ fn context_with_broker(admin: RdKafkaTopicAdmin) -> (Arc<Context>, crate::fixtur
         metrics: Arc::new(Metrics::register(&mut Registry::default())),
         clock: Arc::new(FixedClock::new(Timestamp::now())),
         store,
+        claims: Default::default(),
         settings: Settings::default(),
     };
     (Arc::new(context), verifier)

@@ -2,6 +2,9 @@
 //! the others are told so and leave Kafka alone, so one team cannot change or delete another
 //! team's topic by naming it.
 
+use std::collections::{BTreeSet, HashMap};
+
+use k8s_openapi::jiff::Timestamp;
 use tributary_api::EventTopic;
 
 /// A Kafka topic this EventTopic claims that an older EventTopic claims too.
@@ -19,52 +22,126 @@ fn claims(topic: &EventTopic) -> Vec<String> {
     names
 }
 
-fn same_object(a: &EventTopic, b: &EventTopic) -> bool {
-    match (&a.metadata.uid, &b.metadata.uid) {
-        (Some(a), Some(b)) => a == b,
-        _ => a.metadata.namespace == b.metadata.namespace && a.metadata.name == b.metadata.name,
-    }
-}
+/// `namespace` and `name` of an EventTopic.
+pub type ObjectKey = (String, String);
 
-fn qualified_name(topic: &EventTopic) -> String {
-    format!("{}/{}", topic.metadata.namespace.as_deref().unwrap_or_default(), topic.metadata.name.as_deref().unwrap_or_default())
-}
-
-/// The first older claimant of any topic `me` names, if there is one. `all` holds every known
-/// EventTopic (`me` may be among them) in the order they were seen; it decides between objects
-/// with equal (or without) creation timestamps, as in a file given to the offline `apply`.
-///
-/// One pass over `all`: the controller runs this on every reconcile with every EventTopic in the
-/// cluster, so nothing here may cost more than a comparison per object.
-pub fn find_conflict<'a>(me: &EventTopic, all: impl IntoIterator<Item = &'a EventTopic>) -> Option<Conflict> {
-    let my_claims = claims(me);
-    let mut my_position = None;
-    let mut claimants = Vec::new();
-    for (position, other) in all.into_iter().enumerate() {
-        if same_object(other, me) {
-            my_position.get_or_insert(position);
-        } else if let Some(overlap) = claims(other).into_iter().find(|name| my_claims.contains(name)) {
-            claimants.push((seniority(other, position), other, overlap));
-        }
-    }
-    let mine = seniority(me, my_position.unwrap_or(usize::MAX));
-    claimants
-        .into_iter()
-        .filter(|(theirs, _, _)| *theirs < mine)
-        .min_by(|(a, _, _), (b, _, _)| a.cmp(b))
-        .map(|(_, owner, topic)| Conflict { owner: qualified_name(owner), topic })
+fn key_of(topic: &EventTopic) -> ObjectKey {
+    (topic.metadata.namespace.clone().unwrap_or_default(), topic.metadata.name.clone().unwrap_or_default())
 }
 
 /// Older first; no creation timestamp (not yet stored by the apiserver) sorts last; then the
-/// order seen.
-fn seniority(topic: &EventTopic, position: usize) -> (bool, Option<k8s_openapi::jiff::Timestamp>, usize) {
-    let created = topic.metadata.creation_timestamp.as_ref().map(|time| time.0);
-    (created.is_none(), created, position)
+/// order in which the index first saw the object (a file's order for the offline `apply`).
+type Seniority = (bool, Option<Timestamp>, usize);
+
+#[derive(Debug)]
+struct Entry {
+    uid: Option<String>,
+    seniority: Seniority,
+    claims: Vec<String>,
+}
+
+/// Which EventTopics claim which Kafka topics, so that finding an older claim is a lookup per
+/// claim instead of a scan of every EventTopic: the controller asks on every reconcile, with
+/// thousands of EventTopics in the cluster.
+#[derive(Debug, Default)]
+pub struct ClaimIndex {
+    seen: usize,
+    objects: HashMap<ObjectKey, Entry>,
+    topics: HashMap<String, BTreeSet<(Seniority, ObjectKey)>>,
+}
+
+impl ClaimIndex {
+    /// The index of `all`, in the order given.
+    pub fn of<'a>(all: impl IntoIterator<Item = &'a EventTopic>) -> Self {
+        let mut index = ClaimIndex::default();
+        for topic in all {
+            index.record(topic);
+        }
+        index
+    }
+
+    /// Records what `topic` claims now. An object keeps the place it was first seen at; a new
+    /// object under an old name (another uid) starts anew.
+    pub fn record(&mut self, topic: &EventTopic) {
+        let key = key_of(topic);
+        let uid = topic.metadata.uid.clone();
+        let position = match self.objects.get(&key) {
+            Some(entry) if entry.uid == uid => entry.seniority.2,
+            _ => {
+                self.seen += 1;
+                self.seen
+            }
+        };
+        self.forget(&key);
+        let created = topic.metadata.creation_timestamp.as_ref().map(|time| time.0);
+        let seniority = (created.is_none(), created, position);
+        let claims = claims(topic);
+        for claim in &claims {
+            self.topics.entry(claim.clone()).or_default().insert((seniority, key.clone()));
+        }
+        self.objects.insert(key, Entry { uid, seniority, claims });
+    }
+
+    /// Drops an object that no longer exists.
+    pub fn forget(&mut self, key: &ObjectKey) {
+        let Some(entry) = self.objects.remove(key) else { return };
+        for claim in entry.claims {
+            if let Some(claimants) = self.topics.get_mut(&claim) {
+                claimants.remove(&(entry.seniority, key.clone()));
+                if claimants.is_empty() {
+                    self.topics.remove(&claim);
+                }
+            }
+        }
+    }
+
+    /// Records `me`, then returns the oldest claimant older than `me` of any topic `me` claims.
+    /// `current` gives a claimant as it is now (`None`: gone), for an index that may hold stale
+    /// entries; the offline `apply`, whose index is exact, passes one that answers from the index.
+    pub fn older_claim(&mut self, me: &EventTopic, current: impl Fn(&ObjectKey) -> Option<EventTopic>) -> Option<Conflict> {
+        self.record(me);
+        let mine = key_of(me);
+        let my_seniority = self.objects.get(&mine)?.seniority;
+        loop {
+            let candidate = claims(me)
+                .into_iter()
+                .filter_map(|claim| {
+                    let claimants = self.topics.get(&claim)?;
+                    let (seniority, key) = claimants.iter().find(|(_, key)| *key != mine)?;
+                    (*seniority < my_seniority).then(|| (*seniority, key.clone(), claim))
+                })
+                .min_by(|(a, _, _), (b, _, _)| a.cmp(b));
+            let (_, owner, topic) = candidate?;
+            match current(&owner) {
+                // Still there and still claiming it as recorded: the older claim wins.
+                Some(object) if object.metadata.uid == self.objects.get(&owner)?.uid && claims(&object).contains(&topic) => {
+                    return Some(Conflict { owner: format!("{}/{}", owner.0, owner.1), topic });
+                }
+                // Changed since it was recorded: record it as it is, and look again.
+                Some(object) if object.metadata.uid == self.objects.get(&owner)?.uid => self.record(&object),
+                _ => self.forget(&owner),
+            }
+        }
+    }
+}
+
+/// For each of `all` (in the order seen), the older claim on one of its topics, as the offline
+/// `apply` asks: every claim is known and current.
+pub fn older_claims(all: &[EventTopic]) -> Vec<Option<Conflict>> {
+    let by_key: HashMap<ObjectKey, &EventTopic> = all.iter().map(|topic| (key_of(topic), topic)).collect();
+    let mut index = ClaimIndex::of(all);
+    all.iter().map(|me| index.older_claim(me, |key| by_key.get(key).map(|topic| (*topic).clone()))).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `older_claims` says of `me`, one of `all`.
+    fn find_conflict(me: &EventTopic, all: &[EventTopic]) -> Option<Conflict> {
+        let position = all.iter().position(|topic| key_of(topic) == key_of(me)).expect("me is among all");
+        older_claims(all).swap_remove(position)
+    }
     use crate::event_topic::test_support::event_topic;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::Timestamp;

@@ -1,20 +1,20 @@
 //! The EventTopic controller: resolve (conflicts) → validate and build desired topics (pure) →
 //! sync Kafka → conditions (pure) → status patch when it changed.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 use tributary_api::event_topic::DeletionPolicy;
 use tributary_api::{EventTopic, EventTopicStatus};
 
-use super::conflict::find_conflict;
+use super::conflict::{ClaimIndex, Conflict};
 use super::desired::desired_topics;
 use super::status::{build_status, needs_patch, paused_status, reason, Outcome};
 use super::sync::{sync_topics, SyncMode};
@@ -72,7 +72,23 @@ pub struct Context {
     pub clock: Arc<dyn Clock>,
     /// Every EventTopic in the cluster, to find other claims on the same Kafka topic.
     pub store: Store<DeserializeGuard<EventTopic>>,
+    /// Which EventTopic claims which Kafka topic, built from `store` at the first reconcile.
+    pub claims: Mutex<Option<ClaimIndex>>,
     pub settings: Settings,
+}
+
+impl Context {
+    /// An older EventTopic's claim on one of `topic`'s Kafka topics, if any; records `topic`'s own.
+    fn older_claim(&self, topic: &EventTopic) -> Option<Conflict> {
+        let mut claims = self.claims.lock().unwrap_or_else(PoisonError::into_inner);
+        let index = claims.get_or_insert_with(|| {
+            let all = self.store.state();
+            ClaimIndex::of(all.iter().filter_map(|guard| guard.0.as_ref().ok()))
+        });
+        index.older_claim(topic, |(namespace, name)| {
+            self.store.get(&ObjectRef::new(name).within(namespace)).and_then(|guard| guard.0.as_ref().ok().cloned())
+        })
+    }
 }
 
 /// Runs the controller until shutdown is signalled.
@@ -90,7 +106,7 @@ pub async fn run(
         .with_config(controller_support::controller_config(settings.concurrency));
     let store = controller.store();
     controller_support::signal_when_synced(store.clone(), ready);
-    let context = Arc::new(Context { client, admin, recorder, metrics, clock, store, settings });
+    let context = Arc::new(Context { client, admin, recorder, metrics, clock, store, claims: Mutex::default(), settings });
     let results = controller.shutdown_on_signal().run(reconcile, error_policy, context);
     controller_support::log_failures(results, "EventTopic").await;
 }
@@ -129,9 +145,7 @@ async fn reconcile_topic(topic: &EventTopic, context: &Context) -> Result<Action
         set_finalizer(&api, topic, FINALIZER, wants_finalizer).await?;
     }
 
-    let all_topics = context.store.state();
-    let all = all_topics.iter().filter_map(|guard| guard.0.as_ref().ok());
-    let outcome = reconcile_kafka(context.admin.as_ref(), topic, all, SyncMode::Apply).await;
+    let outcome = reconcile_kafka(context.admin.as_ref(), topic, context.older_claim(topic), SyncMode::Apply).await;
     patch_status_if_changed(&api, topic, build_status(topic, &outcome, now), context).await?;
 
     let reference = topic.object_ref(&());
@@ -156,15 +170,11 @@ async fn reconcile_topic(topic: &EventTopic, context: &Context) -> Result<Action
     }
 }
 
-/// The Kafka stage of a reconcile, which the offline `apply` runs too: an older claim among `all`
-/// on one of the Kafka topics wins; otherwise the spec is turned into topics and Kafka synced.
-pub async fn reconcile_kafka<'a>(
-    admin: &dyn TopicAdmin,
-    topic: &EventTopic,
-    all: impl IntoIterator<Item = &'a EventTopic>,
-    mode: SyncMode,
-) -> Outcome {
-    if let Some(conflict) = find_conflict(topic, all) {
+/// The Kafka stage of a reconcile, which the offline `apply` runs too: an older EventTopic's claim
+/// on one of the Kafka topics (`older_claim`) wins; otherwise the spec is turned into topics and
+/// Kafka synced.
+pub async fn reconcile_kafka(admin: &dyn TopicAdmin, topic: &EventTopic, older_claim: Option<Conflict>, mode: SyncMode) -> Outcome {
+    if let Some(conflict) = older_claim {
         return Outcome::Conflict { owner: conflict.owner, topic: conflict.topic };
     }
     match desired_topics(topic) {
@@ -183,8 +193,7 @@ async fn finalize(topic: &EventTopic, api: &TopicApi, context: &Context) -> Resu
         return Ok(Action::await_change());
     }
     let reference = topic.object_ref(&());
-    let all_topics = context.store.state();
-    if let Some(conflict) = find_conflict(topic, all_topics.iter().filter_map(|guard| guard.0.as_ref().ok())) {
+    if let Some(conflict) = context.older_claim(topic) {
         let note = format!("Kafka topic {:?} belongs to EventTopic {}; it is not deleted", conflict.topic, conflict.owner);
         publish(&context.recorder, &reference, EventType::Normal, "FinalizerReleased", "Delete", note).await;
     } else if is_paused(topic) {

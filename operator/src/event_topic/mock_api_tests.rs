@@ -46,6 +46,7 @@ fn harness() -> (Harness, ApiServerVerifier) {
         metrics: Arc::new(Metrics::register(&mut Registry::default())),
         clock: clock.clone(),
         store,
+        claims: Default::default(),
         settings: Settings::default(),
     });
     (Harness { context, kafka, clock, store_writer }, verifier)
