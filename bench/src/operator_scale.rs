@@ -108,13 +108,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(args.probe_interval_ms)).await;
     };
-    let peak_rss_mib = peak_rss_kib(pid).map(|kib| kib as f64 / 1024.0);
+    let peak_rss_mib = rss_kib(pid, "VmHWM:").map(|kib| kib as f64 / 1024.0);
+    let final_rss_mib = rss_kib(pid, "VmRSS:").map(|kib| kib as f64 / 1024.0);
     let _ = child.kill();
     let _ = child.wait();
     let all_ready = outcome?;
     println!("eventtopics={}", args.count);
     println!("time_to_all_ready_s={:.1}", all_ready.as_secs_f64());
     println!("peak_rss_mib={}", peak_rss_mib.map_or("unknown".into(), |mib| format!("{mib:.1}")));
+    println!("rss_when_all_ready_mib={}", final_rss_mib.map_or("unknown".into(), |mib| format!("{mib:.1}")));
     println!("max_healthz_ms={:.1}", slowest_healthz.as_secs_f64() * 1000.0);
     println!("failed_healthz_probes={failed_probes}");
     if failed_probes > 0 {
@@ -123,8 +125,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The process's peak resident set (`VmHWM`), in KiB.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
+/// A resident-set figure of the process (`VmHWM:` peak, `VmRSS:` now), in KiB.
+fn rss_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|line| line.strip_prefix("VmHWM:")).and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+    status.lines().find_map(|line| line.strip_prefix(field)).and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
 }

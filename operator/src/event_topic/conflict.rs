@@ -184,4 +184,34 @@ mod tests {
         let b = created_at(event_topic("b", ""), "x", 2);
         assert_eq!(find_conflict(&b, &[a, b.clone()]), None);
     }
+
+    fn with_uid(mut topic: EventTopic, uid: &str) -> EventTopic {
+        topic.metadata.uid = Some(uid.into());
+        topic
+    }
+
+    /// The controller's index outlives the objects it recorded: each claimant is checked against
+    /// the store before it wins.
+    #[test]
+    fn a_claimant_that_is_gone_or_changed_since_recorded_no_longer_wins() {
+        let owner = with_uid(created_at(event_topic("orders", "deadLetter: { enabled: true }"), "a", 1), "u1");
+        let other = with_uid(created_at(event_topic("audit", "topicName: orders.dlq"), "b", 2), "u2");
+        let mut index = ClaimIndex::of([&owner, &other]);
+        let store = |present: Vec<EventTopic>| move |key: &ObjectKey| present.iter().find(|topic| key_of(topic) == *key).cloned();
+
+        assert_eq!(index.older_claim(&other, store(vec![owner.clone(), other.clone()])).map(|c| c.topic), Some("orders.dlq".into()));
+        // The owner turned its dead-letter topic off; the store has the new version.
+        let without_dlq = with_uid(created_at(event_topic("orders", ""), "a", 1), "u1");
+        assert_eq!(index.older_claim(&other, store(vec![without_dlq.clone(), other.clone()])), None);
+        // It turns it on again: the change wakes its own reconcile, which records it.
+        index.record(&owner);
+        assert!(index.older_claim(&other, store(vec![owner.clone(), other.clone()])).is_some());
+        // The owner is deleted.
+        assert_eq!(index.older_claim(&other, store(vec![other.clone()])), None);
+        // An object recreated under the owner's name is a new claimant, no longer the older one.
+        let recreated = with_uid(created_at(event_topic("orders", "deadLetter: { enabled: true }"), "a", 3), "u3");
+        index.record(&recreated);
+        assert_eq!(index.older_claim(&other, store(vec![recreated.clone(), other.clone()])), None);
+        assert_eq!(index.older_claim(&recreated, store(vec![recreated.clone(), other.clone()])).map(|c| c.owner), Some("b/audit".into()));
+    }
 }
