@@ -250,6 +250,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
+    // Listening from the start: a SIGTERM while the controllers start is not missed.
+    let shutdown = runtime::Shutdown::on_signals().context("cannot listen for SIGTERM")?;
     let client = kube_client().await?;
     let kafka = args.kafka.client()?;
     let mut registry = Registry::default();
@@ -282,7 +284,7 @@ async fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
         outbox_relays: outbox_relay::Settings { concurrency: args.max_concurrent_reconciles, ..outbox_relay::Settings::new(workload) },
     };
     tokio::select! {
-        () = runtime::run(operator, lease, readiness) => Ok(()),
+        () = runtime::run(operator, lease, readiness, shutdown) => Ok(()),
         served = server => Err(anyhow::anyhow!("the metrics and health server stopped: {:?}", served)),
     }
 }

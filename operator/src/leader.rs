@@ -216,13 +216,15 @@ impl LeaderElector {
 }
 
 /// Runs `lead` whenever this instance holds the Lease, and stops it at once when the Lease is
-/// lost; then waits to lead again. Returns when `lead` returns (shutdown), releasing the Lease.
-pub async fn run_elected<F, Fut>(mut elector: LeaderElector, metrics: Arc<Metrics>, mut lead: F)
+/// lost; then waits to lead again. Returns when `lead` returns (it handles shutdown itself),
+/// releasing the Lease, or when `shutdown` completes while standing by.
+pub async fn run_elected<F, Fut>(mut elector: LeaderElector, metrics: Arc<Metrics>, mut lead: F, shutdown: impl Future<Output = ()>)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = ()>,
 {
     let retry = elector.settings.retry_period;
+    tokio::pin!(shutdown);
     loop {
         loop {
             match elector.try_acquire_or_renew().await {
@@ -230,7 +232,10 @@ where
                 Ok(false) => {}
                 Err(error) => warn!(%error, lease = %elector.settings.name, "cannot read or write the leader Lease"),
             }
-            tokio::time::sleep(retry).await;
+            tokio::select! {
+                () = tokio::time::sleep(retry) => {}
+                () = &mut shutdown => return,
+            }
         }
         info!(identity = %elector.identity(), lease = %elector.settings.name, "became the leader; reconciling");
         metrics.set_leader(true);

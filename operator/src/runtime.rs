@@ -2,11 +2,16 @@
 //! three controllers, started while this instance leads (or always, without leader election),
 //! and the readiness they report.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use kube::runtime::events::{Recorder, Reporter};
 use kube::Client;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tracing::{info, warn};
 use tributary_common::server::Readiness;
 
 use crate::conditions::Clock;
@@ -31,26 +36,79 @@ pub struct Operator {
     pub outbox_relays: outbox_relay::Settings,
 }
 
-/// Runs until shutdown is signalled. With `lease`, the controllers run only while this instance
-/// holds the Lease; a standby is ready (it serves its probes), the leader once its watches synced.
-pub async fn run(operator: Operator, lease: Option<LeaseSettings>, readiness: Readiness) {
+/// Runs until `shutdown`. With `lease`, the controllers run only while this instance holds the
+/// Lease; a standby is ready (it serves its probes), the leader once its watches synced.
+pub async fn run(operator: Operator, lease: Option<LeaseSettings>, readiness: Readiness, shutdown: Shutdown) {
     let Some(lease) = lease else {
         operator.metrics.set_leader(true);
-        return run_controllers(&operator, &readiness).await;
+        return run_controllers(&operator, &readiness, &shutdown).await;
     };
     readiness.mark_ready();
     let elector = LeaderElector::new(operator.client.clone(), lease, operator.clock.clone());
-    leader::run_elected(elector, operator.metrics.clone(), || async {
-        // Not ready while the new leader's watches sync; a standby again when this is dropped.
-        let _standby_again = ReadyOnDrop(readiness.clone());
-        readiness.set(false);
-        run_controllers(&operator, &readiness).await;
-    })
+    leader::run_elected(
+        elector,
+        operator.metrics.clone(),
+        || async {
+            // Not ready while the new leader's watches sync; a standby again when this is dropped.
+            let _standby_again = ReadyOnDrop(readiness.clone());
+            readiness.set(false);
+            run_controllers(&operator, &readiness, &shutdown).await;
+        },
+        shutdown.requested(),
+    )
     .await;
 }
 
+/// When to stop: on SIGINT or SIGTERM, listened for from the moment it is made. Every controller
+/// and the standby loop wait on this one listener: a controller's own handler would be registered
+/// only once it first runs, and miss a signal that came while it started.
+#[derive(Clone)]
+pub struct Shutdown {
+    requested: watch::Receiver<bool>,
+    /// Kept so that `never` never fires (a closed channel would read as a request).
+    sender: Arc<watch::Sender<bool>>,
+}
+
+impl Shutdown {
+    /// Listens for SIGINT and SIGTERM from now on.
+    pub fn on_signals() -> std::io::Result<Self> {
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let (sender, requested) = watch::channel(false);
+        let sender = Arc::new(sender);
+        let notify = sender.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = terminate.recv() => info!("SIGTERM: shutting down"),
+                _ = interrupt.recv() => info!("SIGINT: shutting down"),
+            }
+            notify.send_replace(true);
+        });
+        Ok(Shutdown { requested, sender })
+    }
+
+    /// One that is never requested, or only by [`Shutdown::request`] (tests).
+    pub fn never() -> Self {
+        let (sender, requested) = watch::channel(false);
+        Shutdown { requested, sender: Arc::new(sender) }
+    }
+
+    pub fn request(&self) {
+        self.sender.send_replace(true);
+    }
+
+    /// Completes once shutdown is requested.
+    pub fn requested(&self) -> impl Future<Output = ()> + Send + Sync + 'static {
+        let this = self.clone();
+        async move {
+            let mut requested = this.requested.clone();
+            let _ = requested.wait_for(|requested| *requested).await;
+        }
+    }
+}
+
 /// The three controllers, until shutdown; `readiness` turns ready once all three have synced.
-async fn run_controllers(operator: &Operator, readiness: &Readiness) {
+async fn run_controllers(operator: &Operator, readiness: &Readiness, shutdown: &Shutdown) {
     let synced = SyncedControllers::new(readiness.clone(), 3);
     let recorder = Recorder::new(operator.client.clone(), operator.reporter.clone());
     let subscriptions = subscription::controller::run(
@@ -65,6 +123,7 @@ async fn run_controllers(operator: &Operator, readiness: &Readiness) {
             workload: operator.outbox_relays.workload.clone(),
         },
         synced.callback(),
+        shutdown.requested(),
     );
     let topics = event_topic::controller::run(
         operator.client.clone(),
@@ -74,6 +133,7 @@ async fn run_controllers(operator: &Operator, readiness: &Readiness) {
         recorder.clone(),
         operator.event_topics.clone(),
         synced.callback(),
+        shutdown.requested(),
     );
     let relays = outbox_relay::controller::run(
         operator.client.clone(),
@@ -83,9 +143,30 @@ async fn run_controllers(operator: &Operator, readiness: &Readiness) {
         operator.relay_status.clone(),
         operator.outbox_relays.clone(),
         synced.callback(),
+        shutdown.requested(),
     );
-    tokio::join!(topics, subscriptions, relays);
+    let controllers = async {
+        tokio::join!(topics, subscriptions, relays);
+    };
+    let stopped_waiting = async {
+        shutdown.requested().await;
+        // kube's controller holds its runner until its store has synced, and a shutdown request
+        // stops its watch: one that had not synced may never finish. Nothing runs before every
+        // store synced, so then there is nothing to wait for.
+        if synced.all() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+            warn!("reconciles still running {SHUTDOWN_GRACE:?} after the shutdown request; stopping them");
+        }
+    };
+    tokio::select! {
+        () = controllers => {}
+        () = stopped_waiting => {}
+    }
 }
+
+/// How long reconciles in flight may take to finish after a shutdown request (the chart gives
+/// the pod 30 s).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Marks ready when dropped: a leader that stops leading is a standby, and standbys are ready.
 struct ReadyOnDrop(Readiness);
@@ -106,6 +187,11 @@ struct SyncedControllers {
 impl SyncedControllers {
     fn new(readiness: Readiness, controllers: usize) -> Self {
         SyncedControllers { readiness, pending: Arc::new(AtomicUsize::new(controllers)) }
+    }
+
+    /// Whether every controller has synced.
+    fn all(&self) -> bool {
+        self.pending.load(Ordering::Acquire) == 0
     }
 
     /// What one controller calls once synced.

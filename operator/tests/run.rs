@@ -77,3 +77,59 @@ async fn run_with_leader_election_takes_the_lease_and_says_it_leads() {
     let (_, metrics) = get(operator.address, "/metrics").await.expect("metrics answer");
     assert!(metrics.lines().any(|line| line == "tributary_leader 1"), "{metrics}");
 }
+
+/// Sends SIGTERM, as the kubelet does, and waits up to `within` for the process to exit (without
+/// blocking the runtime that serves the API server it talks to).
+async fn terminate(operator: &mut Operator, within: Duration) -> Option<std::process::ExitStatus> {
+    let pid = operator.child.id().to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
+    assert!(sent.success(), "SIGTERM sent to {pid}");
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = operator.child.try_wait().expect("waits") {
+            return Some(status);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+fn lease_holder(api: &FakeApiServer) -> Option<String> {
+    let leases = ResourceKey::new("coordination.k8s.io", "v1", "leases");
+    api.get(&leases, "tributary-system", "tributary-operator").and_then(|lease| lease["spec"]["holderIdentity"].as_str().map(str::to_owned))
+}
+
+async fn metric_line(operator: &Operator, line: &str, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok((_, metrics)) = get(operator.address, "/metrics").await {
+            if metrics.lines().any(|candidate| candidate == line) {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn sigterm_ends_a_leader_that_releases_the_lease_and_a_former_leader_standing_by() {
+    let api = FakeApiServer::start().await.expect("fake API server");
+    let fast = ["--lease-retry-period", "200ms"];
+    let mut leader = start_operator(&api, &fast, &[("POD_NAME", "operator-0"), ("POD_NAMESPACE", "tributary-system")]);
+    assert!(metric_line(&leader, "tributary_leader 1", Duration::from_secs(20)).await, "operator-0 never led");
+    let status = terminate(&mut leader, Duration::from_secs(10)).await.expect("the leader exits on SIGTERM");
+    assert!(status.success(), "{status}");
+    assert_eq!(lease_holder(&api), None, "the leader released the lease on its way out");
+
+    // A leader that lost the lease stands by; SIGTERM still ends it.
+    let mut former = start_operator(&api, &fast, &[("POD_NAME", "operator-1"), ("POD_NAMESPACE", "tributary-system")]);
+    assert!(metric_line(&former, "tributary_leader 1", Duration::from_secs(20)).await, "operator-1 never led");
+    let leases = ResourceKey::new("coordination.k8s.io", "v1", "leases");
+    let mut lease = api.get(&leases, "tributary-system", "tributary-operator").expect("lease");
+    lease["spec"]["holderIdentity"] = serde_json::json!("intruder");
+    api.put(&leases, lease);
+    assert!(metric_line(&former, "tributary_leader 0", Duration::from_secs(10)).await, "operator-1 kept leading");
+    let status = terminate(&mut former, Duration::from_secs(10)).await.expect("a standby exits on SIGTERM");
+    assert!(status.success(), "{status}");
+}

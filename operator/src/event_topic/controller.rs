@@ -100,6 +100,7 @@ pub async fn run(
     recorder: Recorder,
     settings: Settings,
     ready: impl FnOnce() + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let api: Api<DeserializeGuard<EventTopic>> = Api::all(client.clone());
     let controller = Controller::new(api, watcher::Config::default().any_semantic())
@@ -107,7 +108,7 @@ pub async fn run(
     let store = controller.store();
     controller_support::signal_when_synced(store.clone(), ready);
     let context = Arc::new(Context { client, admin, recorder, metrics, clock, store, claims: Mutex::default(), settings });
-    let results = controller.shutdown_on_signal().run(reconcile, error_policy, context);
+    let results = controller.graceful_shutdown_on(shutdown).run(reconcile, error_policy, context);
     controller_support::log_failures(results, "EventTopic").await;
 }
 

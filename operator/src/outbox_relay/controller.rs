@@ -103,6 +103,7 @@ pub async fn run(
     relay_status: Arc<dyn RelayStatusSource>,
     settings: Settings,
     ready: impl FnOnce() + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let api: RelayApi = Api::all(client.clone());
     let controller = Controller::new(api, watcher::Config::default().any_semantic())
@@ -121,7 +122,7 @@ pub async fn run(
         .watches(Api::<DeserializeGuard<EventTopic>>::all(client), watcher::Config::default().any_semantic(), move |topic| {
             relays_routing_to(&by_topic.state(), topic.namespace().as_deref(), &topic.name_any())
         })
-        .shutdown_on_signal()
+        .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context);
     controller_support::log_failures(results, "OutboxRelay").await;
 }

@@ -24,6 +24,7 @@ fn event_topics() -> ResourceKey {
 struct Instance {
     registry: Arc<Registry>,
     readiness: Readiness,
+    shutdown: Shutdown,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -52,8 +53,9 @@ impl Instance {
             ..LeaseSettings::new(NAMESPACE, identity)
         };
         let readiness = Readiness::default();
-        let task = tokio::spawn(run(operator, Some(lease), readiness.clone()));
-        Instance { registry: Arc::new(registry), readiness, task }
+        let shutdown = Shutdown::never();
+        let task = tokio::spawn(run(operator, Some(lease), readiness.clone(), shutdown.clone()));
+        Instance { registry: Arc::new(registry), readiness, shutdown, task }
     }
 
     /// EventTopic reconciles this instance has run.
@@ -121,5 +123,10 @@ async fn of_two_operators_only_the_leader_reconciles_and_the_standby_takes_over_
     assert!(killed.elapsed() < Duration::from_secs(4), "takeover took {:?} with a 2 s lease", killed.elapsed());
     assert!(second.reconciles() >= 1);
     assert!(admin.topic("shipments").is_some(), "the new leader created the Kafka topic");
-    second.task.abort();
+
+    // Shut down, the leader stops its controllers and hands the lease back.
+    second.shutdown.request();
+    tokio::time::timeout(Duration::from_secs(5), second.task).await.expect("stopped on request").expect("without panicking");
+    let lease = server.get(&ResourceKey::new("coordination.k8s.io", "v1", "leases"), NAMESPACE, "tributary-operator").expect("lease");
+    assert_eq!(lease["spec"]["holderIdentity"], serde_json::Value::Null, "released: {lease}");
 }

@@ -127,7 +127,11 @@ impl Context {
 }
 
 /// Runs the controller until shutdown is signalled.
-pub async fn run(deps: Dependencies, ready: impl FnOnce() + Send + 'static) {
+pub async fn run(
+    deps: Dependencies,
+    ready: impl FnOnce() + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let client = deps.client.clone();
     let subscriptions: Api<DeserializeGuard<Subscription>> = Api::all(client.clone());
     let controller = Controller::new(subscriptions, watcher::Config::default().any_semantic())
@@ -145,7 +149,7 @@ pub async fn run(deps: Dependencies, ready: impl FnOnce() + Send + 'static) {
             subscriptions_reading(&mapper_store.state(), &topic)
         });
     let context = Arc::new(Context::new(deps, store));
-    let results = controller.shutdown_on_signal().run(reconcile, error_policy, context);
+    let results = controller.graceful_shutdown_on(shutdown).run(reconcile, error_policy, context);
     controller_support::log_failures(results, "Subscription").await;
 }
 
