@@ -42,6 +42,13 @@ pub fn controller_config(concurrency: u16) -> kube::runtime::controller::Config 
     kube::runtime::controller::Config::default().concurrency(concurrency)
 }
 
+/// What the runtime gives each controller: whom to tell once its watch has synced, and when to
+/// stop (reconciles in flight finish first).
+pub struct Lifecycle<R, S> {
+    pub synced: R,
+    pub shutdown: S,
+}
+
 /// How often a waiter looks again whether a store has synced.
 const SYNC_POLL: Duration = Duration::from_millis(100);
 

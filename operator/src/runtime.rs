@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use tributary_common::server::Readiness;
 
 use crate::conditions::Clock;
+use crate::controller_support::Lifecycle;
 use crate::kafka::{ConsumerGroups, TopicAdmin};
 use crate::leader::{self, LeaderElector, LeaseSettings};
 use crate::metrics::Metrics;
@@ -122,8 +123,7 @@ async fn run_controllers(operator: &Operator, readiness: &Readiness, shutdown: &
             settings: operator.subscriptions.clone(),
             workload: operator.outbox_relays.workload.clone(),
         },
-        synced.callback(),
-        shutdown.requested(),
+        Lifecycle { synced: synced.callback(), shutdown: shutdown.requested() },
     );
     let topics = event_topic::controller::run(
         operator.client.clone(),
@@ -132,8 +132,7 @@ async fn run_controllers(operator: &Operator, readiness: &Readiness, shutdown: &
         operator.clock.clone(),
         recorder.clone(),
         operator.event_topics.clone(),
-        synced.callback(),
-        shutdown.requested(),
+        Lifecycle { synced: synced.callback(), shutdown: shutdown.requested() },
     );
     let relays = outbox_relay::controller::run(
         operator.client.clone(),
@@ -142,8 +141,7 @@ async fn run_controllers(operator: &Operator, readiness: &Readiness, shutdown: &
         recorder,
         operator.relay_status.clone(),
         operator.outbox_relays.clone(),
-        synced.callback(),
-        shutdown.requested(),
+        Lifecycle { synced: synced.callback(), shutdown: shutdown.requested() },
     );
     let controllers = async {
         tokio::join!(topics, subscriptions, relays);

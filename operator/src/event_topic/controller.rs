@@ -20,7 +20,7 @@ use super::status::{build_status, needs_patch, paused_status, reason, Outcome};
 use super::sync::{sync_topics, SyncMode};
 use crate::conditions::{Clock, Status};
 use crate::controller_support::{
-    self, has_finalizer, is_paused, object_name, publish, reconcile_guarded, set_finalizer, InvalidObjectReport, Reporting,
+    self, has_finalizer, is_paused, object_name, publish, reconcile_guarded, set_finalizer, InvalidObjectReport, Lifecycle, Reporting,
 };
 use crate::error::{Error, Result};
 use crate::kafka::{KafkaError, TopicAdmin};
@@ -99,16 +99,15 @@ pub async fn run(
     clock: Arc<dyn Clock>,
     recorder: Recorder,
     settings: Settings,
-    ready: impl FnOnce() + Send + 'static,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    lifecycle: Lifecycle<impl FnOnce() + Send + 'static, impl std::future::Future<Output = ()> + Send + Sync + 'static>,
 ) {
     let api: Api<DeserializeGuard<EventTopic>> = Api::all(client.clone());
     let controller = Controller::new(api, watcher::Config::default().any_semantic())
         .with_config(controller_support::controller_config(settings.concurrency));
     let store = controller.store();
-    controller_support::signal_when_synced(store.clone(), ready);
+    controller_support::signal_when_synced(store.clone(), lifecycle.synced);
     let context = Arc::new(Context { client, admin, recorder, metrics, clock, store, claims: Mutex::default(), settings });
-    let results = controller.graceful_shutdown_on(shutdown).run(reconcile, error_policy, context);
+    let results = controller.graceful_shutdown_on(lifecycle.shutdown).run(reconcile, error_policy, context);
     controller_support::log_failures(results, "EventTopic").await;
 }
 

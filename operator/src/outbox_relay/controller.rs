@@ -37,7 +37,7 @@ use super::resolve::{check_secret, get_deployment, lookup_topics, target_holder,
 use super::status::{build_status, paused_status, ready_reason, reason, recorded_target, Observation, Workload, READY};
 use crate::conditions::Clock;
 use crate::controller_support::{
-    self, has_finalizer, is_paused, object_name, publish, reconcile_guarded, set_finalizer, InvalidObjectReport, Reporting,
+    self, has_finalizer, is_paused, object_name, publish, reconcile_guarded, set_finalizer, InvalidObjectReport, Lifecycle, Reporting,
 };
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -102,14 +102,13 @@ pub async fn run(
     recorder: Recorder,
     relay_status: Arc<dyn RelayStatusSource>,
     settings: Settings,
-    ready: impl FnOnce() + Send + 'static,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    lifecycle: Lifecycle<impl FnOnce() + Send + 'static, impl std::future::Future<Output = ()> + Send + Sync + 'static>,
 ) {
     let api: RelayApi = Api::all(client.clone());
     let controller = Controller::new(api, watcher::Config::default().any_semantic())
         .with_config(controller_support::controller_config(settings.concurrency));
     let store = controller.store();
-    controller_support::signal_when_synced(store.clone(), ready);
+    controller_support::signal_when_synced(store.clone(), lifecycle.synced);
     let (by_target, by_topic) = (store.clone(), store.clone());
     let owned = watcher::Config::default().labels(&managed_deployments_selector()).any_semantic();
     let probe_schedule = ProbeSchedule::default();
@@ -122,7 +121,7 @@ pub async fn run(
         .watches(Api::<DeserializeGuard<EventTopic>>::all(client), watcher::Config::default().any_semantic(), move |topic| {
             relays_routing_to(&by_topic.state(), topic.namespace().as_deref(), &topic.name_any())
         })
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on(lifecycle.shutdown)
         .run(reconcile, error_policy, context);
     controller_support::log_failures(results, "OutboxRelay").await;
 }

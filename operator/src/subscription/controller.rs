@@ -33,7 +33,7 @@ use super::resolve::{self, DeadLetter, Workload};
 use super::scaler::{self, Decision, Policy};
 use super::status::{build_status, needs_patch, paused_status, reason, LagWrites, Outcome, Reconciled, Scaler};
 use crate::conditions::Clock;
-use crate::controller_support::{self, is_paused, object_name, publish, reconcile_guarded, InvalidObjectReport, Reporting};
+use crate::controller_support::{self, is_paused, object_name, publish, reconcile_guarded, InvalidObjectReport, Lifecycle, Reporting};
 use crate::error::{Error, Result};
 use crate::event_topic::sync::SyncMode;
 use crate::kafka::{ConsumerGroups, GroupLag, KafkaError, TopicAdmin, TopicSpec};
@@ -129,15 +129,14 @@ impl Context {
 /// Runs the controller until shutdown is signalled.
 pub async fn run(
     deps: Dependencies,
-    ready: impl FnOnce() + Send + 'static,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    lifecycle: Lifecycle<impl FnOnce() + Send + 'static, impl std::future::Future<Output = ()> + Send + Sync + 'static>,
 ) {
     let client = deps.client.clone();
     let subscriptions: Api<DeserializeGuard<Subscription>> = Api::all(client.clone());
     let controller = Controller::new(subscriptions, watcher::Config::default().any_semantic())
         .with_config(controller_support::controller_config(deps.settings.concurrency));
     let store = controller.store();
-    controller_support::signal_when_synced(store.clone(), ready);
+    controller_support::signal_when_synced(store.clone(), lifecycle.synced);
     let mapper_store = store.clone();
     // Only the operator's own children: they carry the Subscription label.
     let children = watcher::Config::default().labels(SUBSCRIPTION_LABEL);
@@ -149,7 +148,7 @@ pub async fn run(
             subscriptions_reading(&mapper_store.state(), &topic)
         });
     let context = Arc::new(Context::new(deps, store));
-    let results = controller.graceful_shutdown_on(shutdown).run(reconcile, error_policy, context);
+    let results = controller.graceful_shutdown_on(lifecycle.shutdown).run(reconcile, error_policy, context);
     controller_support::log_failures(results, "Subscription").await;
 }
 
