@@ -139,25 +139,8 @@ async fn only_one_candidate_leads_and_a_killed_leader_is_replaced_within_the_lea
         retry_period: Duration::from_millis(200),
         ..LeaseSettings::new(NAMESPACE, identity)
     };
-    let leading = Arc::new(AtomicUsize::new(0));
-    let overlap = Arc::new(AtomicUsize::new(0));
-    let spawn = |identity: &str| {
-        let elector = LeaderElector::new(server.client(), short(identity), Arc::new(crate::conditions::SystemClock));
-        let metrics = Arc::new(Metrics::register(&mut Registry::default()));
-        let (leading, overlap) = (leading.clone(), overlap.clone());
-        tokio::spawn(run_elected(
-            elector,
-            metrics,
-            move || {
-                let (leading, overlap) = (leading.clone(), overlap.clone());
-                async move {
-                    let _counted = Leading::enter(&leading, &overlap);
-                    std::future::pending::<()>().await;
-                }
-            },
-            std::future::pending(),
-        ))
-    };
+    let counter = LeadingCounter::default();
+    let spawn = |identity: &str| counter.spawn(server.client(), short(identity), &mut Registry::default());
     let a = spawn("a");
     wait_until(|| holder(&server).as_deref() == Some("a"), Duration::from_secs(5)).await;
     let b = spawn("b");
@@ -171,7 +154,7 @@ async fn only_one_candidate_leads_and_a_killed_leader_is_replaced_within_the_lea
     // The lease duration, counted from the standby's last sight of a renewal (up to one retry
     // after it), plus a retry to notice, plus slack for a loaded machine.
     assert!(took <= Duration::from_millis(3500), "took over after {took:?} with a 2 s lease and 200 ms retries");
-    assert_eq!(overlap.load(Ordering::SeqCst), 0, "two candidates led at once");
+    assert_eq!(counter.overlap.load(Ordering::SeqCst), 0, "two candidates led at once");
     b.abort();
 }
 
@@ -179,24 +162,10 @@ async fn only_one_candidate_leads_and_a_killed_leader_is_replaced_within_the_lea
 async fn a_leader_that_finds_another_holder_stops_leading_within_a_retry_period() {
     let server = FakeApiServer::start().await.expect("fake API server");
     let settings = LeaseSettings { retry_period: Duration::from_millis(100), ..LeaseSettings::new(NAMESPACE, "a") };
-    let elector = LeaderElector::new(server.client(), settings, Arc::new(crate::conditions::SystemClock));
     let mut registry = Registry::default();
-    let metrics = Arc::new(Metrics::register(&mut registry));
-    let (leading, overlap) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let inside = leading.clone();
-    let task = tokio::spawn(run_elected(
-        elector,
-        metrics,
-        move || {
-            let (leading, overlap) = (inside.clone(), overlap.clone());
-            async move {
-                let _counted = Leading::enter(&leading, &overlap);
-                std::future::pending::<()>().await;
-            }
-        },
-        std::future::pending(),
-    ));
-    wait_until(|| leading.load(Ordering::SeqCst) == 1, Duration::from_secs(5)).await;
+    let counter = LeadingCounter::default();
+    let task = counter.spawn(server.client(), settings, &mut registry);
+    wait_until(|| counter.leading.load(Ordering::SeqCst) == 1, Duration::from_secs(5)).await;
 
     // Someone else takes the lease (e.g. after this leader was paused past its lease).
     let mut lease = server.get(&leases(), NAMESPACE, "tributary-operator").expect("lease");
@@ -204,7 +173,7 @@ async fn a_leader_that_finds_another_holder_stops_leading_within_a_retry_period(
     lease["spec"]["renewTime"] = json!(Timestamp::now().to_string());
     server.put(&leases(), lease);
     // One retry period (100 ms) is enough; the rest is slack for a loaded machine.
-    wait_until(|| leading.load(Ordering::SeqCst) == 0, Duration::from_secs(2)).await;
+    wait_until(|| counter.leading.load(Ordering::SeqCst) == 0, Duration::from_secs(2)).await;
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).expect("renders");
     assert!(text.lines().any(|line| line == "tributary_leader 0"), "{text}");
@@ -231,12 +200,30 @@ async fn a_standby_stops_when_told_to_shut_down() {
 /// Counts the candidates inside `lead`; notes when there were two.
 struct Leading(Arc<AtomicUsize>);
 
-impl Leading {
-    fn enter(leading: &Arc<AtomicUsize>, overlap: &Arc<AtomicUsize>) -> Self {
-        if leading.fetch_add(1, Ordering::SeqCst) > 0 {
-            overlap.fetch_add(1, Ordering::SeqCst);
-        }
-        Leading(leading.clone())
+/// Candidates that count themselves while they lead.
+#[derive(Clone, Default)]
+struct LeadingCounter {
+    leading: Arc<AtomicUsize>,
+    overlap: Arc<AtomicUsize>,
+}
+
+impl LeadingCounter {
+    /// A candidate running the election loop with the real clock, leading until aborted.
+    fn spawn(&self, client: kube::Client, settings: LeaseSettings, registry: &mut Registry) -> tokio::task::JoinHandle<()> {
+        let elector = LeaderElector::new(client, settings, Arc::new(crate::conditions::SystemClock));
+        let metrics = Arc::new(Metrics::register(registry));
+        let counter = self.clone();
+        let lead = move || {
+            let counter = counter.clone();
+            async move {
+                if counter.leading.fetch_add(1, Ordering::SeqCst) > 0 {
+                    counter.overlap.fetch_add(1, Ordering::SeqCst);
+                }
+                let _counted = Leading(counter.leading.clone());
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::spawn(run_elected(elector, metrics, lead, std::future::pending()))
     }
 }
 
