@@ -108,13 +108,7 @@ mod tests {
     use super::*;
 
     async fn get_text(address: SocketAddr, path: &str) -> (u16, String) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(address).await.expect("connects");
-        stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.expect("writes");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.expect("reads");
-        let status = response[9..12].parse().expect("status code");
-        (status, response)
+        tributary_testkit::http::get(address, path).await.expect("answers")
     }
 
     #[tokio::test]

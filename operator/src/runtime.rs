@@ -61,12 +61,13 @@ pub async fn run(operator: Operator, lease: Option<LeaseSettings>, readiness: Re
 }
 
 /// When to stop: on SIGINT or SIGTERM, listened for from the moment it is made. Every controller
-/// and the standby loop wait on this one listener: a controller's own handler would be registered
-/// only once it first runs, and miss a signal that came while it started.
+/// and the standby loop wait on this one listener. kube's per-controller handlers
+/// (`shutdown_on_signal`) stay installed after their controller is dropped, so a leader that lost
+/// the Lease and stands by would swallow SIGTERM and never exit.
 #[derive(Clone)]
 pub struct Shutdown {
     requested: watch::Receiver<bool>,
-    /// Kept so that `never` never fires (a closed channel would read as a request).
+    /// Held by every copy: a closed channel would read as a request.
     sender: Arc<watch::Sender<bool>>,
 }
 

@@ -139,12 +139,6 @@ impl FakeApiServer {
         self.shared.lock().objects.get(&(resource.clone(), namespace.to_owned(), name.to_owned())).cloned()
     }
 
-    /// Every object of a collection, in all namespaces.
-    pub fn list(&self, resource: &ResourceKey) -> Vec<Value> {
-        let store = self.shared.lock();
-        store.objects.iter().filter(|((kind, _, _), _)| kind == resource).map(|(_, object)| object.clone()).collect()
-    }
-
     /// How many objects of a collection `matches`, without copying them.
     pub fn count(&self, resource: &ResourceKey, mut matches: impl FnMut(&Value) -> bool) -> usize {
         let store = self.shared.lock();

@@ -481,17 +481,7 @@ pub fn signal(pid: u32, name: &str) {
 }
 
 async fn http_get(address: SocketAddr, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let request = async {
-        let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
-        stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.ok()?;
-        let status = response.split(' ').nth(1)?.parse().ok()?;
-        let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
-        Some((status, body))
-    };
-    tokio::time::timeout(Duration::from_secs(2), request).await.ok().flatten()
+    tokio::time::timeout(Duration::from_secs(2), tributary_testkit::http::get(address, path)).await.ok()?.ok()
 }
 
 pub async fn http_status(address: SocketAddr, path: &str) -> Option<u16> {
