@@ -41,7 +41,8 @@ log "topics now in the broker:"
 import json, sys
 topics = json.load(sys.stdin)
 for t in sorted(topics, key=lambda t: t["name"]):
-    print("  %s  (%d partitions)" % (t["name"], len(t["partitions"])))
+    n = len(t["partitions"])
+    print("  %s  (%d partition%s)" % (t["name"], n, "" if n == 1 else "s"))
 if not topics:
     print("  (none)")
 '
