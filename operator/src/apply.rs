@@ -23,15 +23,16 @@ use tributary_api::{EventTopic, EventTopicStatus, OutboxRelay, Subscription};
 
 use crate::event_topic::conflict::older_claims;
 use crate::event_topic::controller::reconcile_kafka;
-use crate::event_topic::status::{build_status, Outcome, READY};
-use crate::event_topic::sync::{SyncMode, TopicReport};
-use crate::kafka::{KafkaError, TopicAdmin, TopicLayout, TopicSpec, TopicState};
-use crate::outbox_relay::desired::{relay_workload, PlacementKind, RelayWorkload};
+use crate::event_topic::status::{build_status, Outcome};
+use crate::event_topic::sync::TopicReport;
+use crate::kafka::{KafkaError, SyncMode, TopicAdmin, TopicLayout, TopicSpec, TopicState};
+use crate::outbox_relay::desired::{PlacementKind, RelayWorkload};
+use crate::outbox_relay::plan::desired_workload;
 use crate::outbox_relay::resolve::{resolve_routes, validate, SecretCheck, TopicLookup};
 use crate::outbox_relay::status::{self as relay_status, Observation, Workload};
-use crate::subscription::controller::ensure_dead_letter_topic;
-use crate::subscription::desired;
-use crate::subscription::resolve::{self, DeadLetter};
+use crate::subscription::kafka::ensure_dead_letter_topic;
+use crate::subscription::plan::{self, Blocked, Replicas};
+use crate::subscription::resolve::DeadLetter;
 use crate::subscription::scaler::Policy;
 use crate::workload::WorkloadSettings;
 
@@ -206,7 +207,7 @@ pub struct TopicResult {
 
 impl TopicResult {
     pub fn is_ready(&self) -> bool {
-        self.status.conditions.iter().any(|condition| condition.type_ == READY && condition.status == "True")
+        crate::event_topic::status::is_ready(Some(&self.status))
     }
 }
 
@@ -324,31 +325,27 @@ async fn apply_subscription(
             (reference.name.clone(), found.map(|topic| DeserializeGuard(Ok(topic.clone()))))
         })
         .collect();
-    let resolved = match resolve::resolve_topics(&fetched) {
-        Ok(resolved) => resolved,
-        Err(problem) => return not_applied(format!("its EventTopics must be in the input and Ready: {problem}")),
-    };
-    if let Some(owner) = resolve::find_group_conflict(subscription, all) {
-        return not_applied(format!("consumer group {:?} belongs to Subscription {owner}", subscription.consumer_group()));
-    }
-    let workload = match resolve::workload(subscription, resolved) {
+    let workload = match plan::workload(subscription, &fetched, all) {
         Ok(workload) => workload,
-        Err(invalid) => return not_applied(invalid.to_string()),
+        Err(Blocked::Topics(problem)) => return not_applied(format!("its EventTopics must be in the input and Ready: {problem}")),
+        Err(Blocked::GroupTaken { owner }) => {
+            return not_applied(format!("consumer group {:?} belongs to Subscription {owner}", subscription.consumer_group()))
+        }
+        Err(Blocked::Invalid(invalid)) => return not_applied(invalid.to_string()),
     };
     let dead_letter_created = match ensure_dead_letter_topic(admin, &workload.dead_letter, mode).await {
         Ok(created) => created,
         Err(error) => return not_applied(format!("cannot create the dead-letter topic {:?}: {error}", workload.dead_letter.topic)),
     };
-    let engine = if subscription.spec.scaling.engine == ScalingEngine::Keda { ScalingEngine::Keda } else { ScalingEngine::Builtin };
-    let replicas = (engine == ScalingEngine::Builtin).then(|| Policy::new(&subscription.spec.scaling, workload.cooldown).initial());
-    let mut objects = vec![
-        serde_json::to_value(desired::config_map(&workload, settings)),
-        serde_json::to_value(desired::deployment(&workload, settings, replicas)),
-    ];
-    if engine == ScalingEngine::Keda {
-        objects.push(serde_json::to_value(desired::scaled_object(&workload, settings, false)));
-    }
-    match objects.into_iter().collect::<Result<Vec<_>, _>>() {
+    let (engine, replicas) = match subscription.spec.scaling.engine {
+        ScalingEngine::Keda => (ScalingEngine::Keda, Replicas::Keda { hold_at_zero: false }),
+        _ => (ScalingEngine::Builtin, Replicas::Builtin(Policy::new(&subscription.spec.scaling, workload.cooldown).initial())),
+    };
+    let children = plan::children(&workload, settings, replicas);
+    let objects = [serde_json::to_value(children.config_map), serde_json::to_value(children.deployment)]
+        .into_iter()
+        .chain(children.scaled_object.map(serde_json::to_value));
+    match objects.collect::<Result<Vec<_>, _>>() {
         Ok(objects) => SubscriptionOutcome::Applied { engine, dead_letter: workload.dead_letter.clone(), dead_letter_created, objects },
         Err(error) => not_applied(format!("cannot render its objects: {error}")),
     }
@@ -516,9 +513,9 @@ pub fn plan_outbox_relays(relays: &[OutboxRelay], topics: &[TopicResult], settin
                 ready_relays: None,
                 report: None,
             };
-            let workload = match observation.routes_to_apply() {
-                // Offline the target's pods are unknown: the sidecar as it joins a pod that sets no user.
-                Some(routes) => Ok(relay_workload(relay, routes, settings, None)),
+            // Offline the target's pods are unknown: the sidecar as it joins a pod that sets no user.
+            let workload = match desired_workload(relay, &observation, settings, None) {
+                Some(workload) => Ok(workload),
                 None => {
                     let status = relay_status::build_status(relay, &observation, now);
                     let ready = crate::conditions::find(&status.conditions, relay_status::READY);

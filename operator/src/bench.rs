@@ -10,7 +10,7 @@ use tributary_api::{EventTopic, EventTopicSpec};
 
 use crate::event_topic::controller::reconcile_kafka;
 use crate::event_topic::status::build_status;
-use crate::event_topic::sync::SyncMode;
+use crate::kafka::SyncMode;
 use crate::kafka::TopicAdmin;
 
 /// What one benchmark run measured.

@@ -12,8 +12,9 @@ use kube::runtime::events::Reporter;
 use prometheus_client::registry::Registry;
 
 use crate::apply;
-use crate::conditions::{Clock, SystemClock};
-use crate::event_topic::{self, sync::SyncMode};
+use crate::clock::{Clock, SystemClock};
+use crate::event_topic;
+use crate::kafka::SyncMode;
 use crate::kafka::{KafkaConnection, RdKafkaTopicAdmin, TopicAdmin};
 use crate::leader::LeaseSettings;
 use crate::metrics::Metrics;
@@ -279,7 +280,7 @@ async fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
             scale_interval: args.scale_interval,
             resync_interval: args.resync_interval,
             concurrency: args.max_concurrent_reconciles,
-            ..subscription::Settings::default()
+            ..subscription::Settings::new(workload.clone())
         },
         outbox_relays: outbox_relay::Settings { concurrency: args.max_concurrent_reconciles, ..outbox_relay::Settings::new(workload) },
     };

@@ -1,8 +1,7 @@
 //! Status conditions as Kubernetes API conventions describe them (including the one every
-//! pausable object shows while paused), the clock they are stamped with (replaceable, so tests can
-//! fix time), and how often a status that only refreshes a timestamp is written.
+//! pausable object shows while paused), and how often a status that only refreshes a timestamp is
+//! written.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -11,42 +10,6 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 /// Condition type and reason of an object whose reconciliation is paused.
 pub const RECONCILIATION_PAUSED: &str = "ReconciliationPaused";
 pub const PAUSED: &str = "Paused";
-
-/// Where "now" comes from.
-pub trait Clock: Send + Sync {
-    fn now(&self) -> Timestamp;
-}
-
-/// The real clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Timestamp {
-        Timestamp::now()
-    }
-}
-
-/// A clock that stands still until moved; for tests.
-#[derive(Debug)]
-pub struct FixedClock(Mutex<Timestamp>);
-
-impl FixedClock {
-    pub fn new(now: Timestamp) -> Self {
-        FixedClock(Mutex::new(now))
-    }
-
-    pub fn advance(&self, by: std::time::Duration) {
-        let mut now = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        *now = now.checked_add(k8s_openapi::jiff::SignedDuration::try_from(by).unwrap_or_default()).unwrap_or(*now);
-    }
-}
-
-impl Clock for FixedClock {
-    fn now(&self) -> Timestamp {
-        *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
 
 /// Condition status values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,13 +157,5 @@ mod tests {
         assert!(refresh_due(Some(&first), Some(&later), interval));
         assert!(refresh_due(None, Some(&first), interval), "appears at once");
         assert!(refresh_due(Some(&first), None, interval), "goes at once");
-    }
-
-    #[test]
-    fn fixed_clock_moves_only_when_advanced() {
-        let clock = FixedClock::new(at(10));
-        assert_eq!(clock.now(), at(10));
-        clock.advance(std::time::Duration::from_secs(5));
-        assert_eq!(clock.now(), at(15));
     }
 }

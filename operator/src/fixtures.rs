@@ -1,6 +1,7 @@
 //! Test fixtures: a mock Kubernetes API server for controller tests (the kube-rs `tower-test`
 //! pattern: the test scripts the requests a reconcile must make, in order, and answers each one),
-//! what those tests share about objects and status patches, and the address of the test broker.
+//! the one way every such test builds a controller's context ([`Shared::test`], [`Harness`]), what
+//! those tests share about objects and status patches, and the address of the test broker.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,11 +13,61 @@ use k8s_openapi::jiff::Timestamp;
 use kube::client::Body;
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::Action;
+use kube::runtime::events::Reporter;
+use kube::runtime::reflector::{self, store::Writer, Store};
+use kube::runtime::watcher;
 use kube::{Client, Resource};
+use prometheus_client::registry::Registry;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::controller_support::Watched;
+use crate::clock::FixedClock;
+use crate::controller_support::{self, Reconciler, Shared};
+use crate::metrics::Metrics;
+
+/// The time every controller test starts at (seconds since the epoch).
+pub const NOW: i64 = 1_800_000_000;
+
+impl Shared {
+    /// What every mock-API controller test runs with: a client of a fresh mock API server, a
+    /// clock standing at [`NOW`] and metrics of their own.
+    pub fn test() -> (Shared, ApiServerVerifier, Arc<FixedClock>) {
+        let (client, verifier) = mock_client();
+        let clock = Arc::new(FixedClock::new(Timestamp::from_second(NOW).expect("timestamp")));
+        let reporter = Reporter { controller: crate::FIELD_MANAGER.into(), instance: None };
+        let shared = Shared::new(client, reporter, Arc::new(Metrics::register(&mut Registry::default())), clock.clone());
+        (shared, verifier, clock)
+    }
+}
+
+/// A controller's context as a mock-API test drives it: reconciles through the same guarded
+/// opening as the controller, a store the test fills as the watch would, the clock, and the test
+/// doubles (`fakes`) the context was built with.
+pub struct Harness<R: Reconciler, F = ()> {
+    pub context: Arc<R>,
+    pub fakes: F,
+    pub clock: Arc<FixedClock>,
+    store: Writer<DeserializeGuard<R::Object>>,
+}
+
+impl<R: Reconciler, F> Harness<R, F> {
+    /// `build` makes the context (and its test doubles) from [`Shared::test`] and the store.
+    pub fn new(build: impl FnOnce(Shared, Store<DeserializeGuard<R::Object>>) -> (R, F)) -> (Self, ApiServerVerifier) {
+        let (shared, verifier, clock) = Shared::test();
+        let (store, writer) = reflector::store();
+        let (context, fakes) = build(shared, store);
+        (Harness { context: Arc::new(context), fakes, clock, store: writer }, verifier)
+    }
+
+    /// Makes `object` known to the controller's cluster-wide store, as the watch would.
+    pub fn seen(&mut self, object: &R::Object) {
+        self.store.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(object.clone()))));
+    }
+
+    pub async fn reconcile(&self, object: &R::Object) -> crate::error::Result<Action> {
+        controller_support::reconcile(Arc::new(DeserializeGuard(Ok(object.clone()))), self.context.clone()).await
+    }
+}
 
 type ApiServerHandle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
@@ -143,16 +194,16 @@ pub fn condition<'a>(status_patch: &'a Value, type_: &str) -> (&'a str, &'a str)
 /// Reconciles an object that does not match the schema (`manifest`) and checks that it is
 /// reported, not failed: a warning Event with `reason`, then a status patch at `status_path` whose
 /// Ready condition says so at the object's generation, and nothing else.
-pub async fn assert_malformed_object_reported<K: Watched>(
+pub async fn assert_malformed_object_reported<R: Reconciler, F>(
+    harness: &Harness<R, F>,
     mut api: ApiServerVerifier,
     manifest: Value,
     status_path: &str,
     reason: &'static str,
-    reconcile: impl AsyncFnOnce(Arc<DeserializeGuard<K>>) -> crate::error::Result<Action>,
 ) {
     let namespace = manifest["metadata"]["namespace"].as_str().expect("a namespace").to_owned();
     let generation = manifest["metadata"]["generation"].clone();
-    let guard: DeserializeGuard<K> = serde_json::from_value(manifest).expect("a guard always deserializes");
+    let guard: DeserializeGuard<R::Object> = serde_json::from_value(manifest).expect("a guard always deserializes");
     assert!(guard.0.is_err(), "the manifest must not parse");
     let status_path = status_path.to_owned();
     let scenario = tokio::spawn(async move {
@@ -163,7 +214,8 @@ pub async fn assert_malformed_object_reported<K: Watched>(
         assert_eq!(status.body["status"]["observedGeneration"], generation);
         api.expect_no_more_requests().await;
     });
-    assert_eq!(reconcile(Arc::new(guard)).await.expect("reported, not failed"), Action::await_change());
+    let reconciled = controller_support::reconcile(Arc::new(guard), harness.context.clone()).await;
+    assert_eq!(reconciled.expect("reported, not failed"), Action::await_change());
     scenario.await.expect("scenario ran");
 }
 

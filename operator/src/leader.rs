@@ -26,7 +26,7 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 use tracing::{info, warn};
 
-use crate::conditions::Clock;
+use crate::clock::Clock;
 use crate::metrics::Metrics;
 
 /// Timing and identity of one candidate.

@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod bench;
 pub mod cli;
+pub mod clock;
 pub mod conditions;
 pub mod controller_support;
 pub mod crdgen;
@@ -18,6 +19,7 @@ pub mod metrics;
 pub mod outbox_relay;
 pub mod pod_security;
 pub mod runtime;
+pub mod seniority;
 pub mod subscription;
 pub mod workload;
 

@@ -7,15 +7,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::Client;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tracing::{info, warn};
 use tributary_common::server::Readiness;
 
-use crate::conditions::Clock;
-use crate::controller_support::Lifecycle;
+use crate::clock::Clock;
+use crate::controller_support::{Lifecycle, Shared};
 use crate::kafka::{ConsumerGroups, TopicAdmin};
 use crate::leader::{self, LeaderElector, LeaseSettings};
 use crate::metrics::Metrics;
@@ -112,38 +112,17 @@ impl Shutdown {
 /// The three controllers, until shutdown; `readiness` turns ready once all three have synced.
 async fn run_controllers(operator: &Operator, readiness: &Readiness, shutdown: &Shutdown) {
     let synced = SyncedControllers::new(readiness.clone(), 3);
-    let recorder = Recorder::new(operator.client.clone(), operator.reporter.clone());
+    let shared = Shared::new(operator.client.clone(), operator.reporter.clone(), operator.metrics.clone(), operator.clock.clone());
+    let lifecycle = || Lifecycle { synced: synced.callback(), shutdown: shutdown.requested() };
+    let topics = event_topic::controller::run(shared.clone(), operator.admin.clone(), operator.event_topics.clone(), lifecycle());
     let subscriptions = subscription::controller::run(
-        subscription::Dependencies {
-            client: operator.client.clone(),
-            admin: operator.admin.clone(),
-            groups: operator.groups.clone(),
-            recorder: recorder.clone(),
-            metrics: operator.metrics.clone(),
-            clock: operator.clock.clone(),
-            settings: operator.subscriptions.clone(),
-            workload: operator.outbox_relays.workload.clone(),
-        },
-        Lifecycle { synced: synced.callback(), shutdown: shutdown.requested() },
-    );
-    let topics = event_topic::controller::run(
-        operator.client.clone(),
+        shared.clone(),
         operator.admin.clone(),
-        operator.metrics.clone(),
-        operator.clock.clone(),
-        recorder.clone(),
-        operator.event_topics.clone(),
-        Lifecycle { synced: synced.callback(), shutdown: shutdown.requested() },
+        operator.groups.clone(),
+        operator.subscriptions.clone(),
+        lifecycle(),
     );
-    let relays = outbox_relay::controller::run(
-        operator.client.clone(),
-        operator.metrics.clone(),
-        operator.clock.clone(),
-        recorder,
-        operator.relay_status.clone(),
-        operator.outbox_relays.clone(),
-        Lifecycle { synced: synced.callback(), shutdown: shutdown.requested() },
-    );
+    let relays = outbox_relay::controller::run(shared, operator.relay_status.clone(), operator.outbox_relays.clone(), lifecycle());
     let controllers = async {
         tokio::join!(topics, subscriptions, relays);
     };

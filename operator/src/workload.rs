@@ -6,9 +6,9 @@
 //! workload the same way.
 
 use k8s_openapi::api::core::v1::{EnvVar, Secret, SecretVolumeSource, Volume, VolumeMount};
-use kube::Api;
 
-use crate::error::{Error, Result};
+use crate::controller_support::Shared;
+use crate::error::Result;
 
 /// Where the workload Kafka properties Secret is mounted.
 pub const KAFKA_PROPERTIES_DIR: &str = "/etc/tributary/kafka";
@@ -54,26 +54,16 @@ impl SecretCheck {
 }
 
 /// Whether Secret `name` in `namespace` exists and holds `key`.
-pub async fn check_secret_key(client: &kube::Client, namespace: &str, name: &str, key: &str, object: &str) -> Result<SecretCheck> {
-    let secret = Api::<Secret>::namespaced(client.clone(), namespace).get_opt(name).await.map_err(|source| Error::Kube {
-        operation: "Secret lookup",
-        object: object.to_owned(),
-        source,
-    })?;
-    Ok(SecretCheck::of(secret.as_ref(), key))
+pub async fn check_secret_key(shared: &Shared, namespace: &str, name: &str, key: &str) -> Result<SecretCheck> {
+    Ok(SecretCheck::of(shared.get::<Secret>(namespace, name).await?.as_ref(), key))
 }
 
 /// Why the workload Kafka properties Secret cannot be mounted in `namespace`, if it cannot: a pod
 /// whose Secret volume is missing does not start. `None` also when the operator has no such
 /// Secret.
-pub async fn kafka_secret_problem(
-    settings: &WorkloadSettings,
-    client: &kube::Client,
-    namespace: &str,
-    object: &str,
-) -> Result<Option<String>> {
+pub async fn kafka_secret_problem(settings: &WorkloadSettings, shared: &Shared, namespace: &str) -> Result<Option<String>> {
     let Some(name) = &settings.kafka_properties_secret else { return Ok(None) };
-    let problem = match check_secret_key(client, namespace, name, KAFKA_PROPERTIES_KEY, object).await? {
+    let problem = match check_secret_key(shared, namespace, name, KAFKA_PROPERTIES_KEY).await? {
         SecretCheck::Found => return Ok(None),
         SecretCheck::Missing => "does not exist in this namespace",
         SecretCheck::KeyMissing => "has no key kafka.properties",

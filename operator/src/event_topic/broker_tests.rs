@@ -8,21 +8,14 @@ use std::sync::Arc;
 use http::Method;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::core::error_boundary::DeserializeGuard;
-use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector;
-use prometheus_client::registry::Registry;
 use serde_json::json;
 use tributary_api::EventTopic;
 
-use super::controller::{reconcile, reconcile_kafka, Context, Settings, FINALIZER};
+use super::controller::{reconcile_kafka, Context, Settings, FINALIZER};
 use super::status::{build_status, reason, Outcome, READY};
-use super::sync::SyncMode;
 use super::test_support::event_topic;
-use crate::conditions::FixedClock;
-use crate::fixtures::{mock_client, test_bootstrap_servers, unique_name as unique};
-use crate::kafka::{KafkaConnection, RdKafkaTopicAdmin, TopicAdmin, TopicSpec};
-use crate::metrics::Metrics;
+use crate::fixtures::{test_bootstrap_servers, unique_name as unique, ApiServerVerifier, Harness, NOW};
+use crate::kafka::{KafkaConnection, RdKafkaTopicAdmin, SyncMode, TopicAdmin, TopicSpec};
 
 fn broker() -> Option<RdKafkaTopicAdmin> {
     test_bootstrap_servers().map(|servers| RdKafkaTopicAdmin::connect(&KafkaConnection::new(servers)).expect("admin client"))
@@ -145,26 +138,14 @@ async fn invalid_config_key_is_reported_and_nothing_is_created() {
     assert_eq!(admin.describe_topic(&name).await.expect("describe"), None, "nothing half-applied");
 }
 
-/// Context for a reconcile with a mock API server but the real broker.
-fn context_with_broker(admin: RdKafkaTopicAdmin) -> (Arc<Context>, crate::fixtures::ApiServerVerifier) {
-    let (client, verifier) = mock_client();
-    let (store, _writer) = reflector::store();
-    let context = Context {
-        client: client.clone(),
-        admin: Arc::new(admin),
-        recorder: Recorder::new(client, Reporter { controller: crate::FIELD_MANAGER.into(), instance: None }),
-        metrics: Arc::new(Metrics::register(&mut Registry::default())),
-        clock: Arc::new(FixedClock::new(Timestamp::now())),
-        store,
-        claims: Default::default(),
-        settings: Settings::default(),
-    };
-    (Arc::new(context), verifier)
+/// The controller's context with a mock API server but the real broker.
+fn harness_with_broker(admin: RdKafkaTopicAdmin) -> (Harness<Context>, ApiServerVerifier) {
+    Harness::new(|shared, store| (Context::new(shared, Arc::new(admin), store, Settings::default()), ()))
 }
 
 fn being_deleted(mut topic: EventTopic, with_finalizer: bool) -> EventTopic {
     topic.metadata.generation = Some(1);
-    topic.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+    topic.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(NOW).expect("timestamp")));
     if with_finalizer {
         topic.metadata.finalizers = Some(vec![FINALIZER.into()]);
     }
@@ -179,14 +160,14 @@ async fn delete_policy_removes_the_kafka_topics_on_deletion() {
     sync(&admin, &topic).await;
     assert!(admin.describe_topic(&format!("{name}.dlq")).await.expect("describe").is_some());
 
-    let (context, mut api) = context_with_broker(broker().expect("broker"));
+    let (harness, mut api) = harness_with_broker(broker().expect("broker"));
     let deleted = being_deleted(topic, true);
     let response = serde_json::to_value(&deleted).expect("serializes");
     let scenario = tokio::spawn(async move {
         let patch = api.expect(Method::PATCH, "/apis/tributary.dev/v1alpha1/namespaces/default/eventtopics/it", response).await;
         assert_eq!(patch.body["metadata"]["finalizers"], json!([]));
     });
-    reconcile(Arc::new(DeserializeGuard(Ok(deleted))), context).await.expect("finalized");
+    harness.reconcile(&deleted).await.expect("finalized");
     scenario.await.expect("scenario ran");
     assert_eq!(admin.describe_topic(&name).await.expect("describe"), None);
     assert_eq!(admin.describe_topic(&format!("{name}.dlq")).await.expect("describe"), None);
@@ -199,8 +180,8 @@ async fn retain_policy_leaves_the_kafka_topic_on_deletion() {
     let topic = topic_with(&name, "deletionPolicy: Retain");
     sync(&admin, &topic).await;
 
-    let (context, api) = context_with_broker(broker().expect("broker"));
-    reconcile(Arc::new(DeserializeGuard(Ok(being_deleted(topic, false)))), context).await.expect("nothing to finalize");
+    let (harness, api) = harness_with_broker(broker().expect("broker"));
+    harness.reconcile(&being_deleted(topic, false)).await.expect("nothing to finalize");
     api.expect_no_more_requests().await;
     assert!(admin.describe_topic(&name).await.expect("describe").is_some(), "Retain keeps the topic");
 }

@@ -4,8 +4,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use k8s_openapi::jiff::Timestamp;
 use tributary_api::EventTopic;
+
+use crate::seniority;
 
 /// A Kafka topic this EventTopic claims that an older EventTopic claims too.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,9 +30,9 @@ fn key_of(topic: &EventTopic) -> ObjectKey {
     (topic.metadata.namespace.clone().unwrap_or_default(), topic.metadata.name.clone().unwrap_or_default())
 }
 
-/// Older first; no creation timestamp (not yet stored by the apiserver) sorts last; then the
-/// order in which the index first saw the object (a file's order for the offline `apply`).
-type Seniority = (bool, Option<Timestamp>, usize);
+/// Ties broken by the order in which the index first saw the object (a file's order for the
+/// offline `apply`).
+type Seniority = seniority::Seniority<usize>;
 
 #[derive(Debug)]
 struct Entry {
@@ -66,15 +67,14 @@ impl ClaimIndex {
         let key = key_of(topic);
         let uid = topic.metadata.uid.clone();
         let position = match self.objects.get(&key) {
-            Some(entry) if entry.uid == uid => entry.seniority.2,
+            Some(entry) if entry.uid == uid => *entry.seniority.tiebreak(),
             _ => {
                 self.seen += 1;
                 self.seen
             }
         };
         self.forget(&key);
-        let created = topic.metadata.creation_timestamp.as_ref().map(|time| time.0);
-        let seniority = (created.is_none(), created, position);
+        let seniority = Seniority::of(&topic.metadata, position);
         let claims = claims(topic);
         for claim in &claims {
             self.topics.entry(claim.clone()).or_default().insert((seniority, key.clone()));

@@ -7,60 +7,21 @@ use std::time::Duration;
 use http::Method;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, store::Writer};
-use kube::runtime::watcher;
-use prometheus_client::registry::Registry;
 use serde_json::json;
-use tributary_api::EventTopic;
 
-use super::controller::{reconcile, Context, Settings, FINALIZER};
+use super::controller::{Context, Settings, FINALIZER};
 use super::test_support::event_topic;
-use crate::conditions::FixedClock;
-use crate::fixtures::{assert_malformed_object_reported, echo, find_condition, mock_client, stored, ApiServerVerifier};
+use crate::fixtures::{assert_malformed_object_reported, echo, find_condition, stored, ApiServerVerifier, Harness, NOW};
 use crate::kafka::{FakeTopicAdmin, TopicState};
-use crate::metrics::Metrics;
 
 const TOPICS: &str = "/apis/tributary.dev/v1alpha1/namespaces/default/eventtopics";
-const NOW: i64 = 1_800_000_000;
 
-struct Harness {
-    context: Arc<Context>,
-    kafka: Arc<FakeTopicAdmin>,
-    clock: Arc<FixedClock>,
-    store_writer: Writer<DeserializeGuard<EventTopic>>,
-}
-
-fn harness() -> (Harness, ApiServerVerifier) {
-    let (client, verifier) = mock_client();
-    let kafka = Arc::new(FakeTopicAdmin::new());
-    let clock = Arc::new(FixedClock::new(Timestamp::from_second(NOW).expect("timestamp")));
-    let (store, store_writer) = reflector::store();
-    let reporter = Reporter { controller: crate::FIELD_MANAGER.into(), instance: None };
-    let context = Arc::new(Context {
-        client: client.clone(),
-        admin: kafka.clone(),
-        recorder: Recorder::new(client, reporter),
-        metrics: Arc::new(Metrics::register(&mut Registry::default())),
-        clock: clock.clone(),
-        store,
-        claims: Default::default(),
-        settings: Settings::default(),
-    });
-    (Harness { context, kafka, clock, store_writer }, verifier)
-}
-
-impl Harness {
-    /// Makes `topic` known to the controller's cluster-wide store, as the watch would.
-    fn seen(&mut self, topic: &EventTopic) {
-        self.store_writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(topic.clone()))));
-    }
-
-    async fn reconcile(&self, topic: &EventTopic) -> Result<Action, crate::error::Error> {
-        reconcile(Arc::new(DeserializeGuard(Ok(topic.clone()))), self.context.clone()).await
-    }
+fn harness() -> (Harness<Context, Arc<FakeTopicAdmin>>, ApiServerVerifier) {
+    Harness::new(|shared, store| {
+        let kafka = Arc::new(FakeTopicAdmin::new());
+        (Context::new(shared, kafka.clone(), store, Settings::default()), kafka)
+    })
 }
 
 #[tokio::test]
@@ -107,7 +68,7 @@ async fn delete_policy_adds_finalizer_creates_topics_and_patches_status() {
     let action = harness.reconcile(&topic).await.expect("reconciles");
     assert_eq!(action, Action::requeue(Settings::default().resync_interval));
     scenario.await.expect("scenario ran");
-    assert_eq!(harness.kafka.topic_names(), vec!["orders", "orders.dlq"]);
+    assert_eq!(harness.fakes.topic_names(), vec!["orders", "orders.dlq"]);
 }
 
 #[tokio::test]
@@ -162,7 +123,7 @@ async fn paused_topic_only_reports_that_it_is_paused() {
     });
     assert_eq!(harness.reconcile(&topic).await.expect("reconciles"), Action::await_change());
     scenario.await.expect("scenario ran");
-    assert!(harness.kafka.calls().is_empty(), "a paused topic must not touch Kafka");
+    assert!(harness.fakes.calls().is_empty(), "a paused topic must not touch Kafka");
 }
 
 #[tokio::test]
@@ -183,13 +144,13 @@ async fn younger_claim_on_the_same_kafka_topic_gets_resource_conflict() {
     });
     assert_eq!(harness.reconcile(&claimant).await.expect("reconciles"), Action::requeue(Settings::default().conflict_retry));
     scenario.await.expect("scenario ran");
-    assert!(harness.kafka.calls().is_empty(), "the losing claim must not touch Kafka");
+    assert!(harness.fakes.calls().is_empty(), "the losing claim must not touch Kafka");
 }
 
 #[tokio::test]
 async fn deletion_with_delete_policy_removes_topics_then_the_finalizer() {
     let (harness, mut api) = harness();
-    harness.kafka.insert_topic(TopicState { name: "orders".into(), partitions: 1, replication_factor: 1, configs: Default::default() });
+    harness.fakes.insert_topic(TopicState { name: "orders".into(), partitions: 1, replication_factor: 1, configs: Default::default() });
     let mut topic = stored(event_topic("orders", "deletionPolicy: Delete"), NOW - 100);
     topic.metadata.finalizers = Some(vec![FINALIZER.into()]);
     topic.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(NOW - 1).expect("timestamp")));
@@ -201,13 +162,13 @@ async fn deletion_with_delete_policy_removes_topics_then_the_finalizer() {
     });
     assert_eq!(harness.reconcile(&topic).await.expect("reconciles"), Action::await_change());
     scenario.await.expect("scenario ran");
-    assert!(harness.kafka.topic_names().is_empty());
+    assert!(harness.fakes.topic_names().is_empty());
 }
 
 #[tokio::test]
 async fn deletion_waits_for_kafka_then_releases_the_finalizer_after_the_timeout() {
     let (harness, mut api) = harness();
-    harness.kafka.set_unavailable(true);
+    harness.fakes.set_unavailable(true);
     let mut topic = stored(event_topic("orders", "deletionPolicy: Delete"), NOW - 100);
     topic.metadata.finalizers = Some(vec![FINALIZER.into()]);
     topic.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(NOW - 1).expect("timestamp")));
@@ -236,13 +197,13 @@ async fn deleting_a_topic_that_never_had_a_finalizer_does_nothing() {
     topic.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(NOW).expect("timestamp")));
     assert_eq!(harness.reconcile(&topic).await.expect("reconciles"), Action::await_change());
     api.expect_no_more_requests().await;
-    assert!(harness.kafka.calls().is_empty());
+    assert!(harness.fakes.calls().is_empty());
 }
 
 #[tokio::test]
 async fn kafka_outage_is_reported_in_status_and_retried() {
     let (harness, mut api) = harness();
-    harness.kafka.set_unavailable(true);
+    harness.fakes.set_unavailable(true);
     let topic = stored(event_topic("orders", ""), NOW - 10);
     let response = echo(&topic);
     let scenario = tokio::spawn(async move {
@@ -265,6 +226,5 @@ async fn malformed_object_is_reported_without_failing() {
         "metadata": {"name": "broken", "namespace": "default", "generation": 4},
         "spec": {"partitions": "many"},
     });
-    let reconcile = async |guard| reconcile(guard, harness.context.clone()).await;
-    assert_malformed_object_reported::<EventTopic>(api, manifest, &format!("{TOPICS}/broken/status"), "InvalidConfig", reconcile).await;
+    assert_malformed_object_reported(&harness, api, manifest, &format!("{TOPICS}/broken/status"), "InvalidConfig").await;
 }

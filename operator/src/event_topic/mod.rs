@@ -11,7 +11,7 @@ pub mod plan;
 pub mod status;
 pub mod sync;
 
-pub use controller::{error_policy, reconcile, Context, Settings, CONTROLLER, FINALIZER};
+pub use controller::{Context, Settings, CONTROLLER, FINALIZER};
 
 #[cfg(test)]
 pub(crate) mod test_support {

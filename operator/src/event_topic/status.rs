@@ -1,6 +1,6 @@
 //! EventTopic status from the outcome of a reconcile (pure).
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use tributary_api::{EventTopic, EventTopicStatus};
 
@@ -186,6 +186,16 @@ pub fn paused_status(topic: &EventTopic, now: Timestamp) -> EventTopicStatus {
     let previous = topic.status.clone().unwrap_or_default();
     let conditions = conditions::paused_conditions(&previous.conditions, "Kafka is not being reconciled", topic.metadata.generation, now);
     EventTopicStatus { conditions, ..previous }
+}
+
+/// The Ready condition of an EventTopic's status, if it has one.
+pub fn ready(status: Option<&EventTopicStatus>) -> Option<&Condition> {
+    conditions::find(status.map(|status| status.conditions.as_slice()).unwrap_or_default(), READY)
+}
+
+/// Whether an EventTopic's status says it is Ready: its Kafka topics exist and match its spec.
+pub fn is_ready(status: Option<&EventTopicStatus>) -> bool {
+    ready(status).is_some_and(|condition| condition.status == "True")
 }
 
 /// Whether `new` must be written over `old`. A status that differs only in `lastSyncTime` is

@@ -3,14 +3,7 @@
 
 use super::desired::{DesiredTopic, TopicRole};
 use super::plan::{plan_topic, Blocker, TopicPlan};
-use crate::kafka::{KafkaError, TopicAdmin};
-
-/// Whether a sync changes Kafka or only reports what it would change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SyncMode {
-    Apply,
-    DryRun,
-}
+use crate::kafka::{KafkaError, SyncMode, TopicAdmin};
 
 /// Something about one topic that keeps the EventTopic from being Ready.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,6 +17,14 @@ pub use fake::FakeTopicAdmin;
 pub use fake_groups::FakeConsumerGroups;
 pub use rdkafka_admin::{KafkaConnection, RdKafkaTopicAdmin};
 
+/// Whether a Kafka step changes Kafka or only reports what it would change (offline `apply
+/// --dry-run`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    Apply,
+    DryRun,
+}
+
 /// A topic as the spec wants it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicSpec {

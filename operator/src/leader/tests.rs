@@ -13,7 +13,7 @@ use serde_json::json;
 use tributary_testkit::{FakeApiServer, ResourceKey};
 
 use super::*;
-use crate::conditions::FixedClock;
+use crate::clock::FixedClock;
 
 const NAMESPACE: &str = "tributary-system";
 
@@ -210,7 +210,7 @@ struct LeadingCounter {
 impl LeadingCounter {
     /// A candidate running the election loop with the real clock, leading until aborted.
     fn spawn(&self, client: kube::Client, settings: LeaseSettings, registry: &mut Registry) -> tokio::task::JoinHandle<()> {
-        let elector = LeaderElector::new(client, settings, Arc::new(crate::conditions::SystemClock));
+        let elector = LeaderElector::new(client, settings, Arc::new(crate::clock::SystemClock));
         let metrics = Arc::new(Metrics::register(registry));
         let counter = self.clone();
         let lead = move || {

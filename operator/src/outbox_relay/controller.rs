@@ -14,33 +14,29 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams};
 use kube::core::error_boundary::DeserializeGuard;
 use kube::core::Selector;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use kube::{Api, Client, Resource, ResourceExt};
-use serde::Serialize;
+use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info};
 use tributary_api::outbox_relay::RelayReport;
 use tributary_api::{EventTopic, OutboxRelay, OutboxRelayStatus};
 
 use super::desired::{
-    managed_deployments_selector, relay_port, relay_workload, sidecar_field_manager, sidecar_removal_body, standalone_name, PlacementKind,
-    RelayWorkload, ResolvedRoute,
+    managed_deployments_selector, relay_port, sidecar_field_manager, sidecar_removal_body, standalone_name, PlacementKind, RelayWorkload,
 };
+use super::plan::desired_workload;
 use super::probe::{ready_relays, ProbeSchedule, RelayStatusSource};
-use super::resolve::{check_secret, get_deployment, lookup_topics, target_holder, validate};
+use super::resolve::{check_secret, lookup_topics, target_holder, validate};
 use super::status::{build_status, paused_status, ready_reason, reason, recorded_target, Observation, Workload, READY};
-use crate::conditions::Clock;
-use crate::controller_support::{
-    self, has_finalizer, is_paused, object_name, publish, reconcile_guarded, set_finalizer, InvalidObjectReport, Lifecycle, Reporting,
-};
-use crate::error::{Error, Result};
-use crate::metrics::Metrics;
+use crate::controller_support::{self, has_finalizer, write_status, Lifecycle, Reconciler, Shared};
+use crate::error::Result;
 use crate::workload::{kafka_secret_problem, WorkloadSettings};
 
 /// Name of this controller in metrics and logs.
@@ -73,21 +69,25 @@ impl Settings {
     }
 }
 
-/// Writes go through the guard type too, so a response holding an object this operator cannot
-/// parse still counts as a successful write.
-type RelayApi = Api<DeserializeGuard<OutboxRelay>>;
-
 /// What every reconcile needs.
 pub struct Context {
-    pub client: Client,
-    pub recorder: Recorder,
-    pub metrics: Arc<Metrics>,
-    pub clock: Arc<dyn Clock>,
+    pub shared: Shared,
     pub relay_status: Arc<dyn RelayStatusSource>,
     pub probe_schedule: ProbeSchedule,
     /// Every OutboxRelay, to find the one holding a sidecar target.
     pub store: Store<DeserializeGuard<OutboxRelay>>,
     pub settings: Settings,
+}
+
+impl Context {
+    pub fn new(
+        shared: Shared,
+        relay_status: Arc<dyn RelayStatusSource>,
+        store: Store<DeserializeGuard<OutboxRelay>>,
+        settings: Settings,
+    ) -> Self {
+        Context { shared, relay_status, probe_schedule: ProbeSchedule::default(), store, settings }
+    }
 }
 
 /// Runs the controller until shutdown is signalled. Besides OutboxRelays it watches the
@@ -96,34 +96,26 @@ pub struct Context {
 /// to the relays routing to them). Secrets are not watched, which would need the right to list
 /// every Secret: a missing one is looked for again every `status_interval`.
 pub async fn run(
-    client: Client,
-    metrics: Arc<Metrics>,
-    clock: Arc<dyn Clock>,
-    recorder: Recorder,
+    shared: Shared,
     relay_status: Arc<dyn RelayStatusSource>,
     settings: Settings,
     lifecycle: Lifecycle<impl FnOnce() + Send + 'static, impl std::future::Future<Output = ()> + Send + Sync + 'static>,
 ) {
-    let api: RelayApi = Api::all(client.clone());
-    let controller = Controller::new(api, watcher::Config::default().any_semantic())
-        .with_config(controller_support::controller_config(settings.concurrency));
+    let client = shared.client.clone();
+    let controller = controller_support::controller::<Context>(&client, settings.concurrency, lifecycle.synced);
     let store = controller.store();
-    controller_support::signal_when_synced(store.clone(), lifecycle.synced);
     let (by_target, by_topic) = (store.clone(), store.clone());
     let owned = watcher::Config::default().labels(&managed_deployments_selector()).any_semantic();
-    let probe_schedule = ProbeSchedule::default();
-    let context = Arc::new(Context { client: client.clone(), recorder, metrics, clock, relay_status, probe_schedule, store, settings });
-    let results = controller
+    let controller = controller
         .owns(Api::<Deployment>::all(client.clone()), owned)
         .watches(Api::<Deployment>::all(client.clone()), watcher::Config::default().any_semantic(), move |deployment| {
             relays_targeting(&by_target.state(), deployment.namespace().as_deref(), &deployment.name_any())
         })
         .watches(Api::<DeserializeGuard<EventTopic>>::all(client), watcher::Config::default().any_semantic(), move |topic| {
             relays_routing_to(&by_topic.state(), topic.namespace().as_deref(), &topic.name_any())
-        })
-        .graceful_shutdown_on(lifecycle.shutdown)
-        .run(reconcile, error_policy, context);
-    controller_support::log_failures(results, "OutboxRelay").await;
+        });
+    let context = Arc::new(Context::new(shared, relay_status, store, settings));
+    controller_support::run(controller, context, lifecycle.shutdown).await;
 }
 
 type RelayRef = ObjectRef<DeserializeGuard<OutboxRelay>>;
@@ -151,58 +143,55 @@ pub fn relays_routing_to(relays: &[Arc<DeserializeGuard<OutboxRelay>>], namespac
     matching_relays(relays, namespace, |relay| relay.spec.routing.routes.iter().any(|route| route.event_topic == name))
 }
 
-/// Reconciles one OutboxRelay, or reports one the API server holds but that does not parse.
-pub async fn reconcile(guard: Arc<DeserializeGuard<OutboxRelay>>, context: Arc<Context>) -> Result<Action> {
-    let reporting =
-        Reporting { client: &context.client, recorder: &context.recorder, metrics: &context.metrics, clock: context.clock.as_ref() };
-    let invalid = InvalidObjectReport {
-        reason: reason::INVALID_CONFIG,
-        status: |observed_generation, conditions| OutboxRelayStatus { observed_generation, conditions, ..OutboxRelayStatus::default() },
-    };
-    reconcile_guarded(&guard, CONTROLLER, reporting, async |relay| reconcile_relay(relay, &context).await, invalid).await
-}
+impl Reconciler for Context {
+    type Object = OutboxRelay;
+    const CONTROLLER: &'static str = CONTROLLER;
+    const INVALID_REASON: &'static str = reason::INVALID_CONFIG;
 
-/// Failed reconciles are retried after a pause; the failure is counted by reason.
-pub fn error_policy(_guard: Arc<DeserializeGuard<OutboxRelay>>, error: &Error, context: Arc<Context>) -> Action {
-    controller_support::retry_after_failure(&context.metrics, CONTROLLER, error, context.settings.error_retry)
-}
-
-async fn reconcile_relay(relay: &OutboxRelay, context: &Context) -> Result<Action> {
-    let object = object_name(relay);
-    let namespace = relay.namespace().ok_or_else(|| Error::MissingNamespace { object: object.clone() })?;
-    let api: RelayApi = Api::namespaced(context.client.clone(), &namespace);
-    if relay.metadata.deletion_timestamp.is_some() {
-        // Even when paused: the sidecar lives in someone else's Deployment, and nothing else
-        // would ever remove it.
-        return finalize(relay, &api, &namespace, context).await;
-    }
-    if is_paused(relay) {
-        let status = paused_status(relay, context.clock.now());
-        if relay.status.as_ref() != Some(&status) {
-            controller_support::patch_status(&api, relay, &status).await?;
-        }
-        return Ok(Action::await_change());
+    fn shared(&self) -> &Shared {
+        &self.shared
     }
 
+    fn error_retry(&self) -> Duration {
+        self.settings.error_retry
+    }
+
+    fn paused_status(relay: &OutboxRelay, now: Timestamp) -> OutboxRelayStatus {
+        paused_status(relay, now)
+    }
+
+    /// Even when paused: the sidecar lives in someone else's Deployment, and nothing else would
+    /// ever remove it.
+    async fn finalize(&self, relay: &OutboxRelay, namespace: &str) -> Result<Action> {
+        finalize(relay, namespace, self).await
+    }
+
+    async fn apply(&self, relay: &OutboxRelay, namespace: &str) -> Result<Action> {
+        reconcile_relay(relay, namespace, self).await
+    }
+}
+
+async fn reconcile_relay(relay: &OutboxRelay, namespace: &str, context: &Context) -> Result<Action> {
+    let shared = &context.shared;
     let relays = context.store.state();
     let holder = target_holder(relay, relays.iter().filter_map(|guard| guard.0.as_ref().ok()));
     // The Deployment whose pods this relay may join now: its target, unless an older relay has it.
     let occupied = relay.spec.placement.sidecar.as_ref().filter(|_| holder.is_none()).map(|sidecar| sidecar.target_ref.name.as_str());
-    release_previous_workload(relay, occupied, &namespace, context).await?;
+    release_previous_workload(relay, occupied, namespace, context).await?;
     if occupied.is_some() != has_finalizer(relay, FINALIZER) {
-        set_finalizer(&api, relay, FINALIZER, occupied.is_some()).await?;
+        shared.set_finalizer(relay, FINALIZER, occupied.is_some()).await?;
     }
 
-    let secret = check_secret(&context.client, relay, &namespace, &object).await?;
-    let kafka_secret_problem = kafka_secret_problem(&context.settings.workload, &context.client, &namespace, &object).await?;
-    let routes = lookup_topics(&context.client, relay, &namespace, &object).await?;
+    let secret = check_secret(shared, relay, namespace).await?;
+    let kafka_secret_problem = kafka_secret_problem(&context.settings.workload, shared, namespace).await?;
+    let routes = lookup_topics(shared, relay, namespace).await?;
     let (workload, live) = match (&relay.spec.placement.sidecar, holder) {
         (Some(_), Some(holder)) => (Workload::TargetHeldBy(holder), None),
-        (Some(sidecar), None) => match get_deployment(&context.client, &namespace, &sidecar.target_ref.name, &object).await? {
+        (Some(sidecar), None) => match shared.get::<Deployment>(namespace, &sidecar.target_ref.name).await? {
             Some(deployment) => (Workload::Target, Some(deployment)),
             None => (Workload::TargetNotFound, None),
         },
-        (None, _) => match get_deployment(&context.client, &namespace, &standalone_name(relay), &object).await? {
+        (None, _) => match shared.get::<Deployment>(namespace, &standalone_name(relay)).await? {
             Some(deployment) if is_controlled_by(&deployment, relay) => (Workload::Own, Some(deployment)),
             Some(_) => (Workload::NameTaken, None),
             None => (Workload::Own, None),
@@ -211,22 +200,23 @@ async fn reconcile_relay(relay: &OutboxRelay, context: &Context) -> Result<Actio
     let mut observation =
         Observation { workload, routes, secret, kafka_secret_problem, invalid: validate(relay).err(), ready_relays: None, report: None };
 
-    // Blocked: whatever relay runs keeps running as it is, and the status says what is missing.
-    let live = match observation.routes_to_apply() {
-        Some(routes) => Some(apply_relay(relay, routes, live.as_ref(), &api, &namespace, context).await?),
+    // For a sidecar, `live` is the target Deployment, whose pods the relay joins.
+    let target_pod = live.as_ref().and_then(|deployment| deployment.spec.as_ref()).and_then(|spec| spec.template.spec.as_ref());
+    let desired =
+        desired_workload(relay, &observation, &context.settings.workload, target_pod.and_then(|pod| pod.security_context.as_ref()));
+    let live = match desired {
+        Some(workload) => Some(apply_relay(relay, &workload, live.as_ref(), namespace, context).await?),
         None => live,
     };
     if let Some(live) = &live {
-        let (ready, report) = observe_relay(relay, live, &namespace, context).await?;
+        let (ready, report) = observe_relay(relay, live, namespace, context).await?;
         observation.ready_relays = Some(ready);
         observation.report = report;
     }
 
-    let status = build_status(relay, &observation, context.clock.now());
+    let status = build_status(relay, &observation, shared.clock.now());
     let ready = crate::conditions::find(&status.conditions, READY).cloned();
-    if relay.status.as_ref() != Some(&status) {
-        controller_support::patch_status(&api, relay, &status).await?;
-    }
+    write_status(context, relay, &status).await?;
     // A warning when the relay stops for a new reason; waiting for pods to start is no warning.
     let warn = |ready: &Condition| {
         ready.status == "False"
@@ -234,7 +224,7 @@ async fn reconcile_relay(relay: &OutboxRelay, context: &Context) -> Result<Actio
             && ready_reason(relay.status.as_ref()) != Some(ready.reason.as_str())
     };
     if let Some(ready) = ready.filter(warn) {
-        publish(&context.recorder, &relay.object_ref(&()), EventType::Warning, &ready.reason, "Reconcile", ready.message).await;
+        shared.publish(&relay.object_ref(&()), EventType::Warning, &ready.reason, "Reconcile", ready.message).await;
     }
     Ok(if observation.invalid.is_some() { Action::await_change() } else { Action::requeue(context.settings.status_interval) })
 }
@@ -244,48 +234,29 @@ async fn reconcile_relay(relay: &OutboxRelay, context: &Context) -> Result<Actio
 /// status first when it is new.
 async fn apply_relay(
     relay: &OutboxRelay,
-    routes: &[ResolvedRoute],
+    workload: &RelayWorkload,
     before: Option<&Deployment>,
-    api: &RelayApi,
     namespace: &str,
     context: &Context,
 ) -> Result<Deployment> {
+    let shared = &context.shared;
     let recorded = recorded_target(relay);
     if relay.status.as_ref().map(|status| (&status.placement, &status.target)) != Some((&recorded.placement, &recorded.target)) {
-        controller_support::patch_status(api, relay, &recorded).await?;
+        shared.patch_status::<OutboxRelay>(namespace, &relay.name_any(), &recorded).await?;
     }
-    // For a sidecar, `before` is the target Deployment, whose pods the relay joins.
-    let target_pod = before.and_then(|deployment| deployment.spec.as_ref()).and_then(|spec| spec.template.spec.as_ref());
-    let workload = relay_workload(relay, routes, &context.settings.workload, target_pod.and_then(|pod| pod.security_context.as_ref()));
-    let (name, manager) = (workload.deployment_name(), workload.field_manager());
-    let deployments: Api<Deployment> = Api::namespaced(context.client.clone(), namespace);
-    let (applied, change) = match &workload {
-        RelayWorkload::Sidecar { body, .. } => {
-            (apply_deployment(&deployments, &name, &manager, body, relay).await?, format!("put the relay container into Deployment {name}"))
-        }
-        RelayWorkload::Standalone(deployment) => {
-            (apply_deployment(&deployments, &name, &manager, deployment, relay).await?, format!("applied Deployment {name}"))
-        }
+    let name = workload.deployment_name();
+    let (applied, change) = match workload {
+        RelayWorkload::Sidecar { body, .. } => (
+            shared.apply_fields::<Deployment>(namespace, &name, &workload.field_manager(), body).await?,
+            format!("put the relay container into Deployment {name}"),
+        ),
+        RelayWorkload::Standalone(deployment) => (shared.apply(deployment.as_ref()).await?, format!("applied Deployment {name}")),
     };
     if before.and_then(|deployment| deployment.metadata.resource_version.as_ref()) != applied.metadata.resource_version.as_ref() {
         info!(%change, "relay applied");
-        publish(&context.recorder, &relay.object_ref(&()), EventType::Normal, "RelayApplied", "Apply", change).await;
+        shared.publish(&relay.object_ref(&()), EventType::Normal, "RelayApplied", "Apply", change).await;
     }
     Ok(applied)
-}
-
-async fn apply_deployment(
-    api: &Api<Deployment>,
-    name: &str,
-    manager: &str,
-    body: &(impl Serialize + std::fmt::Debug),
-    relay: &OutboxRelay,
-) -> Result<Deployment> {
-    api.patch(name, &PatchParams::apply(manager).force(), &Patch::Apply(body)).await.map_err(|source| Error::Kube {
-        operation: "Deployment apply",
-        object: object_name(relay),
-        source,
-    })
 }
 
 /// How many of the workload's pods run a ready relay, and the figures one of them reports (at
@@ -295,14 +266,11 @@ async fn observe_relay(relay: &OutboxRelay, live: &Deployment, namespace: &str, 
     let Some(selector) = live.spec.as_ref().and_then(|spec| Selector::try_from(spec.selector.clone()).ok()) else {
         return Ok((0, None));
     };
-    let pods = Api::<Pod>::namespaced(context.client.clone(), namespace)
-        .list(&ListParams::default().labels_from(&selector))
-        .await
-        .map_err(|source| Error::Kube { operation: "pod list", object: object_name(relay), source })?;
-    let (ready, address) = ready_relays(&pods.items, relay_port(&relay.spec.placement));
+    let pods = context.shared.list::<Pod>(namespace, &ListParams::default().labels_from(&selector)).await?;
+    let (ready, address) = ready_relays(&pods, relay_port(&relay.spec.placement));
     let Some(address) = address else { return Ok((ready, None)) };
     let key = format!("{namespace}/{}", relay.name_any());
-    if !context.probe_schedule.due(&key, context.clock.now(), context.settings.status_interval / 2) {
+    if !context.probe_schedule.due(&key, context.shared.clock.now(), context.settings.status_interval / 2) {
         return Ok((ready, None));
     }
     match context.relay_status.fetch(address).await {
@@ -335,44 +303,36 @@ async fn release_previous_workload(relay: &OutboxRelay, occupied: Option<&str>, 
 /// Reads first, so that it never applies to a Deployment that is gone (an apply would try to
 /// create it) and writes nothing when there is nothing of this relay's left.
 async fn remove_sidecar(relay: &OutboxRelay, namespace: &str, target: &str, context: &Context) -> Result<bool> {
-    let object = object_name(relay);
+    let shared = &context.shared;
     let manager = sidecar_field_manager(relay);
-    let Some(deployment) = get_deployment(&context.client, namespace, target, &object).await? else { return Ok(false) };
+    let Some(deployment) = shared.get::<Deployment>(namespace, target).await? else { return Ok(false) };
     let owns_fields = deployment.metadata.managed_fields.iter().flatten().any(|entry| {
         entry.manager.as_deref() == Some(manager.as_str()) && entry.fields_v1.as_ref().is_some_and(|fields| fields.0 != json!({}))
     });
     if !owns_fields {
         return Ok(false);
     }
-    let deployments: Api<Deployment> = Api::namespaced(context.client.clone(), namespace);
-    deployments
-        .patch(target, &PatchParams::apply(&manager).force(), &Patch::Apply(&sidecar_removal_body(namespace, target)))
-        .await
-        .map_err(|source| Error::Kube { operation: "sidecar removal", object, source })?;
+    shared.apply_fields::<Deployment>(namespace, target, &manager, &sidecar_removal_body(namespace, target)).await?;
     let note = format!("removed the relay container from Deployment {target}");
     info!(%note, "sidecar removed");
-    publish(&context.recorder, &relay.object_ref(&()), EventType::Normal, "SidecarRemoved", "Remove", note).await;
+    shared.publish(&relay.object_ref(&()), EventType::Normal, "SidecarRemoved", "Remove", note).await;
     Ok(true)
 }
 
 async fn delete_standalone(relay: &OutboxRelay, namespace: &str, name: &str, context: &Context) -> Result<()> {
-    let object = object_name(relay);
-    match get_deployment(&context.client, namespace, name, &object).await? {
-        Some(deployment) if is_controlled_by(&deployment, relay) => {
-            Api::<Deployment>::namespaced(context.client.clone(), namespace)
-                .delete(name, &DeleteParams::background())
-                .await
-                .map_err(|source| Error::Kube { operation: "Deployment deletion", object, source })?;
+    let shared = &context.shared;
+    if let Some(deployment) = shared.get::<Deployment>(namespace, name).await? {
+        if is_controlled_by(&deployment, relay) {
+            shared.delete::<Deployment>(namespace, name, &DeleteParams::background()).await?;
             info!(deployment = name, "deleted the standalone relay Deployment");
-            Ok(())
         }
-        _ => Ok(()),
     }
+    Ok(())
 }
 
 /// Takes the container out of every Deployment it may be in (the spec's target and the recorded
 /// one), then releases the finalizer. Safe to repeat, and when nothing was ever applied.
-async fn finalize(relay: &OutboxRelay, api: &RelayApi, namespace: &str, context: &Context) -> Result<Action> {
+async fn finalize(relay: &OutboxRelay, namespace: &str, context: &Context) -> Result<Action> {
     if !has_finalizer(relay, FINALIZER) {
         return Ok(Action::await_change());
     }
@@ -384,7 +344,7 @@ async fn finalize(relay: &OutboxRelay, api: &RelayApi, namespace: &str, context:
     for target in &targets {
         remove_sidecar(relay, namespace, target, context).await?;
     }
-    set_finalizer(api, relay, FINALIZER, false).await?;
+    context.shared.set_finalizer(relay, FINALIZER, false).await?;
     Ok(Action::await_change())
 }
 

@@ -8,23 +8,15 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::ByteString;
-use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, store::Writer};
-use kube::runtime::watcher;
-use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
 use tributary_api::outbox_relay::RelayReport;
 use tributary_api::OutboxRelay;
 
-use super::controller::{reconcile, relays_routing_to, relays_targeting, Context, Settings, FINALIZER};
+use super::controller::{relays_routing_to, relays_targeting, Context, Settings, FINALIZER};
 use super::probe::fake::FakeRelayStatus;
-use super::probe::ProbeSchedule;
 use super::test_support::{outbox_relay, relay_pod, settings};
-use crate::conditions::FixedClock;
-use crate::fixtures::{assert_malformed_object_reported, condition, echo, mock_client, stored, ApiServerVerifier, RecordedRequest};
-use crate::metrics::Metrics;
+use crate::fixtures::{assert_malformed_object_reported, condition, echo, stored, ApiServerVerifier, Harness, RecordedRequest, NOW};
 use crate::workload::WorkloadSettings;
 
 const RELAYS: &str = "/apis/tributary.dev/v1alpha1/namespaces/default/outboxrelays";
@@ -32,7 +24,6 @@ const TOPICS: &str = "/apis/tributary.dev/v1alpha1/namespaces/default/eventtopic
 const SECRETS: &str = "/api/v1/namespaces/default/secrets";
 const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
 const PODS: &str = "/api/v1/namespaces/default/pods";
-const NOW: i64 = 1_800_000_000;
 const NOW_TEXT: &str = "2027-01-15T08:00:00Z";
 const DATABASE_URL: &str = "postgres://shop:s3cret-password@db.shop:5432/shop";
 const SIDECAR_MANAGER: &str = "fieldManager=tributary-operator%2Foutbox-relay%2Fshop-outbox";
@@ -43,43 +34,15 @@ routing: { routes: [{ aggregateType: Order, eventTopic: orders }] }
 placement: { sidecar: { targetRef: { name: shop-api } } }
 "#;
 
-struct Harness {
-    context: Arc<Context>,
-    relay_status: Arc<FakeRelayStatus>,
-    store_writer: Writer<DeserializeGuard<OutboxRelay>>,
-}
-
-fn harness() -> (Harness, ApiServerVerifier) {
+fn harness() -> (Harness<Context, Arc<FakeRelayStatus>>, ApiServerVerifier) {
     harness_with(settings())
 }
 
-fn harness_with(workload: WorkloadSettings) -> (Harness, ApiServerVerifier) {
-    let (client, verifier) = mock_client();
-    let relay_status = Arc::new(FakeRelayStatus::default());
-    let (store, store_writer) = reflector::store();
-    let reporter = Reporter { controller: crate::FIELD_MANAGER.into(), instance: None };
-    let context = Arc::new(Context {
-        client: client.clone(),
-        recorder: Recorder::new(client, reporter),
-        metrics: Arc::new(Metrics::register(&mut Registry::default())),
-        clock: Arc::new(FixedClock::new(Timestamp::from_second(NOW).expect("timestamp"))),
-        relay_status: relay_status.clone(),
-        probe_schedule: ProbeSchedule::default(),
-        store,
-        settings: Settings::new(workload),
-    });
-    (Harness { context, relay_status, store_writer }, verifier)
-}
-
-impl Harness {
-    /// Makes `relay` known to the controller's store, as the watch would.
-    fn seen(&mut self, relay: &OutboxRelay) {
-        self.store_writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(relay.clone()))));
-    }
-
-    async fn reconcile(&self, relay: &OutboxRelay) -> Result<Action, crate::error::Error> {
-        reconcile(Arc::new(DeserializeGuard(Ok(relay.clone()))), self.context.clone()).await
-    }
+fn harness_with(workload: WorkloadSettings) -> (Harness<Context, Arc<FakeRelayStatus>>, ApiServerVerifier) {
+    Harness::new(|shared, store| {
+        let relay_status = Arc::new(FakeRelayStatus::default());
+        (Context::new(shared, relay_status.clone(), store, Settings::new(workload)), relay_status)
+    })
 }
 
 fn secret(key: &str) -> Value {
@@ -175,7 +138,7 @@ async fn sidecar_is_applied_under_its_own_field_manager_with_only_the_container(
     let (harness, mut api) = harness();
     let relay = stored(outbox_relay("shop-outbox", SIDECAR), NOW - 10);
     let response = echo(&relay);
-    harness.relay_status.answer(
+    harness.fakes.answer(
         "10.1.0.7:8081".parse().expect("address"),
         RelayReport { pending_rows: Some(42), last_published_time: Some(Time(Timestamp::from_second(NOW - 3).expect("timestamp"))) },
     );
@@ -239,7 +202,7 @@ async fn sidecar_is_applied_under_its_own_field_manager_with_only_the_container(
     assert_eq!(harness.reconcile(&relay).await.expect("reconciles"), Action::requeue(Settings::new(settings()).status_interval));
     let sent = scenario.await.expect("scenario ran");
     assert_no_database_url(&sent);
-    assert_eq!(harness.relay_status.asked(), vec!["10.1.0.7:8081".parse().expect("address")], "only the ready relay is asked");
+    assert_eq!(harness.fakes.asked(), vec!["10.1.0.7:8081".parse().expect("address")], "only the ready relay is asked");
 }
 
 #[tokio::test]
@@ -282,7 +245,7 @@ async fn a_reconcile_soon_after_its_own_status_patch_changes_nothing() {
     let (harness, mut api) = harness();
     let relay = stored(outbox_relay("shop-outbox", SIDECAR), NOW - 10);
     let relay_address = "10.1.0.7:8081".parse().expect("address");
-    harness.relay_status.answer(relay_address, RelayReport { pending_rows: Some(3), last_published_time: None });
+    harness.fakes.answer(relay_address, RelayReport { pending_rows: Some(3), last_published_time: None });
     let response = echo(&relay);
     let ready_pod = pods(&[relay_pod("shop-api-0", "10.1.0.7", true, Some(8081))]);
     let ready_pod_again = ready_pod.clone();
@@ -302,7 +265,7 @@ async fn a_reconcile_soon_after_its_own_status_patch_changes_nothing() {
     let (mut api, status) = first.await.expect("scenario ran");
 
     // The status patch comes back through the watch; the relay now has more to report.
-    harness.relay_status.answer(relay_address, RelayReport { pending_rows: Some(900), last_published_time: None });
+    harness.fakes.answer(relay_address, RelayReport { pending_rows: Some(900), last_published_time: None });
     let mut with_status = relay.clone();
     with_status.metadata.finalizers = Some(vec![FINALIZER.into()]);
     with_status.status = Some(serde_json::from_value(status["status"].clone()).expect("status parses"));
@@ -317,7 +280,7 @@ async fn a_reconcile_soon_after_its_own_status_patch_changes_nothing() {
     });
     harness.reconcile(&with_status).await.expect("second reconcile");
     second.await.expect("scenario ran");
-    assert_eq!(harness.relay_status.asked(), vec![relay_address], "asked once: the figures are not due again yet");
+    assert_eq!(harness.fakes.asked(), vec![relay_address], "asked once: the figures are not due again yet");
 }
 
 #[tokio::test]
@@ -471,9 +434,7 @@ async fn standalone_relay_is_an_owned_deployment_under_the_operator_field_manage
     let spec = "database: { urlSecretRef: { name: shop-db, key: dsn } }\nrouting: { topicPrefix: 'shop.' }\nplacement: { standalone: { replicas: 2 } }";
     let relay = stored(outbox_relay("billing", spec), NOW - 10);
     let response = echo(&relay);
-    harness
-        .relay_status
-        .answer("10.2.0.1:8081".parse().expect("address"), RelayReport { pending_rows: Some(0), last_published_time: None });
+    harness.fakes.answer("10.2.0.1:8081".parse().expect("address"), RelayReport { pending_rows: Some(0), last_published_time: None });
     let scenario = tokio::spawn(async move {
         let mut sent = vec![api.expect(Method::GET, &format!("{SECRETS}/shop-db"), secret("dsn")).await];
         sent.push(api.expect_not_found(Method::GET, &format!("{DEPLOYMENTS}/billing-relay")).await);
@@ -653,6 +614,5 @@ async fn malformed_object_is_reported_without_failing() {
         "metadata": {"name": "broken", "namespace": "default", "generation": 2},
         "spec": {"database": "somewhere"},
     });
-    let reconcile = async |guard| reconcile(guard, harness.context.clone()).await;
-    assert_malformed_object_reported::<OutboxRelay>(api, manifest, &format!("{RELAYS}/broken/status"), "InvalidConfig", reconcile).await;
+    assert_malformed_object_reported(&harness, api, manifest, &format!("{RELAYS}/broken/status"), "InvalidConfig").await;
 }

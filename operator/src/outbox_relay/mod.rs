@@ -5,11 +5,12 @@ pub mod controller;
 pub mod desired;
 #[cfg(test)]
 mod mock_api_tests;
+pub mod plan;
 pub mod probe;
 pub mod resolve;
 pub mod status;
 
-pub use controller::{error_policy, reconcile, Context, Settings, CONTROLLER, FINALIZER};
+pub use controller::{Context, Settings, CONTROLLER, FINALIZER};
 
 #[cfg(test)]
 pub(crate) mod test_support {

@@ -3,14 +3,17 @@
 
 use std::collections::BTreeSet;
 
-use k8s_openapi::api::apps::v1::Deployment;
 use kube::core::error_boundary::DeserializeGuard;
-use kube::{Api, ResourceExt};
+use kube::ResourceExt;
 use tributary_api::{EventTopic, OutboxRelay};
 
 use super::desired::ResolvedRoute;
-use crate::error::{Error, Result};
+use crate::controller_support::Shared;
+use crate::error::Result;
 use crate::event_topic::status as event_topic_status;
+use crate::seniority::older_claimant;
+use crate::workload::check_secret_key;
+pub use crate::workload::SecretCheck;
 
 /// An EventTopic a route names, as the cluster has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,13 +33,10 @@ impl TopicLookup {
         match topic.map(|guard| guard.0.as_ref()) {
             None => TopicLookup::Missing,
             Some(Err(_)) => TopicLookup::Unreadable,
-            Some(Ok(topic)) => {
-                let ready = topic.status.as_ref().and_then(|status| crate::conditions::find(&status.conditions, event_topic_status::READY));
-                TopicLookup::Found {
-                    kafka_topic: topic.kafka_topic_name().to_owned(),
-                    ready: ready.is_some_and(|condition| condition.status == "True"),
-                }
-            }
+            Some(Ok(topic)) => TopicLookup::Found {
+                kafka_topic: topic.kafka_topic_name().to_owned(),
+                ready: event_topic_status::is_ready(topic.status.as_ref()),
+            },
         }
     }
 }
@@ -87,36 +87,22 @@ pub fn resolve_routes(relay: &OutboxRelay, lookup: impl Fn(&str) -> TopicLookup)
     }
 }
 
-use crate::workload::check_secret_key;
-pub use crate::workload::SecretCheck;
-
 /// The database Secret of `relay`, checked.
-pub async fn check_secret(client: &kube::Client, relay: &OutboxRelay, namespace: &str, object: &str) -> Result<SecretCheck> {
+pub async fn check_secret(shared: &Shared, relay: &OutboxRelay, namespace: &str) -> Result<SecretCheck> {
     let reference = &relay.spec.database.url_secret_ref;
-    check_secret_key(client, namespace, &reference.name, &reference.key, object).await
+    check_secret_key(shared, namespace, &reference.name, &reference.key).await
 }
 
 /// Every EventTopic the routes name, looked up once each.
-pub async fn lookup_topics(client: &kube::Client, relay: &OutboxRelay, namespace: &str, object: &str) -> Result<Routes> {
-    let api: Api<DeserializeGuard<EventTopic>> = Api::namespaced(client.clone(), namespace);
+pub async fn lookup_topics(shared: &Shared, relay: &OutboxRelay, namespace: &str) -> Result<Routes> {
     let mut found = Vec::new();
     for name in referenced_topics(relay) {
-        let topic =
-            api.get_opt(&name).await.map_err(|source| Error::Kube { operation: "EventTopic lookup", object: object.to_owned(), source })?;
+        let topic = shared.get::<DeserializeGuard<EventTopic>>(namespace, &name).await?;
         found.push((name, TopicLookup::of(topic.as_ref())));
     }
     Ok(resolve_routes(relay, |name| {
         found.iter().find(|(known, _)| known == name).map_or(TopicLookup::Missing, |(_, lookup)| lookup.clone())
     }))
-}
-
-/// A Deployment, if it exists.
-pub async fn get_deployment(client: &kube::Client, namespace: &str, name: &str, object: &str) -> Result<Option<Deployment>> {
-    Api::<Deployment>::namespaced(client.clone(), namespace).get_opt(name).await.map_err(|source| Error::Kube {
-        operation: "Deployment lookup",
-        object: object.to_owned(),
-        source,
-    })
 }
 
 /// The OutboxRelay that holds `me`'s sidecar target instead of it, if any: of the relays naming
@@ -125,17 +111,10 @@ pub async fn get_deployment(client: &kube::Client, namespace: &str, name: &str, 
 pub fn target_holder<'a>(me: &OutboxRelay, all: impl IntoIterator<Item = &'a OutboxRelay>) -> Option<String> {
     let target = |relay: &OutboxRelay| relay.spec.placement.sidecar.as_ref().map(|sidecar| sidecar.target_ref.name.clone());
     let my_target = target(me)?;
-    // No creation timestamp (not yet stored) sorts last.
-    let seniority = |relay: &OutboxRelay| {
-        let created = relay.metadata.creation_timestamp.as_ref().map(|time| time.0);
-        (created.is_none(), created, relay.name_any())
-    };
-    all.into_iter()
-        .filter(|other| other.namespace() == me.namespace() && other.name_any() != me.name_any())
-        .filter(|other| other.metadata.deletion_timestamp.is_none() && target(other).as_ref() == Some(&my_target))
-        .filter(|other| seniority(other) < seniority(me))
-        .min_by_key(|other| seniority(other))
-        .map(|other| other.name_any())
+    let claimants = all.into_iter().filter(|other| {
+        other.namespace() == me.namespace() && other.metadata.deletion_timestamp.is_none() && target(other).as_ref() == Some(&my_target)
+    });
+    older_claimant(me, claimants).map(|other| other.name_any())
 }
 
 /// Spec values the schema accepts but the relay could not run with (durations too large).

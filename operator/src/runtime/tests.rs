@@ -9,7 +9,7 @@ use serde_json::json;
 use tributary_testkit::{FakeApiServer, ResourceKey};
 
 use super::*;
-use crate::conditions::SystemClock;
+use crate::clock::SystemClock;
 use crate::kafka::{FakeConsumerGroups, FakeTopicAdmin};
 use crate::outbox_relay::probe::HttpRelayStatus;
 use crate::workload::WorkloadSettings;
@@ -43,7 +43,7 @@ impl Instance {
             metrics,
             reporter: Reporter { controller: crate::FIELD_MANAGER.into(), instance: Some(identity.into()) },
             event_topics: event_topic::Settings::default(),
-            subscriptions: subscription::Settings::default(),
+            subscriptions: subscription::Settings::new(workload.clone()),
             outbox_relays: outbox_relay::Settings::new(workload),
         };
         let lease = LeaseSettings {

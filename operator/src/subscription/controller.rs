@@ -1,45 +1,41 @@
 //! The Subscription controller: resolve (EventTopics, consumer group, Deployment, KEDA) → validate
-//! (pure) → Kafka (dead-letter topic, lag, a replay's reset) → replicas (pure) → server-side apply
-//! of the children → conditions (pure) → status patch when it changed.
+//! (pure) → Kafka stage (`kafka`: dead-letter topic, lag, a replay's reset) → decide replicas and
+//! replay (pure) → server-side apply of the children → conditions (pure) → status patch when it
+//! changed.
 //!
 //! The children (Deployment, ConfigMap, ScaledObject) carry owner references and go with the
 //! Subscription. The dead-letter topic it may create is Kafka data and stays: dead letters are the
 //! record of what failed, and a named one may be shared. So no finalizer is needed.
 
-use std::fmt::Debug;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DeleteParams};
 use kube::core::error_boundary::DeserializeGuard;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use kube::{Api, Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-use tracing::{info, instrument};
+use kube::{Resource, ResourceExt};
+use tracing::info;
 use tributary_api::subscription::{ReplayPhase, ReplayStatus, ScalingEngine};
 use tributary_api::{EventTopic, Subscription, SubscriptionStatus};
 
 use super::desired::{self, SUBSCRIPTION_LABEL};
+use super::kafka::{self as kafka_stage, KafkaReading};
+use super::plan::{self, Blocked, Replicas};
 use super::replay::{self, Consumers, Step};
-use super::resolve::{self, DeadLetter, Workload};
+use super::resolve::Workload;
 use super::scaler::{self, Decision, Policy};
 use super::status::{build_status, needs_patch, paused_status, reason, LagWrites, Outcome, Reconciled, Scaler};
-use crate::conditions::Clock;
-use crate::controller_support::{self, is_paused, object_name, publish, reconcile_guarded, InvalidObjectReport, Lifecycle, Reporting};
+use crate::controller_support::{self, object_name, write_status, Lifecycle, Reconciler, Shared};
 use crate::error::{Error, Result};
-use crate::event_topic::sync::SyncMode;
-use crate::kafka::{ConsumerGroups, GroupLag, KafkaError, TopicAdmin, TopicSpec};
-use crate::metrics::Metrics;
+use crate::kafka::{ConsumerGroups, GroupLag, KafkaError, TopicAdmin};
 use crate::workload::{kafka_secret_problem, WorkloadSettings};
-use crate::FIELD_MANAGER;
 
 /// Name of this controller in metrics and logs.
 pub const CONTROLLER: &str = "subscription";
@@ -65,11 +61,14 @@ pub struct Settings {
     pub keda_check_interval: Duration,
     /// Reconciles in flight at once.
     pub concurrency: u16,
+    /// What the consumers get from the operator's own configuration.
+    pub workload: WorkloadSettings,
 }
 
-impl Default for Settings {
-    fn default() -> Self {
+impl Settings {
+    pub fn new(workload: WorkloadSettings) -> Self {
         Settings {
+            workload,
             scale_interval: Duration::from_secs(15),
             resync_interval: Duration::from_secs(300),
             conflict_retry: Duration::from_secs(30),
@@ -80,63 +79,55 @@ impl Default for Settings {
     }
 }
 
-/// What the controller is given to run with.
-pub struct Dependencies {
-    pub client: Client,
-    pub admin: Arc<dyn TopicAdmin>,
-    pub groups: Arc<dyn ConsumerGroups>,
-    pub recorder: Recorder,
-    pub metrics: Arc<Metrics>,
-    pub clock: Arc<dyn Clock>,
-    pub settings: Settings,
-    pub workload: WorkloadSettings,
-}
-
 /// What every reconcile needs.
 pub struct Context {
-    pub deps: Dependencies,
+    pub shared: Shared,
+    pub admin: Arc<dyn TopicAdmin>,
+    pub groups: Arc<dyn ConsumerGroups>,
     /// Every Subscription in the cluster, to find other users of a consumer group.
     pub store: Store<DeserializeGuard<Subscription>>,
+    pub settings: Settings,
     /// Whether KEDA's CRD was installed when last looked, and when that was.
     keda: Mutex<Option<(Timestamp, bool)>>,
 }
 
 impl Context {
-    pub fn new(deps: Dependencies, store: Store<DeserializeGuard<Subscription>>) -> Self {
-        Context { deps, store, keda: Mutex::new(None) }
+    pub fn new(
+        shared: Shared,
+        admin: Arc<dyn TopicAdmin>,
+        groups: Arc<dyn ConsumerGroups>,
+        store: Store<DeserializeGuard<Subscription>>,
+        settings: Settings,
+    ) -> Self {
+        Context { shared, admin, groups, store, settings, keda: Mutex::new(None) }
     }
 
     /// Whether KEDA's ScaledObject CRD is installed, looked up at most once per
     /// `keda_check_interval`.
     async fn keda_installed(&self) -> Result<bool> {
-        let now = self.deps.clock.now();
-        let fresh = SignedDuration::try_from(self.deps.settings.keda_check_interval).unwrap_or(SignedDuration::MAX);
-        let cached = *self.keda.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = self.shared.clock.now();
+        let fresh = SignedDuration::try_from(self.settings.keda_check_interval).unwrap_or(SignedDuration::MAX);
+        let cached = *self.keda.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((_, installed)) = cached.filter(|(checked, _)| now.duration_since(*checked) < fresh) {
             return Ok(installed);
         }
-        let crds: Api<CustomResourceDefinition> = Api::all(self.deps.client.clone());
-        let installed = crds
-            .get_opt(KEDA_CRD)
-            .await
-            .map_err(|source| Error::Kube { operation: "get", object: format!("CustomResourceDefinition {KEDA_CRD}"), source })?
-            .is_some();
-        *self.keda.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((now, installed));
+        let installed = self.shared.get_cluster_scoped::<CustomResourceDefinition>(KEDA_CRD).await?.is_some();
+        *self.keda.lock().unwrap_or_else(PoisonError::into_inner) = Some((now, installed));
         Ok(installed)
     }
 }
 
 /// Runs the controller until shutdown is signalled.
 pub async fn run(
-    deps: Dependencies,
+    shared: Shared,
+    admin: Arc<dyn TopicAdmin>,
+    groups: Arc<dyn ConsumerGroups>,
+    settings: Settings,
     lifecycle: Lifecycle<impl FnOnce() + Send + 'static, impl std::future::Future<Output = ()> + Send + Sync + 'static>,
 ) {
-    let client = deps.client.clone();
-    let subscriptions: Api<DeserializeGuard<Subscription>> = Api::all(client.clone());
-    let controller = Controller::new(subscriptions, watcher::Config::default().any_semantic())
-        .with_config(controller_support::controller_config(deps.settings.concurrency));
+    let client = shared.client.clone();
+    let controller = controller_support::controller::<Context>(&client, settings.concurrency, lifecycle.synced);
     let store = controller.store();
-    controller_support::signal_when_synced(store.clone(), lifecycle.synced);
     let mapper_store = store.clone();
     // Only the operator's own children: they carry the Subscription label.
     let children = watcher::Config::default().labels(SUBSCRIPTION_LABEL);
@@ -147,9 +138,8 @@ pub async fn run(
         .watches(Api::<DeserializeGuard<EventTopic>>::all(client), watcher::Config::default().any_semantic(), move |topic| {
             subscriptions_reading(&mapper_store.state(), &topic)
         });
-    let context = Arc::new(Context::new(deps, store));
-    let results = controller.graceful_shutdown_on(lifecycle.shutdown).run(reconcile, error_policy, context);
-    controller_support::log_failures(results, "Subscription").await;
+    let context = Arc::new(Context::new(shared, admin, groups, store, settings));
+    controller_support::run(controller, context, lifecycle.shutdown).await;
 }
 
 /// The Subscriptions that read an EventTopic: those in its namespace that name it. A change of the
@@ -170,83 +160,78 @@ pub fn subscriptions_reading(
         .collect()
 }
 
-/// Reconciles one Subscription, or reports one the API server holds but that does not parse.
-pub async fn reconcile(guard: Arc<DeserializeGuard<Subscription>>, context: Arc<Context>) -> Result<Action> {
-    let deps = &context.deps;
-    let reporting = Reporting { client: &deps.client, recorder: &deps.recorder, metrics: &deps.metrics, clock: deps.clock.as_ref() };
-    let invalid = InvalidObjectReport {
-        reason: reason::INVALID_SPEC,
-        status: |observed_generation, conditions| SubscriptionStatus { observed_generation, conditions, ..SubscriptionStatus::default() },
-    };
-    reconcile_guarded(&guard, CONTROLLER, reporting, async |subscription| reconcile_subscription(subscription, &context).await, invalid)
-        .await
+impl Reconciler for Context {
+    type Object = Subscription;
+    const CONTROLLER: &'static str = CONTROLLER;
+    const INVALID_REASON: &'static str = reason::INVALID_SPEC;
+
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    fn error_retry(&self) -> Duration {
+        self.settings.error_retry
+    }
+
+    fn paused_status(subscription: &Subscription, now: Timestamp) -> SubscriptionStatus {
+        paused_status(subscription, now)
+    }
+
+    /// Changed lag alone is written at most every scale interval, unchanged lag every resync.
+    fn status_due(&self, current: Option<&SubscriptionStatus>, new: &SubscriptionStatus) -> bool {
+        let intervals = LagWrites { changed: self.settings.scale_interval, unchanged: self.settings.resync_interval };
+        needs_patch(current, new, intervals)
+    }
+
+    /// The children follow through their owner references; the dead-letter topic stays.
+    async fn finalize(&self, _subscription: &Subscription, _namespace: &str) -> Result<Action> {
+        Ok(Action::await_change())
+    }
+
+    async fn apply(&self, subscription: &Subscription, namespace: &str) -> Result<Action> {
+        reconcile_subscription(subscription, namespace, self).await
+    }
 }
 
-/// Failed reconciles are retried after a pause; the failure is counted by reason.
-pub fn error_policy(_guard: Arc<DeserializeGuard<Subscription>>, error: &Error, context: Arc<Context>) -> Action {
-    controller_support::retry_after_failure(&context.deps.metrics, CONTROLLER, error, context.deps.settings.error_retry)
-}
-
-type SubscriptionApi = Api<DeserializeGuard<Subscription>>;
-
-async fn reconcile_subscription(subscription: &Subscription, context: &Context) -> Result<Action> {
-    let deps = &context.deps;
-    let namespace = subscription.namespace().ok_or_else(|| Error::MissingNamespace { object: object_name(subscription) })?;
-    let api: SubscriptionApi = Api::namespaced(deps.client.clone(), &namespace);
+async fn reconcile_subscription(subscription: &Subscription, namespace: &str, context: &Context) -> Result<Action> {
+    let (shared, settings) = (&context.shared, &context.settings);
     let reference = subscription.object_ref(&());
-    if subscription.metadata.deletion_timestamp.is_some() {
-        // The children follow through their owner references; the dead-letter topic stays.
-        return Ok(Action::await_change());
-    }
-    if is_paused(subscription) {
-        patch_status_if_changed(&api, subscription, paused_status(subscription, deps.clock.now()), context).await?;
-        return Ok(Action::await_change());
-    }
     let group = subscription.consumer_group();
-    let report = |outcome: Outcome| report(&api, subscription, &group, outcome, context);
+    let report = |outcome: Outcome| report(subscription, &group, outcome, context);
 
-    // Resolve.
-    let fetched = resolve::fetch_topics(&deps.client, subscription).await.map_err(|source| Error::Kube {
-        operation: "get EventTopics for",
-        object: object_name(subscription),
-        source,
-    })?;
-    let topics = match resolve::resolve_topics(&fetched) {
-        Ok(topics) => topics,
-        Err(problem) => {
+    // Resolve, then validate (pure).
+    let mut fetched = Vec::with_capacity(subscription.spec.topics.len());
+    for topic in &subscription.spec.topics {
+        fetched.push((topic.name.clone(), shared.get::<DeserializeGuard<EventTopic>>(namespace, &topic.name).await?));
+    }
+    let others = context.store.state();
+    let workload = match plan::workload(subscription, &fetched, others.iter().filter_map(|guard| guard.0.as_ref().ok())) {
+        Ok(workload) => workload,
+        Err(Blocked::Topics(problem)) => {
             report(Outcome::TopicsNotReady(problem)).await?;
             // The EventTopic watch wakes this Subscription when they change.
             return Ok(Action::await_change());
         }
-    };
-    let others = context.store.state();
-    if let Some(owner) = resolve::find_group_conflict(subscription, others.iter().filter_map(|guard| guard.0.as_ref().ok())) {
-        report(Outcome::GroupConflict { owner, group: group.clone() }).await?;
-        return Ok(Action::requeue(deps.settings.conflict_retry));
-    }
-    let workload = match resolve::workload(subscription, topics) {
-        Ok(workload) => workload,
-        Err(invalid) => {
+        Err(Blocked::GroupTaken { owner }) => {
+            report(Outcome::GroupConflict { owner, group: group.clone() }).await?;
+            return Ok(Action::requeue(settings.conflict_retry));
+        }
+        Err(Blocked::Invalid(invalid)) => {
             let message = invalid.to_string();
             report(Outcome::InvalidSpec(message.clone())).await?;
-            publish(&deps.recorder, &reference, EventType::Warning, reason::INVALID_SPEC, "Validate", message).await;
+            shared.publish(&reference, EventType::Warning, reason::INVALID_SPEC, "Validate", message).await;
             return Ok(Action::await_change());
         }
     };
-    if let Some(problem) = kafka_secret_problem(&deps.workload, &deps.client, &namespace, &object_name(subscription)).await? {
+    if let Some(problem) = kafka_secret_problem(&settings.workload, shared, namespace).await? {
         report(Outcome::KafkaSecretMissing(problem)).await?;
         // Secrets are not watched (that would take the right to list them all): look again.
-        return Ok(Action::requeue(deps.settings.conflict_retry));
+        return Ok(Action::requeue(settings.conflict_retry));
     }
-    let deployments: Api<Deployment> = Api::namespaced(deps.client.clone(), &namespace);
-    let existing = deployments.get_opt(&workload.name).await.map_err(|source| Error::Kube {
-        operation: "get",
-        object: format!("Deployment {namespace}/{}", workload.name),
-        source,
-    })?;
+    let existing = shared.get::<Deployment>(namespace, &workload.name).await?;
     if let Some(problem) = foreign_deployment(existing.as_ref(), subscription) {
         report(Outcome::DeploymentConflict(problem)).await?;
-        return Ok(Action::requeue(deps.settings.conflict_retry));
+        return Ok(Action::requeue(settings.conflict_retry));
     }
     let engine = match subscription.spec.scaling.engine {
         ScalingEngine::Builtin => ScalingEngine::Builtin,
@@ -254,165 +239,150 @@ async fn reconcile_subscription(subscription: &Subscription, context: &Context) 
             (_, true) => ScalingEngine::Keda,
             (ScalingEngine::Keda, false) => {
                 report(Outcome::KedaNotInstalled).await?;
-                return Ok(Action::requeue(deps.settings.resync_interval));
+                return Ok(Action::requeue(settings.resync_interval));
             }
             (_, false) => ScalingEngine::Builtin,
         },
     };
 
-    // Kafka, then the pure decisions.
-    let run = Run::decide(subscription, &workload, existing.as_ref(), engine, context).await;
+    // Kafka, with the replay's decision (pure) between reading and moving offsets.
+    let now = shared.clock.now();
+    let scale = DeploymentScale::of(existing.as_ref());
+    let policy = Policy::new(&subscription.spec.scaling, workload.cooldown);
+    let requested = subscription.spec.replay.as_ref().map(|replay| &replay.to_timestamp);
+    let previous_replay = subscription.status.as_ref().and_then(|status| status.replay.as_ref());
+    let ask_members = replay::waits_for_consumers(requested, previous_replay);
+    let mut reading = kafka_stage::read(context.admin.as_ref(), context.groups.as_ref(), &workload, ask_members).await;
+    let consumers =
+        Consumers { ready: scale.ready, running: scale.running, members: reading.members, wanted: wanted(&policy, &reading.lag) };
+    let (mut replay_status, step) = replay::advance(requested, previous_replay, &consumers, now);
+    let mut reset = None;
+    if let (Step::ResetOffsets(to), Some(resetting)) = (step, &replay_status) {
+        let result = kafka_stage::reset_offsets(context.groups.as_ref(), &workload, to).await;
+        if result.is_ok() {
+            replay_status = Some(replay::offsets_reset(resetting, now));
+            // The consumers come back sized for what is to be read again.
+            reading.lag = kafka_stage::read_lag(context.groups.as_ref(), &workload).await;
+        }
+        reset = Some(result);
+    }
+    let observed = Observed { reading, replay: replay_status, reset, scale };
+    let run = decide(subscription, &workload, observed, &policy, engine, now);
 
     // Apply.
-    apply_children(&workload, &run, &namespace, context).await?;
+    apply_children(&workload, &run, namespace, context).await?;
 
     // Status.
     let previous = subscription.status.clone().unwrap_or_default();
     let kafka_error = run.kafka_errors.first().cloned();
-    let outcome = Outcome::Reconciled(Box::new(run.reconciled));
-    let new_status = report(outcome).await?;
+    let new_status = report(Outcome::Reconciled(Box::new(run.reconciled))).await?;
     announce(context, &reference, &previous, &new_status).await;
     if let Some(source) = kafka_error {
         return Err(Error::Kafka { object: object_name(subscription), source });
     }
     Ok(Action::requeue(match engine {
-        ScalingEngine::Keda => deps.settings.resync_interval,
-        _ => deps.settings.scale_interval,
+        ScalingEngine::Keda => settings.resync_interval,
+        _ => settings.scale_interval,
     }))
+}
+
+/// The consumer Deployment's replicas as found.
+struct DeploymentScale {
+    /// What its spec asks for; `None` without a Deployment.
+    current: Option<i32>,
+    ready: i32,
+    /// Pods that have not terminated.
+    running: i32,
+}
+
+impl DeploymentScale {
+    fn of(deployment: Option<&Deployment>) -> Self {
+        let status = deployment.and_then(|deployment| deployment.status.as_ref());
+        DeploymentScale {
+            current: deployment.and_then(|deployment| deployment.spec.as_ref()).and_then(|spec| spec.replicas),
+            ready: status.and_then(|status| status.ready_replicas).unwrap_or(0),
+            running: status.and_then(|status| status.replicas).unwrap_or(0),
+        }
+    }
+}
+
+fn lag_reading(lag: &Result<GroupLag, KafkaError>) -> Option<scaler::Lag> {
+    lag.as_ref().ok().map(|lag| scaler::Lag { total: lag.total(), partitions: lag.partition_count() })
+}
+
+/// Replicas the scaler wants for `lag`, or its initial count when the lag is unknown.
+fn wanted(policy: &Policy, lag: &Result<GroupLag, KafkaError>) -> i32 {
+    lag_reading(lag).map(|lag| policy.target(lag.total, lag.partitions)).unwrap_or_else(|| policy.initial())
 }
 
 /// What one reconcile decided, from Kafka and the Deployment it found.
 struct Run {
     reconciled: Reconciled,
-    /// Replicas the Deployment apply sets; `None` with KEDA.
-    replicas: Option<i32>,
-    /// The consumers stay at zero (a replay is under way).
-    hold_at_zero: bool,
+    replicas: Replicas,
     previous_engine: Option<ScalingEngine>,
     kafka_errors: Vec<KafkaError>,
 }
 
-impl Run {
-    async fn decide(
-        subscription: &Subscription,
-        workload: &Workload<'_>,
-        existing: Option<&Deployment>,
-        engine: ScalingEngine,
-        context: &Context,
-    ) -> Run {
-        let deps = &context.deps;
-        let now = deps.clock.now();
-        let previous = subscription.status.clone().unwrap_or_default();
-        let mut kafka_errors = Vec::new();
-        let mut problems = Vec::new();
-        if let Err(error) = ensure_dead_letter_topic(deps.admin.as_ref(), &workload.dead_letter, SyncMode::Apply).await {
-            problems.push(format!("cannot create the dead-letter topic {:?}: {error}", workload.dead_letter.topic));
-            kafka_errors.push(error);
-        }
-        let topics = workload.kafka_topics();
-        let read_lag = || deps.groups.group_lag(&workload.group, &topics, workload.start_from);
-        let mut lag = read_lag().await;
-
-        let deployment_spec = existing.and_then(|deployment| deployment.spec.as_ref());
-        let deployment_status = existing.and_then(|deployment| deployment.status.as_ref());
-        let current = deployment_spec.and_then(|spec| spec.replicas);
-        let ready = deployment_status.and_then(|status| status.ready_replicas).unwrap_or(0);
-        let running = deployment_status.and_then(|status| status.replicas).unwrap_or(0);
-        let policy = Policy::new(&subscription.spec.scaling, workload.cooldown);
-        let reading = |lag: &Result<GroupLag, KafkaError>| {
-            lag.as_ref().ok().map(|lag| scaler::Lag { total: lag.total(), partitions: lag.partition_count() })
-        };
-        let lag_reading = reading(&lag);
-
-        let wanted = lag_reading.map(|lag| policy.target(lag.total, lag.partitions)).unwrap_or_else(|| policy.initial());
-        let (replay_status, reset) = advance_replay(subscription, workload, ready, running, wanted, context).await;
-        match reset {
-            // The consumers come back sized for what is to be read again.
-            Some(Ok(())) => lag = read_lag().await,
-            Some(Err(error)) => {
-                problems.push(format!("cannot move the offsets of consumer group {:?}: {error}", workload.group));
-                kafka_errors.push(error);
-            }
-            None => {}
-        }
-        let hold_at_zero =
-            replay_status.as_ref().is_some_and(|replay| matches!(replay.phase, ReplayPhase::ScalingDown | ReplayPhase::ResettingOffsets));
-
-        if let Err(error) = &lag {
-            kafka_errors.push(error.clone());
-        }
-        let (scaler, replicas, desired_replicas) = match engine {
-            ScalingEngine::Keda => (Scaler::Keda, None, current),
-            _ => {
-                let low_lag_since = previous.low_lag_since.map(|time| time.0);
-                let observation = scaler::Observation { lag: reading(&lag), current, low_lag_since, now };
-                let mut decision = scaler::decide(&policy, &observation);
-                if hold_at_zero {
-                    decision = Decision { replicas: 0, low_lag_since: None, ..decision };
-                }
-                (Scaler::Builtin(decision), Some(decision.replicas), Some(decision.replicas))
-            }
-        };
-        let reconciled = Reconciled {
-            scaler,
-            lag: lag.map_err(|error| error.to_string()),
-            desired_replicas,
-            ready_replicas: ready,
-            lag_threshold: policy.lag_threshold,
-            replay: replay_status,
-            dead_letter_topic: workload.dead_letter.topic.clone(),
-            kafka_problem: (!problems.is_empty()).then(|| problems.join("; ")),
-        };
-        Run { reconciled, replicas, hold_at_zero, previous_engine: previous.engine, kafka_errors }
-    }
+/// What the Kafka stage found and did, and the Deployment as found.
+struct Observed {
+    reading: KafkaReading,
+    /// The replay status after this reconcile.
+    replay: Option<ReplayStatus>,
+    /// The outcome of the replay's offset reset, if it made one.
+    reset: Option<Result<(), KafkaError>>,
+    scale: DeploymentScale,
 }
 
-/// The replay status after this reconcile, and the outcome of the offset reset if it made one.
-async fn advance_replay(
+/// What this reconcile does, decided from what it observed.
+fn decide(
     subscription: &Subscription,
     workload: &Workload<'_>,
-    ready: i32,
-    running: i32,
-    wanted: i32,
-    context: &Context,
-) -> (Option<ReplayStatus>, Option<Result<(), KafkaError>>) {
-    let groups = context.deps.groups.as_ref();
-    let now = context.deps.clock.now();
-    let previous = subscription.status.as_ref().and_then(|status| status.replay.as_ref());
-    let requested = subscription.spec.replay.as_ref().map(|replay| &replay.to_timestamp);
-    let waiting_for_consumers = previous.is_some_and(|replay| {
-        requested.is_some_and(|requested| replay::is_for(replay, requested))
-            && matches!(replay.phase, ReplayPhase::ScalingDown | ReplayPhase::ResettingOffsets)
-    });
-    // Unknown members (a broker that cannot tell, or an error) leave the check to the broker,
-    // which refuses to reset a group with members.
-    let members = if waiting_for_consumers { groups.group_members(&workload.group).await.ok().flatten() } else { None };
-    let (status, step) = replay::advance(requested, previous, &Consumers { ready, running, members, wanted }, now);
-    let (Step::ResetOffsets(to), Some(resetting)) = (step, &status) else {
-        return (status, None);
-    };
-    match groups.reset_offsets(&workload.group, &workload.kafka_topics(), to).await {
-        Ok(()) => {
-            info!(group = %workload.group, "moved the consumer group's offsets for the replay");
-            (Some(replay::offsets_reset(resetting, now)), Some(Ok(())))
+    observed: Observed,
+    policy: &Policy,
+    engine: ScalingEngine,
+    now: Timestamp,
+) -> Run {
+    let Observed { reading, replay: replay_status, reset, scale } = observed;
+    let previous = subscription.status.clone().unwrap_or_default();
+    let mut kafka_errors = Vec::new();
+    let mut problems = Vec::new();
+    if let Err(error) = reading.dead_letter {
+        problems.push(format!("cannot create the dead-letter topic {:?}: {error}", workload.dead_letter.topic));
+        kafka_errors.push(error);
+    }
+    if let Some(Err(error)) = reset {
+        problems.push(format!("cannot move the offsets of consumer group {:?}: {error}", workload.group));
+        kafka_errors.push(error);
+    }
+    let hold_at_zero =
+        replay_status.as_ref().is_some_and(|replay| matches!(replay.phase, ReplayPhase::ScalingDown | ReplayPhase::ResettingOffsets));
+    let lag = reading.lag;
+    if let Err(error) = &lag {
+        kafka_errors.push(error.clone());
+    }
+    let (scaler, replicas, desired_replicas) = match engine {
+        ScalingEngine::Keda => (Scaler::Keda, Replicas::Keda { hold_at_zero }, scale.current),
+        _ => {
+            let low_lag_since = previous.low_lag_since.map(|time| time.0);
+            let observation = scaler::Observation { lag: lag_reading(&lag), current: scale.current, low_lag_since, now };
+            let mut decision = scaler::decide(policy, &observation);
+            if hold_at_zero {
+                decision = Decision { replicas: 0, low_lag_since: None, ..decision };
+            }
+            (Scaler::Builtin(decision), Replicas::Builtin(decision.replicas), Some(decision.replicas))
         }
-        Err(error) => (status, Some(Err(error))),
-    }
-}
-
-/// Creates the dead-letter topic when the Subscription owns it and it is missing; returns whether
-/// it was (or, in a dry run, would be) created. One partition: dead letters are few, and kept in
-/// the order they failed.
-pub async fn ensure_dead_letter_topic(admin: &dyn TopicAdmin, dead_letter: &DeadLetter, mode: SyncMode) -> Result<bool, KafkaError> {
-    if !dead_letter.owned || admin.topic_layout(&dead_letter.topic).await?.is_some() {
-        return Ok(false);
-    }
-    if mode == SyncMode::DryRun {
-        return Ok(true);
-    }
-    let spec = TopicSpec { name: dead_letter.topic.clone(), partitions: 1, replication_factor: None, configs: Default::default() };
-    admin.create_topic(&spec).await?;
-    Ok(true)
+    };
+    let reconciled = Reconciled {
+        scaler,
+        lag: lag.map_err(|error| error.to_string()),
+        desired_replicas,
+        ready_replicas: scale.ready,
+        lag_threshold: policy.lag_threshold,
+        replay: replay_status,
+        dead_letter_topic: workload.dead_letter.topic.clone(),
+        kafka_problem: (!problems.is_empty()).then(|| problems.join("; ")),
+    };
+    Run { reconciled, replicas, previous_engine: previous.engine, kafka_errors }
 }
 
 /// Why an existing Deployment of the Subscription's name is not ours to change, if it is not. One
@@ -436,69 +406,27 @@ pub fn foreign_deployment(existing: Option<&Deployment>, subscription: &Subscrip
 }
 
 async fn apply_children(workload: &Workload<'_>, run: &Run, namespace: &str, context: &Context) -> Result<()> {
-    let deps = &context.deps;
-    let client = &deps.client;
-    let config_map = desired::config_map(workload, &deps.workload);
-    apply(&Api::<ConfigMap>::namespaced(client.clone(), namespace), "ConfigMap", &config_map).await?;
-    let deployment = desired::deployment(workload, &deps.workload, run.replicas);
-    apply(&Api::<Deployment>::namespaced(client.clone(), namespace), "Deployment", &deployment).await?;
-    let scaled_objects: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &desired::scaled_object_resource());
-    match run.reconciled.scaler {
-        Scaler::Keda => apply(&scaled_objects, "ScaledObject", &desired::scaled_object(workload, &deps.workload, run.hold_at_zero)).await?,
+    let shared = &context.shared;
+    let children = plan::children(workload, &context.settings.workload, run.replicas);
+    shared.apply(&children.config_map).await?;
+    shared.apply(&children.deployment).await?;
+    let scaled_objects = desired::scaled_object_resource();
+    if let Some(scaled_object) = children.scaled_object {
+        shared.apply_dynamic(&scaled_object, &scaled_objects).await?;
+    } else if run.previous_engine == Some(ScalingEngine::Keda) {
         // Switched away from KEDA: its HPA would fight the built-in scaler.
-        Scaler::Builtin(_) if run.previous_engine == Some(ScalingEngine::Keda) => {
-            match scaled_objects.delete(&workload.name, &DeleteParams::default()).await {
-                Ok(_) => info!("deleted the KEDA ScaledObject: the built-in scaler takes over"),
-                Err(kube::Error::Api(response)) if response.code == 404 => {}
-                Err(source) => {
-                    return Err(Error::Kube { operation: "delete", object: format!("ScaledObject {namespace}/{}", workload.name), source })
-                }
-            }
+        if shared.delete_dynamic(namespace, &workload.name, &scaled_objects, &DeleteParams::default()).await? {
+            info!("deleted the KEDA ScaledObject: the built-in scaler takes over");
         }
-        Scaler::Builtin(_) => {}
     }
     Ok(())
 }
 
-/// Server-side apply under the operator's field manager, taking over fields others set.
-async fn apply<K>(api: &Api<K>, kind: &str, object: &K) -> Result<()>
-where
-    K: Resource + Clone + Debug + Serialize + DeserializeOwned,
-{
-    let name = object.meta().name.clone().unwrap_or_default();
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object)).await.map(drop).map_err(|source| Error::Kube {
-        operation: "server-side apply",
-        object: format!("{kind} {}/{name}", object.meta().namespace.as_deref().unwrap_or_default()),
-        source,
-    })
-}
-
-/// Builds the status for an outcome and writes it when it changed; returns it.
-async fn report(
-    api: &SubscriptionApi,
-    subscription: &Subscription,
-    group: &str,
-    outcome: Outcome,
-    context: &Context,
-) -> Result<SubscriptionStatus> {
-    let status = build_status(subscription, group, &outcome, context.deps.clock.now());
-    patch_status_if_changed(api, subscription, status.clone(), context).await?;
+/// Builds the status for an outcome and writes it when it is due; returns it.
+async fn report(subscription: &Subscription, group: &str, outcome: Outcome, context: &Context) -> Result<SubscriptionStatus> {
+    let status = build_status(subscription, group, &outcome, context.shared.clock.now());
+    write_status(context, subscription, &status).await?;
     Ok(status)
-}
-
-#[instrument(skip_all)]
-async fn patch_status_if_changed(
-    api: &SubscriptionApi,
-    subscription: &Subscription,
-    status: SubscriptionStatus,
-    context: &Context,
-) -> Result<()> {
-    let settings = &context.deps.settings;
-    let intervals = LagWrites { changed: settings.scale_interval, unchanged: settings.resync_interval };
-    if !needs_patch(subscription.status.as_ref(), &status, intervals) {
-        return Ok(());
-    }
-    controller_support::patch_status(api, subscription, &status).await
 }
 
 /// Events for what changed: the replica count, and each replay phase. Each kind of change has
@@ -506,12 +434,12 @@ async fn patch_status_if_changed(
 async fn announce(context: &Context, reference: &ObjectReference, before: &SubscriptionStatus, after: &SubscriptionStatus) {
     if let (Some(from), Some(to)) = (before.desired_replicas, after.desired_replicas) {
         if from != to && after.engine == Some(ScalingEngine::Builtin) {
-            context.deps.metrics.scaled(from, to);
+            context.shared.metrics.scaled(from, to);
             let lag = after.total_lag.map(|lag| format!("lag {lag}")).unwrap_or_else(|| "lag unknown".into());
             let note = format!("scaled the consumers from {from} to {to} replicas ({lag})");
             info!(%note);
             let reason = if to > from { "ScaledUp" } else { "ScaledDown" };
-            publish(&context.deps.recorder, reference, EventType::Normal, reason, "Scale", note).await;
+            context.shared.publish(reference, EventType::Normal, reason, "Scale", note).await;
         }
     }
     let phase = |status: &SubscriptionStatus| status.replay.as_ref().map(|replay| (replay.to_timestamp.clone(), replay.phase));
@@ -524,7 +452,7 @@ async fn announce(context: &Context, reference: &ObjectReference, before: &Subsc
         };
         let note = format!("replay to {}: {what}", to.0);
         info!(%note);
-        publish(&context.deps.recorder, reference, EventType::Normal, reason, "Replay", note).await;
+        context.shared.publish(reference, EventType::Normal, reason, "Replay", note).await;
     }
 }
 

@@ -9,20 +9,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, store::Writer};
-use kube::runtime::watcher;
-use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
 use tributary_api::{Subscription, SubscriptionStatus};
 
-use super::controller::{reconcile, Context, Dependencies, Settings};
+use super::controller::{Context, Settings};
 use super::test_support::{ready, subscription};
-use crate::conditions::FixedClock;
 use crate::event_topic::test_support::event_topic;
-use crate::fixtures::{self, assert_malformed_object_reported, condition, mock_client, ApiServerVerifier, RecordedRequest};
+use crate::fixtures::{self, assert_malformed_object_reported, condition, ApiServerVerifier, Harness, RecordedRequest, NOW};
 use crate::kafka::{FakeConsumerGroups, FakeTopicAdmin};
-use crate::metrics::Metrics;
 use crate::workload::WorkloadSettings;
 
 const SUBSCRIPTIONS: &str = "/apis/tributary.dev/v1alpha1/namespaces/default/subscriptions";
@@ -32,54 +26,15 @@ const CONFIG_MAP: &str = "/api/v1/namespaces/default/configmaps/billing-consumer
 const SCALED_OBJECT: &str = "/apis/keda.sh/v1alpha1/namespaces/default/scaledobjects/billing";
 const KEDA_CRD: &str = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/scaledobjects.keda.sh";
 const STATUS: &str = "/apis/tributary.dev/v1alpha1/namespaces/default/subscriptions/billing/status";
-const NOW: i64 = 1_800_000_000;
 const GROUP: &str = "default.billing";
 
-struct Harness {
-    context: Arc<Context>,
-    kafka: Arc<FakeTopicAdmin>,
+/// The in-memory Kafka the context was built with.
+struct Kafka {
+    topics: Arc<FakeTopicAdmin>,
     groups: Arc<FakeConsumerGroups>,
-    clock: Arc<FixedClock>,
-    store_writer: Writer<DeserializeGuard<Subscription>>,
 }
 
-fn harness() -> (Harness, ApiServerVerifier) {
-    harness_with(None)
-}
-
-/// With `kafka_properties_secret` as the operator's workload Kafka Secret.
-fn harness_with(kafka_properties_secret: Option<&str>) -> (Harness, ApiServerVerifier) {
-    let (client, verifier) = mock_client();
-    let kafka = Arc::new(FakeTopicAdmin::new());
-    let groups = Arc::new(FakeConsumerGroups::new());
-    let clock = Arc::new(FixedClock::new(Timestamp::from_second(NOW).expect("timestamp")));
-    let (store, store_writer) = reflector::store();
-    let deps = Dependencies {
-        client: client.clone(),
-        admin: kafka.clone(),
-        groups: groups.clone(),
-        recorder: Recorder::new(client, Reporter { controller: crate::FIELD_MANAGER.into(), instance: None }),
-        metrics: Arc::new(Metrics::register(&mut Registry::default())),
-        clock: clock.clone(),
-        settings: Settings::default(),
-        workload: WorkloadSettings {
-            bootstrap_servers: "kafka:9092".into(),
-            relay_image: "ghcr.io/tributary-dev/tributary-relay:0.1.0".into(),
-            kafka_properties_secret: kafka_properties_secret.map(str::to_owned),
-        },
-    };
-    (Harness { context: Arc::new(Context::new(deps, store)), kafka, groups, clock, store_writer }, verifier)
-}
-
-impl Harness {
-    fn seen(&mut self, subscription: &Subscription) {
-        self.store_writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(subscription.clone()))));
-    }
-
-    async fn reconcile(&self, subscription: &Subscription) -> Result<Action, crate::error::Error> {
-        reconcile(Arc::new(DeserializeGuard(Ok(subscription.clone()))), self.context.clone()).await
-    }
-
+impl Kafka {
     /// The Kafka topic `orders` with `partitions` partitions holding `records` records each.
     fn orders_topic(&self, partitions: usize, records: usize) {
         self.groups.add_topic("orders", partitions);
@@ -87,6 +42,23 @@ impl Harness {
             self.groups.produce("orders", partition, records, 1_000);
         }
     }
+}
+
+fn harness() -> (Harness<Context, Kafka>, ApiServerVerifier) {
+    harness_with(None)
+}
+
+/// With `kafka_properties_secret` as the operator's workload Kafka Secret.
+fn harness_with(kafka_properties_secret: Option<&str>) -> (Harness<Context, Kafka>, ApiServerVerifier) {
+    Harness::new(|shared, store| {
+        let kafka = Kafka { topics: Arc::new(FakeTopicAdmin::new()), groups: Arc::new(FakeConsumerGroups::new()) };
+        let workload = WorkloadSettings {
+            bootstrap_servers: "kafka:9092".into(),
+            relay_image: "ghcr.io/tributary-dev/tributary-relay:0.1.0".into(),
+            kafka_properties_secret: kafka_properties_secret.map(str::to_owned),
+        };
+        (Context::new(shared, kafka.topics.clone(), kafka.groups.clone(), store, Settings::new(workload)), kafka)
+    })
 }
 
 /// `subscription` as the API server stores it, created 100 s ago.
@@ -161,7 +133,7 @@ async fn serve_until_applied(api: &mut ApiServerVerifier, found: Option<Value>, 
 #[tokio::test]
 async fn pull_mode_without_keda_gets_a_deployment_the_builtin_scaler_sizes() {
     let (harness, mut api) = harness();
-    harness.orders_topic(4, 60);
+    harness.fakes.orders_topic(4, 60);
     let subscription = stored(subscription("billing", "startFrom: earliest"));
     let scenario = tokio::spawn(async move {
         api.expect(Method::GET, &format!("{TOPICS}/orders"), ready_orders()).await;
@@ -207,15 +179,15 @@ async fn pull_mode_without_keda_gets_a_deployment_the_builtin_scaler_sizes() {
         assert_eq!(condition(&status.body, "ReplayInProgress"), ("False", "NoReplay"));
         api.expect_no_more_requests().await;
     });
-    assert_eq!(harness.reconcile(&subscription).await.expect("reconciles"), Action::requeue(Settings::default().scale_interval));
+    assert_eq!(harness.reconcile(&subscription).await.expect("reconciles"), Action::requeue(harness.context.settings.scale_interval));
     scenario.await.expect("scenario ran");
-    assert_eq!(harness.kafka.topic_names(), vec!["default.billing.dlq"], "the Subscription's own dead-letter topic");
+    assert_eq!(harness.fakes.topics.topic_names(), vec!["default.billing.dlq"], "the Subscription's own dead-letter topic");
 }
 
 #[tokio::test]
 async fn push_mode_with_keda_gets_a_scaled_object_and_leaves_replicas_to_its_hpa() {
     let (harness, mut api) = harness();
-    harness.orders_topic(2, 0);
+    harness.fakes.orders_topic(2, 0);
     let spec =
         "delivery: { mode: Push, sink: { port: 8080, path: /events } }\nscaling: { minReplicas: 1, maxReplicas: 4, lagThreshold: 50 }";
     let subscription = stored(subscription("billing", spec));
@@ -251,14 +223,14 @@ async fn push_mode_with_keda_gets_a_scaled_object_and_leaves_replicas_to_its_hpa
         assert_eq!(condition(&status.body, "Ready"), ("True", "Running"));
         api.expect_no_more_requests().await;
     });
-    assert_eq!(harness.reconcile(&subscription).await.expect("reconciles"), Action::requeue(Settings::default().resync_interval));
+    assert_eq!(harness.reconcile(&subscription).await.expect("reconciles"), Action::requeue(harness.context.settings.resync_interval));
     scenario.await.expect("scenario ran");
 }
 
 #[tokio::test]
 async fn a_missing_event_topic_is_waited_for_and_its_arrival_runs_the_subscription() {
     let (harness, mut api) = harness();
-    harness.orders_topic(1, 0);
+    harness.fakes.orders_topic(1, 0);
     let subscription = stored(subscription("billing", ""));
     let scenario = tokio::spawn(async move {
         api.expect_not_found(Method::GET, &format!("{TOPICS}/orders")).await;
@@ -271,7 +243,7 @@ async fn a_missing_event_topic_is_waited_for_and_its_arrival_runs_the_subscripti
     });
     assert_eq!(harness.reconcile(&subscription).await.expect("reconciles"), Action::await_change(), "woken by the EventTopic watch");
     let mut api = scenario.await.expect("scenario ran");
-    assert!(harness.kafka.calls().is_empty(), "nothing is created while waiting");
+    assert!(harness.fakes.topics.calls().is_empty(), "nothing is created while waiting");
 
     // The EventTopic became Ready: the watch maps it to this Subscription, which now runs.
     let woken = super::controller::subscriptions_reading(
@@ -301,16 +273,16 @@ async fn keda_engine_without_keda_is_reported_and_nothing_is_applied() {
         assert_eq!(condition(&status.body, "Ready"), ("False", "KedaNotInstalled"));
         api.expect_no_more_requests().await;
     });
-    assert_eq!(harness.reconcile(&subscription).await.expect("reconciles"), Action::requeue(Settings::default().resync_interval));
+    assert_eq!(harness.reconcile(&subscription).await.expect("reconciles"), Action::requeue(harness.context.settings.resync_interval));
     scenario.await.expect("scenario ran");
 }
 
 #[tokio::test]
 async fn an_unreachable_broker_keeps_the_replicas_and_reports_unknown_lag() {
     let (harness, mut api) = harness();
-    harness.orders_topic(4, 0);
-    harness.groups.set_unavailable(true);
-    harness.kafka.set_unavailable(true);
+    harness.fakes.orders_topic(4, 0);
+    harness.fakes.groups.set_unavailable(true);
+    harness.fakes.topics.set_unavailable(true);
     let subscription = stored(subscription("billing", "scaling: { engine: Builtin, scaleToZero: true }"));
     let scenario = tokio::spawn(async move {
         // Builtin is asked for explicitly: no KEDA lookup.
@@ -333,9 +305,9 @@ async fn an_unreachable_broker_keeps_the_replicas_and_reports_unknown_lag() {
 #[tokio::test]
 async fn the_builtin_scaler_cools_down_before_scaling_to_zero_and_says_so() {
     let (harness, mut api) = harness();
-    harness.orders_topic(4, 10);
+    harness.fakes.orders_topic(4, 10);
     for partition in 0..4 {
-        harness.groups.commit(GROUP, "orders", partition, 10);
+        harness.fakes.groups.commit(GROUP, "orders", partition, 10);
     }
     let subscription = stored(subscription("billing", "scaling: { engine: Builtin, scaleToZero: true, cooldown: 2m }"));
     let (round_one, api_back) = {
@@ -373,7 +345,7 @@ async fn the_builtin_scaler_cools_down_before_scaling_to_zero_and_says_so() {
 #[tokio::test]
 async fn unchanged_status_is_not_written_again() {
     let (harness, mut api) = harness();
-    harness.orders_topic(1, 50);
+    harness.fakes.orders_topic(1, 50);
     let subscription = stored(subscription("billing", "scaling: { engine: Builtin }\nstartFrom: earliest"));
     let scenario = tokio::spawn(async move {
         serve_until_applied(&mut api, Some(our_deployment(1, 1)), None).await;
@@ -396,10 +368,10 @@ async fn unchanged_status_is_not_written_again() {
 async fn replay_scales_down_resets_offsets_scales_up_and_completes() {
     let (harness, mut api) = harness();
     // 100 old records, then 50 from t = 2s; the group has read them all.
-    harness.groups.add_topic("orders", 1);
-    harness.groups.produce("orders", 0, 100, 1_000);
-    harness.groups.produce("orders", 0, 50, 2_000);
-    harness.groups.commit(GROUP, "orders", 0, 150);
+    harness.fakes.groups.add_topic("orders", 1);
+    harness.fakes.groups.produce("orders", 0, 100, 1_000);
+    harness.fakes.groups.produce("orders", 0, 50, 2_000);
+    harness.fakes.groups.commit(GROUP, "orders", 0, 150);
     let mut subscription =
         stored(subscription("billing", "scaling: { engine: Builtin }\nreplay: { toTimestamp: '1970-01-01T00:00:01.500Z' }"));
     subscription.status = Some(SubscriptionStatus { desired_replicas: Some(2), ..SubscriptionStatus::default() });
@@ -437,7 +409,7 @@ async fn replay_scales_down_resets_offsets_scales_up_and_completes() {
     harness.reconcile(&subscription).await.expect("reconciles");
     let (status, mut api) = scenario.await.expect("scenario ran");
     subscription = with_status(&subscription, &status);
-    assert!(harness.groups.resets().is_empty(), "not before the phase is recorded");
+    assert!(harness.fakes.groups.resets().is_empty(), "not before the phase is recorded");
 
     // 3: the offsets move to the first record at or after 1.5s; the consumers come back.
     let scenario = tokio::spawn(async move {
@@ -453,8 +425,8 @@ async fn replay_scales_down_resets_offsets_scales_up_and_completes() {
     harness.reconcile(&subscription).await.expect("reconciles");
     let (status, mut api) = scenario.await.expect("scenario ran");
     subscription = with_status(&subscription, &status);
-    assert_eq!(harness.groups.resets(), vec![GROUP.to_owned()]);
-    assert_eq!(harness.groups.committed(GROUP, "orders", 0), Some(100));
+    assert_eq!(harness.fakes.groups.resets(), vec![GROUP.to_owned()]);
+    assert_eq!(harness.fakes.groups.committed(GROUP, "orders", 0), Some(100));
 
     // 4: a consumer is ready again: Completed, and the timestamp is remembered.
     let scenario = tokio::spawn(async move {
@@ -481,7 +453,7 @@ async fn replay_scales_down_resets_offsets_scales_up_and_completes() {
     });
     harness.reconcile(&subscription).await.expect("reconciles");
     scenario.await.expect("scenario ran");
-    assert_eq!(harness.groups.resets().len(), 1, "applied once");
+    assert_eq!(harness.fakes.groups.resets().len(), 1, "applied once");
 }
 
 #[tokio::test]
@@ -501,9 +473,9 @@ async fn a_consumer_group_taken_by_an_older_subscription_is_reported() {
         assert!(message.contains("team-a/payments"), "{message}");
         api.expect_no_more_requests().await;
     });
-    assert_eq!(harness.reconcile(&claimant).await.expect("reconciles"), Action::requeue(Settings::default().conflict_retry));
+    assert_eq!(harness.reconcile(&claimant).await.expect("reconciles"), Action::requeue(harness.context.settings.conflict_retry));
     scenario.await.expect("scenario ran");
-    assert!(harness.kafka.calls().is_empty());
+    assert!(harness.fakes.topics.calls().is_empty());
 }
 
 #[tokio::test]
@@ -517,7 +489,7 @@ async fn someone_elses_deployment_of_the_same_name_is_left_alone() {
         assert_eq!(condition(&status.body, "Ready"), ("False", "DeploymentConflict"));
         api.expect_no_more_requests().await;
     });
-    assert_eq!(harness.reconcile(&subscription).await.expect("reconciles"), Action::requeue(Settings::default().conflict_retry));
+    assert_eq!(harness.reconcile(&subscription).await.expect("reconciles"), Action::requeue(harness.context.settings.conflict_retry));
     scenario.await.expect("scenario ran");
 }
 
@@ -532,9 +504,9 @@ async fn a_missing_workload_kafka_secret_is_reported_and_nothing_is_applied() {
         assert_eq!(condition(&status.body, "Ready"), ("False", "KafkaSecretNotFound"));
         api.expect_no_more_requests().await;
     });
-    assert_eq!(harness.reconcile(&subscription).await.expect("reconciles"), Action::requeue(Settings::default().conflict_retry));
+    assert_eq!(harness.reconcile(&subscription).await.expect("reconciles"), Action::requeue(harness.context.settings.conflict_retry));
     scenario.await.expect("scenario ran");
-    assert!(harness.kafka.calls().is_empty(), "no dead-letter topic before the consumers can run");
+    assert!(harness.fakes.topics.calls().is_empty(), "no dead-letter topic before the consumers can run");
 }
 
 #[tokio::test]
@@ -556,7 +528,7 @@ async fn a_dead_letter_topic_that_is_a_source_topic_is_an_invalid_spec() {
 #[tokio::test]
 async fn switching_from_keda_to_builtin_deletes_the_scaled_object() {
     let (harness, mut api) = harness();
-    harness.orders_topic(2, 0);
+    harness.fakes.orders_topic(2, 0);
     let mut subscription = stored(subscription("billing", "scaling: { engine: Builtin }"));
     subscription.status =
         Some(SubscriptionStatus { engine: Some(tributary_api::subscription::ScalingEngine::Keda), ..SubscriptionStatus::default() });
@@ -584,7 +556,7 @@ async fn a_paused_subscription_only_says_so() {
     });
     assert_eq!(harness.reconcile(&subscription).await.expect("reconciles"), Action::await_change());
     scenario.await.expect("scenario ran");
-    assert!(harness.kafka.calls().is_empty() && harness.groups.resets().is_empty());
+    assert!(harness.fakes.topics.calls().is_empty() && harness.fakes.groups.resets().is_empty());
 }
 
 #[tokio::test]
@@ -596,7 +568,5 @@ async fn a_malformed_subscription_is_reported_without_failing() {
         "metadata": {"name": "billing", "namespace": "default", "generation": 3},
         "spec": {"topics": "orders"},
     });
-    let reconcile = async |guard| reconcile(guard, harness.context.clone()).await;
-    assert_malformed_object_reported::<Subscription>(api, manifest, &format!("{SUBSCRIPTIONS}/billing/status"), "InvalidSpec", reconcile)
-        .await;
+    assert_malformed_object_reported(&harness, api, manifest, &format!("{SUBSCRIPTIONS}/billing/status"), "InvalidSpec").await;
 }

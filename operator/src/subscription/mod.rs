@@ -5,14 +5,16 @@
 mod broker_tests;
 pub mod controller;
 pub mod desired;
+pub mod kafka;
 #[cfg(test)]
 mod mock_api_tests;
+pub mod plan;
 pub mod replay;
 pub mod resolve;
 pub mod scaler;
 pub mod status;
 
-pub use controller::{error_policy, reconcile, Context, Dependencies, Settings, CONTROLLER};
+pub use controller::{Context, Settings, CONTROLLER};
 
 #[cfg(test)]
 pub(crate) mod test_support {

@@ -85,6 +85,15 @@ pub fn advance(
     }
 }
 
+/// Whether the replay `previous` is waiting for the consumers to stop before it moves the
+/// offsets of the time `requested` (then the group's members are asked for).
+pub fn waits_for_consumers(requested: Option<&Time>, previous: Option<&ReplayStatus>) -> bool {
+    previous.is_some_and(|replay| {
+        requested.is_some_and(|requested| is_for(replay, requested))
+            && matches!(replay.phase, ReplayPhase::ScalingDown | ReplayPhase::ResettingOffsets)
+    })
+}
+
 /// The status once the offsets were moved: the consumers may come back.
 pub fn offsets_reset(status: &ReplayStatus, now: Timestamp) -> ReplayStatus {
     ReplayStatus { phase: ReplayPhase::ScalingUp, last_transition_time: Some(Time(now)), ..status.clone() }

@@ -9,6 +9,7 @@ use tributary_api::subscription::DeliveryMode;
 use tributary_api::{EventTopic, Subscription};
 
 use crate::kafka::StartFrom;
+use crate::seniority::older_claimant;
 
 /// Kafka's longest topic name.
 const MAX_TOPIC_NAME: usize = 249;
@@ -80,8 +81,7 @@ pub fn resolve_topics(fetched: &[(String, Option<DeserializeGuard<EventTopic>>)]
 }
 
 fn not_ready_reason(topic: &EventTopic) -> Option<String> {
-    let conditions = topic.status.as_ref().map(|status| status.conditions.as_slice()).unwrap_or_default();
-    match crate::conditions::find(conditions, crate::event_topic::status::READY) {
+    match crate::event_topic::status::ready(topic.status.as_ref()) {
         Some(ready) if ready.status == "True" => None,
         Some(ready) => Some(format!("{}: {}", ready.reason, ready.message)),
         None => Some("not reconciled yet".into()),
@@ -92,15 +92,7 @@ fn not_ready_reason(topic: &EventTopic) -> Option<String> {
 /// two Deployments in one group would split its partitions between unrelated consumers.
 pub fn find_group_conflict<'a>(me: &Subscription, all: impl IntoIterator<Item = &'a Subscription>) -> Option<String> {
     let group = me.consumer_group();
-    // Oldest first; objects not yet stored (no timestamp) last; then by namespace and name.
-    let seniority = |subscription: &Subscription| {
-        let created = subscription.metadata.creation_timestamp.as_ref().map(|time| time.0);
-        (created.is_none(), created, subscription.namespace(), subscription.name_any())
-    };
-    let mine = seniority(me);
-    all.into_iter()
-        .filter(|other| seniority(other) < mine && other.consumer_group() == group)
-        .min_by_key(|other| seniority(other))
+    older_claimant(me, all.into_iter().filter(|other| other.consumer_group() == group))
         .map(|owner| format!("{}/{}", owner.namespace().unwrap_or_default(), owner.name_any()))
 }
 
