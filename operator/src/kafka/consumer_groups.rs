@@ -60,6 +60,30 @@ impl GroupLag {
         topics
     }
 
+    /// Where the group starts on each partition it has no commit on, when it starts from the log
+    /// end: committing these makes every later record count as lag. Without a commit a group
+    /// reading from `latest` has lag 0 however many records arrive, so a Subscription scaled to
+    /// zero would never wake up, and a consumer that starts later would skip what arrived.
+    pub fn uncommitted_latest(&self, start_from: StartFrom) -> BTreeMap<(String, i32), i64> {
+        if start_from != StartFrom::Latest {
+            return BTreeMap::new();
+        }
+        self.partitions
+            .iter()
+            .filter(|partition| partition.committed.is_none())
+            .map(|partition| ((partition.topic.clone(), partition.partition), partition.start_from))
+            .collect()
+    }
+
+    /// Records `offsets` as committed.
+    pub fn record_committed(&mut self, offsets: &BTreeMap<(String, i32), i64>) {
+        for partition in &mut self.partitions {
+            if let Some(offset) = offsets.get(&(partition.topic.clone(), partition.partition)) {
+                partition.committed = Some(*offset);
+            }
+        }
+    }
+
     /// Partitions the group reads: the most consumers that can share the work.
     pub fn partition_count(&self) -> i32 {
         i32::try_from(self.partitions.len()).unwrap_or(i32::MAX)
@@ -93,6 +117,10 @@ pub trait ConsumerGroups: Send + Sync {
     /// or after `timestamp_ms` (the log end where there is none). The broker refuses while the
     /// group has members.
     async fn reset_offsets(&self, group: &str, topics: &[String], timestamp_ms: i64) -> Result<(), KafkaError>;
+
+    /// Commits, for the group, these offsets by (topic, partition). The broker refuses while the
+    /// group has members.
+    async fn commit_offsets(&self, group: &str, offsets: &BTreeMap<(String, i32), i64>) -> Result<(), KafkaError>;
 }
 
 #[cfg(test)]
@@ -123,6 +151,20 @@ mod tests {
         };
         assert_eq!(lag.by_topic(), vec![("b".to_owned(), 12), ("a".to_owned(), 3)]);
         assert_eq!((lag.total(), lag.partition_count()), (15, 3));
+    }
+
+    #[test]
+    fn only_partitions_without_a_commit_are_pinned_and_only_when_starting_from_latest() {
+        let lag = GroupLag {
+            partitions: vec![offsets(None, 0, 10, 10), PartitionOffsets { partition: 1, ..offsets(Some(3), 0, 10, 10) }],
+        };
+        let pinned = lag.uncommitted_latest(StartFrom::Latest);
+        assert_eq!(pinned, BTreeMap::from([(("orders".to_owned(), 0), 10)]));
+        assert!(lag.uncommitted_latest(StartFrom::Earliest).is_empty());
+        let mut lag = lag;
+        lag.record_committed(&pinned);
+        let committed: Vec<Option<i64>> = lag.partitions.iter().map(|p| p.committed).collect();
+        assert_eq!(committed, vec![Some(10), Some(3)]);
     }
 
     #[test]

@@ -87,6 +87,18 @@ impl FakeConsumerGroups {
         self.state().resets.clone()
     }
 
+    /// As the broker does: offsets of a group with members are not moved from outside.
+    fn check_empty(state: &FakeState, group: &str, topic: Option<&String>) -> Result<(), KafkaError> {
+        if state.members.get(group).is_some_and(|members| *members > 0) {
+            return Err(KafkaError::Rejected {
+                operation: "AlterConsumerGroupOffsets",
+                topic: topic.cloned().unwrap_or_default(),
+                message: format!("consumer group {group:?} is not empty"),
+            });
+        }
+        Ok(())
+    }
+
     fn check(state: &FakeState, topics: &[String]) -> Result<(), KafkaError> {
         if state.unavailable {
             return Err(KafkaError::Unavailable("fake broker is down".into()));
@@ -156,13 +168,7 @@ impl ConsumerGroups for FakeConsumerGroups {
     async fn reset_offsets(&self, group: &str, topics: &[String], timestamp_ms: i64) -> Result<(), KafkaError> {
         let mut state = self.state();
         Self::check(&state, topics)?;
-        if state.members.get(group).is_some_and(|members| *members > 0) {
-            return Err(KafkaError::Rejected {
-                operation: "AlterConsumerGroupOffsets",
-                topic: topics.first().cloned().unwrap_or_default(),
-                message: format!("consumer group {group:?} is not empty"),
-            });
-        }
+        Self::check_empty(&state, group, topics.first())?;
         let targets: Vec<((String, String, i32), i64)> = Self::partitions(&state, topics)
             .map(|(topic, partition, log)| {
                 ((group.to_owned(), topic.clone(), partition), log.first_at_or_after(timestamp_ms).unwrap_or_else(|| log.log_end()))
@@ -170,6 +176,15 @@ impl ConsumerGroups for FakeConsumerGroups {
             .collect();
         state.committed.extend(targets);
         state.resets.push(group.to_owned());
+        Ok(())
+    }
+
+    async fn commit_offsets(&self, group: &str, offsets: &BTreeMap<(String, i32), i64>) -> Result<(), KafkaError> {
+        let mut state = self.state();
+        let topics: Vec<String> = offsets.keys().map(|(topic, _)| topic.clone()).collect();
+        Self::check(&state, &topics)?;
+        Self::check_empty(&state, group, topics.first())?;
+        state.committed.extend(offsets.iter().map(|((topic, partition), offset)| ((group.to_owned(), topic.clone(), *partition), *offset)));
         Ok(())
     }
 }

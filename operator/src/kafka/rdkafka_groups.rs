@@ -95,6 +95,11 @@ impl ConsumerGroups for RdKafkaTopicAdmin {
         })
         .await?
     }
+
+    async fn commit_offsets(&self, group: &str, offsets: &BTreeMap<(String, i32), i64>) -> Result<(), KafkaError> {
+        let (group, offsets) = (group.to_owned(), offsets.clone());
+        self.blocking(move |client, timeout| alter_group_offsets(client, &group, &offsets, timeout)).await?
+    }
 }
 
 impl RdKafkaTopicAdmin {

@@ -11,7 +11,10 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
+use super::kafka::{self, Ask};
+use super::resolve::{self, ResolvedTopic, Workload};
 use super::scaler::{decide, Lag, Observation, Policy, Reason};
+use super::test_support::subscription;
 use crate::fixtures::{test_bootstrap_servers, unique_name};
 use crate::kafka::{ConsumerGroups, GroupLag, KafkaConnection, KafkaError, RdKafkaTopicAdmin, StartFrom, TopicAdmin, TopicSpec};
 
@@ -37,15 +40,23 @@ impl Broker {
         let topic = unique_name(name);
         let spec = TopicSpec { name: topic.clone(), partitions: 2, replication_factor: None, configs: Default::default() };
         self.admin.create_topic(&spec).await.expect("create topic");
-        let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &self.servers).create().expect("producer");
-        for (partition, count, timestamp) in [(0, early, EARLY), (1, late, LATE)] {
-            for index in 0..count {
-                let payload = format!("record {index}");
-                let record = FutureRecord::<(), _>::to(&topic).partition(partition).payload(&payload).timestamp(timestamp);
-                producer.send(record, Duration::from_secs(10)).await.expect("produced");
-            }
-        }
+        self.produce_at(&topic, 0, early, EARLY).await;
+        self.produce_at(&topic, 1, late, LATE).await;
         topic
+    }
+
+    /// `count` records into `partition`, stamped now.
+    async fn produce(&self, topic: &str, partition: i32, count: usize) {
+        self.produce_at(topic, partition, count, Timestamp::now().as_millisecond()).await;
+    }
+
+    async fn produce_at(&self, topic: &str, partition: i32, count: usize, timestamp: i64) {
+        let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &self.servers).create().expect("producer");
+        for index in 0..count {
+            let payload = format!("record {index}");
+            let record = FutureRecord::<(), _>::to(topic).partition(partition).payload(&payload).timestamp(timestamp);
+            producer.send(record, Duration::from_secs(10)).await.expect("produced");
+        }
     }
 
     /// Commits offsets for the group the way a consumer does, without joining it.
@@ -225,4 +236,38 @@ async fn the_builtin_scaler_follows_real_lag_readings() {
         },
     );
     assert_eq!((kept.replicas, kept.reason), (2, Reason::LagUnknown));
+}
+
+/// The Subscription's Kafka stage as a reconcile runs it, with no consumer running.
+async fn idle_reconcile(broker: &Broker, workload: &Workload<'_>) -> GroupLag {
+    let ask = Ask { members: false, idle: true };
+    kafka::read(&broker.admin, &broker.admin, workload, ask).await.lag.expect("lag")
+}
+
+#[tokio::test]
+async fn a_group_scaled_to_zero_that_never_committed_wakes_up_when_records_arrive() {
+    let Some(broker) = broker() else { return };
+    // startFrom: latest (the default), and the records already there are not to be read.
+    let topic = broker.topic_with_records("wake", 5, 3).await;
+    let subscription = subscription("wake", "scaling: { minReplicas: 1, scaleToZero: true, activationLagThreshold: 0 }");
+    let resolved = ResolvedTopic { name: "orders".into(), kafka_topic: topic.clone(), dead_letter_topic: None };
+    let mut workload = resolve::workload(&subscription, vec![resolved]).expect("a valid Subscription");
+    workload.group = unique_name("group");
+    workload.dead_letter.topic = unique_name("wake-dlq");
+    let policy = Policy::new(&subscription.spec.scaling, workload.cooldown);
+
+    let before = idle_reconcile(&broker, &workload).await;
+    assert_eq!(before.total(), 0, "latest: what was there before is not lag: {before:?}");
+    let asleep = decide(&policy, &Observation { lag: Some(lag(&before)), current: Some(0), low_lag_since: None, now: Timestamp::now() });
+    assert_eq!(asleep.replicas, 0);
+
+    broker.produce(&topic, 1, 4).await;
+    let after = idle_reconcile(&broker, &workload).await;
+    assert_eq!(after.total(), 4, "records that arrived while nobody consumed are lag: {after:?}");
+    let woken = decide(&policy, &Observation { lag: Some(lag(&after)), current: Some(0), low_lag_since: None, now: Timestamp::now() });
+    assert!(woken.replicas >= 1, "a consumer is wanted at the next scale interval: {woken:?}");
+}
+
+fn lag(reading: &GroupLag) -> Lag {
+    Lag { total: reading.total(), partitions: reading.partition_count() }
 }

@@ -26,7 +26,7 @@ use tributary_api::subscription::{ReplayPhase, ReplayStatus, ScalingEngine};
 use tributary_api::{EventTopic, Subscription, SubscriptionStatus};
 
 use super::desired::{self, SUBSCRIPTION_LABEL};
-use super::kafka::{self as kafka_stage, KafkaReading};
+use super::kafka::{self as kafka_stage, Ask, KafkaReading};
 use super::plan::{self, Blocked, Replicas};
 use super::replay::{self, Consumers, Step};
 use super::resolve::Workload;
@@ -251,8 +251,8 @@ async fn reconcile_subscription(subscription: &Subscription, namespace: &str, co
     let policy = Policy::new(&subscription.spec.scaling, workload.cooldown);
     let requested = subscription.spec.replay.as_ref().map(|replay| &replay.to_timestamp);
     let previous_replay = subscription.status.as_ref().and_then(|status| status.replay.as_ref());
-    let ask_members = replay::waits_for_consumers(requested, previous_replay);
-    let mut reading = kafka_stage::read(context.admin.as_ref(), context.groups.as_ref(), &workload, ask_members).await;
+    let ask = Ask { members: replay::waits_for_consumers(requested, previous_replay), idle: scale.running == 0 };
+    let mut reading = kafka_stage::read(context.admin.as_ref(), context.groups.as_ref(), &workload, ask).await;
     let consumers =
         Consumers { ready: scale.ready, running: scale.running, members: reading.members, wanted: wanted(&policy, &reading.lag) };
     let (mut replay_status, step) = replay::advance(requested, previous_replay, &consumers, now);

@@ -2,7 +2,9 @@
 //! topic it owns, the consumer group's lag and members, and a replay's offset reset. What to do
 //! with the answers is decided in pure code (`replay`, `scaler`, the controller's `decide`).
 
-use tracing::info;
+use std::collections::BTreeMap;
+
+use tracing::{info, warn};
 
 use super::resolve::{DeadLetter, Workload};
 use crate::kafka::{ConsumerGroups, GroupLag, KafkaError, SyncMode, TopicAdmin, TopicSpec};
@@ -19,13 +21,41 @@ pub struct KafkaReading {
     pub members: Option<usize>,
 }
 
+/// What the reconcile knows before it asks Kafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ask {
+    /// Ask for the group's members: a replay waits for the consumers to stop.
+    pub members: bool,
+    /// No consumer runs (the Deployment has no pods).
+    pub idle: bool,
+}
+
 /// Reads what a reconcile needs from Kafka, after creating the dead-letter topic if it is
 /// missing.
-pub async fn read(admin: &dyn TopicAdmin, groups: &dyn ConsumerGroups, workload: &Workload<'_>, ask_members: bool) -> KafkaReading {
+pub async fn read(admin: &dyn TopicAdmin, groups: &dyn ConsumerGroups, workload: &Workload<'_>, ask: Ask) -> KafkaReading {
     let dead_letter = ensure_dead_letter_topic(admin, &workload.dead_letter, SyncMode::Apply).await;
-    let lag = read_lag(groups, workload).await;
-    let members = if ask_members { groups.group_members(&workload.group).await.ok().flatten() } else { None };
+    let mut lag = read_lag(groups, workload).await;
+    if let (true, Ok(reading)) = (ask.idle, lag.as_mut()) {
+        let start = reading.uncommitted_latest(workload.start_from);
+        if !start.is_empty() {
+            pin_start(groups, workload, reading, &start).await;
+        }
+    }
+    let members = if ask.members { groups.group_members(&workload.group).await.ok().flatten() } else { None };
     KafkaReading { dead_letter, lag, members }
+}
+
+/// Commits `start` (where the group starts on partitions it never committed on) while nobody
+/// consumes, so that records arriving from now on count as lag. A broker that refuses (the group
+/// got a member meanwhile, whose commits then count) leaves the reading as it was.
+async fn pin_start(groups: &dyn ConsumerGroups, workload: &Workload<'_>, reading: &mut GroupLag, start: &BTreeMap<(String, i32), i64>) {
+    match groups.commit_offsets(&workload.group, start).await {
+        Ok(()) => {
+            info!(group = %workload.group, partitions = start.len(), "committed the group's starting position while nobody consumes");
+            reading.record_committed(start);
+        }
+        Err(error) => warn!(group = %workload.group, %error, "could not commit the group's starting position"),
+    }
 }
 
 /// The consumer group's lag on the Subscription's topics.
