@@ -155,9 +155,7 @@ mod tests {
 
     #[test]
     fn only_partitions_without_a_commit_are_pinned_and_only_when_starting_from_latest() {
-        let lag = GroupLag {
-            partitions: vec![offsets(None, 0, 10, 10), PartitionOffsets { partition: 1, ..offsets(Some(3), 0, 10, 10) }],
-        };
+        let lag = GroupLag { partitions: vec![offsets(None, 0, 10, 10), PartitionOffsets { partition: 1, ..offsets(Some(3), 0, 10, 10) }] };
         let pinned = lag.uncommitted_latest(StartFrom::Latest);
         assert_eq!(pinned, BTreeMap::from([(("orders".to_owned(), 0), 10)]));
         assert!(lag.uncommitted_latest(StartFrom::Earliest).is_empty());

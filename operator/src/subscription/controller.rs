@@ -270,7 +270,8 @@ async fn reconcile_subscription(subscription: &Subscription, namespace: &str, co
     let run = decide(subscription, &workload, observed, &policy, engine, now);
 
     // Apply.
-    apply_children(&workload, &run, namespace, context).await?;
+    let handoff = plan::replicas_handoff(existing.as_ref(), run.replicas);
+    apply_children(&workload, &run, handoff, namespace, context).await?;
 
     // Status.
     let previous = subscription.status.clone().unwrap_or_default();
@@ -405,10 +406,17 @@ pub fn foreign_deployment(existing: Option<&Deployment>, subscription: &Subscrip
     }
 }
 
-async fn apply_children(workload: &Workload<'_>, run: &Run, namespace: &str, context: &Context) -> Result<()> {
+/// Applies the children; `handoff` holds the replicas at that count before the operator's apply
+/// lets go of them (see [`plan::replicas_handoff`]).
+async fn apply_children(workload: &Workload<'_>, run: &Run, handoff: Option<i32>, namespace: &str, context: &Context) -> Result<()> {
     let shared = &context.shared;
     let children = plan::children(workload, &context.settings.workload, run.replicas);
     shared.apply(&children.config_map).await?;
+    if let Some(replicas) = handoff {
+        let body = plan::replicas_handoff_body(&workload.name, replicas);
+        shared.apply_fields::<Deployment>(namespace, &workload.name, plan::REPLICAS_HANDOFF_MANAGER, &body).await?;
+        info!(replicas, "KEDA takes over the replicas; held at their current count until its HPA scales");
+    }
     shared.apply(&children.deployment).await?;
     let scaled_objects = desired::scaled_object_resource();
     if let Some(scaled_object) = children.scaled_object {

@@ -545,6 +545,42 @@ async fn switching_from_keda_to_builtin_deletes_the_scaled_object() {
 }
 
 #[tokio::test]
+async fn switching_from_builtin_to_keda_hands_the_replicas_over_without_dropping_them() {
+    let (harness, mut api) = harness();
+    harness.fakes.orders_topic(2, 0);
+    let mut subscription = stored(subscription("billing", "scaling: { engine: Keda, minReplicas: 1, maxReplicas: 8 }"));
+    subscription.status =
+        Some(SubscriptionStatus { engine: Some(tributary_api::subscription::ScalingEngine::Builtin), ..SubscriptionStatus::default() });
+    // The built-in scaler set 5 replicas, so the operator's apply owns spec.replicas.
+    let mut found = our_deployment(5, 5);
+    found["metadata"]["managedFields"] = json!([{
+        "manager": "tributary-operator", "operation": "Apply", "apiVersion": "apps/v1", "fieldsType": "FieldsV1",
+        "fieldsV1": {"f:spec": {"f:replicas": {}, "f:template": {}}},
+    }]);
+    let scenario = tokio::spawn(async move {
+        api.expect(Method::GET, &format!("{TOPICS}/orders"), ready_orders()).await;
+        api.expect(Method::GET, DEPLOYMENT, found).await;
+        let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": "scaledobjects.keda.sh"}});
+        api.expect(Method::GET, KEDA_CRD, crd).await;
+        api.expect(Method::PATCH, CONFIG_MAP, applied("ConfigMap", "v1", "billing-consumer")).await;
+        // Dropping replicas from the operator's apply alone would reset them to 1 until the HPA acts:
+        // another manager takes them over first, at their current value.
+        let handoff = api.expect(Method::PATCH, DEPLOYMENT, applied("Deployment", "apps/v1", "billing")).await;
+        assert!(handoff.uri.contains("fieldManager=tributary-operator-replicas-handoff"), "{}", handoff.uri);
+        assert_eq!(handoff.body["spec"], json!({"replicas": 5}));
+        let deployment = api.expect(Method::PATCH, DEPLOYMENT, applied("Deployment", "apps/v1", "billing")).await;
+        assert_server_side_apply(&deployment);
+        assert!(deployment.body["spec"].get("replicas").is_none(), "the HPA owns replicas: {}", deployment.body["spec"]);
+        api.expect(Method::PATCH, SCALED_OBJECT, applied("ScaledObject", "keda.sh/v1alpha1", "billing")).await;
+        let status = api.expect(Method::PATCH, STATUS, json!({})).await;
+        assert_eq!(status.body["status"]["engine"], "Keda");
+        api.expect_no_more_requests().await;
+    });
+    harness.reconcile(&subscription).await.expect("reconciles");
+    scenario.await.expect("scenario ran");
+}
+
+#[tokio::test]
 async fn a_paused_subscription_only_says_so() {
     let (harness, mut api) = harness();
     let mut subscription = stored(subscription("billing", ""));

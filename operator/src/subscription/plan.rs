@@ -67,3 +67,29 @@ pub fn children(workload: &Workload<'_>, settings: &WorkloadSettings, replicas: 
         scaled_object,
     }
 }
+
+/// The field manager that holds the consumer Deployment's replicas between the built-in scaler
+/// and KEDA's HPA.
+pub const REPLICAS_HANDOFF_MANAGER: &str = "tributary-operator-replicas-handoff";
+
+/// The replicas to hand over before the operator's apply stops setting them: when KEDA takes over
+/// a Deployment whose replicas the operator's apply owns. Server-side apply resets a field that
+/// its only owner drops (to 1 replica here) until the HPA acts; applied first at the current
+/// count under [`REPLICAS_HANDOFF_MANAGER`], the field stays as it is, and the HPA takes it over
+/// when it scales.
+pub fn replicas_handoff(existing: Option<&Deployment>, replicas: Replicas) -> Option<i32> {
+    let existing = existing?;
+    if !matches!(replicas, Replicas::Keda { .. }) {
+        return None;
+    }
+    let owns_replicas = existing.metadata.managed_fields.iter().flatten().any(|entry| {
+        entry.manager.as_deref() == Some(crate::FIELD_MANAGER)
+            && entry.fields_v1.as_ref().is_some_and(|fields| fields.0.pointer("/f:spec/f:replicas").is_some())
+    });
+    owns_replicas.then(|| existing.spec.as_ref().and_then(|spec| spec.replicas)).flatten()
+}
+
+/// The apply body that holds `replicas` under [`REPLICAS_HANDOFF_MANAGER`].
+pub fn replicas_handoff_body(name: &str, replicas: i32) -> serde_json::Value {
+    serde_json::json!({ "apiVersion": "apps/v1", "kind": "Deployment", "metadata": { "name": name }, "spec": { "replicas": replicas } })
+}
