@@ -89,6 +89,9 @@ const KAFKA_TOPIC_CONFIGS: &[&str] = &[
     "unclean.leader.election.enable",
 ];
 
+/// The largest record a topic accepts.
+pub const MAX_MESSAGE_BYTES: &str = "max.message.bytes";
+
 /// Prefixes of broker vendors' own topic configs, passed through unchecked.
 const VENDOR_CONFIG_PREFIXES: &[&str] = &["confluent.", "redpanda.", "tansu."];
 
@@ -110,7 +113,7 @@ pub fn desired_topics(topic: &EventTopic) -> Result<Vec<DesiredTopic>, SpecError
         ("cleanup.policy", "cleanupPolicy", spec.cleanup_policy.map(|p| p.as_kafka().to_owned())),
         ("min.insync.replicas", "minInSyncReplicas", spec.min_in_sync_replicas.map(|n| n.to_string())),
         ("compression.type", "compression", spec.compression.map(|c| c.as_kafka().to_owned())),
-        ("max.message.bytes", "maxMessageBytes", spec.max_message_bytes.map(|n| n.to_string())),
+        (MAX_MESSAGE_BYTES, "maxMessageBytes", spec.max_message_bytes.map(|n| n.to_string())),
     ];
     for (key, field, value) in typed {
         if let Some(value) = value {
@@ -146,6 +149,11 @@ pub fn desired_topics(topic: &EventTopic) -> Result<Vec<DesiredTopic>, SpecError
     };
     if let Some(value) = dead_letter_retention {
         dead_letter_configs.insert("retention.ms".to_owned(), value);
+    }
+    // A record the topic accepts must fit its dead-letter topic too, or it can never be
+    // dead-lettered and holds up its partition.
+    if let Some(value) = main.spec.configs.get(MAX_MESSAGE_BYTES) {
+        dead_letter_configs.insert(MAX_MESSAGE_BYTES.to_owned(), value.clone());
     }
     dead_letter_configs.retain(|key, _| !ignored_keys.contains(key));
     let dead_letter = DesiredTopic {
@@ -223,6 +231,17 @@ mod tests {
         let dead_letter = &desired_topics(&topic).expect("valid spec")[1];
         assert_eq!((dead_letter.spec.name.as_str(), dead_letter.spec.partitions), ("payments-dead", 1));
         assert_eq!(dead_letter.spec.configs.get("retention.ms").map(String::as_str), Some("-1"));
+    }
+
+    #[test]
+    fn dead_letter_topics_take_the_largest_record_size_of_their_topic() {
+        for spec in ["maxMessageBytes: 2097152", "config: { max.message.bytes: '2097152' }"] {
+            let topic = event_topic("payments", &format!("{spec}\ndeadLetter: {{ enabled: true }}"));
+            let dead_letter = &desired_topics(&topic).expect("valid spec")[1];
+            assert_eq!(dead_letter.spec.configs.get(MAX_MESSAGE_BYTES).map(String::as_str), Some("2097152"), "{spec}");
+        }
+        let plain = event_topic("payments", "deadLetter: { enabled: true }");
+        assert!(!desired_topics(&plain).expect("valid spec")[1].spec.configs.contains_key(MAX_MESSAGE_BYTES), "the broker's default");
     }
 
     #[test]
