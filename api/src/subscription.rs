@@ -523,7 +523,8 @@ pub struct TopicLag {
 pub struct ReplayStatus {
     /// The replay target this status is about.
     pub to_timestamp: Time,
-    /// ScalingDown, ResettingOffsets, ScalingUp or Completed.
+    /// ScalingDown, ResettingOffsets, ScalingUp, Completed, or Failed (the consumer group kept
+    /// consumers other than this Subscription's, so its offsets could not be moved).
     pub phase: ReplayPhase,
     /// When the phase last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -536,6 +537,7 @@ pub enum ReplayPhase {
     ResettingOffsets,
     ScalingUp,
     Completed,
+    Failed,
 }
 
 /// Where a group starts on a partition it has not committed an offset for (`spec.startFrom`), as

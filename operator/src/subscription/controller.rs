@@ -457,10 +457,12 @@ async fn announce(context: &Context, reference: &ObjectReference, before: &Subsc
             ReplayPhase::ResettingOffsets => ("ReplayResettingOffsets", "the consumers stopped; moving the group's offsets"),
             ReplayPhase::ScalingUp => ("ReplayScalingUp", "offsets moved; starting the consumers"),
             ReplayPhase::Completed => ("ReplayCompleted", "the consumers are back"),
+            ReplayPhase::Failed => ("ReplayFailed", "given up: the consumer group has members other than this Subscription's consumers"),
         };
         let note = format!("replay to {}: {what}", to.0);
         info!(%note);
-        context.shared.publish(reference, EventType::Normal, reason, "Replay", note).await;
+        let type_ = if phase_now == ReplayPhase::Failed { EventType::Warning } else { EventType::Normal };
+        context.shared.publish(reference, type_, reason, "Replay", note).await;
     }
 }
 

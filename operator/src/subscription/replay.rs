@@ -1,13 +1,15 @@
 //! The replay phase machine (pure): ScalingDown → ResettingOffsets → ScalingUp → Completed, one
 //! phase per reconcile so that status shows each, applied once per value of
-//! `spec.replay.toTimestamp`.
+//! `spec.replay.toTimestamp`; Failed when the group's offsets cannot be moved for [`PATIENCE`].
 //!
 //! Offsets can only be moved while nobody consumes: the consumers are held at zero replicas until
 //! the Deployment has no pods left and (when the broker can tell) the group has no members; the
 //! broker itself refuses a reset of a group with members, which makes the reset safe to retry.
 
+use std::time::Duration;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use tributary_api::subscription::{ReplayPhase, ReplayStatus};
 
 /// What the replay needs to know about the consumers.
@@ -25,9 +27,19 @@ pub struct Consumers {
 
 impl Consumers {
     fn gone(&self) -> bool {
-        self.ready == 0 && self.running == 0 && self.members.unwrap_or(0) == 0
+        self.pods_gone() && self.members.unwrap_or(0) == 0
+    }
+
+    fn pods_gone(&self) -> bool {
+        self.ready == 0 && self.running == 0
     }
 }
+
+/// How long a replay waits for a consumer group with members that are not the Subscription's
+/// pods (or for a broker that keeps refusing the reset) before it gives up: phase Failed, the
+/// consumers come back, and the timestamp is not tried again.
+pub const PATIENCE: Duration = Duration::from_secs(300);
+pub const PATIENCE_TEXT: &str = "5 minutes";
 
 /// Whether a replay status is about the requested time. Times are compared to the second: status
 /// is written with whole seconds (as Kubernetes writes times), so a request of `…:01.5Z` must
@@ -74,14 +86,22 @@ pub fn advance(
         return (Some(started), Step::HoldAtZero);
     };
     let in_phase = |phase| ReplayStatus { phase, last_transition_time: Some(Time(now)), ..previous.clone() };
+    let out_of_patience = || {
+        let since = previous.last_transition_time.as_ref().map_or(now, |time| time.0);
+        now.duration_since(since) >= SignedDuration::try_from(PATIENCE).unwrap_or(SignedDuration::MAX)
+    };
     match previous.phase {
         ReplayPhase::ScalingDown if consumers.gone() => (Some(in_phase(ReplayPhase::ResettingOffsets)), Step::HoldAtZero),
+        // The Deployment has no pods left, yet the group has members: someone else consumes with it.
+        ReplayPhase::ScalingDown if consumers.pods_gone() && out_of_patience() => (Some(in_phase(ReplayPhase::Failed)), Step::Idle),
         ReplayPhase::ScalingDown => (Some(previous.clone()), Step::HoldAtZero),
+        // The broker keeps refusing the reset (members it does not report).
+        ReplayPhase::ResettingOffsets if consumers.pods_gone() && out_of_patience() => (Some(in_phase(ReplayPhase::Failed)), Step::Idle),
         ReplayPhase::ResettingOffsets if consumers.gone() => (Some(previous.clone()), Step::ResetOffsets(requested.0.as_millisecond())),
         ReplayPhase::ResettingOffsets => (Some(previous.clone()), Step::HoldAtZero),
         ReplayPhase::ScalingUp if consumers.ready >= consumers.wanted.min(1) => (Some(in_phase(ReplayPhase::Completed)), Step::Idle),
         ReplayPhase::ScalingUp => (Some(previous.clone()), Step::Resume),
-        ReplayPhase::Completed => (Some(previous.clone()), Step::Idle),
+        ReplayPhase::Completed | ReplayPhase::Failed => (Some(previous.clone()), Step::Idle),
     }
 }
 
@@ -161,6 +181,29 @@ mod tests {
             advance(Some(&target), Some(&status(ReplayPhase::ResettingOffsets, 0)), &unknown_members, at(1)).1,
             Step::ResetOffsets(_)
         ));
+    }
+
+    #[test]
+    fn a_group_that_keeps_members_outside_the_deployment_fails_the_replay_after_a_while() {
+        let target = Time(at(-3_600));
+        let others_consume = Consumers { members: Some(2), ..GONE };
+        let patience = PATIENCE.as_secs() as i64;
+        let scaling_down = status(ReplayPhase::ScalingDown, 0);
+        assert_eq!(advance(Some(&target), Some(&scaling_down), &others_consume, at(patience - 1)).1, Step::HoldAtZero, "still waiting");
+        let (failed, step) = advance(Some(&target), Some(&scaling_down), &others_consume, at(patience));
+        assert_eq!((failed.clone(), step), (Some(status(ReplayPhase::Failed, patience)), Step::Idle), "the consumers come back");
+        let (still_failed, step) = advance(Some(&target), failed.as_ref(), &RUNNING, at(patience + 100));
+        assert_eq!((still_failed, step), (failed, Step::Idle), "not tried again for the same timestamp");
+
+        // Pods still terminating are waited for however long they take.
+        let terminating = Consumers { running: 1, ..others_consume };
+        assert_eq!(advance(Some(&target), Some(&scaling_down), &terminating, at(patience * 10)).1, Step::HoldAtZero);
+
+        // A reset the broker keeps refusing (members it does not report) ends the same way.
+        let resetting = status(ReplayPhase::ResettingOffsets, 0);
+        let unknown = Consumers { members: None, ..GONE };
+        assert!(matches!(advance(Some(&target), Some(&resetting), &unknown, at(patience - 1)).1, Step::ResetOffsets(_)));
+        assert_eq!(advance(Some(&target), Some(&resetting), &unknown, at(patience)).0.map(|s| s.phase), Some(ReplayPhase::Failed));
     }
 
     #[test]

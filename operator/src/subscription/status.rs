@@ -48,6 +48,7 @@ pub mod reason {
     // ReplayInProgress
     pub const NO_REPLAY: &str = "NoReplay";
     pub const REPLAY_COMPLETED: &str = "ReplayCompleted";
+    pub const REPLAY_FAILED: &str = "ReplayFailed";
     pub const SCALING_DOWN: &str = "ScalingDown";
     pub const RESETTING_OFFSETS: &str = "ResettingOffsets";
     pub const SCALING_UP: &str = "ScalingUp";
@@ -119,6 +120,14 @@ fn replay_condition(replay: Option<&ReplayStatus>) -> DesiredCondition {
         ReplayPhase::ResettingOffsets => (Status::True, reason::RESETTING_OFFSETS, format!("replay to {to}: moving the group's offsets")),
         ReplayPhase::ScalingUp => (Status::True, reason::SCALING_UP, format!("replay to {to}: offsets moved, consumers starting")),
         ReplayPhase::Completed => (Status::False, reason::REPLAY_COMPLETED, format!("replayed from {to}")),
+        ReplayPhase::Failed => (
+            Status::False,
+            reason::REPLAY_FAILED,
+            format!(
+                "replay to {to} given up after {}: the consumer group kept members that are not this Subscription's pods (or the broker refused to move its offsets); stop those consumers, then ask again with another toTimestamp",
+                replay::PATIENCE_TEXT
+            ),
+        ),
     };
     condition(REPLAY_IN_PROGRESS, status, reason, message)
 }
