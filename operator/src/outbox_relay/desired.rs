@@ -19,6 +19,7 @@ use tributary_api::{OutboxRelay, OutboxRelaySpec};
 use crate::pod_security::pod_security_context;
 use crate::relay_container::{env_var, quantities, RelayContainer, RelayPod, CONTAINER_NAME};
 use crate::workload::{KafkaProperties, WorkloadSettings};
+
 /// Name of the relay container's HTTP port (`/metrics`, `/healthz`, `/readyz`, `/status`).
 pub const PORT_NAME: &str = "outbox-relay";
 /// `app.kubernetes.io/component` of standalone relay Deployments.
