@@ -6,9 +6,12 @@
 // kube-derive repeats `type_ = …` across printcolumn(…) entries, which this lint misreads.
 #![allow(clippy::duplicated_attributes)]
 
+// First: its macro gives the enums of the modules below their flag spelling.
+#[macro_use]
+pub mod relay_contract;
+
 pub mod duration;
 pub mod event_topic;
-pub mod kafka_properties;
 pub mod outbox_relay;
 pub mod patterns;
 pub mod pod_security;

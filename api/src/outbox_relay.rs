@@ -189,6 +189,8 @@ pub enum PayloadFormat {
     Binary,
 }
 
+flag_spelling!(PayloadFormat { Json => "json", Binary => "binary" });
+
 /// Routing of rows to topics, tried in this order: the topic column, the routes by aggregate
 /// type, then `<topicPrefix><aggregatetype>`. A row none of them routes is reported, never dropped.
 #[derive(Serialize, Deserialize, KubeSchema, Debug, Clone, PartialEq)]
@@ -258,12 +260,8 @@ pub struct SidecarPlacement {
 }
 
 fn default_sidecar_port() -> i32 {
-    RELAY_PORT
+    i32::from(crate::relay_contract::OUTBOX_PORT)
 }
-
-/// Port of the relay's HTTP server (`/metrics`, `/healthz`, `/readyz`, `/status`) unless a sidecar
-/// placement names another.
-pub const RELAY_PORT: i32 = 8081;
 
 /// A Deployment in the same namespace.
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
@@ -334,6 +332,8 @@ pub enum CleanupMode {
     Mark,
 }
 
+flag_spelling!(CleanupMode { Delete => "delete", Mark => "mark" });
+
 /// What a row that keeps failing (too large, unroutable, rejected) does to its aggregate.
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FailurePolicy {
@@ -343,6 +343,8 @@ pub enum FailurePolicy {
     /// Move the failing row aside and go on with the aggregate.
     Skip,
 }
+
+flag_spelling!(FailurePolicy { Block => "block", Skip => "skip" });
 
 /// What the operator and the relay report.
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq, Default)]

@@ -256,6 +256,8 @@ pub enum Ordering {
     Unordered,
 }
 
+flag_spelling!(Ordering { PerKey => "per-key", Unordered => "unordered" });
+
 /// The HTTP endpoint of the consumer container.
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
 pub struct Sink {
@@ -327,6 +329,8 @@ pub enum Backoff {
     Exponential,
 }
 
+flag_spelling!(Backoff { Linear => "linear", Exponential => "exponential" });
+
 /// Dead-letter target of a Subscription.
 #[derive(Serialize, Deserialize, KubeSchema, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -362,6 +366,8 @@ pub enum FilterOperator {
     Prefix,
     Suffix,
 }
+
+flag_spelling!(FilterOperator { Exact => "exact", Prefix => "prefix", Suffix => "suffix" });
 
 /// A replay request.
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]

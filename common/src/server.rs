@@ -36,11 +36,16 @@ struct ServerState {
     readiness: Readiness,
 }
 
+/// Liveness: answers while the process serves at all.
+pub const HEALTHZ_PATH: &str = "/healthz";
+/// Readiness: answers 200 once the binary can do its work ([`Readiness`]).
+pub const READYZ_PATH: &str = "/readyz";
+
 pub fn router(registry: Arc<Registry>, readiness: Readiness) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
+        .route(HEALTHZ_PATH, get(|| async { "ok" }))
+        .route(READYZ_PATH, get(ready))
         .with_state(ServerState { registry, readiness })
 }
 

@@ -699,6 +699,7 @@ spec:
                 kafka_topic: "orders".into(),
             }],
             &settings(),
+            None,
         );
         assert_eq!(
             sidecar,

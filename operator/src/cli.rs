@@ -22,6 +22,7 @@ use crate::outbox_relay::{self, probe::HttpRelayStatus};
 use crate::runtime;
 use crate::subscription;
 use crate::workload::WorkloadSettings;
+use tributary_api::relay_contract::env;
 use tributary_common::logging::{self, LoggingArgs};
 use tributary_common::server::{self, Readiness};
 
@@ -51,22 +52,20 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers, host:port[,host:port…].
-    #[arg(long, env = BOOTSTRAP_SERVERS_ENV)]
+    #[arg(long, env = env::BOOTSTRAP_SERVERS)]
     pub bootstrap_servers: String,
     #[command(flatten)]
     pub client: KafkaClientArgs,
 }
 
-const BOOTSTRAP_SERVERS_ENV: &str = "TRIBUTARY_BOOTSTRAP_SERVERS";
-
 /// How to talk to Kafka, whichever brokers.
 #[derive(Debug, Args)]
 pub struct KafkaClientArgs {
     /// librdkafka properties file with SASL/TLS settings (key=value lines).
-    #[arg(long, env = "TRIBUTARY_KAFKA_PROPERTIES_FILE")]
+    #[arg(long, env = env::KAFKA_PROPERTIES_FILE)]
     pub kafka_properties_file: Option<PathBuf>,
     /// Deadline of each Kafka admin request (e.g. 10s).
-    #[arg(long, env = "TRIBUTARY_KAFKA_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "TRIBUTARY_KAFKA_REQUEST_TIMEOUT", default_value = "10s", value_parser = tributary_api::duration::parse)]
     pub kafka_request_timeout: Duration,
 }
 
@@ -113,10 +112,10 @@ pub struct RunArgs {
     #[arg(long, env = "TRIBUTARY_LISTEN_ADDRESS", default_value = "0.0.0.0:8080")]
     pub listen_address: SocketAddr,
     /// How long deletion waits for an unreachable Kafka before releasing the finalizer.
-    #[arg(long, env = "TRIBUTARY_DELETION_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "TRIBUTARY_DELETION_TIMEOUT", default_value = "5m", value_parser = tributary_api::duration::parse)]
     pub deletion_timeout: Duration,
     /// How often every topic is compared with Kafka, to correct drift.
-    #[arg(long, env = "TRIBUTARY_RESYNC_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "TRIBUTARY_RESYNC_INTERVAL", default_value = "5m", value_parser = tributary_api::duration::parse)]
     pub resync_interval: Duration,
     /// Image of `tributary-relay`, run as outbox relays and push dispatchers.
     #[arg(long, env = "TRIBUTARY_RELAY_IMAGE", default_value = concat!("ghcr.io/tributary-dev/tributary-relay:", env!("CARGO_PKG_VERSION")))]
@@ -126,7 +125,7 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u16).range(1..))]
     pub max_concurrent_reconciles: u16,
     /// How often the built-in scaler reads consumer lag and sets a Subscription's replicas.
-    #[arg(long, env = "TRIBUTARY_SCALE_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "TRIBUTARY_SCALE_INTERVAL", default_value = "15s", value_parser = tributary_api::duration::parse)]
     pub scale_interval: Duration,
     #[command(flatten)]
     pub workload: WorkloadArgs,
@@ -147,13 +146,13 @@ pub struct LeaderElectionArgs {
     #[arg(long, env = "TRIBUTARY_LEADER_ELECTION_LEASE", default_value = "tributary-operator")]
     pub leader_election_lease: String,
     /// How long a Lease holds without renewal; a standby takes over after that.
-    #[arg(long, env = "TRIBUTARY_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "TRIBUTARY_LEASE_DURATION", default_value = "15s", value_parser = tributary_api::duration::parse)]
     pub lease_duration: Duration,
     /// How long the leader tries to renew before it stops reconciling; less than the lease duration.
-    #[arg(long, env = "TRIBUTARY_LEASE_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "TRIBUTARY_LEASE_RENEW_DEADLINE", default_value = "10s", value_parser = tributary_api::duration::parse)]
     pub lease_renew_deadline: Duration,
     /// How often the leader renews and a standby tries to take the Lease.
-    #[arg(long, env = "TRIBUTARY_LEASE_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "TRIBUTARY_LEASE_RETRY_PERIOD", default_value = "2s", value_parser = tributary_api::duration::parse)]
     pub lease_retry_period: Duration,
 }
 
@@ -203,7 +202,7 @@ pub struct ApplyArgs {
     pub validate_only: bool,
     /// Kafka bootstrap servers, host:port[,host:port…]. Without them nothing is applied: the
     /// plan is printed as for a cluster that has none of the topics yet.
-    #[arg(long, env = BOOTSTRAP_SERVERS_ENV)]
+    #[arg(long, env = env::BOOTSTRAP_SERVERS)]
     pub bootstrap_servers: Option<String>,
     #[command(flatten)]
     pub kafka: KafkaClientArgs,
@@ -227,10 +226,6 @@ pub struct BenchArgs {
     pub keep: bool,
     #[command(flatten)]
     pub kafka: KafkaArgs,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    tributary_api::duration::parse(text).map_err(|error| error.to_string())
 }
 
 /// Runs a parsed command line; the exit code says how it went.
@@ -360,8 +355,9 @@ async fn run_apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let kafka = KafkaArgs { bootstrap_servers: args.bootstrap_servers.unwrap_or_else(|| NO_BOOTSTRAP_SERVERS.into()), client: args.kafka };
     let (admin, mode): (Arc<dyn TopicAdmin>, _) = if offline {
         eprintln!(
-            "note: no broker given (--bootstrap-servers or {BOOTSTRAP_SERVERS_ENV}): nothing is applied; \
-             below is the plan for a cluster that has none of these topics yet"
+            "note: no broker given (--bootstrap-servers or {}): nothing is applied; \
+             below is the plan for a cluster that has none of these topics yet",
+            env::BOOTSTRAP_SERVERS
         );
         if !subscriptions.is_empty() || !relays.is_empty() {
             eprintln!("note: the printed objects say {NO_BOOTSTRAP_SERVERS:?} where the bootstrap servers go");

@@ -18,6 +18,7 @@ pub mod leader;
 pub mod metrics;
 pub mod outbox_relay;
 pub mod pod_security;
+pub mod relay_container;
 pub mod runtime;
 pub mod seniority;
 pub mod subscription;

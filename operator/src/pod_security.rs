@@ -53,10 +53,11 @@ pub fn relay_security_context(overrides: Option<&SecurityContext>) -> SecurityCo
 /// The user the `tributary-relay` image runs as (the Dockerfile's `USER`).
 pub const RELAY_IMAGE_USER: i64 = 65532;
 
-/// The relay sidecar's settings in the application's pods, whose own securityContext is `pod`:
-/// [`relay_security_context`], plus the image's user when the pod makes its containers run as
-/// root (`runAsUser: 0`), under which the kubelet would refuse to start a `runAsNonRoot`
-/// container, and with it the application's pods.
+/// A relay container's settings in pods whose securityContext, `pod`, is another's to set (the
+/// outbox sidecar in an application's pods, the push dispatcher in a Subscription's consumer
+/// pods): [`relay_security_context`], plus the image's user when the pod makes its containers run
+/// as root (`runAsUser: 0`), under which the kubelet would refuse to start a `runAsNonRoot`
+/// container, and with it the pods.
 pub fn sidecar_security_context(pod: Option<&PodSecurityContext>) -> SecurityContext {
     let mut context = relay_security_context(None);
     if pod.and_then(|pod| pod.run_as_user) == Some(0) {

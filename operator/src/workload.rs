@@ -103,7 +103,7 @@ impl KafkaProperties<'_> {
     /// The variable by which every Tributary binary finds the properties file.
     pub fn env(&self) -> EnvVar {
         EnvVar {
-            name: "TRIBUTARY_KAFKA_PROPERTIES_FILE".to_owned(),
+            name: tributary_api::relay_contract::env::KAFKA_PROPERTIES_FILE.to_owned(),
             value: Some(format!("{KAFKA_PROPERTIES_DIR}/{KAFKA_PROPERTIES_KEY}")),
             value_from: None,
         }

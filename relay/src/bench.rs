@@ -74,7 +74,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub offered_rate: u32,
     /// How long the writers of the latency phase insert.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = tributary_api::duration::parse)]
     pub duration: Duration,
     /// Concurrent writer connections of the latency phase.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=512))]
@@ -100,10 +100,6 @@ pub enum Phase {
     Postgres,
     Relay,
     Latency,
-}
-
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    tributary_api::duration::parse(text).map_err(|error| error.to_string())
 }
 
 /// Runs the phases asked for, prints their figures, and removes every table and topic it made.

@@ -1,24 +1,27 @@
 //! The command line: `migrate`, `outbox` and `dispatch` (and their benchmarks). Every flag has an
 //! environment variable, which is how the operator configures a relay container.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use prometheus_client::registry::Registry;
 use tokio::sync::{watch, Notify};
 use tokio_postgres::{Client, NoTls};
 use tracing::{info, warn};
+use tributary_api::outbox_relay::{CleanupMode, FailurePolicy, PayloadFormat};
+use tributary_api::relay_contract::{env, DISPATCH_COMMAND, DISPATCH_PORT, OUTBOX_COMMAND, OUTBOX_PORT};
+use tributary_api::subscription::{Backoff, Ordering};
 use tributary_common::logging::{self, LoggingArgs};
 use tributary_common::server::{self, Readiness};
 
 use crate::metrics::RelayMetrics;
 use crate::outbox::record::{RecordSettings, Routing};
-use crate::outbox::schema::{Columns, Ident, IdentError, PayloadFormat, Statements, Table};
-use crate::outbox::{self, Cleanup, FailurePolicy, OutboxSettings, SchemaProblem};
+use crate::outbox::schema::{Columns, Ident, IdentError, Statements, Table};
+use crate::outbox::{self, Cleanup, OutboxSettings, SchemaProblem};
 use crate::producer::{EventProducer, ProducerSettings, RdKafkaProducer};
 
 #[derive(Debug, Parser)]
@@ -37,6 +40,7 @@ pub enum Command {
     /// never drops, converts or rewrites data).
     Migrate(Box<MigrateArgs>),
     /// Relay outbox rows to Kafka until SIGTERM.
+    #[command(name = OUTBOX_COMMAND)]
     Outbox(Box<OutboxArgs>),
     /// Release rows held by `--failure-policy block` (failed for good, holding back their
     /// aggregate): they are pending again with fresh attempts, and a running relay publishes them.
@@ -46,6 +50,7 @@ pub enum Command {
     /// beside PostgreSQL-only and Kafka-only baselines; prints name=value lines.
     Bench(Box<crate::bench::BenchArgs>),
     /// Push dispatcher: consume topics as a group and POST every record to an HTTP sink until SIGTERM.
+    #[command(name = DISPATCH_COMMAND)]
     Dispatch(Box<DispatchArgs>),
     /// Benchmark: dispatcher throughput (unordered, per-key) and latency at an offered load against
     /// a real broker and an in-process sink, beside a plain-consume baseline; prints name=value lines.
@@ -55,45 +60,39 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct TableArgs {
     /// PostgreSQL URL, e.g. postgres://user:password@host:5432/db.
-    #[arg(long, env = "TRIBUTARY_DATABASE_URL", hide_env_values = true)]
+    #[arg(long, env = env::DATABASE_URL, hide_env_values = true)]
     pub database_url: String,
     /// Outbox table, optionally schema-qualified.
-    #[arg(long, env = "TRIBUTARY_OUTBOX_TABLE", default_value = "outbox")]
+    #[arg(long, env = env::OUTBOX_TABLE, default_value = "outbox")]
     pub table: String,
     /// Column of the event id (published as CloudEvents `id`).
-    #[arg(long, env = "TRIBUTARY_COLUMN_ID", default_value = "id")]
+    #[arg(long, env = env::COLUMN_ID, default_value = "id")]
     pub column_id: String,
     /// Column of the aggregate type, which --route maps to a topic.
-    #[arg(long, env = "TRIBUTARY_COLUMN_AGGREGATE_TYPE", default_value = "aggregatetype")]
+    #[arg(long, env = env::COLUMN_AGGREGATE_TYPE, default_value = "aggregatetype")]
     pub column_aggregate_type: String,
     /// Column of the aggregate id: the record key, and the unit of ordering.
-    #[arg(long, env = "TRIBUTARY_COLUMN_AGGREGATE_ID", default_value = "aggregateid")]
+    #[arg(long, env = env::COLUMN_AGGREGATE_ID, default_value = "aggregateid")]
     pub column_aggregate_id: String,
     /// Column of the event type (published as CloudEvents `type`).
-    #[arg(long, env = "TRIBUTARY_COLUMN_TYPE", default_value = "type")]
+    #[arg(long, env = env::COLUMN_TYPE, default_value = "type")]
     pub column_type: String,
     /// Column of the payload, the record value (see --payload-format).
-    #[arg(long, env = "TRIBUTARY_COLUMN_PAYLOAD", default_value = "payload")]
+    #[arg(long, env = env::COLUMN_PAYLOAD, default_value = "payload")]
     pub column_payload: String,
     /// Optional jsonb column of extra record headers (a JSON object of strings); migrate adds it.
-    #[arg(long, env = "TRIBUTARY_COLUMN_HEADERS")]
+    #[arg(long, env = env::COLUMN_HEADERS)]
     pub column_headers: Option<String>,
     /// Optional text column naming each row's topic (wins over --route); migrate adds it.
-    #[arg(long, env = "TRIBUTARY_COLUMN_TOPIC")]
+    #[arg(long, env = env::COLUMN_TOPIC)]
     pub column_topic: Option<String>,
     /// Optional timestamptz commit-time column (CloudEvents `time`, commit→ack latency); migrate
     /// adds it, existing rows getting the time of the migration.
-    #[arg(long, env = "TRIBUTARY_COLUMN_CREATED_AT")]
+    #[arg(long, env = env::COLUMN_CREATED_AT)]
     pub column_created_at: Option<String>,
     /// json (json/jsonb column) or binary (bytea column).
-    #[arg(long, env = "TRIBUTARY_PAYLOAD_FORMAT", value_enum, default_value_t = PayloadFormatArg::Json)]
-    pub payload_format: PayloadFormatArg,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum PayloadFormatArg {
-    Json,
-    Binary,
+    #[arg(long, env = env::PAYLOAD_FORMAT, value_enum, default_value_t = PayloadFormat::Json)]
+    pub payload_format: PayloadFormat,
 }
 
 impl TableArgs {
@@ -109,11 +108,7 @@ impl TableArgs {
             topic: optional(&self.column_topic)?,
             created_at: optional(&self.column_created_at)?,
         };
-        let format = match self.payload_format {
-            PayloadFormatArg::Json => PayloadFormat::Json,
-            PayloadFormatArg::Binary => PayloadFormat::Binary,
-        };
-        Statements::new(Table::parse(&self.table)?, columns, format)
+        Statements::new(Table::parse(&self.table)?, columns, self.payload_format)
     }
 }
 
@@ -141,46 +136,46 @@ pub struct OutboxArgs {
     #[command(flatten)]
     pub table: TableArgs,
     /// Kafka bootstrap servers, host:port[,host:port…].
-    #[arg(long, env = "TRIBUTARY_BOOTSTRAP_SERVERS")]
+    #[arg(long, env = env::BOOTSTRAP_SERVERS)]
     pub bootstrap_servers: String,
     /// librdkafka properties file with SASL/TLS settings.
-    #[arg(long, env = "TRIBUTARY_KAFKA_PROPERTIES_FILE")]
+    #[arg(long, env = env::KAFKA_PROPERTIES_FILE)]
     pub kafka_properties_file: Option<PathBuf>,
     /// Route an aggregate type to a topic: `Order=shop.orders` (repeatable; env: comma-separated).
-    #[arg(long = "route", env = "TRIBUTARY_ROUTES", value_delimiter = ',', value_parser = parse_route)]
+    #[arg(long = "route", env = env::ROUTES, value_delimiter = ',', value_parser = parse_route)]
     pub routes: Vec<(String, String)>,
     /// Topic for aggregate types without a route: `<prefix><aggregatetype>`.
-    #[arg(long, env = "TRIBUTARY_TOPIC_PREFIX")]
+    #[arg(long, env = env::TOPIC_PREFIX)]
     pub topic_prefix: Option<String>,
     /// CloudEvents `source` of the published events.
-    #[arg(long, env = "TRIBUTARY_CLOUDEVENTS_SOURCE", default_value = "/tributary/outbox")]
+    #[arg(long, env = env::CLOUDEVENTS_SOURCE, default_value = "/tributary/outbox")]
     pub source: String,
     /// Rows per batch.
-    #[arg(long, env = "TRIBUTARY_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..=10000))]
+    #[arg(long, env = env::BATCH_SIZE, default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..=10000))]
     pub batch_size: i64,
     /// Poll interval when no NOTIFY arrives.
-    #[arg(long, env = "TRIBUTARY_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = env::POLL_INTERVAL, default_value = "1s", value_parser = tributary_api::duration::parse)]
     pub poll_interval: Duration,
     /// Concurrent claim→publish→delete transactions (pipelining).
     #[arg(long, env = "TRIBUTARY_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub workers: u16,
     /// delete (default) or mark published rows.
-    #[arg(long, env = "TRIBUTARY_CLEANUP", value_enum, default_value_t = CleanupArg::Delete)]
-    pub cleanup: CleanupArg,
+    #[arg(long, env = env::CLEANUP, value_enum, default_value_t = CleanupMode::Delete)]
+    pub cleanup: CleanupMode,
     /// With --cleanup mark: how long published rows are kept.
-    #[arg(long, env = "TRIBUTARY_CLEANUP_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    #[arg(long, env = env::CLEANUP_RETENTION, default_value = "7d", value_parser = tributary_api::duration::parse)]
     pub cleanup_retention: Duration,
     /// block (keep order: the aggregate waits) or skip (move the row aside).
-    #[arg(long, env = "TRIBUTARY_FAILURE_POLICY", value_enum, default_value_t = FailurePolicyArg::Block)]
-    pub failure_policy: FailurePolicyArg,
+    #[arg(long, env = env::FAILURE_POLICY, value_enum, default_value_t = FailurePolicy::Block)]
+    pub failure_policy: FailurePolicy,
     /// Attempts before a row counts as failed.
-    #[arg(long, env = "TRIBUTARY_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..=1000))]
+    #[arg(long, env = env::MAX_ATTEMPTS, default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..=1000))]
     pub max_attempts: i32,
     /// First retry delay of a failing row; doubles per attempt.
-    #[arg(long, env = "TRIBUTARY_RETRY_INITIAL_DELAY", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "TRIBUTARY_RETRY_INITIAL_DELAY", default_value = "1s", value_parser = tributary_api::duration::parse)]
     pub retry_initial_delay: Duration,
     /// Longest retry delay of a failing row.
-    #[arg(long, env = "TRIBUTARY_RETRY_MAX_DELAY", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "TRIBUTARY_RETRY_MAX_DELAY", default_value = "5m", value_parser = tributary_api::duration::parse)]
     pub retry_max_delay: Duration,
     /// Wait for PostgreSQL to flush each batch's cleanup (delete or mark) to disk before going on.
     /// Off by default: only a database crash can undo a cleanup, and undoing it re-sends rows
@@ -192,27 +187,11 @@ pub struct OutboxArgs {
     #[arg(long, env = "TRIBUTARY_MAX_RECORD_BYTES", default_value_t = 1_000_000)]
     pub max_record_bytes: usize,
     /// How long Kafka may take to acknowledge before the batch is retried.
-    #[arg(long, env = "TRIBUTARY_DELIVERY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "TRIBUTARY_DELIVERY_TIMEOUT", default_value = "30s", value_parser = tributary_api::duration::parse)]
     pub delivery_timeout: Duration,
     /// Address serving /metrics, /healthz, /readyz and /status.
-    #[arg(long, env = "TRIBUTARY_LISTEN_ADDRESS", default_value = "0.0.0.0:8081")]
+    #[arg(long, env = env::LISTEN_ADDRESS, default_value_t = SocketAddr::from((Ipv4Addr::UNSPECIFIED, OUTBOX_PORT)))]
     pub listen_address: SocketAddr,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum CleanupArg {
-    Delete,
-    Mark,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum FailurePolicyArg {
-    Block,
-    Skip,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    tributary_api::duration::parse(text).map_err(|error| error.to_string())
 }
 
 fn parse_route(text: &str) -> Result<(String, String), String> {
@@ -374,13 +353,10 @@ async fn run_outbox(args: OutboxArgs) -> anyhow::Result<ExitCode> {
         batch_size: args.batch_size,
         poll_interval: args.poll_interval,
         cleanup: match args.cleanup {
-            CleanupArg::Delete => Cleanup::Delete,
-            CleanupArg::Mark => Cleanup::Mark { retention: args.cleanup_retention },
+            CleanupMode::Delete => Cleanup::Delete,
+            CleanupMode::Mark => Cleanup::Mark { retention: args.cleanup_retention },
         },
-        failure_policy: match args.failure_policy {
-            FailurePolicyArg::Block => FailurePolicy::Block,
-            FailurePolicyArg::Skip => FailurePolicy::Skip,
-        },
+        failure_policy: args.failure_policy,
         max_attempts: args.max_attempts,
         retry_initial: args.retry_initial_delay,
         retry_max: args.retry_max_delay,
@@ -512,57 +488,57 @@ async fn housekeeping(
 #[derive(Debug, Args)]
 pub struct DispatchArgs {
     /// Kafka bootstrap servers, host:port[,host:port…].
-    #[arg(long, env = "TRIBUTARY_BOOTSTRAP_SERVERS")]
+    #[arg(long, env = env::BOOTSTRAP_SERVERS)]
     pub bootstrap_servers: String,
     /// Topics to consume (comma-separated).
-    #[arg(long, env = "TRIBUTARY_TOPICS", value_delimiter = ',', required = true)]
+    #[arg(long, env = env::TOPICS, value_delimiter = ',', required = true)]
     pub topics: Vec<String>,
     /// Consumer group id.
-    #[arg(long, env = "TRIBUTARY_GROUP")]
+    #[arg(long, env = env::GROUP)]
     pub group: String,
     /// URL every record is POSTed to (http://host:port/path).
-    #[arg(long, env = "TRIBUTARY_SINK")]
+    #[arg(long, env = env::SINK)]
     pub sink: String,
     /// per-key: records of one key one at a time, in order; unordered: up to --concurrency at once.
-    #[arg(long, env = "TRIBUTARY_ORDERING", value_enum, default_value_t = OrderingArg::PerKey)]
-    pub ordering: OrderingArg,
+    #[arg(long, env = env::ORDERING, value_enum, default_value_t = Ordering::PerKey)]
+    pub ordering: Ordering,
     /// Deliveries in flight at once with --ordering unordered; per-key runs one per key (so only 1 is accepted there).
-    #[arg(long, env = "TRIBUTARY_CONCURRENCY", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[arg(long, env = env::CONCURRENCY, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub concurrency: u16,
     /// With --ordering per-key: keys delivered at once (one connection to the sink each).
     #[arg(long, env = "TRIBUTARY_MAX_KEYS_IN_FLIGHT", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub max_keys_in_flight: u16,
     /// Delivery attempts before a record is dead-lettered, the first one included.
-    #[arg(long, env = "TRIBUTARY_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    #[arg(long, env = env::MAX_ATTEMPTS, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_attempts: u32,
     /// How the delay between attempts grows.
-    #[arg(long, env = "TRIBUTARY_BACKOFF", value_enum, default_value_t = BackoffArg::Exponential)]
-    pub backoff: BackoffArg,
+    #[arg(long, env = env::BACKOFF, value_enum, default_value_t = Backoff::Exponential)]
+    pub backoff: Backoff,
     /// Delay before the first retry.
-    #[arg(long, env = "TRIBUTARY_INITIAL_DELAY", default_value = "100ms", value_parser = parse_duration)]
+    #[arg(long, env = env::INITIAL_DELAY, default_value = "100ms", value_parser = tributary_api::duration::parse)]
     pub initial_delay: Duration,
     /// Longest delay between attempts; a Retry-After from the sink is honoured up to it.
-    #[arg(long, env = "TRIBUTARY_MAX_DELAY", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = env::MAX_DELAY, default_value = "30s", value_parser = tributary_api::duration::parse)]
     pub max_delay: Duration,
     /// Topic records go to after their last failed attempt (or a response that is not retried).
-    #[arg(long, env = "TRIBUTARY_DEAD_LETTER_TOPIC")]
+    #[arg(long, env = env::DEAD_LETTER_TOPIC)]
     pub dead_letter_topic: String,
     /// Deliver only records whose CloudEvents attribute matches: `type=prefix:orders.` (exact, prefix,
     /// suffix); repeatable, all must match (env: one per line).
-    #[arg(long = "filter", env = "TRIBUTARY_FILTERS", value_delimiter = '\n')]
+    #[arg(long = "filter", env = env::FILTERS, value_delimiter = '\n')]
     pub filters: Vec<String>,
     /// Where to start in partitions the group has no committed offset for: earliest, latest or an
     /// RFC 3339 timestamp.
-    #[arg(long, env = "TRIBUTARY_START_FROM", default_value = "latest", value_parser = crate::dispatch::StartFrom::parse)]
+    #[arg(long, env = env::START_FROM, default_value = "latest", value_parser = crate::dispatch::StartFrom::parse)]
     pub start_from: crate::dispatch::StartFrom,
     /// librdkafka properties file with SASL/TLS settings.
-    #[arg(long, env = "TRIBUTARY_KAFKA_PROPERTIES_FILE")]
+    #[arg(long, env = env::KAFKA_PROPERTIES_FILE)]
     pub kafka_properties_file: Option<PathBuf>,
     /// Address serving /metrics, /healthz and /readyz.
-    #[arg(long, env = "TRIBUTARY_LISTEN_ADDRESS", default_value = "0.0.0.0:8082")]
+    #[arg(long, env = env::LISTEN_ADDRESS, default_value_t = SocketAddr::from((Ipv4Addr::UNSPECIFIED, DISPATCH_PORT)))]
     pub listen_address: SocketAddr,
     /// Longest time one delivery attempt may take, connecting included.
-    #[arg(long, env = "TRIBUTARY_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "TRIBUTARY_REQUEST_TIMEOUT", default_value = "30s", value_parser = tributary_api::duration::parse)]
     pub request_timeout: Duration,
     /// Records held in memory (read and not yet done) before the dispatcher stops reading more.
     #[arg(long, env = "TRIBUTARY_MAX_BUFFERED_RECORDS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
@@ -572,25 +548,13 @@ pub struct DispatchArgs {
     pub max_buffered_bytes: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OrderingArg {
-    PerKey,
-    Unordered,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum BackoffArg {
-    Linear,
-    Exponential,
-}
-
 /// Largest dead letter sent (the original plus failure headers; the broker has its own limit).
 const DEAD_LETTER_MAX_BYTES: usize = 10 << 20;
 
 impl DispatchArgs {
     /// The dispatcher's settings, or what is wrong with the flags.
     pub fn settings(&self) -> Result<crate::dispatch::DispatchSettings, String> {
-        use crate::dispatch::{Backoff, ConsumerSettings, DispatchSettings, Filter, Ordering, RetryPolicy, Sink};
+        use crate::dispatch::{ConsumerSettings, DispatchSettings, Filter, RetryPolicy, Sink};
         check_bootstrap_servers(&self.bootstrap_servers)?;
         let topics: Vec<String> =
             self.topics.iter().map(|topic| topic.trim()).filter(|topic| !topic.is_empty()).map(str::to_owned).collect();
@@ -607,16 +571,12 @@ impl DispatchArgs {
         if topics.iter().any(|topic| topic == dead_letter_topic) {
             return Err(format!("the dead-letter topic {dead_letter_topic:?} is also consumed: failures would come back forever"));
         }
-        let ordering = match self.ordering {
-            OrderingArg::PerKey if self.concurrency > 1 => {
-                return Err(format!(
-                    "--concurrency {} needs --ordering unordered; per-key runs one delivery per key (see --max-keys-in-flight)",
-                    self.concurrency
-                ))
-            }
-            OrderingArg::PerKey => Ordering::PerKey,
-            OrderingArg::Unordered => Ordering::Unordered,
-        };
+        if self.ordering == Ordering::PerKey && self.concurrency > 1 {
+            return Err(format!(
+                "--concurrency {} needs --ordering unordered; per-key runs one delivery per key (see --max-keys-in-flight)",
+                self.concurrency
+            ));
+        }
         if self.initial_delay > self.max_delay {
             return Err(format!("--initial-delay {:?} exceeds --max-delay {:?}", self.initial_delay, self.max_delay));
         }
@@ -640,17 +600,14 @@ impl DispatchArgs {
                 start_from: self.start_from,
             },
             sink: Arc::new(Sink::parse(&self.sink).map_err(|error| error.to_string())?),
-            lanes: usize::from(match ordering {
+            lanes: usize::from(match self.ordering {
                 Ordering::PerKey => self.max_keys_in_flight,
                 Ordering::Unordered => self.concurrency,
             }),
-            ordering,
+            ordering: self.ordering,
             retry: RetryPolicy {
                 max_attempts: self.max_attempts,
-                backoff: match self.backoff {
-                    BackoffArg::Linear => Backoff::Linear,
-                    BackoffArg::Exponential => Backoff::Exponential,
-                },
+                backoff: self.backoff,
                 initial_delay: self.initial_delay,
                 max_delay: self.max_delay,
             },

@@ -10,6 +10,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
+use tributary_common::kafka_properties::client_config;
 
 /// A record ready to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +64,7 @@ pub struct ProducerSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum ProducerError {
     #[error(transparent)]
-    Properties(#[from] tributary_api::kafka_properties::PropertiesError),
+    Properties(#[from] tributary_common::kafka_properties::PropertiesError),
     #[error("cannot create the Kafka producer for {bootstrap_servers}: {source}")]
     Create {
         bootstrap_servers: String,
@@ -81,14 +82,8 @@ pub struct RdKafkaProducer {
 
 impl RdKafkaProducer {
     pub fn new(settings: &ProducerSettings) -> Result<Self, ProducerError> {
-        let mut config = ClientConfig::new();
-        if let Some(path) = &settings.properties_file {
-            for (key, value) in tributary_api::kafka_properties::read(path)? {
-                config.set(key, value);
-            }
-        }
+        let mut config = client_config(&settings.bootstrap_servers, settings.properties_file.as_deref(), &[])?;
         config
-            .set("bootstrap.servers", &settings.bootstrap_servers)
             // Nothing is lost or reordered: every replica acknowledges, retries keep order.
             .set("enable.idempotence", "true")
             .set("acks", "all")

@@ -404,8 +404,9 @@ async fn delivers_cloudevents_configured_by_environment_and_exits_0_on_sigterm()
 /// and applies its filter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sidecar_the_subscription_controller_renders_delivers() {
-    use tributary_api::Subscription;
-    use tributary_operator::subscription::desired::{deployment, RELAY_CONTAINER};
+    use tributary_api::{relay_contract, Subscription};
+    use tributary_operator::relay_container::CONTAINER_NAME;
+    use tributary_operator::subscription::desired::deployment;
     use tributary_operator::subscription::resolve::{workload, ResolvedTopic};
     use tributary_operator::workload::WorkloadSettings;
 
@@ -448,16 +449,16 @@ async fn the_sidecar_the_subscription_controller_renders_delivers() {
     };
     let rendered = deployment(&workload, &settings, Some(1));
     let pod = rendered.spec.and_then(|spec| spec.template.spec).expect("a pod template");
-    let sidecar = pod.containers.iter().find(|container| container.name == RELAY_CONTAINER).expect("the dispatcher sidecar");
+    let sidecar = pod.containers.iter().find(|container| container.name == CONTAINER_NAME).expect("the dispatcher sidecar");
     let (dir, properties) = properties_file();
     let mut vars: Vec<(&str, String)> = Vec::new();
     for var in sidecar.env.iter().flatten() {
         let value = var.value.clone().unwrap_or_else(|| panic!("{} is not a literal value", var.name));
         let value = match var.name.as_str() {
             // Another test may hold the rendered port; the address is not part of the contract.
-            "TRIBUTARY_LISTEN_ADDRESS" => continue,
+            relay_contract::env::LISTEN_ADDRESS => continue,
             // The Secret volume, mounted from a directory as the kubelet would.
-            "TRIBUTARY_KAFKA_PROPERTIES_FILE" => {
+            relay_contract::env::KAFKA_PROPERTIES_FILE => {
                 let mounted = sidecar
                     .volume_mounts
                     .iter()

@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::Container;
 use kube::core::error_boundary::DeserializeGuard;
 use serde_json::json;
 use support::*;
-use tributary_api::{EventTopic, OutboxRelay};
+use tributary_api::{relay_contract, EventTopic, OutboxRelay};
 use tributary_operator::outbox_relay::desired::{cloud_events_source, relay_container, KAFKA_PROPERTIES_VOLUME};
 use tributary_operator::outbox_relay::probe::{HttpRelayStatus, RelayStatusSource};
 use tributary_operator::outbox_relay::resolve::{resolve_routes, Routes, TopicLookup};
@@ -99,7 +99,7 @@ async fn the_relay_runs_with_the_configuration_the_operator_renders() {
         relay_image: "not used".into(),
         kafka_properties_secret: Some("kafka-auth".into()),
     };
-    let container = relay_container(&relay, &routes, &settings);
+    let container = relay_container(&relay, &routes, &settings, None);
     let secrets = HashMap::from([(("shop-db", "dsn"), env.database_url.clone())]);
     let mut vars = kubelet_env(&container, &secrets);
     // The test broker has no SASL: a client id is all the properties file can carry, and the
@@ -107,7 +107,8 @@ async fn the_relay_runs_with_the_configuration_the_operator_renders() {
     let kafka_secret = tempfile::tempdir().expect("temp dir");
     std::fs::write(kafka_secret.path().join("kafka.properties"), "client.id=tributary-operator-config-test\n").expect("write");
     mount_secret(&container, &mut vars, KAFKA_PROPERTIES_VOLUME, kafka_secret.path());
-    let properties_file = vars.iter().find(|(name, _)| name == "TRIBUTARY_KAFKA_PROPERTIES_FILE").map(|(_, value)| Path::new(value));
+    let properties_file =
+        vars.iter().find(|(name, _)| name == relay_contract::env::KAFKA_PROPERTIES_FILE).map(|(_, value)| Path::new(value));
     assert_eq!(properties_file.and_then(Path::parent), Some(kafka_secret.path()), "the file is in the mounted Secret");
     let listen = SocketAddr::from(([127, 0, 0, 1], port));
     let relay_process = Relay::start(container.args.as_deref().unwrap_or_default(), &vars, listen);

@@ -16,7 +16,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
 use rdkafka::{bindings as rdsys, ClientConfig};
 
-use tributary_api::kafka_properties::{self, PropertiesError};
+use tributary_common::kafka_properties::{self, PropertiesError};
 
 use super::{KafkaError, TopicAdmin, TopicLayout, TopicSpec, TopicState};
 
@@ -38,14 +38,8 @@ impl KafkaConnection {
 
     /// The librdkafka client config for this connection.
     pub fn client_config(&self) -> Result<ClientConfig, ConnectionError> {
-        let mut config = ClientConfig::new();
-        if let Some(path) = &self.properties_file {
-            for (key, value) in kafka_properties::read(path)? {
-                config.set(key, value);
-            }
-        }
+        let mut config = kafka_properties::client_config(&self.bootstrap_servers, self.properties_file.as_deref(), &[])?;
         config
-            .set("bootstrap.servers", &self.bootstrap_servers)
             // A metadata lookup of a missing topic must not create it.
             .set("allow.auto.create.topics", "false")
             .set("socket.timeout.ms", self.request_timeout.as_millis().to_string());

@@ -7,22 +7,19 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SecretKeySelector, Volume,
+    Container, EnvVar, EnvVarSource, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SecretKeySelector, Volume,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use serde_json::{json, Value};
-use tributary_api::outbox_relay::{CleanupMode, Columns, FailurePolicy, PayloadFormat, Placement, RELAY_PORT};
+use tributary_api::outbox_relay::{Columns, Placement};
+use tributary_api::relay_contract::{env, OUTBOX_COMMAND, OUTBOX_PORT};
 use tributary_api::{OutboxRelay, OutboxRelaySpec};
 
-use crate::pod_security::{pod_security_context, relay_security_context, sidecar_security_context};
+use crate::pod_security::pod_security_context;
+use crate::relay_container::{env_var, quantities, RelayContainer, RelayPod, CONTAINER_NAME};
 use crate::workload::{KafkaProperties, WorkloadSettings};
 
-/// Name of the relay container, in the standalone Deployment and in an application's pods.
-pub const CONTAINER_NAME: &str = "tributary-relay";
 /// Name of the relay container's HTTP port (`/metrics`, `/healthz`, `/readyz`, `/status`).
 pub const PORT_NAME: &str = "outbox-relay";
 /// `app.kubernetes.io/component` of standalone relay Deployments.
@@ -107,7 +104,7 @@ fn kafka_properties(settings: &WorkloadSettings) -> Option<KafkaProperties<'_>> 
 
 /// Port of the relay's HTTP server.
 pub fn relay_port(placement: &Placement) -> i32 {
-    placement.sidecar.as_ref().map_or(RELAY_PORT, |sidecar| sidecar.port)
+    placement.sidecar.as_ref().map_or(i32::from(OUTBOX_PORT), |sidecar| sidecar.port)
 }
 
 /// The relay's configuration. Every spec field that affects the relay ends up here, so changing
@@ -130,7 +127,7 @@ pub fn relay_env(relay: &OutboxRelay, routes: &[ResolvedRoute], settings: &Workl
     let Columns { id, aggregate_type, aggregate_id, r#type, payload, headers, created_at } = columns;
     let secret = &database.url_secret_ref;
     let database_url = EnvVar {
-        name: "TRIBUTARY_DATABASE_URL".into(),
+        name: env::DATABASE_URL.into(),
         value_from: Some(EnvVarSource {
             secret_key_ref: Some(SecretKeySelector { name: secret.name.clone(), key: secret.key.clone(), optional: None }),
             ..EnvVarSource::default()
@@ -139,51 +136,30 @@ pub fn relay_env(relay: &OutboxRelay, routes: &[ResolvedRoute], settings: &Workl
     };
     let routes = routes.iter().map(|route| format!("{}={}", route.aggregate_type, route.kafka_topic)).collect::<Vec<_>>().join(",");
     let optional = [
-        ("TRIBUTARY_COLUMN_HEADERS", headers.clone()),
-        ("TRIBUTARY_COLUMN_CREATED_AT", created_at.clone()),
-        ("TRIBUTARY_COLUMN_TOPIC", routing.topic_column.clone()),
-        ("TRIBUTARY_ROUTES", (!routes.is_empty()).then_some(routes)),
-        ("TRIBUTARY_TOPIC_PREFIX", routing.topic_prefix.clone()),
+        (env::COLUMN_HEADERS, headers.clone()),
+        (env::COLUMN_CREATED_AT, created_at.clone()),
+        (env::COLUMN_TOPIC, routing.topic_column.clone()),
+        (env::ROUTES, (!routes.is_empty()).then_some(routes)),
+        (env::TOPIC_PREFIX, routing.topic_prefix.clone()),
     ];
     let plain = [
-        ("TRIBUTARY_OUTBOX_TABLE", table.clone()),
-        ("TRIBUTARY_COLUMN_ID", id.clone()),
-        ("TRIBUTARY_COLUMN_AGGREGATE_TYPE", aggregate_type.clone()),
-        ("TRIBUTARY_COLUMN_AGGREGATE_ID", aggregate_id.clone()),
-        ("TRIBUTARY_COLUMN_TYPE", r#type.clone()),
-        ("TRIBUTARY_COLUMN_PAYLOAD", payload.clone()),
-        (
-            "TRIBUTARY_PAYLOAD_FORMAT",
-            match payload_format {
-                PayloadFormat::Json => "json",
-                PayloadFormat::Binary => "binary",
-            }
-            .into(),
-        ),
-        ("TRIBUTARY_BOOTSTRAP_SERVERS", settings.bootstrap_servers.clone()),
-        ("TRIBUTARY_CLOUDEVENTS_SOURCE", cloud_events_source(relay)),
-        ("TRIBUTARY_BATCH_SIZE", batch_size.to_string()),
-        ("TRIBUTARY_POLL_INTERVAL", poll_interval.clone()),
-        (
-            "TRIBUTARY_CLEANUP",
-            match cleanup.mode {
-                CleanupMode::Delete => "delete",
-                CleanupMode::Mark => "mark",
-            }
-            .into(),
-        ),
-        ("TRIBUTARY_CLEANUP_RETENTION", cleanup.retention.clone()),
-        (
-            "TRIBUTARY_FAILURE_POLICY",
-            match failure_policy {
-                FailurePolicy::Block => "block",
-                FailurePolicy::Skip => "skip",
-            }
-            .into(),
-        ),
-        ("TRIBUTARY_LISTEN_ADDRESS", format!("0.0.0.0:{}", relay_port(placement))),
+        (env::OUTBOX_TABLE, table.clone()),
+        (env::COLUMN_ID, id.clone()),
+        (env::COLUMN_AGGREGATE_TYPE, aggregate_type.clone()),
+        (env::COLUMN_AGGREGATE_ID, aggregate_id.clone()),
+        (env::COLUMN_TYPE, r#type.clone()),
+        (env::COLUMN_PAYLOAD, payload.clone()),
+        (env::PAYLOAD_FORMAT, payload_format.to_string()),
+        (env::BOOTSTRAP_SERVERS, settings.bootstrap_servers.clone()),
+        (env::CLOUDEVENTS_SOURCE, cloud_events_source(relay)),
+        (env::BATCH_SIZE, batch_size.to_string()),
+        (env::POLL_INTERVAL, poll_interval.clone()),
+        (env::CLEANUP, cleanup.mode.to_string()),
+        (env::CLEANUP_RETENTION, cleanup.retention.clone()),
+        (env::FAILURE_POLICY, failure_policy.to_string()),
+        (env::LISTEN_ADDRESS, format!("0.0.0.0:{}", relay_port(placement))),
     ];
-    let literal = |(name, value): (&str, String)| EnvVar { name: name.into(), value: Some(value), value_from: None };
+    let literal = |(name, value): (&str, String)| env_var(name, value);
     std::iter::once(database_url)
         .chain(plain.into_iter().map(literal))
         .chain(optional.into_iter().filter_map(|(name, value)| value.map(|value| literal((name, value)))))
@@ -191,48 +167,36 @@ pub fn relay_env(relay: &OutboxRelay, routes: &[ResolvedRoute], settings: &Workl
         .collect()
 }
 
-fn http_probe(path: &str, period_seconds: i32) -> Probe {
-    Probe {
-        http_get: Some(HTTPGetAction { path: Some(path.into()), port: IntOrString::String(PORT_NAME.into()), ..HTTPGetAction::default() }),
-        period_seconds: Some(period_seconds),
-        timeout_seconds: Some(3),
-        failure_threshold: Some(3),
-        ..Probe::default()
-    }
-}
-
-/// The `tributary-relay outbox` container.
-pub fn relay_container(relay: &OutboxRelay, routes: &[ResolvedRoute], settings: &WorkloadSettings) -> Container {
-    let sidecar = relay.spec.placement.sidecar.is_some();
-    let standalone = relay.spec.placement.standalone.as_ref().filter(|_| !sidecar);
-    Container {
-        name: CONTAINER_NAME.into(),
-        image: Some(settings.relay_image.clone()),
-        args: Some(vec!["outbox".into()]),
-        env: Some(relay_env(relay, routes, settings)),
-        ports: Some(vec![ContainerPort {
-            name: Some(PORT_NAME.into()),
-            container_port: relay_port(&relay.spec.placement),
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
-        liveness_probe: Some(http_probe("/healthz", 10)),
-        // A sidecar has no readiness probe: a database or Kafka outage must not take the
-        // application's pods out of their Services. The relay's own pods do report it.
-        readiness_probe: (!sidecar).then(|| http_probe("/readyz", 5)),
-        resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([("cpu".into(), Quantity("10m".into())), ("memory".into(), Quantity("32Mi".into()))])),
+/// The `tributary-relay outbox` container. A sidecar adapts to the securityContext of the pods
+/// it joins, `target_pod` (`None` when unknown, as offline); a standalone relay takes the spec's.
+pub fn relay_container(
+    relay: &OutboxRelay,
+    routes: &[ResolvedRoute],
+    settings: &WorkloadSettings,
+    target_pod: Option<&PodSecurityContext>,
+) -> Container {
+    let placement = &relay.spec.placement;
+    let sidecar = placement.sidecar.is_some();
+    let pod = match &placement.standalone {
+        Some(standalone) if !sidecar => RelayPod::Own(standalone.security_context.as_ref()),
+        _ => RelayPod::Joined(target_pod),
+    };
+    RelayContainer {
+        image: &settings.relay_image,
+        subcommand: OUTBOX_COMMAND,
+        env: relay_env(relay, routes, settings),
+        port: relay_port(placement),
+        port_name: PORT_NAME,
+        resources: ResourceRequirements {
+            requests: Some(quantities(&[("cpu", "10m"), ("memory", "32Mi")])),
             ..ResourceRequirements::default()
-        }),
-        // Only a standalone relay has settings of its own; a sidecar's must pass in any pod
-        // (`relay_workload` adapts them to the pod it joins).
-        security_context: Some(relay_security_context(standalone.and_then(|standalone| standalone.security_context.as_ref()))),
-        // Configuration errors end the relay with exit code 2 and a one-line reason on stderr;
-        // this puts that line into the pod's status.
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
-        volume_mounts: kafka_properties(settings).map(|kafka| vec![kafka.mount()]),
-        ..Container::default()
+        },
+        // The relay's own pods report it; a sidecar's application pods must not wait for it.
+        readiness_probe: !sidecar,
+        pod,
+        kafka_properties: kafka_properties(settings),
     }
+    .build()
 }
 
 /// The server-side apply body that adds the relay container to the application's Deployment.
@@ -309,12 +273,11 @@ pub fn relay_workload(
     settings: &WorkloadSettings,
     target_pod: Option<&PodSecurityContext>,
 ) -> RelayWorkload {
-    let mut container = relay_container(relay, routes, settings);
+    let container = relay_container(relay, routes, settings, target_pod);
     let volume = kafka_properties(settings).map(|kafka| kafka.volume());
     let placement = &relay.spec.placement;
     match (&placement.sidecar, &placement.standalone) {
         (Some(sidecar), _) => {
-            container.security_context = Some(sidecar_security_context(target_pod));
             let target = sidecar.target_ref.name.clone();
             let body = sidecar_apply_body(&relay.namespace().unwrap_or_default(), &target, &container, volume.as_ref());
             RelayWorkload::Sidecar { target, field_manager: sidecar_field_manager(relay), body }
@@ -410,7 +373,7 @@ placement: { sidecar: { targetRef: { name: shop-api } } }
 
     #[test]
     fn defaults_render_the_relay_flags_and_the_secret_reference() {
-        let container = relay_container(&outbox_relay("shop-outbox", SIDECAR), &routes(), &settings());
+        let container = relay_container(&outbox_relay("shop-outbox", SIDECAR), &routes(), &settings(), None);
         assert_eq!(container.image.as_deref(), Some("relay:test"));
         assert_eq!(container.args, Some(vec!["outbox".to_owned()]));
         let expected: BTreeMap<String, Value> = [
@@ -477,7 +440,7 @@ failurePolicy: Block
             ("failurePolicy", "failurePolicy: Skip"),
             ("cloudEventsSource", "cloudEventsSource: /shop/orders"),
         ];
-        let render = |yaml: &str| relay_container(&outbox_relay("r", yaml), &routes(), &settings());
+        let render = |yaml: &str| relay_container(&outbox_relay("r", yaml), &routes(), &settings(), None);
         let original = render(base);
         for (field, replacement) in changes {
             let mut lines: Vec<&str> = base.lines().filter(|line| !line.starts_with(&format!("{field}:"))).collect();
@@ -485,12 +448,16 @@ failurePolicy: Block
             assert_ne!(render(&lines.join("\n")), original, "changing spec.{field} ({replacement}) must change the relay container");
         }
         let other_route = [ResolvedRoute { kafka_topic: "shop.orders.v2".into(), ..routes()[0].clone() }];
-        assert_ne!(relay_container(&outbox_relay("r", base), &other_route, &settings()), original, "a route's topic is configuration too");
+        assert_ne!(
+            relay_container(&outbox_relay("r", base), &other_route, &settings(), None),
+            original,
+            "a route's topic is configuration too"
+        );
     }
 
     #[test]
     fn sidecar_bodies_hold_only_the_container() {
-        let container = relay_container(&outbox_relay("shop-outbox", SIDECAR), &routes(), &settings());
+        let container = relay_container(&outbox_relay("shop-outbox", SIDECAR), &routes(), &settings(), None);
         let body = sidecar_apply_body("shop", "shop-api", &container, None);
         assert_eq!(
             body,
@@ -515,7 +482,7 @@ failurePolicy: Block
             "database: { urlSecretRef: { name: db } }\nrouting: { topicPrefix: 'billing.' }\nplacement: { standalone: { replicas: 3 } }",
         );
         relay.metadata.uid = Some("uid-1".into());
-        let container = relay_container(&relay, &[], &settings());
+        let container = relay_container(&relay, &[], &settings(), None);
         assert!(container.readiness_probe.is_some());
         let env = env_map(&container);
         assert_eq!(env["TRIBUTARY_DATABASE_URL"], json!({"secretKeyRef": {"name": "db", "key": "url"}}));
@@ -552,10 +519,10 @@ failurePolicy: Block
         let expected_mount = json!([{"name": "tributary-relay-kafka", "mountPath": "/etc/tributary/kafka", "readOnly": true}]);
 
         let relay = outbox_relay("shop-outbox", SIDECAR);
-        let container = relay_container(&relay, &routes(), &with_secret);
+        let container = relay_container(&relay, &routes(), &with_secret, None);
         let env = env_map(&container);
         assert_eq!(env["TRIBUTARY_KAFKA_PROPERTIES_FILE"], json!("/etc/tributary/kafka/kafka.properties"));
-        let without = env_map(&relay_container(&relay, &routes(), &settings()));
+        let without = env_map(&relay_container(&relay, &routes(), &settings(), None));
         assert_eq!(env.len(), without.len() + 1, "one variable more than without the Secret");
         assert_eq!(serde_json::to_value(&container.volume_mounts).expect("serializes"), expected_mount);
         let RelayWorkload::Sidecar { body, .. } = relay_workload(&relay, &routes(), &with_secret, None) else { panic!("a sidecar") };

@@ -18,7 +18,8 @@ pub(crate) mod test_support {
     use serde_json::json;
     use tributary_api::{OutboxRelay, OutboxRelaySpec};
 
-    use super::desired::{CONTAINER_NAME, PORT_NAME};
+    use super::desired::PORT_NAME;
+    use crate::relay_container::CONTAINER_NAME;
     use crate::workload::WorkloadSettings;
 
     /// An OutboxRelay in namespace `default` with the given spec (YAML, defaults applied by serde).

@@ -18,7 +18,8 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use tributary_api::outbox_relay::{RelayReport, RELAY_STATUS_PATH};
 
-use super::desired::{CONTAINER_NAME, PORT_NAME};
+use super::desired::PORT_NAME;
+use crate::relay_container::CONTAINER_NAME;
 
 /// A relay's `/status` answer could not be had.
 #[derive(Debug, thiserror::Error)]

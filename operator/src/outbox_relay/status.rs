@@ -175,11 +175,11 @@ fn ready(relay: &OutboxRelay, observation: &Observation, conditions: &[&DesiredC
             READY,
             Status::True,
             reason::RELAYING,
-            format!("{count} pod(s) of Deployment {workload} run a ready {} container", super::desired::CONTAINER_NAME),
+            format!("{count} pod(s) of Deployment {workload} run a ready {} container", crate::relay_container::CONTAINER_NAME),
         ),
         _ => not_ready(
             reason::RELAY_NOT_RUNNING,
-            format!("no pod of Deployment {workload} runs a ready {} container yet", super::desired::CONTAINER_NAME),
+            format!("no pod of Deployment {workload} runs a ready {} container yet", crate::relay_container::CONTAINER_NAME),
         ),
     }
 }

@@ -6,20 +6,20 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, HTTPGetAction, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, Volume, VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, EnvVar, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, Volume,
+    VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{ApiResource, DynamicObject};
 use kube::Resource;
 use serde_json::json;
-use tributary_api::subscription::{Backoff, DeliveryMode, FilterOperator, Ordering};
+use tributary_api::relay_contract::{env, DISPATCH_COMMAND, DISPATCH_PORT};
+use tributary_api::subscription::DeliveryMode;
 
 use super::resolve::Workload;
 use crate::kafka::StartFrom;
-use crate::pod_security::{container_security_context, pod_security_context, relay_security_context};
+use crate::pod_security::{container_security_context, pod_security_context};
+use crate::relay_container::{env_var, quantities, RelayContainer, RelayPod};
 use crate::workload::{KafkaProperties, WorkloadSettings};
 
 /// Label on every object of a Subscription (value: its name); the Deployment selects its pods by it.
@@ -30,9 +30,7 @@ pub const CONFIG_HASH_ANNOTATION: &str = "tributary.dev/config-hash";
 pub const KEDA_PAUSED_REPLICAS_ANNOTATION: &str = "autoscaling.keda.sh/paused-replicas";
 
 pub const CONSUMER_CONTAINER: &str = "consumer";
-pub const RELAY_CONTAINER: &str = "tributary-relay";
-/// The dispatcher sidecar's /metrics, /healthz and /readyz.
-pub const RELAY_PORT: i32 = 8082;
+/// Name of the dispatcher sidecar's port (/metrics, /healthz and /readyz).
 pub const RELAY_PORT_NAME: &str = "tributary-http";
 
 const CONSUMER_PROPERTIES_VOLUME: &str = "consumer-properties";
@@ -109,27 +107,19 @@ fn stable_hash(text: &str) -> String {
     format!("{hash:016x}")
 }
 
-fn env(name: &str, value: impl Into<String>) -> EnvVar {
-    EnvVar { name: name.to_owned(), value: Some(value.into()), value_from: None }
-}
-
 /// What both the Pull consumer and the Push dispatcher need to read the group.
 fn kafka_env(workload: &Workload, settings: &WorkloadSettings) -> Vec<EnvVar> {
     let retry = &workload.subscription.spec.delivery.retry;
-    let backoff = match retry.backoff {
-        Backoff::Linear => "linear",
-        Backoff::Exponential => "exponential",
-    };
     let mut vars = vec![
-        env("TRIBUTARY_BOOTSTRAP_SERVERS", settings.bootstrap_servers.as_str()),
-        env("TRIBUTARY_TOPICS", workload.kafka_topics().join(",")),
-        env("TRIBUTARY_GROUP", workload.group.as_str()),
-        env("TRIBUTARY_START_FROM", workload.subscription.spec.start_from.as_str()),
-        env("TRIBUTARY_DEAD_LETTER_TOPIC", workload.dead_letter.topic.as_str()),
-        env("TRIBUTARY_MAX_ATTEMPTS", retry.max_attempts.to_string()),
-        env("TRIBUTARY_BACKOFF", backoff),
-        env("TRIBUTARY_INITIAL_DELAY", retry.initial_delay.as_str()),
-        env("TRIBUTARY_MAX_DELAY", retry.max_delay.as_str()),
+        env_var(env::BOOTSTRAP_SERVERS, settings.bootstrap_servers.as_str()),
+        env_var(env::TOPICS, workload.kafka_topics().join(",")),
+        env_var(env::GROUP, workload.group.as_str()),
+        env_var(env::START_FROM, workload.subscription.spec.start_from.as_str()),
+        env_var(env::DEAD_LETTER_TOPIC, workload.dead_letter.topic.as_str()),
+        env_var(env::MAX_ATTEMPTS, retry.max_attempts.to_string()),
+        env_var(env::BACKOFF, retry.backoff.to_string()),
+        env_var(env::INITIAL_DELAY, retry.initial_delay.as_str()),
+        env_var(env::MAX_DELAY, retry.max_delay.as_str()),
     ];
     vars.extend(kafka_properties(settings).map(|kafka| kafka.env()));
     vars
@@ -137,14 +127,7 @@ fn kafka_env(workload: &Workload, settings: &WorkloadSettings) -> Vec<EnvVar> {
 
 /// `attr=op:value` per line, as the dispatcher reads TRIBUTARY_FILTERS.
 fn filters(workload: &Workload) -> String {
-    let line = |filter: &tributary_api::subscription::Filter| {
-        let operator = match filter.operator {
-            FilterOperator::Exact => "exact",
-            FilterOperator::Prefix => "prefix",
-            FilterOperator::Suffix => "suffix",
-        };
-        format!("{}={operator}:{}", filter.attribute, filter.value)
-    };
+    let line = |filter: &tributary_api::subscription::Filter| format!("{}={}:{}", filter.attribute, filter.operator, filter.value);
     workload.subscription.spec.delivery.filters.iter().map(line).collect::<Vec<_>>().join("\n")
 }
 
@@ -172,13 +155,14 @@ fn consumer_container(workload: &Workload, settings: &WorkloadSettings) -> Conta
     let mut mounts = Vec::new();
     if pull {
         vars = kafka_env(workload, settings);
-        vars.push(env("TRIBUTARY_CONSUMER_PROPERTIES_FILE", format!("{CONSUMER_PROPERTIES_DIR}/{CONSUMER_PROPERTIES_KEY}")));
+        vars.push(env_var(env::CONSUMER_PROPERTIES_FILE, format!("{CONSUMER_PROPERTIES_DIR}/{CONSUMER_PROPERTIES_KEY}")));
         mounts.push(mount(CONSUMER_PROPERTIES_VOLUME, CONSUMER_PROPERTIES_DIR));
         mounts.extend(kafka_properties(settings).map(|kafka| kafka.mount()));
     }
-    let user_vars = template.env.iter().enumerate().filter(|(index, var)| {
-        !var.name.starts_with("TRIBUTARY_") && !template.env[index + 1..].iter().any(|later| later.name == var.name)
-    });
+    let user_vars =
+        template.env.iter().enumerate().filter(|(index, var)| {
+            !var.name.starts_with(env::PREFIX) && !template.env[index + 1..].iter().any(|later| later.name == var.name)
+        });
     vars.extend(user_vars.map(|(_, var)| var.clone()));
     Container {
         name: CONSUMER_CONTAINER.to_owned(),
@@ -195,63 +179,36 @@ fn consumer_container(workload: &Workload, settings: &WorkloadSettings) -> Conta
     }
 }
 
-fn http_probe(path: &str, period_seconds: i32, initial_delay_seconds: Option<i32>) -> Probe {
-    Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.to_owned()),
-            port: IntOrString::String(RELAY_PORT_NAME.to_owned()),
-            ..HTTPGetAction::default()
-        }),
-        initial_delay_seconds,
-        period_seconds: Some(period_seconds),
-        timeout_seconds: Some(3),
-        failure_threshold: Some(3),
-        ..Probe::default()
-    }
-}
-
 /// The Push-mode dispatcher: `tributary-relay dispatch`, reading the group and POSTing each event
-/// to the consumer container over the pod's loopback interface.
-fn relay_container(workload: &Workload, settings: &WorkloadSettings) -> Container {
+/// to the consumer container over the pod's loopback interface. It joins the consumer's pod,
+/// whose securityContext is `pod`.
+fn relay_container(workload: &Workload, settings: &WorkloadSettings, pod: &PodSecurityContext) -> Container {
     let delivery = &workload.subscription.spec.delivery;
     let sink = delivery.sink.as_ref().map(|sink| format!("http://127.0.0.1:{}{}", sink.port, sink.path)).unwrap_or_default();
-    let ordering = match delivery.ordering {
-        Ordering::PerKey => "per-key",
-        Ordering::Unordered => "unordered",
-    };
     let mut vars = kafka_env(workload, settings);
     vars.extend([
-        env("TRIBUTARY_SINK", sink),
-        env("TRIBUTARY_ORDERING", ordering),
-        env("TRIBUTARY_CONCURRENCY", delivery.concurrency.to_string()),
-        env("TRIBUTARY_FILTERS", filters(workload)),
-        env("TRIBUTARY_LISTEN_ADDRESS", format!("0.0.0.0:{RELAY_PORT}")),
+        env_var(env::SINK, sink),
+        env_var(env::ORDERING, delivery.ordering.to_string()),
+        env_var(env::CONCURRENCY, delivery.concurrency.to_string()),
+        env_var(env::FILTERS, filters(workload)),
+        env_var(env::LISTEN_ADDRESS, format!("0.0.0.0:{DISPATCH_PORT}")),
     ]);
-    let quantities = |pairs: &[(&str, &str)]| pairs.iter().map(|(key, value)| ((*key).to_owned(), Quantity((*value).to_owned()))).collect();
-    Container {
-        name: RELAY_CONTAINER.to_owned(),
-        image: Some(settings.relay_image.clone()),
-        // The image may be the operator's (both binaries); naming the binary works with either.
-        command: Some(vec!["tributary-relay".to_owned()]),
-        args: Some(vec!["dispatch".to_owned()]),
-        env: Some(vars),
-        ports: Some(vec![ContainerPort {
-            name: Some(RELAY_PORT_NAME.to_owned()),
-            container_port: RELAY_PORT,
-            protocol: Some("TCP".to_owned()),
-            ..ContainerPort::default()
-        }]),
-        readiness_probe: Some(http_probe("/readyz", 5, None)),
-        liveness_probe: Some(http_probe("/healthz", 10, Some(5))),
-        resources: Some(ResourceRequirements {
+    RelayContainer {
+        image: &settings.relay_image,
+        subcommand: DISPATCH_COMMAND,
+        env: vars,
+        port: i32::from(DISPATCH_PORT),
+        port_name: RELAY_PORT_NAME,
+        resources: ResourceRequirements {
             requests: Some(quantities(&[("cpu", "50m"), ("memory", "64Mi")])),
             limits: Some(quantities(&[("memory", "256Mi")])),
             ..ResourceRequirements::default()
-        }),
-        security_context: Some(relay_security_context(None)),
-        volume_mounts: kafka_properties(settings).map(|kafka| vec![kafka.mount()]),
-        ..Container::default()
+        },
+        readiness_probe: true,
+        pod: RelayPod::Joined(Some(pod)),
+        kafka_properties: kafka_properties(settings),
     }
+    .build()
 }
 
 /// The consumer Deployment. `replicas` is `None` when KEDA's HPA owns the replica count: the
@@ -263,6 +220,7 @@ pub fn deployment(workload: &Workload, settings: &WorkloadSettings, replicas: Op
     pod_labels.extend(labels(workload));
     let mut pod_annotations = template.pod_annotations.clone();
     let mut volumes = Vec::new();
+    let pod_security = pod_security_context(template.pod_security_context.as_ref());
     let mut containers = vec![consumer_container(workload, settings)];
     match workload.mode() {
         DeliveryMode::Pull => {
@@ -273,7 +231,7 @@ pub fn deployment(workload: &Workload, settings: &WorkloadSettings, replicas: Op
                 ..Volume::default()
             });
         }
-        DeliveryMode::Push => containers.push(relay_container(workload, settings)),
+        DeliveryMode::Push => containers.push(relay_container(workload, settings, &pod_security)),
     }
     volumes.extend(kafka_properties(settings).map(|kafka| kafka.volume()));
     Deployment {
@@ -292,7 +250,7 @@ pub fn deployment(workload: &Workload, settings: &WorkloadSettings, replicas: Op
                     volumes: non_empty(volumes),
                     service_account_name: template.service_account_name.clone(),
                     node_selector: (!template.node_selector.is_empty()).then(|| template.node_selector.clone()),
-                    security_context: Some(pod_security_context(template.pod_security_context.as_ref())),
+                    security_context: Some(pod_security),
                     ..PodSpec::default()
                 }),
             },
@@ -358,6 +316,8 @@ pub fn scaled_object(workload: &Workload, settings: &WorkloadSettings, hold_at_z
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
     use super::*;
     use crate::subscription::resolve::{workload, ResolvedTopic};
     use crate::subscription::test_support::subscription;

@@ -25,7 +25,7 @@ use anyhow::{bail, ensure, Context};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use prometheus_client::registry::Registry;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -39,7 +39,7 @@ use tributary_common::server::Readiness;
 
 use super::metrics::DispatchMetrics;
 use super::{Backoff, ConsumerSettings, DispatchSettings, Dispatcher, Ordering, RetryPolicy, Sink, StartFrom};
-use crate::bench::{figure, load_average, parse_duration, per_second, percentile, process_cpu};
+use crate::bench::{figure, load_average, per_second, percentile, process_cpu};
 use crate::producer::{EventProducer, OutgoingRecord, ProducerSettings, RdKafkaProducer};
 
 /// Longest wait for a phase to see every record.
@@ -74,7 +74,7 @@ pub struct BenchDispatchArgs {
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub offered_rate: u32,
     /// How long the latency phase produces.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = tributary_api::duration::parse)]
     pub duration: Duration,
     /// Records the dispatcher buffers before pausing consumption.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
@@ -85,14 +85,8 @@ pub struct BenchDispatchArgs {
     #[arg(long = "consumer-property", default_values_t = ["fetch.wait.max.ms=5".to_owned()])]
     pub consumer_properties: Vec<String>,
     /// Ordering of the dispatcher in the latency phase.
-    #[arg(long, value_enum, default_value_t = LatencyOrdering::PerKey)]
-    pub latency_ordering: LatencyOrdering,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LatencyOrdering {
-    PerKey,
-    Unordered,
+    #[arg(long, value_enum, default_value_t = Ordering::PerKey)]
+    pub latency_ordering: Ordering,
 }
 
 /// Runs the phases, prints their figures and deletes the topics it made.
@@ -257,10 +251,7 @@ impl Bench {
         let topic = self.latency_topic();
         let total = usize::try_from((f64::from(args.offered_rate) * args.duration.as_secs_f64()).ceil() as u64)?;
         let sink = BenchSink::start(total).await?;
-        let ordering = match args.latency_ordering {
-            LatencyOrdering::PerKey => Ordering::PerKey,
-            LatencyOrdering::Unordered => Ordering::Unordered,
-        };
+        let ordering = args.latency_ordering;
         let lanes = if ordering == Ordering::PerKey { args.keys_in_flight } else { args.concurrency };
         let running = self.start_dispatcher(&topic, "latency", ordering, lanes, &sink)?;
         let joined = Instant::now();

@@ -25,9 +25,10 @@ use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
+use tributary_common::kafka_properties::client_config;
 
 use super::filter::{accepts_all, Filter};
 use super::metrics::DispatchMetrics;
@@ -353,7 +354,7 @@ pub type DispatchConsumer = BaseConsumer<DispatchContext>;
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumerError {
     #[error(transparent)]
-    Properties(#[from] tributary_api::kafka_properties::PropertiesError),
+    Properties(#[from] tributary_common::kafka_properties::PropertiesError),
     #[error("cannot create the Kafka consumer for {bootstrap_servers}: {source}")]
     Create {
         bootstrap_servers: String,
@@ -377,23 +378,18 @@ pub fn create(
     metrics: Arc<DispatchMetrics>,
     wake: Arc<Wake>,
 ) -> Result<(Arc<DispatchConsumer>, mpsc::UnboundedReceiver<ConsumerEvent>), ConsumerError> {
-    let mut config = ClientConfig::new();
-    // Tuning the properties file may override.
-    config
-        .set("auto.commit.interval.ms", "1000")
-        .set("statistics.interval.ms", "5000")
+    let tuning = [
+        ("auto.commit.interval.ms", "1000"),
+        ("statistics.interval.ms", "5000"),
         // Read-ahead per partition (each has its queue): enough to cover a refetch.
-        .set("queued.max.messages.kbytes", "4096")
-        .set("fetch.queue.backoff.ms", "50")
-        .set("fetch.wait.max.ms", "100");
-    if let Some(path) = &settings.properties_file {
-        for (key, value) in tributary_api::kafka_properties::read(path)? {
-            // The rebalance handling assigns and revokes whole assignments.
-            if key == "partition.assignment.strategy" && value.contains("cooperative") {
-                return Err(ConsumerError::Cooperative(value));
-            }
-            config.set(key, value);
-        }
+        ("queued.max.messages.kbytes", "4096"),
+        ("fetch.queue.backoff.ms", "50"),
+        ("fetch.wait.max.ms", "100"),
+    ];
+    let mut config = client_config(&settings.bootstrap_servers, settings.properties_file.as_deref(), &tuning)?;
+    // The rebalance handling assigns and revokes whole assignments.
+    if let Some(strategy) = config.get("partition.assignment.strategy").filter(|strategy| strategy.contains("cooperative")) {
+        return Err(ConsumerError::Cooperative(strategy.to_owned()));
     }
     let reset = match settings.start_from {
         StartFrom::Latest => "latest",
@@ -401,7 +397,6 @@ pub fn create(
         StartFrom::Earliest | StartFrom::Timestamp(_) => "earliest",
     };
     config
-        .set("bootstrap.servers", &settings.bootstrap_servers)
         .set("group.id", &settings.group)
         // At-least-once: only offsets the engine stored (everything below done) are committed.
         .set("enable.auto.commit", "true")

@@ -5,13 +5,7 @@
 
 use std::fmt;
 
-/// How an attribute is compared with the filter's value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FilterOperator {
-    Exact,
-    Prefix,
-    Suffix,
-}
+use tributary_api::subscription::FilterOperator;
 
 /// One condition on one CloudEvents attribute.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,12 +39,10 @@ impl Filter {
         if attribute.is_empty() || attribute.len() > 20 || !attribute.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
             return Err(FilterError::Attribute { filter: text.to_owned(), attribute: attribute.to_owned() });
         }
-        let operator = match operator.to_ascii_lowercase().as_str() {
-            "exact" => FilterOperator::Exact,
-            "prefix" => FilterOperator::Prefix,
-            "suffix" => FilterOperator::Suffix,
-            _ => return Err(FilterError::Operator { filter: text.to_owned(), operator: operator.to_owned() }),
-        };
+        let operator: FilterOperator = operator
+            .to_ascii_lowercase()
+            .parse()
+            .map_err(|_| FilterError::Operator { filter: text.to_owned(), operator: operator.to_owned() })?;
         if value.is_empty() {
             return Err(FilterError::EmptyValue(text.to_owned()));
         }
@@ -77,12 +69,7 @@ impl Filter {
 
 impl fmt::Display for Filter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let operator = match self.operator {
-            FilterOperator::Exact => "exact",
-            FilterOperator::Prefix => "prefix",
-            FilterOperator::Suffix => "suffix",
-        };
-        write!(f, "{}={operator}:{}", self.attribute, self.value)
+        write!(f, "{}={}:{}", self.attribute, self.operator, self.value)
     }
 }
 

@@ -7,14 +7,7 @@
 
 use std::time::{Duration, SystemTime};
 
-/// How the delay between attempts grows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backoff {
-    /// `initial × n` before retry n.
-    Linear,
-    /// `initial × 2^(n-1)` before retry n.
-    Exponential,
-}
+pub use tributary_api::subscription::Backoff;
 
 /// Attempts and delays of a failing delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,8 +21,9 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The delay after failed attempt `attempts` (1 = the first attempt failed): the backoff, or
-    /// the sink's `Retry-After` when that is longer; never more than `max_delay`.
+    /// The delay after failed attempt `attempts` (1 = the first attempt failed): the backoff
+    /// (`initial × n` before retry n when linear, `initial × 2^(n-1)` when exponential), or the
+    /// sink's `Retry-After` when that is longer; never more than `max_delay`.
     pub fn delay(&self, attempts: u32, retry_after: Option<Duration>) -> Duration {
         let retry = attempts.max(1);
         let backoff = match self.backoff {

@@ -16,6 +16,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
+pub use tributary_api::subscription::Ordering;
 
 /// One assignment of one partition to this consumer. Never reused: work left over from an
 /// earlier assignment of the same partition is recognised as stale and dropped.
@@ -27,12 +28,6 @@ pub struct PartitionId(pub u64);
 pub struct Ticket {
     pub partition: PartitionId,
     seq: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ordering {
-    PerKey,
-    Unordered,
 }
 
 #[derive(Debug)]

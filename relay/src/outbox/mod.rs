@@ -36,14 +36,10 @@ pub enum Cleanup {
     },
 }
 
-/// What a row that keeps failing does to its aggregate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailurePolicy {
-    /// The row stays, marked failed, and holds back the rest of its aggregate (order kept).
-    Block,
-    /// The row moves to the `<table>_failed` table and its aggregate goes on.
-    Skip,
-}
+/// What a row that keeps failing does to its aggregate: with `Block` the row stays, marked
+/// failed, and holds back the rest of its aggregate (order kept); with `Skip` it moves to the
+/// `<table>_failed` table and its aggregate goes on.
+pub use tributary_api::outbox_relay::FailurePolicy;
 
 /// Everything a relay worker needs to know.
 #[derive(Debug, Clone)]

@@ -95,14 +95,9 @@ pub struct Columns {
     pub created_at: Option<Ident>,
 }
 
-/// How the payload column is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PayloadFormat {
-    /// json or jsonb (or text holding JSON), published as `application/json`.
-    Json,
-    /// bytea, published as-is.
-    Binary,
-}
+/// How the payload column is read: `Json` from json or jsonb (or text holding JSON), published as
+/// `application/json`; `Binary` from bytea, published as-is.
+pub use tributary_api::outbox_relay::PayloadFormat;
 
 /// Columns the relay itself adds to the outbox table to keep order and track failures.
 pub const SEQ: &str = "tributary_seq";
