@@ -222,7 +222,12 @@ mod tests {
 
     fn consumer_pod(spec_yaml: &str) -> PodSpec {
         let subscription = subscription("billing", spec_yaml);
-        let topics = vec![ResolvedTopic { name: "orders".into(), kafka_topic: "shop.orders".into(), dead_letter_topic: None }];
+        let topics = vec![ResolvedTopic {
+            name: "orders".into(),
+            kafka_topic: "shop.orders".into(),
+            dead_letter_topic: None,
+            max_message_bytes: None,
+        }];
         let workload = workload(&subscription, topics).expect("a valid Subscription");
         deployment(&workload, &settings(), Some(1)).spec.and_then(|spec| spec.template.spec).expect("a pod template")
     }

@@ -440,7 +440,8 @@ async fn the_sidecar_the_subscription_controller_renders_delivers() {
         },
     }))
     .expect("a valid Subscription");
-    let resolved = vec![ResolvedTopic { name: "orders".into(), kafka_topic: topic.clone(), dead_letter_topic: None }];
+    let resolved =
+        vec![ResolvedTopic { name: "orders".into(), kafka_topic: topic.clone(), dead_letter_topic: None, max_message_bytes: None }];
     let workload = workload(&subscription, resolved).expect("a runnable Subscription");
     let settings = WorkloadSettings {
         bootstrap_servers: env.bootstrap_servers.clone(),

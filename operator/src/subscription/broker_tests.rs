@@ -250,7 +250,7 @@ async fn a_group_scaled_to_zero_that_never_committed_wakes_up_when_records_arriv
     // startFrom: latest (the default), and the records already there are not to be read.
     let topic = broker.topic_with_records("wake", 5, 3).await;
     let subscription = subscription("wake", "scaling: { minReplicas: 1, scaleToZero: true, activationLagThreshold: 0 }");
-    let resolved = ResolvedTopic { name: "orders".into(), kafka_topic: topic.clone(), dead_letter_topic: None };
+    let resolved = ResolvedTopic { name: "orders".into(), kafka_topic: topic.clone(), dead_letter_topic: None, max_message_bytes: None };
     let mut workload = resolve::workload(&subscription, vec![resolved]).expect("a valid Subscription");
     workload.group = unique_name("group");
     workload.dead_letter.topic = unique_name("wake-dlq");

@@ -338,8 +338,18 @@ mod tests {
 
     fn topics() -> Vec<ResolvedTopic> {
         vec![
-            ResolvedTopic { name: "orders".into(), kafka_topic: "shop.orders".into(), dead_letter_topic: Some("shop.orders.dlq".into()) },
-            ResolvedTopic { name: "payments".into(), kafka_topic: "shop.payments".into(), dead_letter_topic: None },
+            ResolvedTopic {
+                name: "orders".into(),
+                kafka_topic: "shop.orders".into(),
+                dead_letter_topic: Some("shop.orders.dlq".into()),
+                max_message_bytes: None,
+            },
+            ResolvedTopic {
+                name: "payments".into(),
+                kafka_topic: "shop.payments".into(),
+                dead_letter_topic: None,
+                max_message_bytes: None,
+            },
         ]
     }
 

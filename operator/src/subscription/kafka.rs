@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use tracing::{info, warn};
 
 use super::resolve::{DeadLetter, Workload};
+use crate::event_topic::desired::MAX_MESSAGE_BYTES;
 use crate::kafka::{ConsumerGroups, GroupLag, KafkaError, SyncMode, TopicAdmin, TopicSpec};
 
 /// What Kafka answered in one reconcile.
@@ -72,7 +73,7 @@ pub async fn reset_offsets(groups: &dyn ConsumerGroups, workload: &Workload<'_>,
 
 /// Creates the dead-letter topic when the Subscription owns it and it is missing; returns whether
 /// it was (or, in a dry run, would be) created. One partition: dead letters are few, and kept in
-/// the order they failed.
+/// the order they failed. It accepts records as large as its largest source does.
 pub async fn ensure_dead_letter_topic(admin: &dyn TopicAdmin, dead_letter: &DeadLetter, mode: SyncMode) -> Result<bool, KafkaError> {
     if !dead_letter.owned || admin.topic_layout(&dead_letter.topic).await?.is_some() {
         return Ok(false);
@@ -80,7 +81,28 @@ pub async fn ensure_dead_letter_topic(admin: &dyn TopicAdmin, dead_letter: &Dead
     if mode == SyncMode::DryRun {
         return Ok(true);
     }
-    let spec = TopicSpec { name: dead_letter.topic.clone(), partitions: 1, replication_factor: None, configs: Default::default() };
+    let configs = dead_letter.max_message_bytes.map(|bytes| (MAX_MESSAGE_BYTES.to_owned(), bytes.to_string())).into_iter().collect();
+    let spec = TopicSpec { name: dead_letter.topic.clone(), partitions: 1, replication_factor: None, configs };
     admin.create_topic(&spec).await?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::FakeTopicAdmin;
+
+    #[tokio::test]
+    async fn an_owned_dead_letter_topic_is_made_to_take_its_largest_source_record() {
+        let admin = FakeTopicAdmin::new();
+        let dead_letter = DeadLetter { topic: "billing.dlq".into(), owned: true, max_message_bytes: Some(4_194_304) };
+        assert!(ensure_dead_letter_topic(&admin, &dead_letter, SyncMode::Apply).await.expect("created"));
+        let made = admin.describe_topic("billing.dlq").await.expect("described").expect("exists");
+        assert_eq!((made.partitions, made.configs.get(MAX_MESSAGE_BYTES).map(String::as_str)), (1, Some("4194304")));
+        assert!(!ensure_dead_letter_topic(&admin, &dead_letter, SyncMode::Apply).await.expect("exists"), "made once");
+
+        let managed = DeadLetter { topic: "orders.dlq".into(), owned: false, max_message_bytes: None };
+        assert!(!ensure_dead_letter_topic(&admin, &managed, SyncMode::Apply).await.expect("left alone"));
+        assert_eq!(admin.describe_topic("orders.dlq").await.expect("described"), None, "its EventTopic makes it");
+    }
 }

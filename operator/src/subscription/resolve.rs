@@ -8,6 +8,7 @@ use kube::{Api, ResourceExt};
 use tributary_api::subscription::DeliveryMode;
 use tributary_api::{EventTopic, Subscription};
 
+use crate::event_topic::desired::{desired_topics, MAX_MESSAGE_BYTES};
 use crate::kafka::StartFrom;
 use crate::seniority::older_claimant;
 
@@ -22,6 +23,8 @@ pub struct ResolvedTopic {
     /// The Kafka topic the EventTopic manages.
     pub kafka_topic: String,
     pub dead_letter_topic: Option<String>,
+    /// The largest record the topic accepts, when its EventTopic sets it.
+    pub max_message_bytes: Option<u64>,
 }
 
 /// Why the Subscription cannot run yet: referenced EventTopics that are missing or not Ready.
@@ -69,6 +72,7 @@ pub fn resolve_topics(fetched: &[(String, Option<DeserializeGuard<EventTopic>>)]
                     name: name.clone(),
                     kafka_topic: topic.kafka_topic_name().to_owned(),
                     dead_letter_topic: topic.dead_letter_topic_name(),
+                    max_message_bytes: max_message_bytes(topic),
                 }),
             },
         }
@@ -78,6 +82,11 @@ pub fn resolve_topics(fetched: &[(String, Option<DeserializeGuard<EventTopic>>)]
     } else {
         Err(problem)
     }
+}
+
+fn max_message_bytes(topic: &EventTopic) -> Option<u64> {
+    let desired = desired_topics(topic).ok()?;
+    desired.first()?.spec.configs.get(MAX_MESSAGE_BYTES)?.parse().ok()
 }
 
 fn not_ready_reason(topic: &EventTopic) -> Option<String> {
@@ -102,6 +111,9 @@ pub struct DeadLetter {
     pub topic: String,
     /// True when no referenced EventTopic manages the topic, so the operator creates it.
     pub owned: bool,
+    /// For an owned topic: the largest `max.message.bytes` of the source topics, so that every
+    /// record a source accepts fits (`None`: the broker's default, as for the sources).
+    pub max_message_bytes: Option<u64>,
 }
 
 /// A spec the schema accepted that still cannot run.
@@ -181,7 +193,8 @@ fn dead_letter(subscription: &Subscription, topics: &[ResolvedTopic]) -> Result<
         return Err(SpecError::DeadLetterNameTooLong(topic));
     }
     let managed = sources.iter().any(|source| source.as_deref() == Some(topic.as_str()));
-    Ok(DeadLetter { topic, owned: !managed })
+    let max_message_bytes = topics.iter().filter_map(|source| source.max_message_bytes).max();
+    Ok(DeadLetter { topic, owned: !managed, max_message_bytes })
 }
 
 #[cfg(test)]
@@ -197,7 +210,23 @@ mod tests {
     }
 
     fn resolved(name: &str, dead_letter: Option<&str>) -> ResolvedTopic {
-        ResolvedTopic { name: name.into(), kafka_topic: format!("shop.{name}"), dead_letter_topic: dead_letter.map(str::to_owned) }
+        ResolvedTopic {
+            name: name.into(),
+            kafka_topic: format!("shop.{name}"),
+            dead_letter_topic: dead_letter.map(str::to_owned),
+            max_message_bytes: None,
+        }
+    }
+
+    #[test]
+    fn an_owned_dead_letter_topic_takes_the_largest_record_size_of_its_sources() {
+        let big = ready(event_topic("orders", "maxMessageBytes: 4194304"));
+        let plain = ready(event_topic("payments", ""));
+        let topics = resolve_topics(&[found(big), found(plain)]).expect("resolved");
+        assert_eq!(topics.iter().map(|topic| topic.max_message_bytes).collect::<Vec<_>>(), vec![Some(4_194_304), None]);
+        let subscription = subscription("billing", "topics: [{ name: orders }, { name: payments }]");
+        let dead_letter = workload(&subscription, topics).expect("valid").dead_letter;
+        assert_eq!((dead_letter.owned, dead_letter.max_message_bytes), (true, Some(4_194_304)));
     }
 
     #[test]
@@ -209,7 +238,8 @@ mod tests {
             vec![ResolvedTopic {
                 name: "orders".into(),
                 kafka_topic: "shop.orders".into(),
-                dead_letter_topic: Some("shop.orders.dlq".into())
+                dead_letter_topic: Some("shop.orders.dlq".into()),
+                max_message_bytes: None,
             }]
         );
     }
@@ -253,14 +283,17 @@ mod tests {
         let workload_for = |subscription: &Subscription, topics: Vec<ResolvedTopic>| workload(subscription, topics).map(|w| w.dead_letter);
         assert_eq!(
             workload_for(&one, vec![resolved("orders", Some("shop.orders.dlq"))]),
-            Ok(DeadLetter { topic: "shop.orders.dlq".into(), owned: false })
+            Ok(DeadLetter { topic: "shop.orders.dlq".into(), owned: false, max_message_bytes: None })
         );
         assert_eq!(
             workload_for(&one, vec![resolved("orders", Some("a.dlq")), resolved("payments", None)]),
-            Ok(DeadLetter { topic: "default.billing.dlq".into(), owned: true })
+            Ok(DeadLetter { topic: "default.billing.dlq".into(), owned: true, max_message_bytes: None })
         );
         let explicit = subscription("billing", "delivery: { deadLetter: { topicName: billing-dead } }");
-        assert_eq!(workload_for(&explicit, vec![resolved("orders", None)]), Ok(DeadLetter { topic: "billing-dead".into(), owned: true }));
+        assert_eq!(
+            workload_for(&explicit, vec![resolved("orders", None)]),
+            Ok(DeadLetter { topic: "billing-dead".into(), owned: true, max_message_bytes: None })
+        );
         let into_source = subscription("billing", "delivery: { deadLetter: { topicName: shop.orders } }");
         assert_eq!(
             workload_for(&into_source, vec![resolved("orders", None)]),
