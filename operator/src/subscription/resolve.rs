@@ -63,13 +63,12 @@ pub fn resolve_topics(fetched: &[(String, Option<DeserializeGuard<EventTopic>>)]
         match topic.as_ref().map(|guard| &guard.0) {
             None => problem.missing.push(name.clone()),
             Some(Err(invalid)) => problem.not_ready.push((name.clone(), format!("it does not match the schema: {}", invalid.error))),
-            Some(Ok(topic)) => match not_ready_reason(topic) {
-                Some(why) => problem.not_ready.push((name.clone(), why)),
-                None => resolved.push(ResolvedTopic {
-                    name: name.clone(),
-                    kafka_topic: topic.kafka_topic_name().to_owned(),
-                    dead_letter_topic: topic.dead_letter_topic_name(),
-                }),
+            // The real Kafka names (after the naming policy) are the ones its status gives.
+            Some(Ok(topic)) => match (not_ready_reason(topic), crate::event_topic::status::ready_names(topic.status.as_ref())) {
+                (None, Some(kafka)) => {
+                    resolved.push(ResolvedTopic { name: name.clone(), kafka_topic: kafka.topic, dead_letter_topic: kafka.dead_letter })
+                }
+                (why, _) => problem.not_ready.push((name.clone(), why.unwrap_or_else(|| "its status names no Kafka topic".into()))),
             },
         }
     }
