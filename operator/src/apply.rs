@@ -771,18 +771,23 @@ spec:
         assert_eq!(yaml_documents(&report), vec![serde_json::to_value(deployment).expect("JSON")]);
     }
 
-    #[tokio::test]
-    async fn the_whole_report_is_a_yaml_stream_of_the_objects() {
-        let admin = FakeTopicAdmin::new();
-        let objects = validate_documents(&documents(&format!("{TWO_TOPICS}\n---{SUBSCRIPTIONS}\n---\n{RELAYS}"))).expect("valid");
+    fn subscriptions_and_relays(objects: &[Object]) -> (Vec<Subscription>, Vec<OutboxRelay>) {
         let (mut subscriptions, mut relays) = (Vec::new(), Vec::new());
-        for object in &objects {
+        for object in objects {
             match object {
                 Object::Subscription(subscription) => subscriptions.push(*subscription.clone()),
                 Object::OutboxRelay(relay) => relays.push(*relay.clone()),
                 Object::EventTopic(_) => {}
             }
         }
+        (subscriptions, relays)
+    }
+
+    #[tokio::test]
+    async fn the_whole_report_is_a_yaml_stream_of_the_objects() {
+        let admin = FakeTopicAdmin::new();
+        let objects = validate_documents(&documents(&format!("{TWO_TOPICS}\n---{SUBSCRIPTIONS}\n---\n{RELAYS}"))).expect("valid");
+        let (subscriptions, relays) = subscriptions_and_relays(&objects);
         let topics =
             apply_event_topics(&admin, &event_topics(objects), SyncMode::Apply, Timestamp::UNIX_EPOCH, &NamingPolicy::default()).await;
         let subscription_results = apply_subscriptions(&admin, &subscriptions, &topics, SyncMode::Apply, &settings()).await;
@@ -949,5 +954,27 @@ spec: { topicName: shared, partitions: 9 }
         assert!(results[0].is_ready());
         assert!(matches!(&results[1].outcome, Outcome::Conflict { owner, .. } if owner == "default/first"));
         assert_eq!(admin.topic("shared").expect("created").partitions, 1);
+    }
+
+    /// Subscriptions and relays read an EventTopic's Kafka topic from its status, which names it
+    /// after the naming policy.
+    #[tokio::test]
+    async fn subscriptions_and_relays_use_the_kafka_names_the_naming_policy_gives() {
+        let admin = FakeTopicAdmin::new();
+        let objects = validate_documents(&documents(&format!("{TWO_TOPICS}\n---{SUBSCRIPTIONS}\n---\n{RELAYS}"))).expect("valid");
+        let (subscriptions, relays) = subscriptions_and_relays(&objects);
+        let naming = NamingPolicy::namespace_prefixed([]);
+        let topics = apply_event_topics(&admin, &event_topics(objects), SyncMode::Apply, Timestamp::UNIX_EPOCH, &naming).await;
+        assert_eq!(admin.topic_names(), ["default.payments", "shop.orders", "shop.orders.dlq"]);
+
+        let results = apply_subscriptions(&admin, &subscriptions, &topics, SyncMode::Apply, &settings()).await;
+        let report = render_subscriptions(&results, SyncMode::Apply);
+        assert!(report.contains("dead letters go to \"shop.orders.dlq\" (managed by its EventTopic)"), "{report}");
+        let SubscriptionOutcome::Applied { objects, .. } = &results[0].outcome else { panic!("applied: {report}") };
+        assert!(objects.iter().any(|object| object.to_string().contains("\"shop.orders\"")), "the consumers read shop.orders: {objects:?}");
+
+        let plans = plan_outbox_relays(&relays, &topics, &settings(), Timestamp::UNIX_EPOCH);
+        let Ok(RelayWorkload::Sidecar { body, .. }) = &plans[0].workload else { panic!("{:?}", plans[0].workload) };
+        assert!(serde_json::to_string(body).expect("JSON").contains("Order=shop.orders"), "the relay writes to shop.orders: {body:?}");
     }
 }
