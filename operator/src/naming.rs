@@ -23,12 +23,11 @@ pub enum TopicNaming {
     NamespacePrefixed,
 }
 
+/// As the flag spells it.
 impl fmt::Display for TopicNaming {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            TopicNaming::Free => "Free",
-            TopicNaming::NamespacePrefixed => "NamespacePrefixed",
-        })
+        let value = clap::ValueEnum::to_possible_value(self).ok_or(fmt::Error)?;
+        f.write_str(value.get_name())
     }
 }
 
@@ -109,13 +108,7 @@ mod tests {
     #[test]
     fn the_flag_spells_values_as_the_chart_does() {
         use clap::ValueEnum;
-        let spelled: Vec<String> = TopicNaming::value_variants()
-            .iter()
-            .filter_map(|value| value.to_possible_value().map(|possible| possible.get_name().to_owned()))
-            .collect();
+        let spelled: Vec<String> = TopicNaming::value_variants().iter().map(TopicNaming::to_string).collect();
         assert_eq!(spelled, ["Free", "NamespacePrefixed"]);
-        assert!(TopicNaming::value_variants()
-            .iter()
-            .all(|value| value.to_possible_value().is_some_and(|p| p.get_name() == value.to_string())));
     }
 }
