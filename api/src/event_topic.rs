@@ -15,7 +15,8 @@ pub const TYPED_CONFIG_KEYS: [&str; 5] = ["retention.ms", "cleanup.policy", "min
 /// A Kafka topic managed by Tributary, with an optional dead-letter topic.
 ///
 /// The operator creates the topic, grows its partitions, corrects drift of the settings this
-/// spec names, and deletes it only when `deletionPolicy` is `Delete`.
+/// spec names, and deletes it only when `deletionPolicy` says so. A topic that already exists is
+/// taken over only with `adopt: true`.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[kube(
     group = "tributary.dev",
@@ -31,6 +32,7 @@ pub const TYPED_CONFIG_KEYS: [&str; 5] = ["retention.ms", "cleanup.policy", "min
     printcolumn(name = "Topic", type_ = "string", json_path = ".status.topicName", description = "Kafka topic name"),
     printcolumn(name = "Partitions", type_ = "integer", json_path = ".status.partitions", description = "Partitions the topic has in Kafka"),
     printcolumn(name = "DLQ", type_ = "string", json_path = ".status.deadLetterTopic", description = "Dead-letter topic"),
+    printcolumn(name = "Origin", type_ = "string", json_path = ".status.origin", description = "Whether this EventTopic created the Kafka topic or adopted it", priority = 1),
     printcolumn(name = "Ready", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].status"#),
     printcolumn(name = "Reason", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].reason"#),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
@@ -46,6 +48,8 @@ pub const TYPED_CONFIG_KEYS: [&str; 5] = ["retention.ms", "cleanup.policy", "min
     validation = Rule::new(
         "!has(self.spec.deadLetter) || !self.spec.deadLetter.enabled || has(self.spec.deadLetter.topicName) || size(has(self.spec.topicName) ? self.spec.topicName : self.metadata.name) <= 245"
     ).message("the default dead-letter topic name <topic>.dlq would exceed Kafka's 249 characters; set spec.deadLetter.topicName").field_path(".spec.deadLetter.topicName"),
+    validation = Rule::new("!has(self.spec.deletionPolicy) || self.spec.deletionPolicy != 'DeleteIncludingAdopted' || (has(self.spec.adopt) && self.spec.adopt)")
+        .message("spec.deletionPolicy DeleteIncludingAdopted deletes adopted topics, so it needs spec.adopt: true").field_path(".spec.deletionPolicy"),
 )]
 #[x_kube(
     validation = Rule::new("!has(self.minInSyncReplicas) || !has(self.replicationFactor) || self.minInSyncReplicas <= self.replicationFactor")
@@ -57,9 +61,14 @@ pub const TYPED_CONFIG_KEYS: [&str; 5] = ["retention.ms", "cleanup.policy", "min
 )]
 #[serde(rename_all = "camelCase")]
 pub struct EventTopicSpec {
-    /// Name of the Kafka topic. Defaults to metadata.name. Immutable.
+    /// Name of the Kafka topic. Defaults to metadata.name. Immutable. Under the operator's
+    /// `NamespacePrefixed` naming policy the Kafka topic is `<namespace>.<topicName>`;
+    /// status.topicName shows the real name. Names beginning with `_` are Kafka's own.
     #[schemars(regex(pattern = patterns::KAFKA_TOPIC_NAME.regex), length(min = 1, max = 249))]
-    #[x_kube(validation = Rule::new("self != '.' && self != '..'").message("'.' and '..' are not valid Kafka topic names"))]
+    #[x_kube(
+        validation = Rule::new("self != '.' && self != '..'").message("'.' and '..' are not valid Kafka topic names"),
+        validation = patterns::not_internal_topic(),
+    )]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic_name: Option<String>,
 
@@ -120,8 +129,21 @@ pub struct EventTopicSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter: Option<DeadLetterTopic>,
 
+    /// Whether this EventTopic may take over Kafka topics (the topic or its dead-letter topic)
+    /// that already exist and that it did not create. Without it such a topic is left untouched
+    /// and Ready is False with reason `AdoptionRequired`. An adopted topic keeps every setting
+    /// this spec does not name (an adopted dead-letter topic takes no retention, record size,
+    /// partitions or replication factor from the topic, only its own deadLetter settings), and is
+    /// deleted with the EventTopic only under `deletionPolicy: DeleteIncludingAdopted`.
+    /// status.origin and status.deadLetterOrigin say which topics were created and which adopted.
+    /// Setting it back to false leaves adopted topics alone again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopt: bool,
+
     /// What happens to the Kafka topics when this EventTopic is deleted: `Retain` (default)
-    /// leaves them, `Delete` removes the topic and its dead-letter topic.
+    /// leaves them; `Delete` removes the topic and the dead-letter topic if this EventTopic
+    /// created them (adopted ones are left); `DeleteIncludingAdopted` removes adopted ones too
+    /// (needs `adopt: true`).
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 }
@@ -176,14 +198,25 @@ impl Compression {
     }
 }
 
-/// Whether deleting the EventTopic deletes the Kafka topics too.
+/// Whether deleting the EventTopic deletes the Kafka topics too. Adopting a topic and deleting
+/// it are separate consents: `Delete` only removes what the EventTopic created.
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeletionPolicy {
     /// Keep the Kafka topics (and their data) when the EventTopic is deleted.
     #[default]
     Retain,
-    /// Delete the Kafka topic and its dead-letter topic with the EventTopic.
+    /// Delete the Kafka topics this EventTopic created with it; adopted ones are kept.
     Delete,
+    /// Delete the Kafka topics with the EventTopic, adopted ones included.
+    DeleteIncludingAdopted,
+}
+
+/// How an EventTopic came to manage a Kafka topic: the operator `Created` it for the EventTopic,
+/// or it existed and the EventTopic `Adopted` it (spec.adopt).
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicOrigin {
+    Created,
+    Adopted,
 }
 
 /// The dead-letter topic of an EventTopic.
@@ -194,10 +227,15 @@ pub struct DeadLetterTopic {
     #[serde(default = "default_true")]
     pub enabled: bool,
 
-    /// Kafka name of the dead-letter topic. Defaults to `<topic>.dlq`.
+    /// Kafka name of the dead-letter topic. Defaults to `<topic>.dlq` (after the Kafka topic's
+    /// name). Under the operator's `NamespacePrefixed` naming policy a name given here becomes
+    /// `<namespace>.<topicName>`. Names beginning with `_` are Kafka's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = patterns::KAFKA_TOPIC_NAME.regex))]
-    #[x_kube(validation = Rule::new("self != '.' && self != '..'").message("'.' and '..' are not valid Kafka topic names"))]
+    #[x_kube(
+        validation = Rule::new("self != '.' && self != '..'").message("'.' and '..' are not valid Kafka topic names"),
+        validation = patterns::not_internal_topic(),
+    )]
     pub topic_name: Option<String>,
 
     /// Partitions of the dead-letter topic. Defaults to those of the topic.
@@ -228,9 +266,15 @@ pub struct EventTopicStatus {
     #[schemars(schema_with = "crate::conditions_schema")]
     pub conditions: Vec<Condition>,
 
-    /// Name of the Kafka topic.
+    /// Name of the Kafka topic, as the operator's naming policy makes it (`<namespace>.<name>`
+    /// under `NamespacePrefixed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic_name: Option<String>,
+
+    /// Whether this EventTopic `Created` the Kafka topic named in topicName or `Adopted` it.
+    /// Kept as long as the topic is this EventTopic's; it decides what deletion may remove.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<TopicOrigin>,
 
     /// Partitions the topic has in Kafka.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -244,20 +288,27 @@ pub struct EventTopicStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_topic: Option<String>,
 
+    /// Whether this EventTopic `Created` the dead-letter topic or `Adopted` it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_origin: Option<TopicOrigin>,
+
     /// When the operator last compared the topic in Kafka with the spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,
 }
 
 impl EventTopic {
-    /// The Kafka topic this EventTopic manages.
-    pub fn kafka_topic_name(&self) -> &str {
+    /// The topic name this EventTopic asks for: spec.topicName, else metadata.name. It is the
+    /// Kafka name under the operator's default (`Free`) naming policy; status.topicName is the
+    /// real one.
+    pub fn requested_topic_name(&self) -> &str {
         self.spec.topic_name.as_deref().unwrap_or_else(|| self.metadata.name.as_deref().unwrap_or_default())
     }
 
-    /// The dead-letter topic's Kafka name, when it is enabled.
-    pub fn dead_letter_topic_name(&self) -> Option<String> {
+    /// The dead-letter topic name this EventTopic asks for, when it is enabled: its own, else
+    /// `<requested topic name>.dlq`. Status.deadLetterTopic is the real one.
+    pub fn requested_dead_letter_name(&self) -> Option<String> {
         let dead_letter = self.spec.dead_letter.as_ref().filter(|dl| dl.enabled)?;
-        Some(dead_letter.topic_name.clone().unwrap_or_else(|| format!("{}.dlq", self.kafka_topic_name())))
+        Some(dead_letter.topic_name.clone().unwrap_or_else(|| format!("{}.dlq", self.requested_topic_name())))
     }
 }

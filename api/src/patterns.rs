@@ -66,6 +66,14 @@ pub const SQL_TABLE: Pattern = Pattern {
 /// A routing key of the relay's configuration, where `,` and `=` separate routes.
 pub const ROUTE_KEY: Pattern = Pattern { regex: r"^[^,=]+$", expected: "a route key: use at least one character, and no ',' or '='" };
 
+/// The CEL rule refusing topic names that begin with `_`: Kafka and its ecosystem keep those for
+/// internal topics (`__consumer_offsets`, `__transaction_state`, Schema Registry's `_schemas`),
+/// which no team's object may create, change or delete.
+pub fn not_internal_topic() -> kube::core::Rule {
+    kube::core::Rule::new("!self.startsWith('_')")
+        .message("names beginning with '_' are Kafka's internal topics (such as __consumer_offsets and _schemas); choose another name")
+}
+
 /// Every pattern the CRDs use.
 pub static ALL: [Pattern; 12] = [
     KAFKA_TOPIC_NAME,

@@ -276,8 +276,8 @@ fn the_demo_creates_a_modest_number_of_distinct_kafka_topics() {
                 topic.spec.replication_factor.is_none() && topic.spec.min_in_sync_replicas.is_none(),
                 "{by}: leave replicationFactor and minInSyncReplicas unset, the demo broker has one node"
             );
-            claim(topic.kafka_topic_name().to_owned(), by.clone());
-            if let Some(dead_letter) = topic.dead_letter_topic_name() {
+            claim(topic.requested_topic_name().to_owned(), by.clone());
+            if let Some(dead_letter) = topic.requested_dead_letter_name() {
                 claim(dead_letter, format!("{by}, dead letters"));
             }
         }
@@ -293,7 +293,7 @@ fn the_demo_creates_a_modest_number_of_distinct_kafka_topics() {
                 .map(|reference| {
                     examples.iter().find_map(|other| match &other.object {
                         Typed::Topic(topic) if other.folder == example.folder && other.name() == reference.name => {
-                            topic.dead_letter_topic_name()
+                            topic.requested_dead_letter_name()
                         }
                         _ => None,
                     })

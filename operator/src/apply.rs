@@ -23,9 +23,11 @@ use tributary_api::{EventTopic, EventTopicStatus, OutboxRelay, Subscription};
 
 use crate::event_topic::conflict::older_claims;
 use crate::event_topic::controller::reconcile_kafka;
+use crate::event_topic::ownership::Records;
 use crate::event_topic::status::{build_status, Outcome};
 use crate::event_topic::sync::TopicReport;
 use crate::kafka::{KafkaError, SyncMode, TopicAdmin, TopicLayout, TopicSpec, TopicState};
+use crate::naming::NamingPolicy;
 use crate::outbox_relay::desired::{PlacementKind, RelayWorkload};
 use crate::outbox_relay::plan::desired_workload;
 use crate::outbox_relay::resolve::{resolve_routes, validate, SecretCheck, TopicLookup};
@@ -209,15 +211,28 @@ impl TopicResult {
     pub fn is_ready(&self) -> bool {
         crate::event_topic::status::is_ready(Some(&self.status))
     }
+
+    /// The EventTopic as a cluster would have it after this apply: with the status it got, which
+    /// names its real Kafka topics.
+    pub fn applied(&self) -> EventTopic {
+        EventTopic { status: Some(self.status.clone()), ..self.topic.clone() }
+    }
 }
 
-/// Applies (or, with [`SyncMode::DryRun`], plans) every EventTopic, in input order.
-pub async fn apply_event_topics(admin: &dyn TopicAdmin, topics: &[EventTopic], mode: SyncMode, now: Timestamp) -> Vec<TopicResult> {
+/// Applies (or, with [`SyncMode::DryRun`], plans) every EventTopic, in input order, naming their
+/// Kafka topics by `naming` as the operator would.
+pub async fn apply_event_topics(
+    admin: &dyn TopicAdmin,
+    topics: &[EventTopic],
+    mode: SyncMode,
+    now: Timestamp,
+    naming: &NamingPolicy,
+) -> Vec<TopicResult> {
     let mut results = Vec::with_capacity(topics.len());
-    for (topic, older_claim) in topics.iter().zip(older_claims(topics)) {
-        let outcome = reconcile_kafka(admin, topic, older_claim, mode).await;
-        let status = build_status(topic, &outcome, now);
-        results.push(TopicResult { topic: topic.clone(), outcome, status });
+    for (topic, older_claim) in topics.iter().zip(older_claims(topics, naming)) {
+        let reconciled = reconcile_kafka(admin, topic, older_claim, naming, Records::Offline, mode).await;
+        let status = build_status(topic, &reconciled, now);
+        results.push(TopicResult { topic: topic.clone(), outcome: reconciled.outcome, status });
     }
     results
 }
@@ -233,7 +248,7 @@ pub fn render_report(results: &[TopicResult], mode: SyncMode) -> String {
             "# EventTopic {}/{} → Kafka topic {:?}",
             topic.namespace().unwrap_or_default(),
             topic.name_any(),
-            topic.kafka_topic_name()
+            result.status.topic_name.as_deref().unwrap_or_else(|| topic.requested_topic_name())
         );
         if let Outcome::Synced(reports) = &result.outcome {
             for report in reports {
@@ -295,8 +310,7 @@ pub async fn apply_subscriptions(
     mode: SyncMode,
     settings: &WorkloadSettings,
 ) -> Vec<SubscriptionResult> {
-    let applied: Vec<EventTopic> =
-        topics.iter().map(|result| EventTopic { status: Some(result.status.clone()), ..result.topic.clone() }).collect();
+    let applied: Vec<EventTopic> = topics.iter().map(TopicResult::applied).collect();
     let mut results = Vec::with_capacity(subscriptions.len());
     for subscription in subscriptions {
         let outcome = apply_subscription(admin, subscription, subscriptions, &applied, mode, settings).await;
@@ -495,10 +509,8 @@ pub fn plan_outbox_relays(relays: &[OutboxRelay], topics: &[TopicResult], settin
         .iter()
         .map(|relay| {
             let lookup = |name: &str| {
-                topics.iter().find(|result| result.topic.namespace() == relay.namespace() && result.topic.name_any() == name).map_or(
-                    TopicLookup::Missing,
-                    |result| TopicLookup::Found { kafka_topic: result.topic.kafka_topic_name().to_owned(), ready: result.is_ready() },
-                )
+                let found = topics.iter().find(|result| result.topic.namespace() == relay.namespace() && result.topic.name_any() == name);
+                TopicLookup::of(found.map(|result| DeserializeGuard(Ok(result.applied()))).as_ref())
             };
             let observation = Observation {
                 workload: match PlacementKind::of(relay) {
@@ -607,7 +619,7 @@ spec: { partitions: 2 }
         let admin = FakeTopicAdmin::new();
         let topics = event_topics(validate_documents(&documents(TWO_TOPICS)).expect("valid"));
         assert_eq!(topics[1].namespace().as_deref(), Some("default"));
-        let results = apply_event_topics(&admin, &topics, SyncMode::Apply, Timestamp::UNIX_EPOCH).await;
+        let results = apply_event_topics(&admin, &topics, SyncMode::Apply, Timestamp::UNIX_EPOCH, &NamingPolicy::default()).await;
         assert!(results.iter().all(TopicResult::is_ready));
         assert_eq!(admin.topic_names(), vec!["orders", "orders.dlq", "payments"]);
         assert_eq!(admin.topic("orders").expect("created").configs.get("retention.ms").map(String::as_str), Some("86400000"));
@@ -620,7 +632,7 @@ spec: { partitions: 2 }
     async fn dry_run_plans_without_touching_kafka() {
         let admin = FakeTopicAdmin::new();
         let topics = event_topics(validate_documents(&documents(TWO_TOPICS)).expect("valid"));
-        let results = apply_event_topics(&admin, &topics, SyncMode::DryRun, Timestamp::UNIX_EPOCH).await;
+        let results = apply_event_topics(&admin, &topics, SyncMode::DryRun, Timestamp::UNIX_EPOCH, &NamingPolicy::default()).await;
         assert!(admin.calls().is_empty());
         let report = render_report(&results, SyncMode::DryRun);
         assert!(report.contains("would create topic \"orders\" with 3 partitions"), "{report}");
@@ -687,7 +699,8 @@ spec:
         let relays: Vec<OutboxRelay> =
             objects.iter().filter_map(|object| if let Object::OutboxRelay(relay) = object { Some(*relay.clone()) } else { None }).collect();
         let admin = FakeTopicAdmin::new();
-        let topics = apply_event_topics(&admin, &event_topics(objects), SyncMode::Apply, Timestamp::UNIX_EPOCH).await;
+        let topics =
+            apply_event_topics(&admin, &event_topics(objects), SyncMode::Apply, Timestamp::UNIX_EPOCH, &NamingPolicy::default()).await;
         let plans = plan_outbox_relays(&relays, &topics, &settings(), Timestamp::UNIX_EPOCH);
 
         let sidecar = plans[0].workload.as_ref().expect("orders exists in shop and is Ready");
@@ -736,7 +749,14 @@ spec:
         let objects = validate_documents(&documents(&format!("{TWO_TOPICS}\n---\n{yaml}"))).expect("valid");
         let relays: Vec<OutboxRelay> =
             objects.iter().filter_map(|object| if let Object::OutboxRelay(relay) = object { Some(*relay.clone()) } else { None }).collect();
-        let topics = apply_event_topics(&FakeTopicAdmin::new(), &event_topics(objects), SyncMode::DryRun, Timestamp::UNIX_EPOCH).await;
+        let topics = apply_event_topics(
+            &FakeTopicAdmin::new(),
+            &event_topics(objects),
+            SyncMode::DryRun,
+            Timestamp::UNIX_EPOCH,
+            &NamingPolicy::default(),
+        )
+        .await;
         let plans = plan_outbox_relays(&relays, &topics, &settings(), Timestamp::UNIX_EPOCH);
         let Ok(RelayWorkload::Standalone(deployment)) = &plans[0].workload else { panic!("{:?}", plans[0].workload) };
         assert_eq!(deployment.metadata.name.as_deref(), Some("billing-relay"));
@@ -751,19 +771,25 @@ spec:
         assert_eq!(yaml_documents(&report), vec![serde_json::to_value(deployment).expect("JSON")]);
     }
 
-    #[tokio::test]
-    async fn the_whole_report_is_a_yaml_stream_of_the_objects() {
-        let admin = FakeTopicAdmin::new();
-        let objects = validate_documents(&documents(&format!("{TWO_TOPICS}\n---{SUBSCRIPTIONS}\n---\n{RELAYS}"))).expect("valid");
+    fn subscriptions_and_relays(objects: &[Object]) -> (Vec<Subscription>, Vec<OutboxRelay>) {
         let (mut subscriptions, mut relays) = (Vec::new(), Vec::new());
-        for object in &objects {
+        for object in objects {
             match object {
                 Object::Subscription(subscription) => subscriptions.push(*subscription.clone()),
                 Object::OutboxRelay(relay) => relays.push(*relay.clone()),
                 Object::EventTopic(_) => {}
             }
         }
-        let topics = apply_event_topics(&admin, &event_topics(objects), SyncMode::Apply, Timestamp::UNIX_EPOCH).await;
+        (subscriptions, relays)
+    }
+
+    #[tokio::test]
+    async fn the_whole_report_is_a_yaml_stream_of_the_objects() {
+        let admin = FakeTopicAdmin::new();
+        let objects = validate_documents(&documents(&format!("{TWO_TOPICS}\n---{SUBSCRIPTIONS}\n---\n{RELAYS}"))).expect("valid");
+        let (subscriptions, relays) = subscriptions_and_relays(&objects);
+        let topics =
+            apply_event_topics(&admin, &event_topics(objects), SyncMode::Apply, Timestamp::UNIX_EPOCH, &NamingPolicy::default()).await;
         let subscription_results = apply_subscriptions(&admin, &subscriptions, &topics, SyncMode::Apply, &settings()).await;
         let plans = plan_outbox_relays(&relays, &topics, &settings(), Timestamp::UNIX_EPOCH);
         let report = render_report(&topics, SyncMode::Apply)
@@ -799,12 +825,18 @@ spec:
         let yaml =
             format!("{TWO_TOPICS}\n---\napiVersion: tributary.dev/v1alpha1\nkind: EventTopic\nmetadata: {{ name: audit }}\nspec: {{}}\n");
         let topics = event_topics(validate_documents(&documents(&yaml)).expect("valid"));
-        let report = render_report(&apply_event_topics(&admin, &topics, SyncMode::Apply, Timestamp::UNIX_EPOCH).await, SyncMode::Apply);
+        let report = render_report(
+            &apply_event_topics(&admin, &topics, SyncMode::Apply, Timestamp::UNIX_EPOCH, &NamingPolicy::default()).await,
+            SyncMode::Apply,
+        );
         assert!(report.contains("#   created topic \"audit\" with 1 partition\n"), "{report}");
         assert!(report.contains("#   problem with topic \"payments\": the broker does not support CreatePartitions (fake"), "{report}");
         assert!(!report.contains('{'), "no Rust debug output: {report}");
         // Applied again, every topic is in sync; one topic "matches", two "match".
-        let report = render_report(&apply_event_topics(&admin, &topics, SyncMode::Apply, Timestamp::UNIX_EPOCH).await, SyncMode::Apply);
+        let report = render_report(
+            &apply_event_topics(&admin, &topics, SyncMode::Apply, Timestamp::UNIX_EPOCH, &NamingPolicy::default()).await,
+            SyncMode::Apply,
+        );
         assert!(report.contains("message: topic \"audit\" matches the spec"), "{report}");
         assert!(report.contains("message: topic \"orders\" and dead-letter topic \"orders.dlq\" match the spec"), "{report}");
     }
@@ -851,7 +883,7 @@ spec:
         let objects = validate_documents(&documents(&format!("{TWO_TOPICS}\n---{SUBSCRIPTIONS}"))).expect("valid");
         let subscriptions: Vec<Subscription> =
             objects.iter().filter_map(|object| if let Object::Subscription(s) = object { Some(*s.clone()) } else { None }).collect();
-        let topics = apply_event_topics(admin, &event_topics(objects), mode, Timestamp::UNIX_EPOCH).await;
+        let topics = apply_event_topics(admin, &event_topics(objects), mode, Timestamp::UNIX_EPOCH, &NamingPolicy::default()).await;
         let results = apply_subscriptions(admin, &subscriptions, &topics, mode, &settings()).await;
         let report = render_subscriptions(&results, mode);
         (results, report)
@@ -918,9 +950,31 @@ spec: { topicName: shared, partitions: 9 }
 "#;
         let admin = FakeTopicAdmin::new();
         let topics = event_topics(validate_documents(&documents(yaml)).expect("valid"));
-        let results = apply_event_topics(&admin, &topics, SyncMode::Apply, Timestamp::UNIX_EPOCH).await;
+        let results = apply_event_topics(&admin, &topics, SyncMode::Apply, Timestamp::UNIX_EPOCH, &NamingPolicy::default()).await;
         assert!(results[0].is_ready());
         assert!(matches!(&results[1].outcome, Outcome::Conflict { owner, .. } if owner == "default/first"));
         assert_eq!(admin.topic("shared").expect("created").partitions, 1);
+    }
+
+    /// Subscriptions and relays read an EventTopic's Kafka topic from its status, which names it
+    /// after the naming policy.
+    #[tokio::test]
+    async fn subscriptions_and_relays_use_the_kafka_names_the_naming_policy_gives() {
+        let admin = FakeTopicAdmin::new();
+        let objects = validate_documents(&documents(&format!("{TWO_TOPICS}\n---{SUBSCRIPTIONS}\n---\n{RELAYS}"))).expect("valid");
+        let (subscriptions, relays) = subscriptions_and_relays(&objects);
+        let naming = NamingPolicy::namespace_prefixed([]);
+        let topics = apply_event_topics(&admin, &event_topics(objects), SyncMode::Apply, Timestamp::UNIX_EPOCH, &naming).await;
+        assert_eq!(admin.topic_names(), ["default.payments", "shop.orders", "shop.orders.dlq"]);
+
+        let results = apply_subscriptions(&admin, &subscriptions, &topics, SyncMode::Apply, &settings()).await;
+        let report = render_subscriptions(&results, SyncMode::Apply);
+        assert!(report.contains("dead letters go to \"shop.orders.dlq\" (managed by its EventTopic)"), "{report}");
+        let SubscriptionOutcome::Applied { objects, .. } = &results[0].outcome else { panic!("applied: {report}") };
+        assert!(objects.iter().any(|object| object.to_string().contains("\"shop.orders\"")), "the consumers read shop.orders: {objects:?}");
+
+        let plans = plan_outbox_relays(&relays, &topics, &settings(), Timestamp::UNIX_EPOCH);
+        let Ok(RelayWorkload::Sidecar { body, .. }) = &plans[0].workload else { panic!("{:?}", plans[0].workload) };
+        assert!(serde_json::to_string(body).expect("JSON").contains("Order=shop.orders"), "the relay writes to shop.orders: {body:?}");
     }
 }

@@ -9,9 +9,11 @@ use k8s_openapi::jiff::Timestamp;
 use tributary_api::{EventTopic, EventTopicSpec};
 
 use crate::event_topic::controller::reconcile_kafka;
+use crate::event_topic::ownership::Records;
 use crate::event_topic::status::build_status;
 use crate::kafka::SyncMode;
 use crate::kafka::TopicAdmin;
+use crate::naming::NamingPolicy;
 
 /// What one benchmark run measured.
 #[derive(Debug, Clone)]
@@ -55,8 +57,9 @@ pub async fn bench_topics(admin: Arc<dyn TopicAdmin>, prefix: &str, count: usize
             async move {
                 let mut topic = EventTopic::new(&name, bench_spec());
                 topic.metadata.namespace = Some("bench".into());
-                let outcome = reconcile_kafka(admin.as_ref(), &topic, None, SyncMode::Apply).await;
-                let status = build_status(&topic, &outcome, Timestamp::now());
+                let reconciled =
+                    reconcile_kafka(admin.as_ref(), &topic, None, &NamingPolicy::default(), Records::Status, SyncMode::Apply).await;
+                let status = build_status(&topic, &reconciled, Timestamp::now());
                 status.conditions.iter().any(|condition| condition.type_ == "Ready" && condition.status == "True")
             }
         })
@@ -83,6 +86,7 @@ fn bench_spec() -> EventTopicSpec {
         config: Default::default(),
         ignored_config_keys: Vec::new(),
         dead_letter: None,
+        adopt: false,
         deletion_policy: Default::default(),
     }
 }

@@ -18,6 +18,7 @@ use crate::kafka::SyncMode;
 use crate::kafka::{KafkaConnection, RdKafkaTopicAdmin, TopicAdmin};
 use crate::leader::LeaseSettings;
 use crate::metrics::Metrics;
+use crate::naming::{NamingPolicy, TopicNaming};
 use crate::outbox_relay::{self, probe::HttpRelayStatus};
 use crate::runtime;
 use crate::subscription;
@@ -104,6 +105,27 @@ impl WorkloadArgs {
     }
 }
 
+/// How Kubernetes names become Kafka names; `run` and `apply` take the same.
+#[derive(Debug, Args)]
+pub struct NamingArgs {
+    /// How an EventTopic's Kafka topic is named: `Free` (its topicName, or metadata.name) or
+    /// `NamespacePrefixed` (`<namespace>.<topicName>`, so namespaces never collide).
+    #[arg(long, env = "TRIBUTARY_TOPIC_NAMING", value_enum, default_value_t = TopicNaming::Free)]
+    pub topic_naming: TopicNaming,
+    /// Under `NamespacePrefixed`, namespaces whose EventTopics still name Kafka topics freely
+    /// (a platform team's), comma-separated.
+    #[arg(long, env = "TRIBUTARY_FREE_NAMING_NAMESPACES", value_delimiter = ',')]
+    pub free_naming_namespaces: Vec<String>,
+}
+
+impl NamingArgs {
+    pub fn policy(&self) -> NamingPolicy {
+        let free_namespaces =
+            self.free_naming_namespaces.iter().map(|namespace| namespace.trim()).filter(|namespace| !namespace.is_empty());
+        NamingPolicy { naming: self.topic_naming, free_namespaces: free_namespaces.map(str::to_owned).collect() }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
@@ -129,6 +151,8 @@ pub struct RunArgs {
     pub scale_interval: Duration,
     #[command(flatten)]
     pub workload: WorkloadArgs,
+    #[command(flatten)]
+    pub naming: NamingArgs,
     #[command(flatten)]
     pub leader_election: LeaderElectionArgs,
 }
@@ -211,6 +235,8 @@ pub struct ApplyArgs {
     pub relay_image: String,
     #[command(flatten)]
     pub workload: WorkloadArgs,
+    #[command(flatten)]
+    pub naming: NamingArgs,
 }
 
 #[derive(Debug, Args)]
@@ -269,6 +295,7 @@ async fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
             resync_interval: args.resync_interval,
             deletion_timeout: args.deletion_timeout,
             concurrency: args.max_concurrent_reconciles,
+            naming: args.naming.policy(),
             ..event_topic::Settings::default()
         },
         subscriptions: subscription::Settings {
@@ -366,7 +393,7 @@ async fn run_apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     } else {
         (kafka.admin()?, if args.dry_run { SyncMode::DryRun } else { SyncMode::Apply })
     };
-    let results = apply::apply_event_topics(admin.as_ref(), &topics, mode, SystemClock.now()).await;
+    let results = apply::apply_event_topics(admin.as_ref(), &topics, mode, SystemClock.now(), &args.naming.policy()).await;
     print!("{}", apply::render_report(&results, mode));
     let workload = args.workload.settings(&kafka, &args.relay_image);
     let subscription_results = apply::apply_subscriptions(admin.as_ref(), &subscriptions, &results, mode, &workload).await;

@@ -16,6 +16,7 @@ pub(crate) mod fixtures;
 pub mod kafka;
 pub mod leader;
 pub mod metrics;
+pub mod naming;
 pub mod outbox_relay;
 pub mod pod_security;
 pub mod relay_container;

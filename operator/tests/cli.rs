@@ -107,6 +107,30 @@ fn a_dry_run_fails_where_the_apply_would() {
 }
 
 #[test]
+fn apply_names_kafka_topics_by_the_naming_policy_it_is_given() {
+    let dir = home();
+    let topics = write(
+        dir.path(),
+        "topics.yaml",
+        "apiVersion: tributary.dev/v1alpha1\nkind: EventTopic\nmetadata: { name: orders, namespace: shop }\nspec: { deadLetter: {} }\n---\n\
+         apiVersion: tributary.dev/v1alpha1\nkind: EventTopic\nmetadata: { name: audit, namespace: platform }\nspec: {}\n",
+    );
+    let (code, stdout, stderr) = apply(&["-f", &topics, "--topic-naming", "NamespacePrefixed", "--free-naming-namespaces", "platform"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("# EventTopic shop/orders → Kafka topic \"shop.orders\""), "{stdout}");
+    assert!(stdout.contains("would create dead-letter topic \"shop.orders.dlq\""), "{stdout}");
+    assert!(stdout.contains("# EventTopic platform/audit → Kafka topic \"audit\""), "a free namespace: {stdout}");
+
+    let (code, stdout, stderr) = apply(&["-f", &topics]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("# EventTopic shop/orders → Kafka topic \"orders\""), "Free by default: {stdout}");
+
+    let (code, _, stderr) = apply(&["-f", &topics, "--topic-naming", "Prefixed"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--topic-naming") && stderr.contains("NamespacePrefixed"), "{stderr}");
+}
+
+#[test]
 fn the_output_pipes_into_kubectl_apply() {
     let (code, stdout, stderr) = apply(&["-f", "examples"]);
     assert_eq!(code, Some(0), "{stderr}");

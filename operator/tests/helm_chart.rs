@@ -456,6 +456,8 @@ fn default_render_is_typed_labelled_and_wired_together() {
     assert_eq!(env_value(container, "TRIBUTARY_KAFKA_REQUEST_TIMEOUT"), Some("10s"));
     assert_eq!(env_value(container, "TRIBUTARY_DELETION_TIMEOUT"), Some("5m"));
     assert_eq!(env_value(container, "TRIBUTARY_RESYNC_INTERVAL"), Some("5m"));
+    assert_eq!(env_value(container, "TRIBUTARY_TOPIC_NAMING"), Some("Free"), "today's naming unless asked");
+    assert!(!has_env(container, "TRIBUTARY_FREE_NAMING_NAMESPACES"));
     assert_eq!(env_value(container, "TRIBUTARY_LOG_FORMAT"), Some("json"));
     assert_eq!(env_value(container, "RUST_LOG"), Some("info"));
     let relay_image = format!("ghcr.io/tributary-dev/tributary-relay:{}", app_version());
@@ -677,6 +679,24 @@ fn workload_kafka_properties_secret_is_named_to_the_operator_only_when_set() {
 }
 
 #[test]
+fn the_naming_policy_is_passed_to_the_operator() {
+    let Some(helm) = helm() else { return };
+    let rendered = helm.render(&with_bootstrap(&[
+        ("operator.topicNaming", "NamespacePrefixed"),
+        ("operator.freeNamingNamespaces[0]", "platform"),
+        ("operator.freeNamingNamespaces[1]", "kafka-admin"),
+    ]));
+    let container = rendered.operator_container();
+    assert_eq!(env_value(container, "TRIBUTARY_TOPIC_NAMING"), Some("NamespacePrefixed"));
+    assert_eq!(env_value(container, "TRIBUTARY_FREE_NAMING_NAMESPACES"), Some("platform,kafka-admin"), "the flag's comma-separated list");
+
+    let stderr = helm
+        .template(&with_bootstrap(&[("operator.freeNamingNamespaces[0]", "Platform_Team")]))
+        .expect_failure("a namespace name that cannot be one");
+    assert!(stderr.contains("freeNamingNamespaces"), "{stderr}");
+}
+
+#[test]
 fn kafka_tls_secret_is_mounted_read_only() {
     let Some(helm) = helm() else { return };
     let rendered = helm.render(&with_bootstrap(&[("kafka.tlsSecret.name", "kafka-ca")]));
@@ -724,6 +744,8 @@ fn values_outside_the_schema_are_rejected() {
         ("operator.port", "0"),
         ("operator.listenHost", "localhost"),
         ("workloads.kafkaPropertiesSecret", "Kafka_Auth"),
+        ("operator.topicNaming", "Prefixed"),
+        ("operator.freeNamingNamespaces", "platform"),
     ] {
         let stderr = helm.template(&with_bootstrap(&[(key, value)])).expect_failure(&format!("helm template --set {key}={value}"));
         let field = key.rsplit('.').next().expect("a key");

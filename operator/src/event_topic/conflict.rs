@@ -1,11 +1,13 @@
 //! Two EventTopics naming the same Kafka topic (pure). The oldest claim wins, in any namespace;
 //! the others are told so and leave Kafka alone, so one team cannot change or delete another
-//! team's topic by naming it.
+//! team's topic by naming it. Claims are on real Kafka names, after the naming policy.
 
 use std::collections::{BTreeSet, HashMap};
 
 use tributary_api::EventTopic;
 
+use super::names::KafkaNames;
+use crate::naming::NamingPolicy;
 use crate::seniority;
 
 /// A Kafka topic this EventTopic claims that an older EventTopic claims too.
@@ -16,11 +18,10 @@ pub struct Conflict {
     pub topic: String,
 }
 
-/// Kafka topics an EventTopic claims: its topic and, when enabled, its dead-letter topic.
-fn claims(topic: &EventTopic) -> Vec<String> {
-    let mut names = vec![topic.kafka_topic_name().to_owned()];
-    names.extend(topic.dead_letter_topic_name());
-    names
+/// Kafka topics an EventTopic claims: its topic and, when enabled, its dead-letter topic. One
+/// whose spec has no valid names claims nothing.
+fn claims(topic: &EventTopic, naming: &NamingPolicy) -> Vec<String> {
+    KafkaNames::of(topic, naming).map(|names| names.all()).unwrap_or_default()
 }
 
 /// `namespace` and `name` of an EventTopic.
@@ -46,15 +47,16 @@ struct Entry {
 /// thousands of EventTopics in the cluster.
 #[derive(Debug, Default)]
 pub struct ClaimIndex {
+    naming: NamingPolicy,
     seen: usize,
     objects: HashMap<ObjectKey, Entry>,
     topics: HashMap<String, BTreeSet<(Seniority, ObjectKey)>>,
 }
 
 impl ClaimIndex {
-    /// The index of `all`, in the order given.
-    pub fn of<'a>(all: impl IntoIterator<Item = &'a EventTopic>) -> Self {
-        let mut index = ClaimIndex::default();
+    /// The index of `all`, in the order given, whose names `naming` maps to Kafka names.
+    pub fn of<'a>(all: impl IntoIterator<Item = &'a EventTopic>, naming: NamingPolicy) -> Self {
+        let mut index = ClaimIndex { naming, ..ClaimIndex::default() };
         for topic in all {
             index.record(topic);
         }
@@ -75,7 +77,7 @@ impl ClaimIndex {
         };
         self.forget(&key);
         let seniority = Seniority::of(&topic.metadata, position);
-        let claims = claims(topic);
+        let claims = claims(topic, &self.naming);
         for claim in &claims {
             self.topics.entry(claim.clone()).or_default().insert((seniority, key.clone()));
         }
@@ -103,7 +105,7 @@ impl ClaimIndex {
         let mine = key_of(me);
         let my_seniority = self.objects.get(&mine)?.seniority;
         loop {
-            let candidate = claims(me)
+            let candidate = claims(me, &self.naming)
                 .into_iter()
                 .filter_map(|claim| {
                     let claimants = self.topics.get(&claim)?;
@@ -114,7 +116,7 @@ impl ClaimIndex {
             let (_, owner, topic) = candidate?;
             match current(&owner) {
                 // Still there and still claiming it as recorded: the older claim wins.
-                Some(object) if object.metadata.uid == self.objects.get(&owner)?.uid && claims(&object).contains(&topic) => {
+                Some(object) if object.metadata.uid == self.objects.get(&owner)?.uid && claims(&object, &self.naming).contains(&topic) => {
                     return Some(Conflict { owner: format!("{}/{}", owner.0, owner.1), topic });
                 }
                 // Changed since it was recorded: record it as it is, and look again.
@@ -127,9 +129,9 @@ impl ClaimIndex {
 
 /// For each of `all` (in the order seen), the older claim on one of its topics, as the offline
 /// `apply` asks: every claim is known and current.
-pub fn older_claims(all: &[EventTopic]) -> Vec<Option<Conflict>> {
+pub fn older_claims(all: &[EventTopic], naming: &NamingPolicy) -> Vec<Option<Conflict>> {
     let by_key: HashMap<ObjectKey, &EventTopic> = all.iter().map(|topic| (key_of(topic), topic)).collect();
-    let mut index = ClaimIndex::of(all);
+    let mut index = ClaimIndex::of(all, naming.clone());
     all.iter().map(|me| index.older_claim(me, |key| by_key.get(key).map(|topic| (*topic).clone()))).collect()
 }
 
@@ -140,7 +142,7 @@ mod tests {
     /// What `older_claims` says of `me`, one of `all`.
     fn find_conflict(me: &EventTopic, all: &[EventTopic]) -> Option<Conflict> {
         let position = all.iter().position(|topic| key_of(topic) == key_of(me)).expect("me is among all");
-        older_claims(all).swap_remove(position)
+        older_claims(all, &NamingPolicy::default()).swap_remove(position)
     }
     use crate::event_topic::test_support::event_topic;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -196,7 +198,7 @@ mod tests {
     fn a_claimant_that_is_gone_or_changed_since_recorded_no_longer_wins() {
         let owner = with_uid(created_at(event_topic("orders", "deadLetter: { enabled: true }"), "a", 1), "u1");
         let other = with_uid(created_at(event_topic("audit", "topicName: orders.dlq"), "b", 2), "u2");
-        let mut index = ClaimIndex::of([&owner, &other]);
+        let mut index = ClaimIndex::of([&owner, &other], NamingPolicy::default());
         let store = |present: Vec<EventTopic>| move |key: &ObjectKey| present.iter().find(|topic| key_of(topic) == *key).cloned();
 
         assert_eq!(index.older_claim(&other, store(vec![owner.clone(), other.clone()])).map(|c| c.topic), Some("orders.dlq".into()));
@@ -213,5 +215,20 @@ mod tests {
         index.record(&recreated);
         assert_eq!(index.older_claim(&other, store(vec![recreated.clone(), other.clone()])), None);
         assert_eq!(index.older_claim(&recreated, store(vec![recreated.clone(), other.clone()])).map(|c| c.owner), Some("b/audit".into()));
+    }
+
+    #[test]
+    fn claims_are_on_real_kafka_names() {
+        let team_a = created_at(event_topic("orders", "deadLetter: {}"), "team-a", 1);
+        let team_b = created_at(event_topic("orders", "deadLetter: {}"), "team-b", 2);
+        let all = [team_a, team_b.clone()];
+        let prefixed = NamingPolicy::namespace_prefixed([]);
+        assert_eq!(older_claims(&all, &prefixed), [None, None], "team-a.orders and team-b.orders");
+        assert_eq!(find_conflict(&team_b, &all).map(|c| c.topic), Some("orders".into()), "one Kafka topic under Free");
+        // A platform namespace with free names claims the plain name, as anyone under Free does.
+        let platform = created_at(event_topic("audit", "topicName: team-a.orders"), "platform", 0);
+        let with_platform = [platform, all[0].clone()];
+        let mut claims = older_claims(&with_platform, &NamingPolicy::namespace_prefixed(["platform".to_owned()]));
+        assert_eq!(claims.remove(1).map(|c| c.owner), Some("platform/audit".into()));
     }
 }

@@ -11,17 +11,20 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::Resource;
 use tracing::{info, warn};
-use tributary_api::event_topic::DeletionPolicy;
+use tributary_api::event_topic::{DeletionPolicy, TopicOrigin};
 use tributary_api::{EventTopic, EventTopicStatus};
 
 use super::conflict::{ClaimIndex, Conflict};
 use super::desired::desired_topics;
-use super::status::{build_status, needs_patch, paused_status, reason, Outcome};
-use super::sync::sync_topics;
+use super::names::KafkaNames;
+use super::ownership::{self, holding, Holding, Records};
+use super::status::{build_status, needs_patch, paused_status, reason, with_creations_recorded, Outcome};
+use super::sync::{observe, sync_topics, Held};
 use crate::conditions::Status;
 use crate::controller_support::{self, has_finalizer, is_paused, object_name, write_status, Lifecycle, Reconciler, Shared};
 use crate::error::{Error, Result};
 use crate::kafka::{KafkaError, SyncMode, TopicAdmin};
+use crate::naming::NamingPolicy;
 
 /// Name of this controller in metrics and logs.
 pub const CONTROLLER: &str = "eventtopic";
@@ -42,6 +45,8 @@ pub struct Settings {
     pub error_retry: Duration,
     /// Reconciles in flight at once.
     pub concurrency: u16,
+    /// How EventTopics' names become Kafka topic names.
+    pub naming: NamingPolicy,
 }
 
 impl Default for Settings {
@@ -52,6 +57,7 @@ impl Default for Settings {
             conflict_retry: Duration::from_secs(30),
             error_retry: Duration::from_secs(15),
             concurrency: controller_support::DEFAULT_CONCURRENCY,
+            naming: NamingPolicy::default(),
         }
     }
 }
@@ -77,7 +83,7 @@ impl Context {
         let mut claims = self.claims.lock().unwrap_or_else(PoisonError::into_inner);
         let index = claims.get_or_insert_with(|| {
             let all = self.store.state();
-            ClaimIndex::of(all.iter().filter_map(|guard| guard.0.as_ref().ok()))
+            ClaimIndex::of(all.iter().filter_map(|guard| guard.0.as_ref().ok()), self.settings.naming.clone())
         });
         index.older_claim(topic, |(namespace, name)| {
             self.store.get(&ObjectRef::new(name).within(namespace)).and_then(|guard| guard.0.as_ref().ok().cloned())
@@ -126,16 +132,29 @@ impl Reconciler for Context {
 
     async fn apply(&self, topic: &EventTopic, _namespace: &str) -> Result<Action> {
         let shared = &self.shared;
-        let wants_finalizer = topic.spec.deletion_policy == DeletionPolicy::Delete;
+        let wants_finalizer = topic.spec.deletion_policy != DeletionPolicy::Retain;
         if wants_finalizer != has_finalizer(topic, FINALIZER) {
             shared.set_finalizer(topic, FINALIZER, wants_finalizer).await?;
         }
 
-        let outcome = reconcile_kafka(self.admin.as_ref(), topic, self.older_claim(topic), SyncMode::Apply).await;
-        write_status(self, topic, &build_status(topic, &outcome, shared.clock.now())).await?;
+        let admin = self.admin.as_ref();
+        let with_records;
+        let (topic, reconciled) = match prepare(admin, topic, self.older_claim(topic), &self.settings.naming, Records::Status).await {
+            Err(stopped) => (topic, stopped),
+            Ok(prepared) => match with_creations_recorded(topic, &prepared) {
+                // Recorded before Kafka is touched: the record must never lag behind a topic.
+                Some(recorded) => {
+                    write_status(self, topic, &recorded).await?;
+                    with_records = EventTopic { status: Some(recorded), ..topic.clone() };
+                    (&with_records, finish(admin, prepared, SyncMode::Apply).await)
+                }
+                None => (topic, finish(admin, prepared, SyncMode::Apply).await),
+            },
+        };
+        write_status(self, topic, &build_status(topic, &reconciled, shared.clock.now())).await?;
 
         let reference = topic.object_ref(&());
-        match outcome {
+        match reconciled.outcome {
             Outcome::Synced(reports) => {
                 let ready = super::status::ready_condition(&Outcome::Synced(reports.clone()), None);
                 if reports.iter().any(|report| report.plan.changes_anything()) {
@@ -152,6 +171,11 @@ impl Reconciler for Context {
                 Ok(Action::await_change())
             }
             Outcome::Conflict { .. } => Ok(Action::requeue(self.settings.conflict_retry)),
+            // The topic may go, or the spec change; until then it is looked at as often as any.
+            Outcome::AdoptionRequired(refused) => {
+                shared.publish(&reference, EventType::Warning, reason::ADOPTION_REQUIRED, "SyncKafka", refused.message()).await;
+                Ok(Action::requeue(self.settings.resync_interval))
+            }
             Outcome::KafkaUnavailable(message) => {
                 Err(Error::Kafka { object: object_name(topic), source: KafkaError::Unavailable(message) })
             }
@@ -159,37 +183,96 @@ impl Reconciler for Context {
     }
 }
 
-/// The Kafka stage of a reconcile, which the offline `apply` runs too: an older EventTopic's claim
-/// on one of the Kafka topics (`older_claim`) wins; otherwise the spec is turned into topics and
-/// Kafka synced.
-pub async fn reconcile_kafka(admin: &dyn TopicAdmin, topic: &EventTopic, older_claim: Option<Conflict>, mode: SyncMode) -> Outcome {
-    if let Some(conflict) = older_claim {
-        return Outcome::Conflict { owner: conflict.owner, topic: conflict.topic };
-    }
-    match desired_topics(topic) {
-        Err(invalid) => Outcome::InvalidSpec(invalid.to_string()),
-        Ok(desired) => match sync_topics(admin, &desired, mode).await {
-            Ok(reports) => Outcome::Synced(reports),
-            Err(error) => Outcome::KafkaUnavailable(error.to_string()),
-        },
+/// How the Kafka stage of a reconcile ended, and the Kafka names it worked with (`None` when the
+/// spec cannot have any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reconciled {
+    pub names: Option<KafkaNames>,
+    pub outcome: Outcome,
+}
+
+/// The Kafka stage up to the first change to Kafka: every topic the EventTopic wants, what Kafka
+/// has of it, and how the EventTopic holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    pub names: KafkaNames,
+    pub held: Vec<Held>,
+}
+
+/// The Kafka stage of a reconcile, which the offline `apply` runs too: [`prepare`], then
+/// [`finish`].
+pub async fn reconcile_kafka(
+    admin: &dyn TopicAdmin,
+    topic: &EventTopic,
+    older_claim: Option<Conflict>,
+    naming: &NamingPolicy,
+    records: Records,
+    mode: SyncMode,
+) -> Reconciled {
+    match prepare(admin, topic, older_claim, naming, records).await {
+        Ok(prepared) => finish(admin, prepared, mode).await,
+        Err(stopped) => stopped,
     }
 }
 
-/// Deletes the Kafka topics (when this EventTopic holds the finalizer and owns them), then
-/// releases the finalizer. Safe to repeat, and safe when the topics were never created.
+/// Names the topics, then stops at the first reason not to touch Kafka: a spec without valid
+/// names, an older EventTopic's claim on one of the topics (`older_claim`), a spec that cannot
+/// be turned into topic settings, Kafka out of reach, or an existing topic this EventTopic may not
+/// take over. Reads Kafka, changes nothing.
+pub async fn prepare(
+    admin: &dyn TopicAdmin,
+    topic: &EventTopic,
+    older_claim: Option<Conflict>,
+    naming: &NamingPolicy,
+    records: Records,
+) -> Result<Prepared, Reconciled> {
+    let names =
+        KafkaNames::of(topic, naming).map_err(|invalid| Reconciled { names: None, outcome: Outcome::InvalidSpec(invalid.to_string()) })?;
+    let stop = |outcome| Reconciled { names: Some(names.clone()), outcome };
+    if let Some(conflict) = older_claim {
+        return Err(stop(Outcome::Conflict { owner: conflict.owner, topic: conflict.topic }));
+    }
+    let desired = desired_topics(topic, &names).map_err(|invalid| stop(Outcome::InvalidSpec(invalid.to_string())))?;
+    let observed = observe(admin, &desired).await.map_err(|error| stop(Outcome::KafkaUnavailable(error.to_string())))?;
+    let mut held = Vec::with_capacity(desired.len());
+    for (desired, actual) in desired.into_iter().zip(observed) {
+        let holding = holding(topic, desired.role, &desired.spec.name, actual.is_some(), records)
+            .map_err(|refused| stop(Outcome::AdoptionRequired(refused)))?;
+        let desired = match (&actual, holding) {
+            (Some(actual), Holding::Manage(TopicOrigin::Adopted)) => desired.adopted(actual),
+            _ => desired,
+        };
+        held.push(Held { desired, actual, holding });
+    }
+    Ok(Prepared { names, held })
+}
+
+/// Brings Kafka in line with what [`prepare`] found (with [`SyncMode::DryRun`], only plans it).
+pub async fn finish(admin: &dyn TopicAdmin, prepared: Prepared, mode: SyncMode) -> Reconciled {
+    let outcome = match sync_topics(admin, &prepared.held, mode).await {
+        Ok(reports) => Outcome::Synced(reports),
+        Err(error) => Outcome::KafkaUnavailable(error.to_string()),
+    };
+    Reconciled { names: Some(prepared.names), outcome }
+}
+
+/// Deletes the Kafka topics its status records and its deletion policy allows (when this
+/// EventTopic holds the finalizer and no older EventTopic claims them), then releases the
+/// finalizer. Safe to repeat, and safe when the topics were never created.
 async fn finalize(topic: &EventTopic, context: &Context) -> Result<Action> {
     if !has_finalizer(topic, FINALIZER) {
         return Ok(Action::await_change());
     }
     let shared = &context.shared;
     let reference = topic.object_ref(&());
+    let deletion = ownership::deletion(topic);
     if let Some(conflict) = context.older_claim(topic) {
         let note = format!("Kafka topic {:?} belongs to EventTopic {}; it is not deleted", conflict.topic, conflict.owner);
         shared.publish(&reference, EventType::Normal, "FinalizerReleased", "Delete", note).await;
     } else if is_paused(topic) {
         let note = format!("reconciliation is paused ({}); the Kafka topics are left in place", tributary_api::PAUSED_ANNOTATION);
         shared.publish(&reference, EventType::Warning, "FinalizerReleased", "Delete", note).await;
-    } else if let Err(error) = delete_kafka_topics(topic, context.admin.as_ref()).await {
+    } else if let Err(error) = delete_kafka_topics(&deletion, context.admin.as_ref()).await {
         let waited = topic
             .metadata
             .deletion_timestamp
@@ -201,26 +284,23 @@ async fn finalize(topic: &EventTopic, context: &Context) -> Result<Action> {
         }
         let note = format!(
             "could not delete the Kafka topics for {waited:?} ({error}); releasing the finalizer so the namespace can go. Delete {} by hand if they still exist",
-            kafka_topic_names(topic).join(" and ")
+            deletion.delete.join(" and ")
         );
         warn!(%note, "releasing finalizer without deleting Kafka topics");
         shared.publish(&reference, EventType::Warning, "KafkaTopicDeletionAbandoned", "Delete", note).await;
     } else {
-        info!(topics = ?kafka_topic_names(topic), "deleted Kafka topics");
+        info!(topics = ?deletion.delete, "deleted Kafka topics");
+        for note in &deletion.kept {
+            shared.publish(&reference, EventType::Normal, "KafkaTopicKept", "Delete", note.clone()).await;
+        }
     }
     shared.set_finalizer(topic, FINALIZER, false).await?;
     Ok(Action::await_change())
 }
 
-async fn delete_kafka_topics(topic: &EventTopic, admin: &dyn TopicAdmin) -> Result<(), KafkaError> {
-    for name in kafka_topic_names(topic) {
-        admin.delete_topic(&name).await?;
+async fn delete_kafka_topics(deletion: &ownership::Deletion, admin: &dyn TopicAdmin) -> Result<(), KafkaError> {
+    for name in &deletion.delete {
+        admin.delete_topic(name).await?;
     }
     Ok(())
-}
-
-fn kafka_topic_names(topic: &EventTopic) -> Vec<String> {
-    let mut names = vec![topic.kafka_topic_name().to_owned()];
-    names.extend(topic.dead_letter_topic_name());
-    names
 }

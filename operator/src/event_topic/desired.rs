@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 
 use tributary_api::duration::{self, DurationError};
-use tributary_api::EventTopic;
+use tributary_api::{EventTopic, EventTopicSpec};
 
-use crate::kafka::TopicSpec;
+use super::names::KafkaNames;
+use crate::kafka::{TopicSpec, TopicState};
 
 /// Whether a desired topic is the EventTopic's own topic or its dead-letter topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +31,32 @@ pub struct DesiredTopic {
     pub role: TopicRole,
     pub spec: TopicSpec,
     pub ignored_keys: Vec<String>,
+    pub inherited: Inherited,
+}
+
+/// What a dead-letter topic takes from its topic rather than from spec.deadLetter: settings the
+/// spec does not name for it, so an adopted one is not held to them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Inherited {
+    pub configs: Vec<String>,
+    pub partitions: bool,
+    pub replication_factor: bool,
+}
+
+impl DesiredTopic {
+    /// What an adopted topic is held to: only the settings the spec names for it; Kafka keeps
+    /// the rest as it has them.
+    pub fn adopted(mut self, actual: &TopicState) -> DesiredTopic {
+        let inherited = std::mem::take(&mut self.inherited);
+        self.spec.configs.retain(|key, _| !inherited.configs.contains(key));
+        if inherited.partitions {
+            self.spec.partitions = actual.partitions;
+        }
+        if inherited.replication_factor {
+            self.spec.replication_factor = None;
+        }
+        self
+    }
 }
 
 /// A spec the apiserver accepted but that cannot be turned into Kafka settings. The CRD's
@@ -42,6 +69,12 @@ pub enum SpecError {
     DuplicateConfig { key: String, field: &'static str },
     #[error("spec.deadLetter.topicName {0:?} is the topic itself")]
     DeadLetterIsTopic(String),
+    #[error(
+        "{field} {name:?} begins with '_': such names are Kafka's internal topics (such as __consumer_offsets and _schemas); choose another name"
+    )]
+    InternalTopicName { field: &'static str, name: String },
+    #[error("{field}: the Kafka topic name {name:?} has {length} characters{origin}; Kafka allows 249: choose a shorter name")]
+    NameTooLong { field: &'static str, name: String, length: usize, origin: String },
     #[error(
         "spec.config[{0:?}] is not a Kafka topic config; check the spelling, or list it in spec.ignoredConfigKeys if another tool owns it"
     )]
@@ -103,8 +136,19 @@ fn check_config_key(key: &str) -> Result<(), SpecError> {
     }
 }
 
-/// The topics an EventTopic wants: its own, then its dead-letter topic when enabled.
-pub fn desired_topics(topic: &EventTopic) -> Result<Vec<DesiredTopic>, SpecError> {
+/// The largest record the spec lets the topic take (`maxMessageBytes` or the config key), if it
+/// says; an ignored key does not count.
+pub fn max_message_bytes(spec: &EventTopicSpec) -> Option<u64> {
+    if spec.ignored_config_keys.iter().any(|key| key == MAX_MESSAGE_BYTES) {
+        return None;
+    }
+    let typed = spec.max_message_bytes.and_then(|bytes| u64::try_from(bytes).ok());
+    typed.or_else(|| spec.config.get(MAX_MESSAGE_BYTES).and_then(|value| value.parse().ok()))
+}
+
+/// The topics an EventTopic wants, named `names`: its own, then its dead-letter topic when
+/// enabled.
+pub fn desired_topics(topic: &EventTopic, names: &KafkaNames) -> Result<Vec<DesiredTopic>, SpecError> {
     let spec = &topic.spec;
     spec.config.keys().try_for_each(|key| check_config_key(key))?;
     let mut configs = spec.config.clone();
@@ -127,15 +171,11 @@ pub fn desired_topics(topic: &EventTopic) -> Result<Vec<DesiredTopic>, SpecError
 
     let main = DesiredTopic {
         role: TopicRole::Main,
-        spec: TopicSpec {
-            name: topic.kafka_topic_name().to_owned(),
-            partitions: spec.partitions,
-            replication_factor: spec.replication_factor,
-            configs,
-        },
+        spec: TopicSpec { name: names.topic.clone(), partitions: spec.partitions, replication_factor: spec.replication_factor, configs },
         ignored_keys: ignored_keys.clone(),
+        inherited: Inherited::default(),
     };
-    let Some(dead_letter_name) = topic.dead_letter_topic_name() else {
+    let Some(dead_letter_name) = names.dead_letter.clone() else {
         return Ok(vec![main]);
     };
     if dead_letter_name == main.spec.name {
@@ -143,28 +183,37 @@ pub fn desired_topics(topic: &EventTopic) -> Result<Vec<DesiredTopic>, SpecError
     }
     let dead_letter = spec.dead_letter.as_ref();
     let mut dead_letter_configs = BTreeMap::new();
-    let dead_letter_retention = match dead_letter.and_then(|dl| dl.retention.as_deref()) {
-        Some(value) => Some(retention("deadLetter.retention", value)?),
-        None => main.spec.configs.get("retention.ms").cloned(),
-    };
-    if let Some(value) = dead_letter_retention {
-        dead_letter_configs.insert("retention.ms".to_owned(), value);
+    let mut inherited = Inherited { configs: Vec::new(), partitions: false, replication_factor: true };
+    match dead_letter.and_then(|dl| dl.retention.as_deref()) {
+        Some(value) => {
+            dead_letter_configs.insert("retention.ms".to_owned(), retention("deadLetter.retention", value)?);
+        }
+        None => {
+            if let Some(value) = main.spec.configs.get("retention.ms") {
+                dead_letter_configs.insert("retention.ms".to_owned(), value.clone());
+                inherited.configs.push("retention.ms".to_owned());
+            }
+        }
     }
     // A record the topic accepts must fit its dead-letter topic too, or it can never be
     // dead-lettered and holds up its partition.
     if let Some(value) = main.spec.configs.get(MAX_MESSAGE_BYTES) {
         dead_letter_configs.insert(MAX_MESSAGE_BYTES.to_owned(), value.clone());
+        inherited.configs.push(MAX_MESSAGE_BYTES.to_owned());
     }
     dead_letter_configs.retain(|key, _| !ignored_keys.contains(key));
+    let partitions = match dead_letter.and_then(|dl| dl.partitions) {
+        Some(partitions) => partitions,
+        None => {
+            inherited.partitions = true;
+            spec.partitions
+        }
+    };
     let dead_letter = DesiredTopic {
         role: TopicRole::DeadLetter,
-        spec: TopicSpec {
-            name: dead_letter_name,
-            partitions: dead_letter.and_then(|dl| dl.partitions).unwrap_or(spec.partitions),
-            replication_factor: spec.replication_factor,
-            configs: dead_letter_configs,
-        },
+        spec: TopicSpec { name: dead_letter_name, partitions, replication_factor: spec.replication_factor, configs: dead_letter_configs },
         ignored_keys,
+        inherited,
     };
     Ok(vec![main, dead_letter])
 }
@@ -177,6 +226,12 @@ fn retention(field: &'static str, value: &str) -> Result<String, SpecError> {
 mod tests {
     use super::*;
     use crate::event_topic::test_support::event_topic;
+    use crate::naming::NamingPolicy;
+
+    /// The desired topics under the default naming policy.
+    fn desired(topic: &EventTopic) -> Result<Vec<DesiredTopic>, SpecError> {
+        desired_topics(topic, &KafkaNames::of(topic, &NamingPolicy::default())?)
+    }
 
     #[test]
     fn typed_fields_become_kafka_configs() {
@@ -193,7 +248,7 @@ mod tests {
             config: { segment.bytes: "536870912" }
             "#,
         );
-        let desired = desired_topics(&topic).expect("valid spec");
+        let desired = desired(&topic).expect("valid spec");
         assert_eq!(desired.len(), 1);
         let spec = &desired[0].spec;
         assert_eq!((spec.name.as_str(), spec.partitions, spec.replication_factor), ("orders", 6, Some(3)));
@@ -214,7 +269,7 @@ mod tests {
     #[test]
     fn dead_letter_topic_defaults_to_dlq_suffix_and_inherits_retention_and_partitions() {
         let topic = event_topic("payments", "partitions: 4\nretention: 3d\ndeadLetter: { enabled: true }");
-        let desired = desired_topics(&topic).expect("valid spec");
+        let desired = desired(&topic).expect("valid spec");
         let dead_letter = &desired[1];
         assert_eq!(dead_letter.role, TopicRole::DeadLetter);
         assert_eq!(dead_letter.spec.name, "payments.dlq");
@@ -228,7 +283,7 @@ mod tests {
             "payments",
             "partitions: 4\nretention: 3d\ndeadLetter: { topicName: payments-dead, partitions: 1, retention: infinite }",
         );
-        let dead_letter = &desired_topics(&topic).expect("valid spec")[1];
+        let dead_letter = &desired(&topic).expect("valid spec")[1];
         assert_eq!((dead_letter.spec.name.as_str(), dead_letter.spec.partitions), ("payments-dead", 1));
         assert_eq!(dead_letter.spec.configs.get("retention.ms").map(String::as_str), Some("-1"));
     }
@@ -237,23 +292,23 @@ mod tests {
     fn dead_letter_topics_take_the_largest_record_size_of_their_topic() {
         for spec in ["maxMessageBytes: 2097152", "config: { max.message.bytes: '2097152' }"] {
             let topic = event_topic("payments", &format!("{spec}\ndeadLetter: {{ enabled: true }}"));
-            let dead_letter = &desired_topics(&topic).expect("valid spec")[1];
+            let dead_letter = &desired(&topic).expect("valid spec")[1];
             assert_eq!(dead_letter.spec.configs.get(MAX_MESSAGE_BYTES).map(String::as_str), Some("2097152"), "{spec}");
         }
         let plain = event_topic("payments", "deadLetter: { enabled: true }");
-        assert!(!desired_topics(&plain).expect("valid spec")[1].spec.configs.contains_key(MAX_MESSAGE_BYTES), "the broker's default");
+        assert!(!desired(&plain).expect("valid spec")[1].spec.configs.contains_key(MAX_MESSAGE_BYTES), "the broker's default");
     }
 
     #[test]
     fn disabled_dead_letter_is_not_wanted() {
         let topic = event_topic("payments", "deadLetter: { enabled: false }");
-        assert_eq!(desired_topics(&topic).expect("valid spec").len(), 1);
+        assert_eq!(desired(&topic).expect("valid spec").len(), 1);
     }
 
     #[test]
     fn ignored_keys_are_never_desired() {
         let topic = event_topic("orders", "retention: 1d\nignoredConfigKeys: [retention.ms]\nconfig: { segment.ms: '1000' }");
-        let desired = desired_topics(&topic).expect("valid spec");
+        let desired = desired(&topic).expect("valid spec");
         assert!(!desired[0].spec.configs.contains_key("retention.ms"));
         assert_eq!(desired[0].ignored_keys, vec!["retention.ms".to_owned()]);
     }
@@ -262,16 +317,34 @@ mod tests {
     fn invalid_specs_name_the_field() {
         let duplicate = event_topic("orders", "retention: 1d\nconfig: { retention.ms: '5' }");
         assert_eq!(
-            desired_topics(&duplicate).unwrap_err().to_string(),
+            desired(&duplicate).unwrap_err().to_string(),
             "spec.config[\"retention.ms\"] is set by spec.retention; remove it from spec.config"
         );
         let bad_duration = event_topic("orders", "retention: 7days");
-        assert!(desired_topics(&bad_duration).unwrap_err().to_string().starts_with("spec.retention: "));
+        assert!(desired(&bad_duration).unwrap_err().to_string().starts_with("spec.retention: "));
         let unknown = event_topic("orders", "config: { segment.byte: '1' }");
-        assert_eq!(desired_topics(&unknown), Err(SpecError::UnknownConfig("segment.byte".into())));
+        assert_eq!(desired(&unknown), Err(SpecError::UnknownConfig("segment.byte".into())));
         let vendor = event_topic("orders", "config: { confluent.placement.constraints: '{}' }");
-        assert!(desired_topics(&vendor).is_ok());
+        assert!(desired(&vendor).is_ok());
         let same_name = event_topic("orders", "deadLetter: { topicName: orders }");
-        assert_eq!(desired_topics(&same_name), Err(SpecError::DeadLetterIsTopic("orders".into())));
+        assert_eq!(desired(&same_name), Err(SpecError::DeadLetterIsTopic("orders".into())));
+    }
+
+    #[test]
+    fn an_adopted_dead_letter_topic_is_held_only_to_its_own_settings() {
+        let actual = |partitions| TopicState { name: "payments.dlq".into(), partitions, replication_factor: 3, configs: BTreeMap::new() };
+        let inheriting =
+            event_topic("payments", "partitions: 4\nreplicationFactor: 1\nretention: 3d\nmaxMessageBytes: 2097152\ndeadLetter: {}");
+        let dead_letter = desired(&inheriting).expect("valid spec").remove(1).adopted(&actual(12));
+        assert!(dead_letter.spec.configs.is_empty(), "{:?}", dead_letter.spec.configs);
+        assert_eq!((dead_letter.spec.partitions, dead_letter.spec.replication_factor), (12, None), "Kafka's, not the topic's");
+
+        let own = event_topic("payments", "partitions: 4\nretention: 3d\ndeadLetter: { partitions: 16, retention: 14d }");
+        let dead_letter = desired(&own).expect("valid spec").remove(1).adopted(&actual(12));
+        assert_eq!(dead_letter.spec.configs.get("retention.ms").map(String::as_str), Some("1209600000"));
+        assert_eq!(dead_letter.spec.partitions, 16);
+
+        let main = desired(&own).expect("valid spec").remove(0);
+        assert_eq!(main.clone().adopted(&actual(12)), main, "the topic's own settings are all named by the spec");
     }
 }

@@ -7,6 +7,8 @@ pub mod controller;
 pub mod desired;
 #[cfg(test)]
 mod mock_api_tests;
+pub mod names;
+pub mod ownership;
 pub mod plan;
 pub mod status;
 pub mod sync;

@@ -112,6 +112,7 @@ mod tests {
                 configs: configs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             },
             ignored_keys: ignored.iter().map(|k| k.to_string()).collect(),
+            inherited: Default::default(),
         }
     }
 

@@ -2,9 +2,13 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
+use tributary_api::event_topic::TopicOrigin;
 use tributary_api::{EventTopic, EventTopicStatus};
 
+use super::controller::{Prepared, Reconciled};
 use super::desired::TopicRole;
+use super::names::KafkaNames;
+use super::ownership::{recorded, AdoptionRequired, Holding};
 use super::plan::Blocker;
 use super::sync::{TopicProblem, TopicReport};
 use crate::conditions::{self, DesiredCondition, Status};
@@ -23,9 +27,10 @@ pub mod reason {
     pub const INVALID_CONFIG: &str = "InvalidConfig";
     pub const NOT_SUPPORTED: &str = "NotSupported";
     pub const REJECTED: &str = "Rejected";
+    pub const ADOPTION_REQUIRED: &str = "AdoptionRequired";
 
     /// The reasons of Ready.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         CREATED,
         UPDATED,
         IN_SYNC,
@@ -35,6 +40,7 @@ pub mod reason {
         INVALID_CONFIG,
         NOT_SUPPORTED,
         REJECTED,
+        ADOPTION_REQUIRED,
     ];
 }
 
@@ -50,6 +56,8 @@ pub enum Outcome {
         owner: String,
         topic: String,
     },
+    /// One of the Kafka topics exists and this EventTopic may not take it over.
+    AdoptionRequired(AdoptionRequired),
     KafkaUnavailable(String),
 }
 
@@ -64,6 +72,7 @@ pub fn ready_condition(outcome: &Outcome, previous: Option<&EventTopicStatus>) -
             reason::RESOURCE_CONFLICT,
             format!("Kafka topic {topic:?} is already managed by EventTopic {owner}, which is older; this EventTopic leaves it alone"),
         ),
+        Outcome::AdoptionRequired(refused) => ready(Status::False, reason::ADOPTION_REQUIRED, refused.message()),
         Outcome::KafkaUnavailable(message) => ready(Status::False, reason::KAFKA_UNAVAILABLE, message.clone()),
         Outcome::Synced(reports) => {
             if let Some((reason, message)) = first_problem(reports) {
@@ -148,19 +157,35 @@ fn topic_list(reports: &[TopicReport]) -> String {
     reports.iter().map(|report| format!("{} {:?}", report.role.describe(), report.name)).collect::<Vec<_>>().join(" and ")
 }
 
-/// The status after a reconcile with this outcome.
-pub fn build_status(topic: &EventTopic, outcome: &Outcome, now: Timestamp) -> EventTopicStatus {
+/// The status after a reconcile that ended so.
+pub fn build_status(topic: &EventTopic, reconciled: &Reconciled, now: Timestamp) -> EventTopicStatus {
     let previous = topic.status.as_ref();
+    let outcome = &reconciled.outcome;
     let generation = topic.metadata.generation;
     let ready = ready_condition(outcome, previous);
     let previous_conditions = previous.map(|status| status.conditions.as_slice()).unwrap_or_default();
+    let record = |role| {
+        // Without names (the spec has none) the status keeps the ones it had.
+        let name = match &reconciled.names {
+            Some(names) => names.of_role(role).map(str::to_owned),
+            None => previous.and_then(|status| name_in(status, role).clone()),
+        };
+        let origin = match outcome {
+            Outcome::Synced(reports) => reports.iter().find(|report| report.role == role).and_then(|report| report.origin),
+            _ => kept_origin(previous, role, name.as_deref()),
+        };
+        (name, origin)
+    };
+    let ((topic_name, origin), (dead_letter_topic, dead_letter_origin)) = (record(TopicRole::Main), record(TopicRole::DeadLetter));
     let mut status = EventTopicStatus {
         observed_generation: generation,
         conditions: conditions::merge_conditions(previous_conditions, &[ready], generation, now),
-        topic_name: Some(topic.kafka_topic_name().to_owned()),
+        topic_name,
+        origin,
         partitions: previous.and_then(|s| s.partitions),
         replication_factor: previous.and_then(|s| s.replication_factor),
-        dead_letter_topic: topic.dead_letter_topic_name(),
+        dead_letter_topic,
+        dead_letter_origin,
         last_sync_time: previous.and_then(|s| s.last_sync_time.clone()),
     };
     match outcome {
@@ -176,9 +201,50 @@ pub fn build_status(topic: &EventTopic, outcome: &Outcome, now: Timestamp) -> Ev
             status.partitions = None;
             status.replication_factor = None;
         }
-        Outcome::InvalidSpec(_) | Outcome::KafkaUnavailable(_) => {}
+        Outcome::InvalidSpec(_) | Outcome::KafkaUnavailable(_) | Outcome::AdoptionRequired(_) => {}
+    }
+    // Numbers only for a topic this EventTopic holds: another's would mislead, and a status with
+    // partitions but no origin reads as one written before origins were recorded.
+    if status.origin.is_none() {
+        status.partitions = None;
+        status.replication_factor = None;
     }
     status
+}
+
+/// The status to write before creating topics: the current one, with each topic about to be
+/// created recorded as `Created` under its name. If the operator stops before it writes the
+/// status that follows, its next reconcile still knows the topics as its own. `None` when every
+/// such record is there already.
+pub fn with_creations_recorded(topic: &EventTopic, prepared: &Prepared) -> Option<EventTopicStatus> {
+    let previous = topic.status.as_ref();
+    let mut status = previous.cloned().unwrap_or_default();
+    let mut changed = false;
+    for role in [TopicRole::Main, TopicRole::DeadLetter] {
+        let name = prepared.names.of_role(role).map(str::to_owned);
+        let creating = prepared.held.iter().any(|held| held.desired.role == role && held.holding == Holding::Create);
+        let origin = if creating { Some(TopicOrigin::Created) } else { kept_origin(previous, role, name.as_deref()) };
+        // Records from before origins existed are written out, as the new record replaces them.
+        let (name_field, origin_field) = match role {
+            TopicRole::Main => (&mut status.topic_name, &mut status.origin),
+            TopicRole::DeadLetter => (&mut status.dead_letter_topic, &mut status.dead_letter_origin),
+        };
+        changed |= creating && (*name_field != name || *origin_field != origin);
+        (*name_field, *origin_field) = (name, origin);
+    }
+    changed.then_some(status)
+}
+
+fn name_in(status: &EventTopicStatus, role: TopicRole) -> &Option<String> {
+    match role {
+        TopicRole::Main => &status.topic_name,
+        TopicRole::DeadLetter => &status.dead_letter_topic,
+    }
+}
+
+/// The origin `previous` records for the topic in `role`, if it is still named `name`.
+fn kept_origin(previous: Option<&EventTopicStatus>, role: TopicRole, name: Option<&str>) -> Option<TopicOrigin> {
+    recorded(previous, role).filter(|(recorded, _)| Some(*recorded) == name).map(|(_, origin)| origin)
 }
 
 /// The status of a paused EventTopic: what it last had, plus a condition saying it is paused.
@@ -196,6 +262,13 @@ pub fn ready(status: Option<&EventTopicStatus>) -> Option<&Condition> {
 /// Whether an EventTopic's status says it is Ready: its Kafka topics exist and match its spec.
 pub fn is_ready(status: Option<&EventTopicStatus>) -> bool {
     ready(status).is_some_and(|condition| condition.status == "True")
+}
+
+/// The Kafka topics of a Ready EventTopic, as its status names them: the real names, after the
+/// naming policy, for the controllers that use them. `None` unless it is Ready and names its topic.
+pub fn ready_names(status: Option<&EventTopicStatus>) -> Option<KafkaNames> {
+    let status = status.filter(|status| is_ready(Some(status)))?;
+    Some(KafkaNames { topic: status.topic_name.clone()?, dead_letter: status.dead_letter_topic.clone() })
 }
 
 /// Whether `new` must be written over `old`. A status that differs only in `lastSyncTime` is

@@ -1,9 +1,12 @@
 //! Brings Kafka in line with an EventTopic: the I/O step the controller and the offline `apply`
 //! share. Everything before it (desired topics, plans) and after it (status) is pure.
 
+use tributary_api::event_topic::TopicOrigin;
+
 use super::desired::{DesiredTopic, TopicRole};
+use super::ownership::Holding;
 use super::plan::{plan_topic, Blocker, TopicPlan};
-use crate::kafka::{KafkaError, SyncMode, TopicAdmin};
+use crate::kafka::{KafkaError, SyncMode, TopicAdmin, TopicState};
 
 /// Something about one topic that keeps the EventTopic from being Ready.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,21 +39,41 @@ pub struct TopicReport {
     pub partitions: Option<i32>,
     pub replication_factor: Option<i32>,
     pub problems: Vec<TopicProblem>,
+    /// How the EventTopic holds the topic after the sync; `None` when creating it failed.
+    pub origin: Option<TopicOrigin>,
 }
 
-/// Syncs each desired topic in turn. `Err` only when Kafka is unreachable; everything Kafka
-/// refuses is reported per topic so the status can say exactly what is wrong.
-pub async fn sync_topics(admin: &dyn TopicAdmin, desired: &[DesiredTopic], mode: SyncMode) -> Result<Vec<TopicReport>, KafkaError> {
-    let mut reports = Vec::with_capacity(desired.len());
+/// A desired topic, what Kafka has of it, and how the EventTopic holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// For an adopted topic, only what the spec names for it.
+    pub desired: DesiredTopic,
+    pub actual: Option<TopicState>,
+    pub holding: Holding,
+}
+
+/// What Kafka has of each desired topic, in order (`None`: it does not exist).
+pub async fn observe(admin: &dyn TopicAdmin, desired: &[DesiredTopic]) -> Result<Vec<Option<TopicState>>, KafkaError> {
+    let mut observed = Vec::with_capacity(desired.len());
     for topic in desired {
+        observed.push(admin.describe_topic(&topic.spec.name).await?);
+    }
+    Ok(observed)
+}
+
+/// Syncs each held topic in turn. `Err` only when Kafka is unreachable; everything Kafka
+/// refuses is reported per topic so the status can say exactly what is wrong.
+pub async fn sync_topics(admin: &dyn TopicAdmin, held: &[Held], mode: SyncMode) -> Result<Vec<TopicReport>, KafkaError> {
+    let mut reports = Vec::with_capacity(held.len());
+    for topic in held {
         reports.push(sync_topic(admin, topic, mode).await?);
     }
     Ok(reports)
 }
 
-async fn sync_topic(admin: &dyn TopicAdmin, desired: &DesiredTopic, mode: SyncMode) -> Result<TopicReport, KafkaError> {
+async fn sync_topic(admin: &dyn TopicAdmin, held: &Held, mode: SyncMode) -> Result<TopicReport, KafkaError> {
+    let Held { desired, actual, holding } = held;
     let name = desired.spec.name.as_str();
-    let actual = admin.describe_topic(name).await?;
     let plan = plan_topic(desired, actual.as_ref());
     let mut report = TopicReport {
         role: desired.role,
@@ -59,6 +82,10 @@ async fn sync_topic(admin: &dyn TopicAdmin, desired: &DesiredTopic, mode: SyncMo
         replication_factor: actual.as_ref().map(|a| a.replication_factor),
         problems: plan.blockers.iter().cloned().map(TopicProblem::Blocked).collect(),
         plan,
+        origin: Some(match holding {
+            Holding::Create => TopicOrigin::Created,
+            Holding::Manage(origin) => *origin,
+        }),
     };
     if mode == SyncMode::DryRun {
         if report.plan.create {
@@ -74,6 +101,7 @@ async fn sync_topic(admin: &dyn TopicAdmin, desired: &DesiredTopic, mode: SyncMo
     if report.plan.create {
         if let Some(problem) = problem_or_unavailable(admin.create_topic(&desired.spec).await)? {
             report.problems.push(problem);
+            report.origin = None;
             return Ok(report);
         }
         // Read back what the broker made, e.g. its default replication factor.

@@ -60,7 +60,7 @@ fn event_topic(name: &str, ready: bool) -> Value {
         "apiVersion": "tributary.dev/v1alpha1", "kind": "EventTopic",
         "metadata": {"name": name, "namespace": "default"},
         "spec": {"topicName": format!("shop.{name}")},
-        "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }, "reason": "Created", "message": "", "lastTransitionTime": NOW_TEXT}]},
+        "status": {"topicName": format!("shop.{name}"), "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }, "reason": "Created", "message": "", "lastTransitionTime": NOW_TEXT}]},
     })
 }
 

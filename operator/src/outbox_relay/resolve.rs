@@ -21,9 +21,10 @@ pub enum TopicLookup {
     Missing,
     /// It exists but this operator cannot read it (see the EventTopic's own status).
     Unreadable,
-    Found {
+    NotReady,
+    /// Ready, with the Kafka topic its status names (the real name, after the naming policy).
+    Ready {
         kafka_topic: String,
-        ready: bool,
     },
 }
 
@@ -33,9 +34,9 @@ impl TopicLookup {
         match topic.map(|guard| guard.0.as_ref()) {
             None => TopicLookup::Missing,
             Some(Err(_)) => TopicLookup::Unreadable,
-            Some(Ok(topic)) => TopicLookup::Found {
-                kafka_topic: topic.kafka_topic_name().to_owned(),
-                ready: event_topic_status::is_ready(topic.status.as_ref()),
+            Some(Ok(topic)) => match event_topic_status::ready_names(topic.status.as_ref()) {
+                Some(names) => TopicLookup::Ready { kafka_topic: names.topic },
+                None => TopicLookup::NotReady,
             },
         }
     }
@@ -69,12 +70,12 @@ pub fn resolve_routes(relay: &OutboxRelay, lookup: impl Fn(&str) -> TopicLookup)
     };
     for route in &relay.spec.routing.routes {
         match lookup(&route.event_topic) {
-            TopicLookup::Found { kafka_topic, ready: true } => resolved.push(ResolvedRoute {
+            TopicLookup::Ready { kafka_topic } => resolved.push(ResolvedRoute {
                 aggregate_type: route.aggregate_type.clone(),
                 event_topic: route.event_topic.clone(),
                 kafka_topic,
             }),
-            TopicLookup::Found { ready: false, .. } | TopicLookup::Unreadable => push_once(&mut not_ready, &route.event_topic),
+            TopicLookup::NotReady | TopicLookup::Unreadable => push_once(&mut not_ready, &route.event_topic),
             TopicLookup::Missing => push_once(&mut missing, &route.event_topic),
         }
     }
@@ -139,15 +140,15 @@ routing: { routes: [{ aggregateType: Order, eventTopic: orders }, { aggregateTyp
 placement: { standalone: {} }
 "#;
 
-    fn found(kafka_topic: &str, ready: bool) -> TopicLookup {
-        TopicLookup::Found { kafka_topic: kafka_topic.into(), ready }
+    fn ready(kafka_topic: &str) -> TopicLookup {
+        TopicLookup::Ready { kafka_topic: kafka_topic.into() }
     }
 
     #[test]
     fn routes_resolve_to_kafka_topics_when_every_topic_is_ready() {
         let relay = outbox_relay("r", ROUTES);
         assert_eq!(referenced_topics(&relay), vec!["orders", "payments"]);
-        let routes = resolve_routes(&relay, |name| found(&format!("shop.{name}"), true));
+        let routes = resolve_routes(&relay, |name| ready(&format!("shop.{name}")));
         let Routes::Ready(routes) = routes else { panic!("{routes:?}") };
         let pairs: Vec<(&str, &str)> = routes.iter().map(|r| (r.aggregate_type.as_str(), r.kafka_topic.as_str())).collect();
         assert_eq!(pairs, vec![("Order", "shop.orders"), ("Refund", "shop.payments"), ("Payment", "shop.payments")]);
@@ -156,24 +157,28 @@ placement: { standalone: {} }
     #[test]
     fn missing_topics_outrank_topics_that_are_not_ready() {
         let relay = outbox_relay("r", ROUTES);
-        let not_ready = resolve_routes(&relay, |name| if name == "orders" { found("orders", false) } else { TopicLookup::Unreadable });
+        let not_ready = resolve_routes(&relay, |name| if name == "orders" { TopicLookup::NotReady } else { TopicLookup::Unreadable });
         assert_eq!(not_ready, Routes::NotReady(vec!["orders".into(), "payments".into()]));
-        let missing = resolve_routes(&relay, |name| if name == "orders" { found("orders", false) } else { TopicLookup::Missing });
+        let missing = resolve_routes(&relay, |name| if name == "orders" { TopicLookup::NotReady } else { TopicLookup::Missing });
         assert_eq!(missing, Routes::NotFound(vec!["payments".into()]));
     }
 
     #[test]
-    fn topic_lookup_reads_kafka_name_and_ready_condition() {
+    fn topic_lookup_reads_kafka_name_and_ready_condition_from_the_status() {
+        // Named `orders`; under NamespacePrefixed its Kafka topic is `shop.orders`, as the status says.
         let topic: EventTopic = serde_json::from_value(serde_json::json!({
             "apiVersion": "tributary.dev/v1alpha1", "kind": "EventTopic",
-            "metadata": {"name": "orders", "namespace": "default"},
-            "spec": {"topicName": "shop.orders"},
-            "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Created", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]},
+            "metadata": {"name": "orders", "namespace": "shop"},
+            "spec": {},
+            "status": {
+                "topicName": "shop.orders",
+                "conditions": [{"type": "Ready", "status": "True", "reason": "Created", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+            },
         }))
         .expect("valid EventTopic");
-        assert_eq!(TopicLookup::of(Some(&DeserializeGuard(Ok(topic.clone())))), found("shop.orders", true));
+        assert_eq!(TopicLookup::of(Some(&DeserializeGuard(Ok(topic.clone())))), ready("shop.orders"));
         let fresh = EventTopic { status: None, ..topic };
-        assert_eq!(TopicLookup::of(Some(&DeserializeGuard(Ok(fresh)))), found("shop.orders", false));
+        assert_eq!(TopicLookup::of(Some(&DeserializeGuard(Ok(fresh)))), TopicLookup::NotReady);
         assert_eq!(TopicLookup::of(None), TopicLookup::Missing);
     }
 

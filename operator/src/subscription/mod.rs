@@ -42,7 +42,7 @@ pub(crate) mod test_support {
         subscription
     }
 
-    /// The EventTopic, with a status that says its Kafka topic is Ready.
+    /// The EventTopic, with a status that says its Kafka topic is Ready (named as under `Free`).
     pub fn ready(mut topic: EventTopic) -> EventTopic {
         let condition = Condition {
             type_: "Ready".into(),
@@ -52,7 +52,12 @@ pub(crate) mod test_support {
             observed_generation: topic.metadata.generation,
             last_transition_time: Time(Timestamp::UNIX_EPOCH),
         };
-        topic.status = Some(EventTopicStatus { conditions: vec![condition], ..EventTopicStatus::default() });
+        topic.status = Some(EventTopicStatus {
+            conditions: vec![condition],
+            topic_name: Some(topic.requested_topic_name().to_owned()),
+            dead_letter_topic: topic.requested_dead_letter_name(),
+            ..EventTopicStatus::default()
+        });
         topic
     }
 }

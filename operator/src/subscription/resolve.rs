@@ -8,7 +8,7 @@ use kube::{Api, ResourceExt};
 use tributary_api::subscription::DeliveryMode;
 use tributary_api::{EventTopic, Subscription};
 
-use crate::event_topic::desired::{desired_topics, MAX_MESSAGE_BYTES};
+use crate::event_topic::desired::max_message_bytes;
 use crate::kafka::StartFrom;
 use crate::seniority::older_claimant;
 
@@ -66,14 +66,15 @@ pub fn resolve_topics(fetched: &[(String, Option<DeserializeGuard<EventTopic>>)]
         match topic.as_ref().map(|guard| &guard.0) {
             None => problem.missing.push(name.clone()),
             Some(Err(invalid)) => problem.not_ready.push((name.clone(), format!("it does not match the schema: {}", invalid.error))),
-            Some(Ok(topic)) => match not_ready_reason(topic) {
-                Some(why) => problem.not_ready.push((name.clone(), why)),
-                None => resolved.push(ResolvedTopic {
+            // The real Kafka names (after the naming policy) are the ones its status gives.
+            Some(Ok(topic)) => match (not_ready_reason(topic), crate::event_topic::status::ready_names(topic.status.as_ref())) {
+                (None, Some(kafka)) => resolved.push(ResolvedTopic {
                     name: name.clone(),
-                    kafka_topic: topic.kafka_topic_name().to_owned(),
-                    dead_letter_topic: topic.dead_letter_topic_name(),
-                    max_message_bytes: max_message_bytes(topic),
+                    kafka_topic: kafka.topic,
+                    dead_letter_topic: kafka.dead_letter,
+                    max_message_bytes: max_message_bytes(&topic.spec),
                 }),
+                (why, _) => problem.not_ready.push((name.clone(), why.unwrap_or_else(|| "its status names no Kafka topic".into()))),
             },
         }
     }
@@ -82,11 +83,6 @@ pub fn resolve_topics(fetched: &[(String, Option<DeserializeGuard<EventTopic>>)]
     } else {
         Err(problem)
     }
-}
-
-fn max_message_bytes(topic: &EventTopic) -> Option<u64> {
-    let desired = desired_topics(topic).ok()?;
-    desired.first()?.spec.configs.get(MAX_MESSAGE_BYTES)?.parse().ok()
 }
 
 fn not_ready_reason(topic: &EventTopic) -> Option<String> {
