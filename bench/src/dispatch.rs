@@ -43,7 +43,6 @@ use tributary_relay::dispatch::{
 use tributary_relay::producer::{EventProducer, OutgoingRecord, ProducerSettings, RdKafkaProducer};
 
 use crate::figures::{figure, load_average, per_second, percentile, process_cpu};
-use crate::parse_duration;
 
 /// Longest wait for a phase to see every record.
 const PHASE_TIMEOUT: Duration = Duration::from_secs(180);
@@ -77,7 +76,7 @@ pub struct Args {
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub offered_rate: u32,
     /// How long the latency phase produces.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = tributary_api::duration::parse)]
     pub duration: Duration,
     /// Records the dispatcher buffers before pausing consumption.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]

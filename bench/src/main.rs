@@ -4,21 +4,20 @@
 //! `dispatch` run the operator's and the relay's code in this process.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
+use allocator::Allocator;
 use clap::{Parser, Subcommand};
 use tributary_common::logging::{self, LoggingArgs};
 
+mod allocator;
 mod dispatch;
 mod figures;
 mod operator_scale;
 mod relay;
 mod topics;
 
-// As in `tributary-relay`, whose code the relay and dispatch benchmarks run: its figures depend on
-// the allocator (records are freed on other threads than they were allocated on).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::PerProcess = allocator::PerProcess;
 
 #[derive(Debug, Parser)]
 #[command(name = "tributary-bench", about = "Benchmarks of the Tributary binaries")]
@@ -45,20 +44,36 @@ enum Command {
     Dispatch(Box<dispatch::Args>),
 }
 
-/// Duration flags as the binaries take them (`10s`, `1m`).
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    tributary_api::duration::parse(text).map_err(|error| error.to_string())
+impl Command {
+    /// The allocator of the binary whose code the benchmark runs (see `allocator`).
+    fn allocator(&self) -> Allocator {
+        match self {
+            // The operator's code, or the operator binary itself in a child process.
+            Command::OperatorScale(_) | Command::Topics(_) => Allocator::System,
+            Command::Relay(_) | Command::Dispatch(_) => Allocator::Mimalloc,
+        }
+    }
+
+    async fn run(self) -> anyhow::Result<()> {
+        match self {
+            Command::OperatorScale(args) => operator_scale::run(args).await,
+            Command::Topics(args) => topics::run(args).await,
+            Command::Relay(args) => relay::run(*args).await,
+            Command::Dispatch(args) => dispatch::run(*args).await,
+        }
+    }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    let allocator = cli.command.allocator();
+    if allocator != Allocator::current() {
+        return logging::exit_code(allocator.run_again_under());
+    }
     logging::init(cli.logging.log_format);
-    let result = match cli.command {
-        Command::OperatorScale(args) => operator_scale::run(args).await,
-        Command::Topics(args) => topics::run(args).await,
-        Command::Relay(args) => relay::run(*args).await,
-        Command::Dispatch(args) => dispatch::run(*args).await,
-    };
-    logging::exit_code(result.map(|()| ExitCode::SUCCESS))
+    logging::exit_code(run(cli.command).map(|()| ExitCode::SUCCESS))
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(command.run())
 }

@@ -37,7 +37,6 @@ use tributary_relay::outbox::{self, Cleanup, FailurePolicy, OutboxSettings};
 use tributary_relay::producer::{EventProducer, OutgoingRecord, ProduceError, ProducerSettings, RdKafkaProducer};
 
 use crate::figures::{figure, load_average, per_second, percentile, process_cpu, processes_named};
-use crate::parse_duration;
 
 /// The aggregate type of every benchmark row; routed to the benchmark topic.
 const AGGREGATE_TYPE: &str = "BenchOrder";
@@ -75,7 +74,7 @@ pub struct Args {
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub offered_rate: u32,
     /// How long the writers of the latency phase insert.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = tributary_api::duration::parse)]
     pub duration: Duration,
     /// Concurrent writer connections of the latency phase.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=512))]
