@@ -8,6 +8,9 @@
 //! `cargo test -p tributary-api --test manifests -- --nocapture` prints every rejection, so the
 //! messages users would see can be reviewed.
 
+// Helpers outside the `#[test]` functions fail a test the same way: with a panic and its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};

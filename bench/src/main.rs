@@ -1,16 +1,29 @@
-//! `tributary-bench`: benchmarks that run the shipped binaries as users run them and print
-//! `name=value` figures. Build it with the binaries it drives:
-//! `cargo build --release -p tributary-operator -p tributary-bench`.
+//! `tributary-bench`: the benchmarks, out of the shipped binaries. Each prints `name=value`
+//! figures. `operator-scale` runs the operator binary as users run it (build it alongside:
+//! `cargo build --release -p tributary-operator -p tributary-bench`); `topics`, `relay` and
+//! `dispatch` run the operator's and the relay's code in this process.
 
 use std::process::ExitCode;
 
+use allocator::Allocator;
 use clap::{Parser, Subcommand};
+use tributary_common::logging::{self, LoggingArgs};
 
+mod allocator;
+mod dispatch;
+mod figures;
 mod operator_scale;
+mod relay;
+mod topics;
+
+#[global_allocator]
+static ALLOCATOR: allocator::PerProcess = allocator::PerProcess;
 
 #[derive(Debug, Parser)]
 #[command(name = "tributary-bench", about = "Benchmarks of the Tributary binaries")]
 struct Cli {
+    #[command(flatten)]
+    logging: LoggingArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -20,19 +33,47 @@ enum Command {
     /// `tributary-operator run` against an in-memory API server holding N EventTopics and a real
     /// broker: time until all are Ready, peak RSS, and the slowest /healthz answer.
     OperatorScale(operator_scale::Args),
+    /// Reconcile N fresh EventTopics against a broker through the controller's path; prints
+    /// topics_per_s and peak_rss_mib.
+    Topics(topics::Args),
+    /// Relay throughput and commit→ack latency against a real database and broker, beside
+    /// PostgreSQL-only and Kafka-only baselines.
+    Relay(Box<relay::Args>),
+    /// Dispatcher throughput (unordered, per-key) and latency at an offered load against a real
+    /// broker and an in-process sink, beside a plain-consume baseline.
+    Dispatch(Box<dispatch::Args>),
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::OperatorScale(args) => operator_scale::run(args).await,
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+impl Command {
+    /// The allocator of the binary whose code the benchmark runs (see `allocator`).
+    fn allocator(&self) -> Allocator {
+        match self {
+            // The operator's code, or the operator binary itself in a child process.
+            Command::OperatorScale(_) | Command::Topics(_) => Allocator::System,
+            Command::Relay(_) | Command::Dispatch(_) => Allocator::Mimalloc,
         }
     }
+
+    async fn run(self) -> anyhow::Result<()> {
+        match self {
+            Command::OperatorScale(args) => operator_scale::run(args).await,
+            Command::Topics(args) => topics::run(args).await,
+            Command::Relay(args) => relay::run(*args).await,
+            Command::Dispatch(args) => dispatch::run(*args).await,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let allocator = cli.command.allocator();
+    if allocator != Allocator::current() {
+        return logging::exit_code(allocator.run_again_under());
+    }
+    logging::init(cli.logging.log_format);
+    logging::exit_code(run(cli.command).map(|()| ExitCode::SUCCESS))
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(command.run())
 }

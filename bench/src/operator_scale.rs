@@ -12,6 +12,8 @@ use serde_json::{json, Value};
 use tributary_testkit::http::{free_address, get};
 use tributary_testkit::{FakeApiServer, ResourceKey};
 
+use crate::figures::rss_kib;
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// EventTopics to create.
@@ -108,8 +110,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(args.probe_interval_ms)).await;
     };
-    let peak_rss_mib = rss_kib(pid, "VmHWM:").map(|kib| kib as f64 / 1024.0);
-    let final_rss_mib = rss_kib(pid, "VmRSS:").map(|kib| kib as f64 / 1024.0);
+    let peak_rss_mib = rss_kib(&pid.to_string(), "VmHWM:").map(|kib| kib as f64 / 1024.0);
+    let final_rss_mib = rss_kib(&pid.to_string(), "VmRSS:").map(|kib| kib as f64 / 1024.0);
     let _ = child.kill();
     let _ = child.wait();
     let all_ready = outcome?;
@@ -123,10 +125,4 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         bail!("{failed_probes} /healthz probes failed or took over 3 s");
     }
     Ok(())
-}
-
-/// A resident-set figure of the process (`VmHWM:` peak, `VmRSS:` now), in KiB.
-fn rss_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|line| line.strip_prefix(field)).and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
 }

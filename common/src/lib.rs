@@ -3,3 +3,4 @@
 pub mod kafka_properties;
 pub mod logging;
 pub mod server;
+pub mod shutdown;

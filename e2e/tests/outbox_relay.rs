@@ -2,6 +2,9 @@
 //! application's Deployment by server-side apply under the relay's own field manager, with the
 //! database URL by Secret reference only, and removed again, alone, when the OutboxRelay goes.
 
+// Helpers outside the `#[test]` functions fail a test the same way: with a panic and its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;

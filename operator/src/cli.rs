@@ -1,4 +1,4 @@
-//! The command line: `run` (the controllers), `crdgen`, `apply` (offline) and `bench-topics`.
+//! The command line: `run` (the controllers), `crdgen` and `apply` (offline).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,8 +46,6 @@ pub enum Command {
     /// a cluster (only plan it when no broker is given), and print the Kubernetes objects the
     /// Subscriptions and OutboxRelays would get.
     Apply(ApplyArgs),
-    /// Benchmark: reconcile N fresh EventTopics against a broker and print topics_per_s and peak_rss_mib.
-    BenchTopics(BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -81,7 +79,8 @@ impl KafkaArgs {
         Ok(Arc::new(RdKafkaTopicAdmin::connect(&connection)?))
     }
 
-    fn admin(&self) -> anyhow::Result<Arc<dyn TopicAdmin>> {
+    /// The Kafka admin client for topics.
+    pub fn admin(&self) -> anyhow::Result<Arc<dyn TopicAdmin>> {
         Ok(self.client()?)
     }
 }
@@ -239,21 +238,6 @@ pub struct ApplyArgs {
     pub naming: NamingArgs,
 }
 
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    /// EventTopics to reconcile.
-    #[arg(long, default_value_t = 1000)]
-    pub count: usize,
-    /// Reconciles in flight at once.
-    #[arg(long, default_value_t = 32)]
-    pub concurrency: usize,
-    /// Keep the created topics instead of deleting them after the measurement.
-    #[arg(long)]
-    pub keep: bool,
-    #[command(flatten)]
-    pub kafka: KafkaArgs,
-}
-
 /// Runs a parsed command line; the exit code says how it went.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     logging::init(cli.logging.log_format);
@@ -267,7 +251,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Apply(args) => run_apply(args).await,
-        Command::BenchTopics(args) => run_bench(args).await.map(|()| ExitCode::SUCCESS),
     }
 }
 
@@ -418,19 +401,4 @@ async fn run_apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         failed = true;
     }
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
-}
-
-async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
-    let admin = args.kafka.admin()?;
-    let prefix = format!("bench-{}", std::process::id());
-    let report = crate::bench::bench_topics(Arc::clone(&admin), &prefix, args.count, args.concurrency).await;
-    print!("{}", report.render());
-    if !args.keep {
-        let failed = crate::bench::delete_bench_topics(admin.as_ref(), &prefix, args.count, args.concurrency).await;
-        if failed > 0 {
-            eprintln!("warning: {failed} benchmark topics could not be deleted (prefix {prefix})");
-        }
-    }
-    anyhow::ensure!(report.ready == report.count, "{} of {} topics did not become Ready", report.count - report.ready, report.count);
-    Ok(())
 }

@@ -220,18 +220,9 @@ pub async fn assert_malformed_object_reported<R: Reconciler, F>(
 }
 
 /// The test broker's bootstrap servers (`TRIBUTARY_BOOTSTRAP_SERVERS`). Without it, broker tests
-/// skip (after saying so), unless `TRIBUTARY_TEST_STRICT=1`, where a missing broker fails them.
+/// skip (after saying so), unless the run is strict, where a missing broker fails them.
 pub fn test_bootstrap_servers() -> Option<String> {
-    match std::env::var("TRIBUTARY_BOOTSTRAP_SERVERS") {
-        Ok(servers) if !servers.is_empty() => Some(servers),
-        _ if std::env::var("TRIBUTARY_TEST_STRICT").as_deref() == Ok("1") => {
-            panic!("TRIBUTARY_BOOTSTRAP_SERVERS is not set; scripts/test.sh starts a broker and sets it")
-        }
-        _ => {
-            eprintln!("skipping broker test: TRIBUTARY_BOOTSTRAP_SERVERS is not set (run scripts/test.sh)");
-            None
-        }
-    }
+    tributary_testkit::prerequisite::required_env("broker test", "TRIBUTARY_BOOTSTRAP_SERVERS")
 }
 
 /// A Kafka name no other test (or earlier run against the same broker) uses.

@@ -3,7 +3,6 @@
 //! `main.rs` only parses the command line; everything it runs lives here so that tests reach it.
 
 pub mod apply;
-pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod conditions;

@@ -2,16 +2,13 @@
 //! three controllers, started while this instance leads (or always, without leader election),
 //! and the readiness they report.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use kube::runtime::events::Reporter;
 use kube::Client;
-use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::warn;
 use tributary_common::server::Readiness;
 
 use crate::clock::Clock;
@@ -60,54 +57,7 @@ pub async fn run(operator: Operator, lease: Option<LeaseSettings>, readiness: Re
     .await;
 }
 
-/// When to stop: on SIGINT or SIGTERM, listened for from the moment it is made. Every controller
-/// and the standby loop wait on this one listener. kube's per-controller handlers
-/// (`shutdown_on_signal`) stay installed after their controller is dropped, so a leader that lost
-/// the Lease and stands by would swallow SIGTERM and never exit.
-#[derive(Clone)]
-pub struct Shutdown {
-    requested: watch::Receiver<bool>,
-    /// Held by every copy: a closed channel would read as a request.
-    sender: Arc<watch::Sender<bool>>,
-}
-
-impl Shutdown {
-    /// Listens for SIGINT and SIGTERM from now on.
-    pub fn on_signals() -> std::io::Result<Self> {
-        let mut terminate = signal(SignalKind::terminate())?;
-        let mut interrupt = signal(SignalKind::interrupt())?;
-        let (sender, requested) = watch::channel(false);
-        let sender = Arc::new(sender);
-        let notify = sender.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = terminate.recv() => info!("SIGTERM: shutting down"),
-                _ = interrupt.recv() => info!("SIGINT: shutting down"),
-            }
-            notify.send_replace(true);
-        });
-        Ok(Shutdown { requested, sender })
-    }
-
-    /// One that is never requested, or only by [`Shutdown::request`] (tests).
-    pub fn never() -> Self {
-        let (sender, requested) = watch::channel(false);
-        Shutdown { requested, sender: Arc::new(sender) }
-    }
-
-    pub fn request(&self) {
-        self.sender.send_replace(true);
-    }
-
-    /// Completes once shutdown is requested.
-    pub fn requested(&self) -> impl Future<Output = ()> + Send + Sync + 'static {
-        let this = self.clone();
-        async move {
-            let mut requested = this.requested.clone();
-            let _ = requested.wait_for(|requested| *requested).await;
-        }
-    }
-}
+pub use tributary_common::shutdown::Shutdown;
 
 /// The three controllers, until shutdown; `readiness` turns ready once all three have synced.
 async fn run_controllers(operator: &Operator, readiness: &Readiness, shutdown: &Shutdown) {

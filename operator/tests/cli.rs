@@ -2,6 +2,9 @@
 //! `apply` on the examples and on broken input, and `run` on a machine without Kubernetes. No
 //! broker and no cluster: what is checked is what gets printed and the exit code.
 
+// Helpers outside the `#[test]` functions fail a test the same way: with a panic and its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

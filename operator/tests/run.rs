@@ -4,6 +4,9 @@
 //!
 //! Kafka need not answer for these: the controllers only call it once there are objects.
 
+// Helpers outside the `#[test]` functions fail a test the same way: with a panic and its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

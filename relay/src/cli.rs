@@ -1,5 +1,6 @@
-//! The command line: `migrate`, `outbox` and `dispatch` (and their benchmarks). Every flag has an
-//! environment variable, which is how the operator configures a relay container.
+//! The command line: `migrate`, `outbox`, `outbox-release` and `dispatch`. It parses and wires;
+//! the modules do the work. Every flag has an environment variable, which is how the operator
+//! configures a relay container.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -7,16 +8,17 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use prometheus_client::registry::Registry;
-use tokio::sync::{watch, Notify};
-use tokio_postgres::{Client, NoTls};
-use tracing::{info, warn};
+use tokio_postgres::Client;
+use tracing::info;
 use tributary_api::outbox_relay::{CleanupMode, FailurePolicy, PayloadFormat};
 use tributary_api::relay_contract::{env, DISPATCH_COMMAND, DISPATCH_PORT, OUTBOX_COMMAND, OUTBOX_PORT};
 use tributary_api::subscription::{Backoff, Ordering};
 use tributary_common::logging::{self, LoggingArgs};
 use tributary_common::server::{self, Readiness};
+use tributary_common::shutdown::Shutdown;
 
 use crate::metrics::RelayMetrics;
 use crate::outbox::record::{RecordSettings, Routing};
@@ -46,15 +48,9 @@ pub enum Command {
     /// aggregate): they are pending again with fresh attempts, and a running relay publishes them.
     /// Prints how many rows were released.
     OutboxRelease(Box<ReleaseArgs>),
-    /// Benchmark: relay throughput and commit→ack latency against a real database and broker,
-    /// beside PostgreSQL-only and Kafka-only baselines; prints name=value lines.
-    Bench(Box<crate::bench::BenchArgs>),
     /// Push dispatcher: consume topics as a group and POST every record to an HTTP sink until SIGTERM.
     #[command(name = DISPATCH_COMMAND)]
     Dispatch(Box<DispatchArgs>),
-    /// Benchmark: dispatcher throughput (unordered, per-key) and latency at an offered load against
-    /// a real broker and an in-process sink, beside a plain-consume baseline; prints name=value lines.
-    BenchDispatch(Box<crate::dispatch::bench::BenchDispatchArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -221,9 +217,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate(args) => run_migrate(&args.table).await,
         Command::Outbox(args) => run_outbox(*args).await,
         Command::OutboxRelease(args) => run_release(&args).await,
-        Command::Bench(args) => crate::bench::run(*args).await,
         Command::Dispatch(args) => run_dispatch(*args).await,
-        Command::BenchDispatch(args) => crate::dispatch::bench::run(*args).await,
     }
 }
 
@@ -231,8 +225,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// code of what is wrong: an unreachable database is an error there, not something to wait for.
 async fn statements_and_client(table: &TableArgs) -> Result<(Statements, Client), ExitCode> {
     let statements = table.statements().map_err(usage_error)?;
-    let config = parse_database_url(&table.database_url).map_err(usage_error)?;
-    let client = connect(&config).await.map_err(usage_error)?;
+    let config = outbox::parse_database_url(&table.database_url).map_err(usage_error)?;
+    let client = outbox::connect(&config).await.map_err(usage_error)?;
     Ok((statements, client))
 }
 
@@ -274,50 +268,9 @@ fn usage_error(error: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// An error and its causes, `a: b: c` (tokio-postgres keeps the useful part in the causes).
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
-}
-
-/// Connects, driving the connection in the background; errors name the cause, never the password.
-fn parse_database_url(url: &str) -> Result<tokio_postgres::Config, String> {
-    url.parse().map_err(|error| format!("the database URL is invalid: {error}"))
-}
-
-async fn connect(config: &tokio_postgres::Config) -> Result<Client, String> {
-    let (client, connection) =
-        config.connect(NoTls).await.map_err(|error| format!("cannot connect to the database: {}", with_causes(&error)))?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            warn!(%error, "database connection closed");
-        }
-    });
-    Ok(client)
-}
-
-/// Connects, retrying with capped backoff: the database may come up after the relay (a sidecar
-/// starts with its application), and exiting would restart-loop the application's pod.
-async fn connect_when_reachable(config: &tokio_postgres::Config) -> Client {
-    let mut backoff = outbox::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-    loop {
-        match connect(config).await {
-            Ok(client) => return client,
-            Err(error) => {
-                let retry_in = backoff.next();
-                warn!(%error, retry_in = ?retry_in, "waiting for the database");
-                tokio::time::sleep(retry_in).await;
-            }
-        }
-    }
-}
-
 async fn run_outbox(args: OutboxArgs) -> anyhow::Result<ExitCode> {
+    // Listening from the start: a SIGTERM while the relay waits for its database is not missed.
+    let shutdown = Shutdown::on_signals().context("cannot listen for SIGTERM")?;
     let statements = match args.table.statements() {
         Ok(statements) => statements,
         Err(error) => return Ok(usage_error(error)),
@@ -326,7 +279,7 @@ async fn run_outbox(args: OutboxArgs) -> anyhow::Result<ExitCode> {
         return Ok(usage_error(error));
     }
     let database_url = args.table.database_url.clone();
-    let database = match parse_database_url(&database_url) {
+    let database = match outbox::parse_database_url(&database_url) {
         Ok(config) => config,
         Err(error) => return Ok(usage_error(error)),
     };
@@ -372,114 +325,15 @@ async fn run_outbox(args: OutboxArgs) -> anyhow::Result<ExitCode> {
 
     // Not ready until it is connected; /healthz answers meanwhile.
     let client = tokio::select! {
-        client = connect_when_reachable(&database) => client,
-        () = wait_for_shutdown_signal() => return Ok(ExitCode::SUCCESS),
+        client = outbox::connect_when_reachable(&database) => client,
+        () = shutdown.requested() => return Ok(ExitCode::SUCCESS),
     };
     if let Err(problem) = outbox::check_schema(&client, &settings.statements).await {
         return Ok(usage_error(problem));
     }
     drop(client);
-
-    let (shutdown_tx, shutdown) = watch::channel(false);
-    let wakers: Vec<Arc<Notify>> = (0..args.workers).map(|_| Arc::new(Notify::new())).collect();
-    let connector = outbox::connector(database_url.clone());
-    let mut workers = Vec::new();
-    for (index, wake) in wakers.iter().enumerate() {
-        workers.push(tokio::spawn(outbox::run_worker(
-            outbox::Shard::of_worker(index, wakers.len()),
-            connector.clone(),
-            settings.clone(),
-            producer.clone(),
-            metrics.clone(),
-            wake.clone(),
-            shutdown.clone(),
-        )));
-    }
-    let housekeeping =
-        tokio::spawn(housekeeping(database_url, settings.clone(), producer.clone(), metrics.clone(), wakers, shutdown.clone()));
-    info!(table = %settings.statements.table, workers = args.workers, "relaying outbox");
-
-    wait_for_shutdown_signal().await;
-    info!("shutting down: finishing in-flight batches");
-    let _ = shutdown_tx.send(true);
-    for worker in workers {
-        let _ = worker.await;
-    }
-    housekeeping.abort();
+    outbox::relay(database_url, settings, producer, metrics, args.workers, shutdown.requested()).await;
     Ok(ExitCode::SUCCESS)
-}
-
-async fn wait_for_shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                warn!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
-}
-
-/// LISTENs for inserts (waking every worker), and every few seconds refreshes the pending-rows
-/// gauge, probes Kafka when there is nothing to send and, with `mark` cleanup, prunes old
-/// published rows. Reconnects on failure.
-async fn housekeeping(
-    url: String,
-    settings: Arc<OutboxSettings>,
-    producer: Arc<dyn EventProducer>,
-    metrics: Arc<RelayMetrics>,
-    wakers: Vec<Arc<Notify>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let statements = &settings.statements;
-    while !*shutdown.borrow() {
-        let (client, connection) = match tokio_postgres::connect(&url, NoTls).await {
-            Ok(pair) => pair,
-            Err(error) => {
-                warn!(%error, "LISTEN connection failed; retrying");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                continue;
-            }
-        };
-        let listener = outbox::wake_workers_on_notify(connection, wakers.clone());
-        if let Err(error) = client.batch_execute(&format!("LISTEN \"{}\"", statements.channel)).await {
-            warn!(%error, "LISTEN failed; polling only until reconnected");
-        }
-        let mut ticker = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = shutdown.changed() => break,
-            }
-            match client.query_one(&statements.count_pending, &[]).await {
-                Ok(row) => {
-                    let pending = row.get::<_, i64>(0);
-                    metrics.set_pending(pending);
-                    // With rows pending, the workers' batches tell whether Kafka takes them.
-                    if pending == 0 {
-                        metrics.set_kafka_ready(producer.reachable().await);
-                    }
-                }
-                Err(error) => {
-                    warn!(%error, "housekeeping query failed; reconnecting");
-                    break;
-                }
-            }
-            if let Cleanup::Mark { retention } = settings.cleanup {
-                if let Err(error) = client.execute(&statements.prune_published, &[&retention.as_secs_f64()]).await {
-                    warn!(%error, "pruning published rows failed");
-                }
-            }
-        }
-        listener.abort();
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -623,6 +477,7 @@ impl DispatchArgs {
 async fn run_dispatch(args: DispatchArgs) -> anyhow::Result<ExitCode> {
     use crate::dispatch::metrics::DispatchMetrics;
     use crate::dispatch::Dispatcher;
+    let shutdown = Shutdown::on_signals().context("cannot listen for SIGTERM")?;
     let settings = match args.settings() {
         Ok(settings) => settings,
         Err(problem) => return Ok(usage_error(problem)),
@@ -647,12 +502,7 @@ async fn run_dispatch(args: DispatchArgs) -> anyhow::Result<ExitCode> {
         Err(error) => return Ok(usage_error(error)),
     };
     tokio::spawn(listener.serve(Arc::new(registry), readiness));
-    let (shutdown_tx, shutdown) = watch::channel(false);
-    tokio::spawn(async move {
-        wait_for_shutdown_signal().await;
-        let _ = shutdown_tx.send(true);
-    });
-    dispatcher.run(shutdown).await?;
+    dispatcher.run(shutdown.watch()).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -2,7 +2,7 @@
 //! Kafka in order per aggregate, losing nothing; `migrate` prepares the table; `dispatch` pushes
 //! records of Kafka topics to an HTTP sink.
 
-pub mod bench;
+pub mod backoff;
 pub mod cli;
 pub mod dispatch;
 pub mod metrics;

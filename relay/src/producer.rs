@@ -1,8 +1,8 @@
 //! Publishing records to Kafka: a trait the relay loop calls, an rdkafka implementation
-//! (idempotent, acks=all, pipelined) and an in-memory one for unit tests.
+//! (idempotent, acks=all, pipelined) and an in-memory one for tests (only in test builds and with
+//! the `testing` feature, which only dev-dependencies enable).
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,6 +11,11 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use tributary_common::kafka_properties::client_config;
+
+#[cfg(any(test, feature = "testing"))]
+mod fake;
+#[cfg(any(test, feature = "testing"))]
+pub use fake::FakeProducer;
 
 /// A record ready to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,61 +220,5 @@ fn classify(error: &KafkaError) -> ProduceError {
             | Code::PolicyViolation,
         ) => ProduceError::Rejected(error.to_string()),
         _ => ProduceError::Unavailable(error.to_string()),
-    }
-}
-
-/// An in-memory [`EventProducer`] for unit tests: records what was sent; topics can be made to
-/// reject records or the whole broker to be unavailable.
-#[derive(Debug, Default)]
-pub struct FakeProducer {
-    state: Mutex<FakeState>,
-}
-
-#[derive(Debug, Default)]
-struct FakeState {
-    sent: Vec<OutgoingRecord>,
-    rejecting_topics: Vec<String>,
-    unavailable: bool,
-}
-
-impl FakeProducer {
-    fn state(&self) -> std::sync::MutexGuard<'_, FakeState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    pub fn sent(&self) -> Vec<OutgoingRecord> {
-        self.state().sent.clone()
-    }
-
-    pub fn reject_topic(&self, topic: &str) {
-        self.state().rejecting_topics.push(topic.to_owned());
-    }
-
-    pub fn set_unavailable(&self, unavailable: bool) {
-        self.state().unavailable = unavailable;
-    }
-}
-
-#[async_trait]
-impl EventProducer for FakeProducer {
-    async fn send_all(&self, records: Vec<OutgoingRecord>) -> Vec<Result<(), ProduceError>> {
-        let mut state = self.state();
-        records
-            .into_iter()
-            .map(|record| {
-                if state.unavailable {
-                    Err(ProduceError::Unavailable("fake broker is down".into()))
-                } else if state.rejecting_topics.contains(&record.topic) {
-                    Err(ProduceError::Rejected(format!("fake broker rejects topic {}", record.topic)))
-                } else {
-                    state.sent.push(record);
-                    Ok(())
-                }
-            })
-            .collect()
-    }
-
-    async fn reachable(&self) -> bool {
-        !self.state().unavailable
     }
 }

@@ -2,6 +2,9 @@
 //! delivering to an HTTP sink served by the test (axum); dead letters are read back with an
 //! independent consumer. They need `scripts/test.sh` (broker) and skip with a message without it.
 
+// Helpers outside the `#[test]` functions fail a test the same way: with a panic and its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::collections::{HashMap, HashSet};

@@ -6,6 +6,9 @@
 //! the routed topic and the default CloudEvents source, and `GET /status`, read with the
 //! operator's client, must report them published. Environment as in `outbox_broker.rs`.
 
+// Helpers outside the `#[test]` functions fail a test the same way: with a panic and its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::collections::{HashMap, HashSet};

@@ -11,6 +11,9 @@
 //! them the tests print a skip line, unless `TRIBUTARY_TEST_STRICT=1`, where they fail.
 //! `IT_RELAY_LOG=<filter>` sets the relays' `RUST_LOG` when debugging.
 
+// Helpers outside the `#[test]` functions fail a test the same way: with a panic and its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::collections::HashSet;

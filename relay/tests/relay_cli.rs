@@ -6,6 +6,9 @@
 //! Tests that touch the database or broker need the environment `scripts/test.sh` sets (see
 //! `support::test_env`); the start-up tests run without one (nothing reaches a database there).
 
+// Helpers outside the `#[test]` functions fail a test the same way: with a panic and its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::collections::HashSet;

@@ -2,5 +2,6 @@
 
 pub mod api_server;
 pub mod http;
+pub mod prerequisite;
 
 pub use api_server::{FakeApiServer, ResourceKey};

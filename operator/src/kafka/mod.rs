@@ -1,19 +1,23 @@
 //! The operator's view of Kafka: small admin traits the reconcilers call (topics, consumer
 //! groups), rdkafka implementations for production, and in-memory ones for unit and controller
-//! tests.
+//! tests (only in test builds and with the `testing` feature, which only dev-dependencies enable).
 
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
 mod consumer_groups;
+#[cfg(any(test, feature = "testing"))]
 mod fake;
+#[cfg(any(test, feature = "testing"))]
 mod fake_groups;
 mod rdkafka_admin;
 mod rdkafka_groups;
 
 pub use consumer_groups::{ConsumerGroups, GroupLag, PartitionOffsets, StartFrom};
+#[cfg(any(test, feature = "testing"))]
 pub use fake::FakeTopicAdmin;
+#[cfg(any(test, feature = "testing"))]
 pub use fake_groups::FakeConsumerGroups;
 pub use rdkafka_admin::{KafkaConnection, RdKafkaTopicAdmin};
 

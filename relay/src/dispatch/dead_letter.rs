@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 use tracing::warn;
 
 use super::record::Record;
+use crate::backoff::ExponentialBackoff;
 use crate::producer::{EventProducer, OutgoingRecord};
 
 /// Why the delivery failed: the last error.
@@ -71,7 +72,7 @@ pub fn dead_letter(dead_letter_topic: &str, record: &Record, failed: &Failed<'_>
 /// it: the original is committed only after that, so it is never lost. `on_failure` runs per
 /// failed try.
 pub async fn write(producer: &dyn EventProducer, record: OutgoingRecord, mut on_failure: impl FnMut()) {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = ExponentialBackoff::new(Duration::from_millis(100), MAX_PRODUCE_DELAY);
     loop {
         match producer.send_all(vec![record.clone()]).await.pop() {
             Some(Ok(())) => return,
@@ -79,8 +80,7 @@ pub async fn write(producer: &dyn EventProducer, record: OutgoingRecord, mut on_
             None => warn!(topic = %record.topic, "the producer returned no result for a dead letter; trying again"),
         }
         on_failure();
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(MAX_PRODUCE_DELAY);
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 

@@ -7,9 +7,7 @@
 //!   retry, what may go and be committed, what a dead letter holds).
 //! - [`http`]: requests and the keep-alive connections that carry them.
 //! - [`consumer`]: the rdkafka consumer thread; [`engine`]: the loop tying everything together.
-//! - [`bench`]: `tributary-relay bench-dispatch`.
 
-pub mod bench;
 pub mod consumer;
 pub mod dead_letter;
 pub mod engine;

@@ -9,6 +9,8 @@ use std::time::{Duration, SystemTime};
 
 pub use tributary_api::subscription::Backoff;
 
+use crate::backoff::exponential_delay;
+
 /// Attempts and delays of a failing delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -28,7 +30,7 @@ impl RetryPolicy {
         let retry = attempts.max(1);
         let backoff = match self.backoff {
             Backoff::Linear => self.initial_delay.saturating_mul(retry),
-            Backoff::Exponential => self.initial_delay.saturating_mul(2u32.saturating_pow(retry - 1)),
+            Backoff::Exponential => exponential_delay(self.initial_delay, retry - 1, Duration::MAX),
         };
         backoff.max(retry_after.unwrap_or_default()).min(self.max_delay)
     }

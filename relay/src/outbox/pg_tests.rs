@@ -8,24 +8,16 @@ use prometheus_client::registry::Registry;
 use tokio_postgres::{Client, NoTls};
 use tributary_common::server::Readiness;
 
+use super::batch::recheck;
 use super::record::OutboxRow;
 use super::record::{RecordSettings, Routing};
 use super::schema::{Columns, Ident, PayloadFormat, Statements, Table};
-use super::{decode_row, migrate, process_batch, recheck, BatchOutcome, Cleanup, FailurePolicy, OutboxSettings, Session, Shard};
+use super::{decode_row, migrate, process_batch, BatchOutcome, Cleanup, FailurePolicy, OutboxSettings, Session, Shard};
 use crate::metrics::RelayMetrics;
 use crate::producer::FakeProducer;
 
 async fn database() -> Option<Client> {
-    let url = match std::env::var("TRIBUTARY_TEST_DATABASE_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ if std::env::var("TRIBUTARY_TEST_STRICT").as_deref() == Ok("1") => {
-            panic!("TRIBUTARY_TEST_DATABASE_URL is not set; scripts/test.sh sets it")
-        }
-        _ => {
-            eprintln!("skipping PostgreSQL test: TRIBUTARY_TEST_DATABASE_URL is not set (run scripts/test.sh)");
-            return None;
-        }
-    };
+    let url = tributary_testkit::prerequisite::required_env("PostgreSQL test", "TRIBUTARY_TEST_DATABASE_URL")?;
     let (client, connection) = tokio_postgres::connect(&url, NoTls).await.expect("connects to the test database");
     tokio::spawn(connection);
     Some(client)

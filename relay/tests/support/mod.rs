@@ -36,10 +36,6 @@ pub struct TestEnv {
     pub broker_ctl: Option<String>,
 }
 
-fn strict() -> bool {
-    std::env::var("TRIBUTARY_TEST_STRICT").as_deref() == Ok("1")
-}
-
 /// The environment `scripts/test.sh` sets, or `None` (after a skip line) when it is missing and
 /// the run is not strict. `needs_ctl`: the test also needs `TRIBUTARY_BROKER_CTL`.
 pub fn test_env(test: &str, needs_ctl: bool) -> Option<TestEnv> {
@@ -58,11 +54,7 @@ pub fn test_env(test: &str, needs_ctl: bool) -> Option<TestEnv> {
         missing.push("TRIBUTARY_BROKER_CTL");
     }
     if !missing.is_empty() {
-        let message = format!("{} not set (scripts/test.sh sets it)", missing.join(", "));
-        if strict() {
-            panic!("{test}: {message}");
-        }
-        eprintln!("skipping {test}: {message}");
+        tributary_testkit::prerequisite::skip(test, &format!("{} not set (scripts/test.sh sets it)", missing.join(", ")));
         return None;
     }
     Some(TestEnv { bootstrap_servers: bootstrap_servers?, database_url: database_url?, broker_ctl })

@@ -1,4 +1,4 @@
-//! `tributary-relay bench`: measures the relay against a real PostgreSQL and a real broker, and the
+//! `tributary-bench relay`: measures the relay against a real PostgreSQL and a real broker, and the
 //! two ceilings it cannot beat, in one run on one machine. Prints `name=value` lines.
 //!
 //! Phases (each on a fresh outbox table made by the relay's own `migrate`, dropped afterwards):
@@ -6,45 +6,45 @@
 //!   claim query and `to_record`), produced with the relay's producer, all pipelined: no database.
 //! - `postgres`: N pre-filled rows drained by batched `DELETE … SKIP LOCKED … RETURNING *` on as
 //!   many connections as the relay has workers: no Kafka.
-//! - `relay`: N pre-filled rows drained by the relay's real worker loop (`run_worker`, so claim →
+//! - `relay`: N pre-filled rows drained by the relay's real workers (`WorkerPool`, so claim →
 //!   produce → delete per transaction) with the real `RdKafkaProducer`.
 //! - `latency`: writer tasks insert at a fixed offered rate while the relay runs with LISTEN/NOTIFY;
 //!   per row, the time from the writer's commit to Kafka's acknowledgement.
 
 use std::collections::HashMap;
-use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use async_trait::async_trait;
-use clap::{Args, ValueEnum};
+use clap::ValueEnum;
 use futures::FutureExt;
 use prometheus_client::registry::Registry;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
-use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls};
 use tracing::info;
 use tributary_common::server::Readiness;
 
-use crate::metrics::RelayMetrics;
-use crate::outbox::record::{to_record, RecordSettings, Routing};
-use crate::outbox::schema::{Columns, Ident, PayloadFormat, Statements, Table, FAILED_AT, PUBLISHED_AT, SEQ};
-use crate::outbox::{self, Cleanup, FailurePolicy, OutboxSettings};
-use crate::producer::{EventProducer, OutgoingRecord, ProduceError, ProducerSettings, RdKafkaProducer};
+use tributary_relay::metrics::RelayMetrics;
+use tributary_relay::outbox::record::{to_record, RecordSettings, Routing};
+use tributary_relay::outbox::schema::{Columns, Ident, PayloadFormat, Statements, Table, FAILED_AT, PUBLISHED_AT, SEQ};
+use tributary_relay::outbox::{self, Cleanup, FailurePolicy, OutboxSettings};
+use tributary_relay::producer::{EventProducer, OutgoingRecord, ProduceError, ProducerSettings, RdKafkaProducer};
+
+use crate::figures::{figure, load_average, per_second, percentile, process_cpu, processes_named};
 
 /// The aggregate type of every benchmark row; routed to the benchmark topic.
 const AGGREGATE_TYPE: &str = "BenchOrder";
 /// Longest wait for the relay to catch up once the inserts have stopped.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
 
-#[derive(Debug, Args)]
-pub struct BenchArgs {
+#[derive(Debug, clap::Args)]
+pub struct Args {
     /// PostgreSQL URL; the benchmark creates and drops its own tables there.
     #[arg(long, env = "TRIBUTARY_DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
@@ -103,15 +103,14 @@ pub enum Phase {
 }
 
 /// Runs the phases asked for, prints their figures, and removes every table and topic it made.
-pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: Args) -> anyhow::Result<()> {
     // Short: the NOTIFY channel, `tributary_outbox_<schema>_<table>`, must stay within 63 bytes.
     let run_id =
         format!("{}_{:x}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() % 0xff_ffff);
     let mut bench = Bench::new(args, &run_id).await?;
     let outcome = bench.run_phases().await;
     let cleanup = bench.clean_up().await;
-    outcome.and(cleanup)?;
-    Ok(ExitCode::SUCCESS)
+    outcome.and(cleanup)
 }
 
 /// Drain throughputs, for the ratio.
@@ -123,7 +122,7 @@ struct DrainFigures {
 }
 
 struct Bench {
-    args: BenchArgs,
+    args: Args,
     run_id: String,
     topic: String,
     admin: AdminClient<DefaultClientContext>,
@@ -135,7 +134,7 @@ struct Bench {
 }
 
 impl Bench {
-    async fn new(args: BenchArgs, run_id: &str) -> anyhow::Result<Self> {
+    async fn new(args: Args, run_id: &str) -> anyhow::Result<Self> {
         let control = connect(&args.database_url).await?;
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", &args.bootstrap_servers)
@@ -155,7 +154,7 @@ impl Bench {
     async fn run_phases(&mut self) -> anyhow::Result<()> {
         let args = &self.args;
         println!(
-            "# tributary-relay bench: rows={} aggregates={} payload_padding={} partitions={} workers={} batch_size={} writers={} rows_per_transaction={}",
+            "# tributary-bench relay: rows={} aggregates={} payload_padding={} partitions={} workers={} batch_size={} writers={} rows_per_transaction={}",
             args.rows, args.aggregates, args.payload_padding, args.partitions, args.workers, args.batch_size, args.writers, args.rows_per_transaction
         );
         println!("# load average at start: {}", load_average());
@@ -491,34 +490,9 @@ impl Bench {
     }
 }
 
-/// Prints one `name=value` figure.
-pub(crate) fn figure(name: &str, value: impl std::fmt::Display) {
-    println!("{name}={value}");
-}
-
 /// Rows per second when every row costs one row's work at each of two rates, one after the other.
 fn serial_ceiling(first_per_s: f64, second_per_s: f64) -> f64 {
     1.0 / (1.0 / first_per_s + 1.0 / second_per_s)
-}
-
-/// The 1, 5 and 15 minute load averages: the machine is shared, so say how busy it was.
-pub(crate) fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-pub(crate) fn per_second(count: usize, elapsed: Duration) -> f64 {
-    count as f64 / elapsed.as_secs_f64().max(f64::EPSILON)
-}
-
-/// Nearest-rank percentile (`quantile` in 0..=100) of ascending `sorted` values.
-pub(crate) fn percentile(sorted: &[f64], quantile: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = (quantile / 100.0 * sorted.len() as f64).ceil() as usize;
-    sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
 }
 
 /// The statements of a benchmark table: Debezium's columns plus headers and created_at, JSON payloads.
@@ -651,11 +625,10 @@ fn ce_id(record: &OutgoingRecord) -> Option<String> {
     record.headers.iter().find(|(name, _)| name == "ce_id").and_then(|(_, value)| String::from_utf8(value.clone()).ok())
 }
 
-/// The relay's worker loop, `workers` times, woken by a LISTEN on the table's channel like
-/// `tributary-relay outbox` (whose housekeeping task is private to the CLI, so mirrored here).
+/// The relay's workers, woken by a LISTEN on the table's channel like `tributary-relay outbox`,
+/// without the rest of its housekeeping (a pending-rows count every few seconds, Kafka probes).
 struct RunningRelay {
-    shutdown: watch::Sender<bool>,
-    workers: Vec<JoinHandle<()>>,
+    pool: outbox::WorkerPool,
     listener: JoinHandle<()>,
     _listen_client: Client,
 }
@@ -663,38 +636,16 @@ struct RunningRelay {
 impl RunningRelay {
     async fn start(url: &str, settings: Arc<OutboxSettings>, producer: Arc<dyn EventProducer>, workers: u16) -> anyhow::Result<Self> {
         let metrics = Arc::new(RelayMetrics::register(&mut Registry::default(), Readiness::default()));
-        let wakers: Vec<Arc<Notify>> = (0..workers).map(|_| Arc::new(Notify::new())).collect();
-
+        let channel = settings.statements.channel.clone();
+        let pool = outbox::WorkerPool::start(workers, outbox::connector(url.to_owned()), settings, producer, metrics);
         let (listen_client, connection) = tokio_postgres::connect(url, NoTls).await.context("LISTEN connection")?;
-        let listener = outbox::wake_workers_on_notify(connection, wakers.clone());
-        listen_client.batch_execute(&format!("LISTEN \"{}\"", settings.statements.channel)).await.context("LISTEN")?;
-
-        let connector = outbox::connector(url.to_owned());
-        let (shutdown, shutdown_receiver) = watch::channel(false);
-        let count = wakers.len();
-        let workers = wakers
-            .into_iter()
-            .enumerate()
-            .map(|(index, wake)| {
-                tokio::spawn(outbox::run_worker(
-                    outbox::Shard::of_worker(index, count),
-                    connector.clone(),
-                    settings.clone(),
-                    producer.clone(),
-                    metrics.clone(),
-                    wake,
-                    shutdown_receiver.clone(),
-                ))
-            })
-            .collect();
-        Ok(RunningRelay { shutdown, workers, listener, _listen_client: listen_client })
+        let listener = outbox::wake_workers_on_notify(connection, pool.wakers());
+        listen_client.batch_execute(&format!("LISTEN \"{channel}\"")).await.context("LISTEN")?;
+        Ok(RunningRelay { pool, listener, _listen_client: listen_client })
     }
 
     async fn stop(self) {
-        let _ = self.shutdown.send(true);
-        for worker in self.workers {
-            let _ = worker.await;
-        }
+        self.pool.stop().await;
         self.listener.abort();
     }
 }
@@ -795,48 +746,9 @@ impl CpuUsage {
     }
 }
 
-pub(crate) fn process_cpu(pid: &str) -> Option<Duration> {
-    parse_proc_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?).map(|(_, cpu)| cpu)
-}
-
-fn processes_named(name: &str) -> HashMap<u32, Duration> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return HashMap::new() };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let (command, cpu) = parse_proc_stat(&stat)?;
-            (command == name).then_some((pid, cpu))
-        })
-        .collect()
-}
-
-/// The command name and user + system CPU time in `/proc/<pid>/stat` (100 ticks a second).
-fn parse_proc_stat(stat: &str) -> Option<(&str, Duration)> {
-    let (head, after_name) = stat.rsplit_once(')')?;
-    let command = head.split_once('(')?.1;
-    // After the name: state is field 3 of the file; utime and stime are fields 14 and 15.
-    let mut fields = after_name.split_whitespace().skip(11);
-    let ticks = fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?;
-    Some((command, Duration::from_millis(ticks * 10)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percentile_is_nearest_rank() {
-        let values: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&values, 50.0), Some(50.0));
-        assert_eq!(percentile(&values, 99.0), Some(99.0));
-        assert_eq!(percentile(&values, 99.9), Some(100.0));
-        assert_eq!(percentile(&values, 100.0), Some(100.0));
-        assert_eq!(percentile(&values, 0.0), Some(1.0));
-        assert_eq!(percentile(&[7.0], 99.0), Some(7.0));
-        assert_eq!(percentile(&[], 50.0), None);
-        assert_eq!(percentile(&[1.0, 2.0, 3.0], 50.0), Some(2.0));
-    }
 
     #[test]
     fn serial_ceiling_adds_the_time_per_row() {
@@ -854,16 +766,8 @@ mod tests {
     }
 
     #[test]
-    fn proc_stat_gives_command_and_cpu_time() {
-        let stat = "4242 (postgres: x (y)) S 1 4242 4242 0 -1 4194560 500 0 0 0 150 25 0 0 20 0 1 0 100 1000 10 0";
-        assert_eq!(parse_proc_stat(stat), Some(("postgres: x (y)", Duration::from_millis(1750))));
-        assert_eq!(parse_proc_stat("garbage"), None);
-        assert!(process_cpu("self").is_some());
-    }
-
-    #[test]
     fn ack_recorder_counts_and_times_acknowledged_records() {
-        let fake = Arc::new(crate::producer::FakeProducer::default());
+        let fake = Arc::new(tributary_relay::producer::FakeProducer::default());
         fake.reject_topic("refused");
         let recorder = AckRecorder::new(fake, true);
         let record = |topic: &str, id: &str| OutgoingRecord {

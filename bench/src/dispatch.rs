@@ -1,4 +1,4 @@
-//! `tributary-relay bench-dispatch`: the dispatcher against a real broker and an in-process HTTP
+//! `tributary-bench dispatch`: the dispatcher against a real broker and an in-process HTTP
 //! sink, beside the ceiling it cannot beat (consuming the same records without HTTP), in one run.
 //! Prints `name=value` lines.
 //!
@@ -16,7 +16,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +24,6 @@ use anyhow::{bail, ensure, Context};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
-use clap::Args;
 use prometheus_client::registry::Registry;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -37,18 +35,21 @@ use tokio::sync::watch;
 use tracing::info;
 use tributary_common::server::Readiness;
 
-use super::metrics::DispatchMetrics;
-use super::{Backoff, ConsumerSettings, DispatchSettings, Dispatcher, Ordering, RetryPolicy, Sink, StartFrom};
-use crate::bench::{figure, load_average, per_second, percentile, process_cpu};
-use crate::producer::{EventProducer, OutgoingRecord, ProducerSettings, RdKafkaProducer};
+use tributary_relay::dispatch::metrics::DispatchMetrics;
+use tributary_relay::dispatch::{
+    Backoff, ConsumerSettings, DispatchError, DispatchSettings, Dispatcher, Ordering, RetryPolicy, Sink, StartFrom,
+};
+use tributary_relay::producer::{EventProducer, OutgoingRecord, ProducerSettings, RdKafkaProducer};
+
+use crate::figures::{figure, load_average, per_second, percentile, process_cpu};
 
 /// Longest wait for a phase to see every record.
 const PHASE_TIMEOUT: Duration = Duration::from_secs(180);
 /// Records per producer call while filling the topic.
 const FILL_CHUNK: usize = 20_000;
 
-#[derive(Debug, Args)]
-pub struct BenchDispatchArgs {
+#[derive(Debug, clap::Args)]
+pub struct Args {
     /// Kafka bootstrap servers; the benchmark creates and deletes its own topics there.
     #[arg(long, env = "TRIBUTARY_BOOTSTRAP_SERVERS")]
     pub bootstrap_servers: String,
@@ -90,7 +91,7 @@ pub struct BenchDispatchArgs {
 }
 
 /// Runs the phases, prints their figures and deletes the topics it made.
-pub async fn run(args: BenchDispatchArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: Args) -> anyhow::Result<()> {
     let run_id = format!("{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis());
     let properties = std::env::temp_dir().join(format!("tributary-bench-dispatch-{run_id}.properties"));
     // Quick group joins (Tansu waits about half the session timeout before completing a join).
@@ -107,11 +108,11 @@ pub async fn run(args: BenchDispatchArgs) -> anyhow::Result<ExitCode> {
     let cleanup = admin.delete_topics(&names, &AdminOptions::new()).await.context("cannot delete the benchmark topics");
     outcome?;
     cleanup?;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 struct Bench {
-    args: BenchDispatchArgs,
+    args: Args,
     run_id: String,
     topic: String,
     properties: PathBuf,
@@ -125,7 +126,7 @@ impl Bench {
     async fn run(&self, admin: &AdminClient<DefaultClientContext>) -> anyhow::Result<()> {
         let args = &self.args;
         println!(
-            "# tributary-relay bench-dispatch: records={} keys={} value_bytes={} partitions={} concurrency={} keys_in_flight={} offered_rate={} duration={:?} consumer_properties={:?}",
+            "# tributary-bench dispatch: records={} keys={} value_bytes={} partitions={} concurrency={} keys_in_flight={} offered_rate={} duration={:?} consumer_properties={:?}",
             args.records, args.keys, args.value_bytes, args.partitions, args.concurrency, args.keys_in_flight, args.offered_rate, args.duration, args.consumer_properties
         );
         println!("# load average at start: {}", load_average());
@@ -346,7 +347,7 @@ impl Bench {
 /// A dispatcher running in this process.
 struct Running {
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Result<(), super::DispatchError>>,
+    task: tokio::task::JoinHandle<Result<(), DispatchError>>,
     metrics: Arc<DispatchMetrics>,
     registry: Registry,
 }

@@ -1,5 +1,6 @@
-//! `tributary-operator bench-topics`: reconciles N fresh EventTopics against a real broker through
-//! the controller's desired-state → sync → status path and prints throughput and peak memory.
+//! `tributary-bench topics`: reconciles N fresh EventTopics against a real broker through the
+//! EventTopic controller's desired-state → sync → status path, in this process, and prints
+//! throughput and peak memory.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -7,32 +8,63 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use tributary_api::{EventTopic, EventTopicSpec};
+use tributary_operator::cli::KafkaArgs;
+use tributary_operator::event_topic::controller::reconcile_kafka;
+use tributary_operator::event_topic::ownership::Records;
+use tributary_operator::event_topic::status::build_status;
+use tributary_operator::kafka::{SyncMode, TopicAdmin};
+use tributary_operator::naming::NamingPolicy;
 
-use crate::event_topic::controller::reconcile_kafka;
-use crate::event_topic::ownership::Records;
-use crate::event_topic::status::build_status;
-use crate::kafka::SyncMode;
-use crate::kafka::TopicAdmin;
-use crate::naming::NamingPolicy;
+use crate::figures::{process_cpu, rss_kib};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// EventTopics to reconcile.
+    #[arg(long, default_value_t = 1000)]
+    count: usize,
+    /// Reconciles in flight at once.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Keep the created topics instead of deleting them after the measurement.
+    #[arg(long)]
+    pub keep: bool,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let admin = args.kafka.admin()?;
+    let prefix = format!("bench-{}", std::process::id());
+    let report = bench_topics(Arc::clone(&admin), &prefix, args.count, args.concurrency).await;
+    print!("{}", report.render());
+    if !args.keep {
+        let failed = delete_bench_topics(admin.as_ref(), &prefix, args.count, args.concurrency).await;
+        if failed > 0 {
+            eprintln!("warning: {failed} benchmark topics could not be deleted (prefix {prefix})");
+        }
+    }
+    anyhow::ensure!(report.ready == report.count, "{} of {} topics did not become Ready", report.count - report.ready, report.count);
+    Ok(())
+}
 
 /// What one benchmark run measured.
 #[derive(Debug, Clone)]
-pub struct BenchReport {
-    pub count: usize,
-    pub ready: usize,
-    pub elapsed: Duration,
-    pub peak_rss_mib: Option<f64>,
+struct BenchReport {
+    count: usize,
+    ready: usize,
+    elapsed: Duration,
+    peak_rss_mib: Option<f64>,
     /// CPU time this process used (user + system), to tell the operator's cost from the broker's.
-    pub cpu: Option<Duration>,
+    cpu: Option<Duration>,
 }
 
 impl BenchReport {
-    pub fn topics_per_s(&self) -> f64 {
+    fn topics_per_s(&self) -> f64 {
         self.count as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
     }
 
     /// `name=value` lines, the format every Tributary benchmark prints.
-    pub fn render(&self) -> String {
+    fn render(&self) -> String {
         let rss = self.peak_rss_mib.map(|mib| format!("{mib:.1}")).unwrap_or_else(|| "unknown".into());
         let cpu_ms_per_topic =
             self.cpu.map(|cpu| format!("{:.3}", cpu.as_secs_f64() * 1000.0 / self.count.max(1) as f64)).unwrap_or_else(|| "unknown".into());
@@ -47,9 +79,9 @@ impl BenchReport {
 }
 
 /// Reconciles `count` new EventTopics named `<prefix>-<i>`, `concurrency` at a time.
-pub async fn bench_topics(admin: Arc<dyn TopicAdmin>, prefix: &str, count: usize, concurrency: usize) -> BenchReport {
+async fn bench_topics(admin: Arc<dyn TopicAdmin>, prefix: &str, count: usize, concurrency: usize) -> BenchReport {
     let started = Instant::now();
-    let cpu_before = process_cpu_time();
+    let cpu_before = process_cpu("self");
     let ready = futures::stream::iter(0..count)
         .map(|index| {
             let admin = Arc::clone(&admin);
@@ -68,8 +100,8 @@ pub async fn bench_topics(admin: Arc<dyn TopicAdmin>, prefix: &str, count: usize
         .count()
         .await;
     let elapsed = started.elapsed();
-    let cpu = process_cpu_time().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
-    BenchReport { count, ready, elapsed, peak_rss_mib: peak_rss_mib(), cpu }
+    let cpu = process_cpu("self").zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
+    BenchReport { count, ready, elapsed, peak_rss_mib: rss_kib("self", "VmHWM:").map(|kib| kib as f64 / 1024.0), cpu }
 }
 
 /// A single-partition topic with a one-hour retention: one managed config, like a real spec.
@@ -92,7 +124,7 @@ fn bench_spec() -> EventTopicSpec {
 }
 
 /// Deletes the topics a run created (not timed).
-pub async fn delete_bench_topics(admin: &dyn TopicAdmin, prefix: &str, count: usize, concurrency: usize) -> usize {
+async fn delete_bench_topics(admin: &dyn TopicAdmin, prefix: &str, count: usize, concurrency: usize) -> usize {
     futures::stream::iter(0..count)
         .map(|index| async move { admin.delete_topic(&format!("{prefix}-{index}")).await.is_err() })
         .buffer_unordered(concurrency.max(1))
@@ -101,27 +133,10 @@ pub async fn delete_bench_topics(admin: &dyn TopicAdmin, prefix: &str, count: us
         .await
 }
 
-/// Peak resident set size of this process (Linux `VmHWM`).
-pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: f64 = status.lines().find_map(|line| line.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
-    Some(kib / 1024.0)
-}
-
-/// User + system CPU time of this process so far (Linux `/proc/self/stat`, in USER_HZ = 100 ticks).
-fn process_cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the parenthesised command name; utime and stime are the 12th and 13th of them.
-    let after_name = stat.rsplit_once(')')?.1;
-    let mut fields = after_name.split_whitespace().skip(11);
-    let ticks: u64 = fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kafka::FakeTopicAdmin;
+    use tributary_operator::kafka::FakeTopicAdmin;
 
     #[tokio::test]
     async fn bench_reconciles_every_topic_and_reports_figures() {
