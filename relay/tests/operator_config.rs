@@ -90,7 +90,11 @@ async fn the_relay_runs_with_the_configuration_the_operator_renders() {
         "apiVersion": "tributary.dev/v1alpha1", "kind": "EventTopic",
         "metadata": {"name": "orders", "namespace": "shop"},
         "spec": {"topicName": topic},
-        "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Created", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]},
+        // As the EventTopic controller writes it: Ready, with the real Kafka topic name.
+        "status": {
+            "topicName": topic,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Created", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+        },
     }))
     .expect("a valid EventTopic");
     let orders = DeserializeGuard(Ok(orders));
