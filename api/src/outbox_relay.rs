@@ -81,6 +81,12 @@ pub struct OutboxRelaySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub cloud_events_source: Option<String>,
+
+    /// How a record's partition follows from its key, the aggregate id. The default puts an
+    /// aggregate where Kafka's Java producer (Debezium, Kafka Connect) puts it; pick the one of
+    /// the producer that wrote the topic before, so an aggregate stays in one partition.
+    #[serde(default)]
+    pub partitioner: Partitioner,
 }
 
 fn default_table() -> String {
@@ -346,6 +352,22 @@ pub enum FailurePolicy {
 
 flag_spelling!(FailurePolicy { Block => "block", Skip => "skip" });
 
+/// How the relay's producer maps a record's key (the aggregate id) to a partition: a hash of the
+/// key, modulo the partition count.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Partitioner {
+    /// murmur2, as Kafka's Java producer computes it (and so Debezium and Kafka Connect).
+    #[default]
+    Murmur2Random,
+    /// CRC32: librdkafka's own default (producers in C, Python, Go's confluent-kafka-go, .NET).
+    ConsistentRandom,
+    /// FNV-1a, as Sarama (Go) computes it.
+    Fnv1aRandom,
+}
+
+// librdkafka's names for them (its `partitioner` property).
+flag_spelling!(Partitioner { Murmur2Random => "murmur2_random", ConsistentRandom => "consistent_random", Fnv1aRandom => "fnv1a_random" });
+
 /// What the operator and the relay report.
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -390,16 +412,20 @@ pub struct RelayReport {
     pub pending_rows: Option<i64>,
     /// When the relay last published a row (whole seconds); `null` when it has not yet.
     pub last_published_time: Option<Time>,
+    /// Why the relay cannot relay its table (missing, lacking a column, a column of a type it
+    /// cannot read): it keeps running and checks again. Absent while there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_problem: Option<String>,
 }
 
 impl RelayReport {
     /// A report from what the relay measured (a time outside what Kubernetes can represent reads
     /// as unknown).
-    pub fn new(pending_rows: Option<i64>, last_published: Option<std::time::SystemTime>) -> Self {
+    pub fn new(pending_rows: Option<i64>, last_published: Option<std::time::SystemTime>, schema_problem: Option<String>) -> Self {
         let last_published_time = last_published
             .and_then(|time| k8s_openapi::jiff::Timestamp::try_from(time).ok())
             .and_then(|time| k8s_openapi::jiff::Timestamp::from_second(time.as_second()).ok())
             .map(Time);
-        RelayReport { pending_rows, last_published_time }
+        RelayReport { pending_rows, last_published_time, schema_problem }
     }
 }

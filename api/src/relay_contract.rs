@@ -52,6 +52,12 @@ pub mod env {
     pub const CLEANUP: &str = "TRIBUTARY_CLEANUP";
     pub const CLEANUP_RETENTION: &str = "TRIBUTARY_CLEANUP_RETENTION";
     pub const FAILURE_POLICY: &str = "TRIBUTARY_FAILURE_POLICY";
+    pub const PARTITIONER: &str = "TRIBUTARY_PARTITIONER";
+    /// `true`: a table the relay cannot relay (not migrated yet, a column missing) is checked
+    /// again until it can, and reported on `/status`, instead of ending the relay with exit
+    /// code 2. The operator sets it on every relay it runs: a sidecar that exited would
+    /// restart-loop the application's pods.
+    pub const WAIT_FOR_SCHEMA: &str = "TRIBUTARY_WAIT_FOR_SCHEMA";
 
     // `dispatch`, and Pull-mode consumers reading the group themselves.
     pub const TOPICS: &str = "TRIBUTARY_TOPICS";
@@ -128,7 +134,7 @@ macro_rules! flag_spelling {
 
 #[cfg(test)]
 mod tests {
-    use crate::outbox_relay::{CleanupMode, FailurePolicy, PayloadFormat};
+    use crate::outbox_relay::{CleanupMode, FailurePolicy, Partitioner, PayloadFormat};
     use crate::subscription::{Backoff, FilterOperator, Ordering};
 
     /// Each value reads back from its spelling, and the spellings are what the relay's flags and
@@ -147,6 +153,7 @@ mod tests {
         round_trips::<PayloadFormat>(&["json", "binary"]);
         round_trips::<FailurePolicy>(&["block", "skip"]);
         round_trips::<CleanupMode>(&["delete", "mark"]);
+        round_trips::<Partitioner>(&["murmur2_random", "consistent_random", "fnv1a_random"]);
         round_trips::<Ordering>(&["per-key", "unordered"]);
         round_trips::<Backoff>(&["linear", "exponential"]);
         round_trips::<FilterOperator>(&["exact", "prefix", "suffix"]);

@@ -39,7 +39,7 @@ use tributary_relay::dispatch::metrics::DispatchMetrics;
 use tributary_relay::dispatch::{
     Backoff, ConsumerSettings, DispatchError, DispatchSettings, Dispatcher, Ordering, RetryPolicy, Sink, StartFrom,
 };
-use tributary_relay::producer::{EventProducer, OutgoingRecord, ProducerSettings, RdKafkaProducer};
+use tributary_relay::producer::{EventProducer, OutgoingRecord, Partitioner, ProducerSettings, RdKafkaProducer};
 
 use crate::figures::{figure, load_average, per_second, percentile, process_cpu};
 
@@ -189,6 +189,7 @@ impl Bench {
             properties_file: None,
             delivery_timeout: Duration::from_secs(30),
             max_record_bytes: 1_000_000,
+            partitioner: Partitioner::default(),
         })?)
     }
 

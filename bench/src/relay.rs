@@ -34,7 +34,7 @@ use tributary_relay::metrics::RelayMetrics;
 use tributary_relay::outbox::record::{to_record, RecordSettings, Routing};
 use tributary_relay::outbox::schema::{Columns, Ident, PayloadFormat, Statements, Table, FAILED_AT, PUBLISHED_AT, SEQ};
 use tributary_relay::outbox::{self, Cleanup, FailurePolicy, OutboxSettings};
-use tributary_relay::producer::{EventProducer, OutgoingRecord, ProduceError, ProducerSettings, RdKafkaProducer};
+use tributary_relay::producer::{EventProducer, OutgoingRecord, Partitioner, ProduceError, ProducerSettings, RdKafkaProducer};
 
 use crate::figures::{figure, load_average, per_second, percentile, process_cpu, processes_named};
 
@@ -277,6 +277,7 @@ impl Bench {
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
             synchronous_cleanup: self.args.synchronous_cleanup,
+            delivery_timeout: Duration::from_secs(30),
         }
     }
 
@@ -287,6 +288,7 @@ impl Bench {
             properties_file: None,
             delivery_timeout: Duration::from_secs(30),
             max_record_bytes: 1_000_000,
+            partitioner: Partitioner::default(),
         })?;
         let warm_up = OutgoingRecord { topic: self.topic.clone(), key: b"warm-up".to_vec(), payload: None, headers: Vec::new() };
         for result in producer.send_all(vec![warm_up]).await {

@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use prometheus_client::registry::Registry;
 use tokio_postgres::Client;
 use tracing::info;
-use tributary_api::outbox_relay::{CleanupMode, FailurePolicy, PayloadFormat};
+use tributary_api::outbox_relay::{CleanupMode, FailurePolicy, Partitioner, PayloadFormat};
 use tributary_api::relay_contract::{env, DISPATCH_COMMAND, DISPATCH_PORT, OUTBOX_COMMAND, OUTBOX_PORT};
 use tributary_api::subscription::{Backoff, Ordering};
 use tributary_common::logging::{self, LoggingArgs};
@@ -23,7 +23,7 @@ use tributary_common::shutdown::Shutdown;
 use crate::metrics::RelayMetrics;
 use crate::outbox::record::{RecordSettings, Routing};
 use crate::outbox::schema::{Columns, Ident, IdentError, Statements, Table};
-use crate::outbox::{self, Cleanup, OutboxSettings, SchemaProblem};
+use crate::outbox::{self, Cleanup, OnSchemaProblem, OutboxSettings, SchemaProblem};
 use crate::producer::{EventProducer, ProducerSettings, RdKafkaProducer};
 
 #[derive(Debug, Parser)]
@@ -185,6 +185,16 @@ pub struct OutboxArgs {
     /// How long Kafka may take to acknowledge before the batch is retried.
     #[arg(long, env = "TRIBUTARY_DELIVERY_TIMEOUT", default_value = "30s", value_parser = tributary_api::duration::parse)]
     pub delivery_timeout: Duration,
+    /// How a record's partition follows from its key (the aggregate id): murmur2_random as Kafka's
+    /// Java producer (Debezium, Kafka Connect), consistent_random as librdkafka's default, or
+    /// fnv1a_random as Sarama.
+    #[arg(long, env = env::PARTITIONER, value_enum, default_value_t = Partitioner::Murmur2Random)]
+    pub partitioner: Partitioner,
+    /// When the table cannot be relayed (missing, a column missing or of a type the relay cannot
+    /// read): keep running, report it on /status and check again until it can, instead of exiting
+    /// with code 2. The operator sets it.
+    #[arg(long, env = env::WAIT_FOR_SCHEMA)]
+    pub wait_for_schema: bool,
     /// Address serving /metrics, /healthz, /readyz and /status.
     #[arg(long, env = env::LISTEN_ADDRESS, default_value_t = SocketAddr::from((Ipv4Addr::UNSPECIFIED, OUTBOX_PORT)))]
     pub listen_address: SocketAddr,
@@ -250,7 +260,7 @@ async fn run_release(args: &ReleaseArgs) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     match outbox::check_schema(&client, &statements).await {
-        Ok(()) => {}
+        Ok(_nullable) => {}
         Err(SchemaProblem::Relay(error)) => return Err(error.into()),
         Err(problem) => return Ok(usage_error(problem)),
     }
@@ -290,6 +300,7 @@ async fn run_outbox(args: OutboxArgs) -> anyhow::Result<ExitCode> {
         properties_file: args.kafka_properties_file.clone(),
         delivery_timeout: args.delivery_timeout,
         max_record_bytes: args.max_record_bytes,
+        partitioner: args.partitioner,
     });
     let producer: Arc<dyn EventProducer> = match producer {
         Ok(producer) => Arc::new(producer),
@@ -314,6 +325,7 @@ async fn run_outbox(args: OutboxArgs) -> anyhow::Result<ExitCode> {
         retry_initial: args.retry_initial_delay,
         retry_max: args.retry_max_delay,
         synchronous_cleanup: args.synchronous_cleanup,
+        delivery_timeout: args.delivery_timeout,
     });
 
     let readiness = Readiness::default();
@@ -324,14 +336,14 @@ async fn run_outbox(args: OutboxArgs) -> anyhow::Result<ExitCode> {
     tokio::spawn(listener.serve_with(Arc::new(registry), readiness, status));
 
     // Not ready until it is connected; /healthz answers meanwhile.
-    let client = tokio::select! {
-        client = outbox::connect_when_reachable(&database) => client,
+    let on_problem = if args.wait_for_schema { OnSchemaProblem::Wait } else { OnSchemaProblem::Exit };
+    let checked = tokio::select! {
+        checked = outbox::check_schema_until_ready(&database, &settings.statements, &metrics, on_problem) => checked,
         () = shutdown.requested() => return Ok(ExitCode::SUCCESS),
     };
-    if let Err(problem) = outbox::check_schema(&client, &settings.statements).await {
+    if let Err(problem) = checked {
         return Ok(usage_error(problem));
     }
-    drop(client);
     outbox::relay(database_url, settings, producer, metrics, args.workers, shutdown.requested()).await;
     Ok(ExitCode::SUCCESS)
 }
@@ -489,6 +501,7 @@ async fn run_dispatch(args: DispatchArgs) -> anyhow::Result<ExitCode> {
         properties_file: args.kafka_properties_file.clone(),
         delivery_timeout: Duration::from_secs(30),
         max_record_bytes: DEAD_LETTER_MAX_BYTES,
+        partitioner: Partitioner::default(),
     });
     let producer: Arc<dyn EventProducer> = match producer {
         Ok(producer) => Arc::new(producer),

@@ -37,6 +37,8 @@ pub struct RelayMetrics {
     pending_counted: AtomicBool,
     /// Milliseconds since the Unix epoch of the last publish; 0 until the first.
     last_published_ms: AtomicU64,
+    /// Why the table cannot be relayed, while the relay waits for it to be fixed.
+    schema_problem: std::sync::Mutex<Option<String>>,
 }
 
 impl RelayMetrics {
@@ -52,6 +54,7 @@ impl RelayMetrics {
             readiness,
             pending_counted: AtomicBool::new(false),
             last_published_ms: AtomicU64::new(0),
+            schema_problem: std::sync::Mutex::default(),
         };
         let registry = registry.sub_registry_with_prefix("tributary_relay");
         registry.register("pending_rows", "Outbox rows not yet published", metrics.pending.clone());
@@ -82,7 +85,16 @@ impl RelayMetrics {
             0 => None,
             ms => UNIX_EPOCH.checked_add(Duration::from_millis(ms)),
         };
-        RelayReport::new(pending, last_published)
+        RelayReport::new(pending, last_published, self.schema_problem().clone())
+    }
+
+    /// Reported on `/status` until it is set to `None` again.
+    pub fn set_schema_problem(&self, problem: Option<String>) {
+        *self.schema_problem() = problem;
+    }
+
+    fn schema_problem(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.schema_problem.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn failed(&self, reason: &'static str) {
@@ -143,7 +155,11 @@ mod tests {
 
         metrics.set_pending(0);
         metrics.published(0);
-        assert_eq!(metrics.report(), RelayReport { pending_rows: Some(0), last_published_time: None }, "an empty batch publishes nothing");
+        assert_eq!(
+            metrics.report(),
+            RelayReport { pending_rows: Some(0), last_published_time: None, schema_problem: None },
+            "an empty batch publishes nothing"
+        );
 
         let before = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_secs();
         metrics.set_pending(7);
@@ -153,5 +169,15 @@ mod tests {
         let published = report.last_published_time.expect("a publish time").0;
         assert!(published.as_second() >= i64::try_from(before).expect("seconds fit"), "{published} is before {before}");
         assert_eq!(published.subsec_nanosecond(), 0, "whole seconds, as Kubernetes stores times");
+    }
+
+    #[test]
+    fn a_schema_problem_is_reported_until_it_is_cleared() {
+        let metrics = RelayMetrics::register(&mut Registry::default(), Readiness::default());
+        metrics.set_schema_problem(Some("outbox table \"public\".\"outbox\" does not exist".into()));
+        let report = serde_json::to_value(metrics.report()).expect("serializes");
+        assert_eq!(report["schemaProblem"], serde_json::json!("outbox table \"public\".\"outbox\" does not exist"));
+        metrics.set_schema_problem(None);
+        assert!(serde_json::to_value(metrics.report()).expect("serializes").get("schemaProblem").is_none());
     }
 }

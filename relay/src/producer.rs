@@ -1,7 +1,8 @@
 //! Publishing records to Kafka: a trait the relay loop calls, an rdkafka implementation
-//! (idempotent, acks=all, pipelined) and an in-memory one for tests (only in test builds and with
-//! the `testing` feature, which only dev-dependencies enable).
+//! (idempotent, acks=all, gapless, pipelined) and an in-memory one for tests (only in test builds
+//! and with the `testing` feature, which only dev-dependencies enable).
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,6 +12,9 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use tributary_common::kafka_properties::client_config;
+
+/// How the producer picks a record's partition from its key.
+pub use tributary_api::outbox_relay::Partitioner;
 
 #[cfg(any(test, feature = "testing"))]
 mod fake;
@@ -40,15 +44,29 @@ pub enum ProduceError {
     /// The broker is unreachable or slow: send again later, the record is fine.
     #[error("Kafka unavailable: {0}")]
     Unavailable(String),
-    /// The broker refused this record (too large, unknown topic, not authorized…).
+    /// The broker (or the producer, before sending) refused this record for good: too large,
+    /// an invalid or unknown topic, not authorized… Sending it again fails the same way until
+    /// someone changes the record, the topic or the rights.
     #[error("Kafka rejected the record: {0}")]
     Rejected(String),
+    /// Not sent, or given up on, because of another record: an earlier record of its key was
+    /// refused before it was sent, or Kafka refused a record of its partition and the producer,
+    /// which keeps partitions without gaps, started afresh. Nothing is wrong with the record or
+    /// with Kafka: send it again.
+    #[error("record not sent: {0}")]
+    Aborted(String),
 }
 
 /// Sends records and reports, in input order, whether each was acknowledged.
 #[async_trait]
 pub trait EventProducer: Send + Sync {
     /// Queues every record at once (one pipelined batch), then waits for all acknowledgements.
+    ///
+    /// Order per key: records are queued in input order, so records of one key that go to one
+    /// topic reach their partition in that order; once one of them fails, none queued after it
+    /// in its partition is acknowledged (later ones fail as [`ProduceError::Aborted`]). Records
+    /// of one key that go to different topics are different partitions, which nothing keeps in
+    /// order: send the later ones only once the earlier ones were acknowledged.
     async fn send_all(&self, records: Vec<OutgoingRecord>) -> Vec<Result<(), ProduceError>>;
 
     /// Whether a broker answers at all (a metadata request): what readiness rests on while
@@ -64,6 +82,7 @@ pub struct ProducerSettings {
     /// Give up on a record (and retry the batch later) after this long.
     pub delivery_timeout: Duration,
     pub max_record_bytes: usize,
+    pub partitioner: Partitioner,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +113,11 @@ impl RdKafkaProducer {
             .set("acks", "all")
             .set("message.timeout.ms", settings.delivery_timeout.as_millis().to_string())
             .set("message.max.bytes", settings.max_record_bytes.to_string())
+            // A record Kafka refuses for good leaves a gap in its partition's sequence; without
+            // this the producer would renumber and send the records queued after it, which then
+            // overtake it. With it, the producer fails them too (a fatal error: it is replaced).
+            .set("enable.gapless.guarantee", "true")
+            .set("partitioner", settings.partitioner.as_str())
             // Small linger: batches form under load without adding latency when idle.
             .set("linger.ms", "1")
             .set("batch.num.messages", "10000")
@@ -136,32 +160,40 @@ impl EventProducer for RdKafkaProducer {
     async fn send_all(&self, records: Vec<OutgoingRecord>) -> Vec<Result<(), ProduceError>> {
         let producer = self.current();
         let mut deliveries = Vec::with_capacity(records.len());
+        // Keys of which a record could not be queued: later ones must not overtake it.
+        let mut stopped: HashSet<&[u8]> = HashSet::new();
         for record in &records {
-            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-            for (name, value) in &record.headers {
-                headers = headers.insert(Header { key: name, value: Some(value) });
+            if stopped.contains(record.key.as_slice()) {
+                deliveries.push(Delivery::Failed(ProduceError::Aborted("an earlier record of its key was not sent".into())));
+                continue;
             }
-            let mut future_record = FutureRecord::to(&record.topic).key(&record.key).headers(headers);
-            if let Some(payload) = &record.payload {
-                future_record = future_record.payload(payload);
+            match enqueue(&producer, record).await {
+                Ok(delivery) => deliveries.push(Delivery::Queued(delivery)),
+                Err(error) => {
+                    stopped.insert(record.key.as_slice());
+                    deliveries.push(Delivery::Failed(classify(&error, &record.topic)));
+                }
             }
-            // `send` waits only when librdkafka's local queue is full; delivery is awaited below,
-            // so the whole batch is in flight at once.
-            deliveries.push(producer.send(future_record, Duration::from_secs(5)));
         }
         let mut stuck = None;
-        let results: Vec<_> = futures::future::join_all(deliveries)
-            .await
-            .into_iter()
-            .map(|delivery| {
-                delivery.map(drop).map_err(|(error, _)| {
-                    if stuck.is_none() && needs_new_producer(&error) {
-                        stuck = Some(error.to_string());
+        let mut results = Vec::with_capacity(records.len());
+        // Queued all at once: the whole batch is in flight; acknowledgements are awaited here.
+        for (delivery, record) in deliveries.into_iter().zip(&records) {
+            results.push(match delivery {
+                Delivery::Failed(error) => Err(error),
+                Delivery::Queued(future) => match future.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((error, _))) => {
+                        if stuck.is_none() && needs_new_producer(&error) {
+                            stuck = Some(error.to_string());
+                        }
+                        Err(classify(&error, &record.topic))
                     }
-                    classify(&error)
-                })
-            })
-            .collect();
+                    // The producer dropped the record without a report (it is being replaced).
+                    Err(_) => Err(ProduceError::Aborted("the producer went away".into())),
+                },
+            });
+        }
         {
             use rdkafka::producer::Producer;
             if let Some((_, reason)) = producer.client().fatal_error() {
@@ -179,6 +211,38 @@ impl EventProducer for RdKafkaProducer {
         let producer = self.current();
         // A blocking librdkafka call: off the async workers.
         tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, REACHABILITY_TIMEOUT).is_ok()).await.unwrap_or(false)
+    }
+}
+
+/// A record queued for sending, or what kept it from the queue.
+enum Delivery {
+    Queued(rdkafka::producer::DeliveryFuture),
+    Failed(ProduceError),
+}
+
+/// How long a record may wait for room in librdkafka's local queue.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Queues one record. A full local queue is waited for here, so that no later record (of any
+/// key) is queued before this one.
+async fn enqueue(producer: &FutureProducer, record: &OutgoingRecord) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
+    let deadline = tokio::time::Instant::now() + QUEUE_TIMEOUT;
+    loop {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (name, value) in &record.headers {
+            headers = headers.insert(Header { key: name, value: Some(value) });
+        }
+        let mut future_record = FutureRecord::to(&record.topic).key(&record.key).headers(headers);
+        if let Some(payload) = &record.payload {
+            future_record = future_record.payload(payload);
+        }
+        match producer.send_result(future_record) {
+            Ok(delivery) => return Ok(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err((error, _)) => return Err(error),
+        }
     }
 }
 
@@ -206,19 +270,96 @@ fn needs_new_producer(error: &KafkaError) -> bool {
     )
 }
 
-fn classify(error: &KafkaError) -> ProduceError {
+/// What a failed record means. librdkafka retries whatever may pass later (a broker or leader
+/// away, a request that timed out) until the delivery timeout, and the idempotent producer's own
+/// troubles are its to recover from; every other error it reports is Kafka's (or its own) final
+/// word on the record.
+fn classify(error: &KafkaError, topic: &str) -> ProduceError {
     use RDKafkaErrorCode as Code;
+    let message = || format!("{error} (topic {topic:?})");
     match error.rdkafka_error_code() {
+        // Kafka is out of reach, or the relay's own access to it is refused: nothing to do with
+        // this record, and the next one fares no better.
         Some(
-            Code::MessageSizeTooLarge
-            | Code::InvalidMessageSize
-            | Code::InvalidMessage
-            | Code::UnknownTopicOrPartition
-            | Code::UnknownTopic
-            | Code::TopicAuthorizationFailed
-            | Code::InvalidRecord
-            | Code::PolicyViolation,
-        ) => ProduceError::Rejected(error.to_string()),
-        _ => ProduceError::Unavailable(error.to_string()),
+            Code::MessageTimedOut
+            | Code::BrokerTransportFailure
+            | Code::AllBrokersDown
+            | Code::Resolve
+            | Code::OperationTimedOut
+            | Code::TimedOutQueue
+            | Code::QueueFull
+            | Code::RequestTimedOut
+            | Code::NetworkException
+            | Code::BrokerNotAvailable
+            | Code::LeaderNotAvailable
+            | Code::NotLeaderForPartition
+            | Code::NotEnoughReplicas
+            | Code::NotEnoughReplicasAfterAppend
+            | Code::KafkaStorageError
+            | Code::ThrottlingQuotaExceeded
+            | Code::SSL
+            | Code::Authentication
+            | Code::SaslAuthenticationFailed
+            | Code::ClusterAuthorizationFailed
+            | Code::BrokerDestroy
+            | Code::DestroyBroker,
+        ) => ProduceError::Unavailable(message()),
+        // The producer gave up on the record because of another one, or restarts.
+        Some(
+            Code::Fatal
+            | Code::GaplessGuarantee
+            | Code::PurgeQueue
+            | Code::PurgeInflight
+            | Code::Retry
+            | Code::OutOfOrderSequenceNumber
+            | Code::DuplicateSequenceNumber
+            | Code::UnknownProducerId
+            | Code::InvalidProducerEpoch
+            | Code::InvalidProducerIdMapping
+            | Code::ProducerFenced
+            | Code::Fenced,
+        ) => ProduceError::Aborted(message()),
+        _ => ProduceError::Rejected(message()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(code: RDKafkaErrorCode) -> ProduceError {
+        classify(&KafkaError::MessageProduction(code), "shop.orders")
+    }
+
+    /// What Kafka refuses for the record's own sake counts against the row; only a broker that
+    /// cannot be reached (or does not answer in time) is an outage.
+    #[test]
+    fn refusals_of_a_record_are_row_failures_and_only_transport_failures_are_outages() {
+        use RDKafkaErrorCode as Code;
+        for code in [
+            Code::InvalidTopic,
+            Code::TopicAuthorizationFailed,
+            Code::MessageSizeTooLarge,
+            Code::MessageBatchTooLarge,
+            Code::InvalidRecord,
+            Code::PolicyViolation,
+            Code::UnknownTopicOrPartition,
+            Code::UnknownTopic,
+            Code::UnknownPartition,
+            Code::InvalidTimestamp,
+            Code::InvalidMessage,
+            Code::BadMessage,
+        ] {
+            assert!(matches!(class(code), ProduceError::Rejected(_)), "{code:?} is the record's: {:?}", class(code));
+        }
+        for code in
+            [Code::MessageTimedOut, Code::BrokerTransportFailure, Code::AllBrokersDown, Code::RequestTimedOut, Code::NetworkException]
+        {
+            assert!(matches!(class(code), ProduceError::Unavailable(_)), "{code:?} is an outage: {:?}", class(code));
+        }
+        for code in [Code::Fatal, Code::PurgeQueue, Code::PurgeInflight, Code::OutOfOrderSequenceNumber, Code::GaplessGuarantee] {
+            assert!(matches!(class(code), ProduceError::Aborted(_)), "{code:?} is the producer's: {:?}", class(code));
+        }
+        assert!(class(Code::InvalidTopic).to_string().contains("\"shop.orders\""), "the error names the topic");
     }
 }

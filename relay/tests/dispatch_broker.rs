@@ -20,7 +20,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use support::{create_topics, since, test_env, topic_name, Collector, Received, Relay, TestEnv, XorShift};
 use tributary_relay::dispatch::dead_letter;
-use tributary_relay::producer::{EventProducer, OutgoingRecord, ProducerSettings, RdKafkaProducer};
+use tributary_relay::producer::{EventProducer, OutgoingRecord, Partitioner, ProducerSettings, RdKafkaProducer};
 
 /// librdkafka settings of every dispatcher here: quick group joins (Tansu completes a join after
 /// about half the session timeout).
@@ -199,6 +199,7 @@ fn producer(env: &TestEnv) -> RdKafkaProducer {
         properties_file: None,
         delivery_timeout: Duration::from_secs(30),
         max_record_bytes: 1_000_000,
+        partitioner: Partitioner::default(),
     })
     .expect("producer")
 }

@@ -23,7 +23,7 @@ use kube::core::error_boundary::DeserializeGuard;
 use serde_json::json;
 use support::*;
 use tributary_api::{relay_contract, EventTopic, OutboxRelay};
-use tributary_operator::outbox_relay::desired::{cloud_events_source, relay_container, KAFKA_PROPERTIES_VOLUME};
+use tributary_operator::outbox_relay::desired::{cloud_events_source, relay_container, ResolvedRoute, KAFKA_PROPERTIES_VOLUME};
 use tributary_operator::outbox_relay::probe::{HttpRelayStatus, RelayStatusSource};
 use tributary_operator::outbox_relay::resolve::{resolve_routes, Routes, TopicLookup};
 use tributary_operator::workload::WorkloadSettings;
@@ -61,19 +61,10 @@ fn mount_secret(container: &Container, vars: &mut [(String, String)], volume: &s
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_relay_runs_with_the_configuration_the_operator_renders() {
-    let Some(env) = test_env("the_relay_runs_with_the_configuration_the_operator_renders", false) else { return };
-    let _broker = BROKER.read().await;
-    let started = Instant::now();
-    let table = table_name("operator_config");
-    let _table = TableGuard::new(&env.database_url, &table);
-    migrate(&env, &table).await;
-    let topic = topic_name("operator_config");
-    create_topics(&env.bootstrap_servers, std::slice::from_ref(&topic), 4).await;
-
-    let port = free_address().port();
-    let relay: OutboxRelay = serde_json::from_value(json!({
+/// The OutboxRelay of these tests: a sidecar relaying `table`, its `Order` rows routed to the
+/// EventTopic `orders`, serving on `port`.
+fn shop_outbox(table: &str, port: u16) -> OutboxRelay {
+    serde_json::from_value(json!({
         "apiVersion": "tributary.dev/v1alpha1", "kind": "OutboxRelay",
         "metadata": {"name": "shop-outbox", "namespace": "shop"},
         "spec": {
@@ -85,7 +76,12 @@ async fn the_relay_runs_with_the_configuration_the_operator_renders() {
             "pollInterval": "200ms",
         },
     }))
-    .expect("a valid OutboxRelay");
+    .expect("a valid OutboxRelay")
+}
+
+/// The relay's routes as the controller resolves them, with `orders` a Ready EventTopic of the
+/// Kafka topic `topic`.
+fn routes_to(relay: &OutboxRelay, topic: &str) -> Vec<ResolvedRoute> {
     let orders: EventTopic = serde_json::from_value(json!({
         "apiVersion": "tributary.dev/v1alpha1", "kind": "EventTopic",
         "metadata": {"name": "orders", "namespace": "shop"},
@@ -98,9 +94,26 @@ async fn the_relay_runs_with_the_configuration_the_operator_renders() {
     }))
     .expect("a valid EventTopic");
     let orders = DeserializeGuard(Ok(orders));
-    let Routes::Ready(routes) = resolve_routes(&relay, |name| TopicLookup::of((name == "orders").then_some(&orders))) else {
+    let Routes::Ready(routes) = resolve_routes(relay, |name| TopicLookup::of((name == "orders").then_some(&orders))) else {
         panic!("the route to a Ready EventTopic resolves")
     };
+    routes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_runs_with_the_configuration_the_operator_renders() {
+    let Some(env) = test_env("the_relay_runs_with_the_configuration_the_operator_renders", false) else { return };
+    let _broker = BROKER.read().await;
+    let started = Instant::now();
+    let table = table_name("operator_config");
+    let _table = TableGuard::new(&env.database_url, &table);
+    migrate(&env, &table).await;
+    let topic = topic_name("operator_config");
+    create_topics(&env.bootstrap_servers, std::slice::from_ref(&topic), 4).await;
+
+    let port = free_address().port();
+    let relay = shop_outbox(&table, port);
+    let routes = routes_to(&relay, &topic);
     let settings = WorkloadSettings {
         bootstrap_servers: env.bootstrap_servers.clone(),
         relay_image: "not used".into(),
@@ -128,17 +141,7 @@ async fn the_relay_runs_with_the_configuration_the_operator_renders() {
         pause: Duration::ZERO,
     };
     let written_after = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_secs();
-    let inserted = write(env.database_url.clone(), plan, Arc::new(AtomicBool::new(false)), Sink::default()).await;
-    let db = pg(&env.database_url).await;
-    assert!(
-        wait_until_empty(&db, &table, Duration::from_secs(60)).await,
-        "{} row(s) still in {table} after 60 s\n{}",
-        count_rows(&db, &table).await,
-        relay_process.log_tail(25)
-    );
-
-    let ids: HashSet<String> = inserted.iter().map(|row| row.id.clone()).collect();
-    let reader = Collector::read_back(&env.bootstrap_servers, std::slice::from_ref(&topic), &ids, Duration::from_secs(60)).await;
+    let (inserted, reader) = relayed(&env, plan, &topic, &relay_process).await;
     let topic_of = |_: &str| topic.clone();
     let source = cloud_events_source(&relay);
     assert_eq!(source, "/tributary/shop/shop-outbox");
@@ -162,4 +165,101 @@ async fn the_relay_runs_with_the_configuration_the_operator_renders() {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_secs();
     assert!((written_after as i64..=now as i64).contains(&published), "last publish {published} not within [{written_after}, {now}]");
     eprintln!("{} rows relayed with the operator's configuration in {}", inserted.len(), since(started));
+}
+
+/// A relay the operator runs never exits over its table (a sidecar that exited would restart-loop
+/// the application's pods): started before the table exists, it stays up, says why on
+/// `GET /status` (which the operator copies into the OutboxRelay's status), and relays once the
+/// table is migrated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_the_operator_renders_waits_for_its_table_and_reports_why() {
+    let Some(env) = test_env("the_relay_the_operator_renders_waits_for_its_table_and_reports_why", false) else { return };
+    let _broker = BROKER.read().await;
+    let table = table_name("operator_wait");
+    let _table = TableGuard::new(&env.database_url, &table);
+    let topic = topic_name("operator_wait");
+    create_topics(&env.bootstrap_servers, std::slice::from_ref(&topic), 4).await;
+    let port = free_address().port();
+    let relay = shop_outbox(&table, port);
+    let settings = WorkloadSettings {
+        bootstrap_servers: env.bootstrap_servers.clone(),
+        relay_image: "not used".into(),
+        kafka_properties_secret: None,
+    };
+    let container = relay_container(&relay, &routes_to(&relay, &topic), &settings, None);
+    let vars = kubelet_env(&container, &HashMap::from([(("shop-db", "dsn"), env.database_url.clone())]));
+    let listen = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut relay_process = Relay::start(container.args.as_deref().unwrap_or_default(), &vars, listen);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let problem = loop {
+        let report = status_report(listen).await;
+        if let Some(problem) = report["schemaProblem"].as_str() {
+            break problem.to_owned();
+        }
+        let exited = relay_process.child.try_wait().expect("relay status");
+        assert!(exited.is_none(), "the relay exited ({exited:?}) over its missing table\n{}", relay_process.log_tail(25));
+        assert!(Instant::now() < deadline, "GET /status never named the problem: {report:?}\n{}", relay_process.log_tail(25));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(problem.contains(&table) && problem.contains("does not exist"), "{problem}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(relay_process.child.try_wait().expect("relay status").is_none(), "the relay exited\n{}", relay_process.log_tail(25));
+
+    // The application's migration runs; the relay finds the table and relays.
+    migrate(&env, &table).await;
+    let plan = WriterPlan {
+        table: table.clone(),
+        aggregate_type: "Order".into(),
+        aggregates: vec!["Order-0".into()],
+        rows_per_aggregate: 5,
+        pause: Duration::ZERO,
+    };
+    let (inserted, reader) = relayed(&env, plan, &topic, &relay_process).await;
+    assert_eq!(reader.seen_ids(), inserted.iter().map(|row| row.id.clone()).collect());
+    let db = pg(&env.database_url).await;
+    let report = status_report(listen).await;
+    assert!(report.get("schemaProblem").is_none(), "the problem is still reported: {report}");
+
+    // The table goes away under the running relay: it says so, and goes on once it is back.
+    db.batch_execute(&format!("ALTER TABLE \"{table}\" RENAME TO \"{table}_away\"")).await.expect("rename");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let problem = loop {
+        if let Some(problem) = status_report(listen).await["schemaProblem"].as_str() {
+            break problem.to_owned();
+        }
+        assert!(Instant::now() < deadline, "GET /status never named the vanished table\n{}", relay_process.log_tail(25));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(problem.contains(&table) && problem.contains("does not exist"), "{problem}");
+    db.batch_execute(&format!("ALTER TABLE \"{table}_away\" RENAME TO \"{table}\"")).await.expect("rename back");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while status_report(listen).await.get("schemaProblem").is_some() {
+        assert!(Instant::now() < deadline, "the problem stays reported after the table came back\n{}", relay_process.log_tail(25));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(relay_process.child.try_wait().expect("relay status").is_none(), "the relay exited\n{}", relay_process.log_tail(25));
+}
+
+/// Writes the plan's rows, waits until the relay drained the table and reads them back from
+/// `topic`.
+async fn relayed(env: &TestEnv, plan: WriterPlan, topic: &str, relay: &Relay) -> (Vec<Inserted>, Collector) {
+    let table = plan.table.clone();
+    let inserted = write(env.database_url.clone(), plan, Arc::new(AtomicBool::new(false)), Sink::default()).await;
+    let db = pg(&env.database_url).await;
+    assert!(
+        wait_until_empty(&db, &table, Duration::from_secs(60)).await,
+        "{} row(s) still in {table} after 60 s\n{}",
+        count_rows(&db, &table).await,
+        relay.log_tail(25)
+    );
+    let ids: HashSet<String> = inserted.iter().map(|row| row.id.clone()).collect();
+    let reader = Collector::read_back(&env.bootstrap_servers, &[topic.to_owned()], &ids, Duration::from_secs(60)).await;
+    (inserted, reader)
+}
+
+/// `GET /status` as JSON (`null` when there is no answer).
+async fn status_report(listen: SocketAddr) -> serde_json::Value {
+    let answer = tributary_testkit::http::get(listen, "/status").await.ok();
+    answer.and_then(|(_, body)| serde_json::from_str(&body).ok()).unwrap_or_default()
 }

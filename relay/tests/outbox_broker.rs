@@ -421,6 +421,18 @@ async fn row_state(db: &tokio_postgres::Client, table: &str, id: &str) -> Option
     .map(|row| (row.get(0), row.get(1), row.get(2)))
 }
 
+/// [`row_state`] once the row is marked failed, or after 20 s.
+async fn held_state(db: &tokio_postgres::Client, table: &str, id: &str) -> Option<(i32, Option<String>, bool)> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let state = row_state(db, table, id).await;
+        if matches!(state, Some((_, _, true))) || Instant::now() > deadline {
+            return state;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 const POISON_FLAGS: [&str; 6] = ["--max-attempts", "2", "--retry-initial-delay", "100ms", "--max-record-bytes", "1000"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -593,14 +605,7 @@ async fn bad_input_is_refused_and_nothing_deleted() {
     let relay = Relay::spawn(&env, &table, &relay_args(&[("Order", &topic)], &["--max-attempts", "2", "--retry-initial-delay", "100ms"]));
     let missing = live.wait_for(&HashSet::from([good.clone()]), Duration::from_secs(30)).await;
     assert!(missing.is_empty(), "the good row was not published\n{}", logs(&[&relay]));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let state = loop {
-        let state = row_state(&db, &table, &malformed).await;
-        if matches!(state, Some((_, _, true))) || Instant::now() > deadline {
-            break state;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let state = held_state(&db, &table, &malformed).await;
     let Some((attempts, error, failed)) = state else { panic!("the malformed row was deleted\n{}", logs(&[&relay])) };
     assert!(failed && attempts == 2, "malformed row: attempts {attempts}, failed {failed}");
     assert!(error.as_deref().unwrap_or_default().contains("payload is not valid JSON"), "malformed row: last error {error:?}");
@@ -741,4 +746,222 @@ mod checker {
         assert!(check_order(&records(&[("a", 0), ("a", 2), ("a", 1)]), &absent).is_err(), "skipped row published after its successor");
         assert!(check_order(&records(&[("a", 0), ("a", 3)]), &absent).is_err(), "seq 2 is not excused");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Records Kafka refuses, rows that cannot be read, partitions
+
+/// A topic name the broker refuses for good ("Broker: Invalid topic"; librdkafka then knows the
+/// topic as "Local: Unknown topic"): a real permanent produce failure of one record that the test
+/// broker gives. Tansu does not enforce a topic's `max.message.bytes` (a 5000-byte record to a
+/// topic created with 1000 is accepted), the usual example.
+const INVALID_TOPIC: &str = "bad topic!";
+
+/// Whether a row's error is Kafka's refusal of [`INVALID_TOPIC`], naming it.
+fn refusal_of_the_invalid_topic(error: Option<&str>) -> bool {
+    error.is_some_and(|error| error.contains("Kafka rejected the record") && error.contains(&format!("{INVALID_TOPIC:?}")))
+}
+
+/// Rows of aggregate `a`, seq 0..4, the one at `refused_seq` with the topic column naming
+/// [`INVALID_TOPIC`]; and of aggregate `c`, seq 0..4, all routed.
+async fn rows_with_a_refused_one(db: &tokio_postgres::Client, table: &str, refused_seq: u64) -> (Vec<Inserted>, Inserted) {
+    let mut rows = Vec::new();
+    for seq in 0..4 {
+        rows.push(insert(db, table, "Order", "a", seq, 0).await);
+        rows.push(insert(db, table, "Order", "c", seq, 0).await);
+    }
+    let refused = rows.iter().find(|row| row.aggregate == "a" && row.seq == refused_seq).cloned().expect("a row");
+    db.execute(&format!("UPDATE \"{table}\" SET topic = $1 WHERE id::text = $2"), &[&INVALID_TOPIC, &refused.id]).await.expect("topic");
+    (rows, refused)
+}
+
+/// Kafka refuses a1 for good; a2 and a3 go to the routed topic. None of them may reach Kafka
+/// while a1 has not (block: never; skip: only after a1 was moved aside), and c flows meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_record_kafka_refuses_holds_back_the_rest_of_its_aggregate() {
+    let Some(env) = test_env("a_record_kafka_refuses_holds_back_the_rest_of_its_aggregate", false) else { return };
+    let _broker = BROKER.read().await;
+    let started = Instant::now();
+    for policy in ["block", "skip"] {
+        let test = format!("refused_{policy}");
+        let table = table_name(&test);
+        let _guard = TableGuard::new(&env.database_url, &table);
+        migrate_with(&env, &table, &["--column-topic", "topic"]).await;
+        let db = pg(&env.database_url).await;
+        let topic = topic_name(&test);
+        create_topics(&env.bootstrap_servers, std::slice::from_ref(&topic), PARTITIONS).await;
+        let live = Collector::start(&env.bootstrap_servers, std::slice::from_ref(&topic));
+        let (rows, refused) = rows_with_a_refused_one(&db, &table, 1).await;
+        let flags = ["--column-topic", "topic", "--failure-policy", policy, "--max-attempts", "2", "--retry-initial-delay", "500ms"];
+        let relay = Relay::spawn(&env, &table, &relay_args(&[("Order", &topic)], &flags));
+
+        let c: Vec<Inserted> = rows.iter().filter(|row| row.aggregate == "c" || row.seq == 0).cloned().collect();
+        let missing = live.wait_for(&ids(&c), Duration::from_secs(30)).await;
+        assert!(missing.is_empty(), "{policy}: other aggregates did not flow: {missing:?}\n{}", logs(&[&relay]));
+        let behind: Vec<&Inserted> = rows.iter().filter(|row| row.aggregate == "a" && row.seq > 1).collect();
+        // While a1 is being retried (two attempts 500 ms apart), nothing behind it may go out.
+        let deadline = Instant::now() + Duration::from_millis(400);
+        while Instant::now() < deadline {
+            let seen = live.seen_ids();
+            let leaked: Vec<u64> = behind.iter().filter(|row| seen.contains(&row.id)).map(|row| row.seq).collect();
+            assert!(leaked.is_empty(), "{policy}: a{leaked:?} reached Kafka while a1 was refused\n{}", logs(&[&relay]));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        match policy {
+            "block" => {
+                let state = held_state(&db, &table, &refused.id).await;
+                let (attempts, error, failed) = state.expect("the refused row stays");
+                assert!(failed && attempts == 2, "block: refused row attempts {attempts}, failed {failed}\n{}", logs(&[&relay]));
+                assert!(refusal_of_the_invalid_topic(error.as_deref()), "block: last error {error:?}");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let remaining = remaining_ids(&db, &table).await;
+                let expected: HashSet<String> =
+                    rows.iter().filter(|row| row.aggregate == "a" && row.seq >= 1).map(|row| row.id.clone()).collect();
+                assert_eq!(remaining, expected, "block: only a1 and what follows it stay");
+                let reader =
+                    Collector::read_back(&env.bootstrap_servers, std::slice::from_ref(&topic), &ids(&c), Duration::from_secs(30)).await;
+                let seen = reader.seen_ids();
+                let leaked: Vec<u64> = behind.iter().filter(|row| seen.contains(&row.id)).map(|row| row.seq).collect();
+                assert!(leaked.is_empty(), "block: a{leaked:?} reached Kafka behind the held a1");
+            }
+            _ => {
+                let drained = wait_until_empty(&db, &table, Duration::from_secs(20)).await;
+                assert!(drained, "skip: table not drained\n{}", logs(&[&relay]));
+                let failed =
+                    db.query_one(&format!("SELECT id::text, tributary_error FROM \"{table}_failed\""), &[]).await.expect("the moved row");
+                let (id, error): (String, Option<String>) = (failed.get(0), failed.get(1));
+                assert_eq!(id, refused.id);
+                assert!(refusal_of_the_invalid_topic(error.as_deref()), "skip: error {error:?}");
+                let absent = HashSet::from([refused.id.clone()]);
+                let expected: HashSet<String> = ids(&rows).difference(&absent).cloned().collect();
+                let reader =
+                    Collector::read_back(&env.bootstrap_servers, std::slice::from_ref(&topic), &expected, Duration::from_secs(30)).await;
+                let topic_of = |_: &str| topic.clone();
+                verify(&reader.records(), &rows, &Expect { topic_of: &topic_of, source: SOURCE, absent_ok: &absent }).assert_clean("skip");
+            }
+        }
+    }
+    eprintln!("refused record: block and skip verified in {}", since(started));
+}
+
+/// A refusal that is the record's (here: a route to a topic name the broker refuses) counts the
+/// row's attempts and reaches the failure policy; it says nothing about Kafka being reachable,
+/// so the relay stays ready and its other rows keep flowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn permanent_kafka_errors_count_attempts_and_keep_the_relay_ready() {
+    let Some(env) = test_env("permanent_kafka_errors_count_attempts_and_keep_the_relay_ready", false) else { return };
+    let _broker = BROKER.read().await;
+    let fixture = Fixture::new(env, "permanent").await;
+    let refused = insert(&fixture.db, &fixture.table, "Invalid", "x", 0, 0).await;
+    let relay = Relay::spawn(
+        &fixture.env,
+        &fixture.table,
+        &relay_args(&[("Order", &fixture.topic), ("Invalid", INVALID_TOPIC)], &["--max-attempts", "3", "--retry-initial-delay", "300ms"]),
+    );
+    let readyz = relay.watch_readyz();
+    let watching = Instant::now();
+    let mut flowing = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let state = loop {
+        flowing.push(insert(&fixture.db, &fixture.table, "Order", "y", flowing.len() as u64, 0).await);
+        let state = row_state(&fixture.db, &fixture.table, &refused.id).await;
+        if matches!(state, Some((_, _, true))) || Instant::now() > deadline {
+            break state;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (attempts, error, failed) = state.expect("the refused row stays (block)");
+    assert!(failed && attempts == 3, "refused row: attempts {attempts}, failed {failed}\n{}", logs(&[&relay]));
+    assert!(refusal_of_the_invalid_topic(error.as_deref()), "last error {error:?}");
+    let missing = fixture.live.wait_for(&ids(&flowing), Duration::from_secs(20)).await;
+    assert!(missing.is_empty(), "{} row(s) of another aggregate did not flow\n{}", missing.len(), logs(&[&relay]));
+    // Ready from its first answer on (the first second is the producer starting up).
+    let answers = readyz.since(watching);
+    let first_ready = answers.iter().position(|(_, status)| *status == Some(200)).expect("ready at some point");
+    let not_ready: Vec<&(Duration, Option<u16>)> = answers[first_ready..].iter().filter(|(_, status)| *status != Some(200)).collect();
+    assert!(not_ready.is_empty(), "/readyz left 200 over a refused record: {:?}\n{}", not_ready.first(), logs(&[&relay]));
+    assert!(!relay.log_text().contains("Kafka unavailable"), "a refusal was logged as an outage\n{}", logs(&[&relay]));
+}
+
+/// Nullable columns of the application's own table: the relay warns at start, and a row with a
+/// NULL where it needs a value is held (block) with the reason, holding back only its aggregate;
+/// a row without an aggregate id is claimed and held all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rows_with_null_values_are_held_and_the_rest_flows() {
+    let Some(env) = test_env("rows_with_null_values_are_held_and_the_rest_flows", false) else { return };
+    let _broker = BROKER.read().await;
+    let table = table_name("nulls");
+    let _guard = TableGuard::new(&env.database_url, &table);
+    let db = pg(&env.database_url).await;
+    db.batch_execute(&format!("CREATE TABLE \"{table}\" (id uuid, aggregatetype text, aggregateid text, type text, payload jsonb)"))
+        .await
+        .expect("create table by hand");
+    migrate(&env, &table).await;
+    let topic = topic_name("nulls");
+    create_topics(&env.bootstrap_servers, std::slice::from_ref(&topic), PARTITIONS).await;
+    let live = Collector::start(&env.bootstrap_servers, std::slice::from_ref(&topic));
+    let mut rows = Vec::new();
+    for seq in 0..3 {
+        rows.push(insert(&db, &table, "Order", "a", seq, 0).await);
+        rows.push(insert(&db, &table, "Order", "b", seq, 0).await);
+    }
+    let no_type = rows.iter().find(|row| row.aggregate == "a" && row.seq == 1).cloned().expect("a1");
+    db.execute(&format!("UPDATE \"{table}\" SET type = NULL WHERE id::text = $1"), &[&no_type.id]).await.expect("NULL type");
+    let no_aggregate = insert(&db, &table, "Order", "z", 0, 0).await;
+    db.execute(&format!("UPDATE \"{table}\" SET aggregateid = NULL WHERE id::text = $1"), &[&no_aggregate.id]).await.expect("NULL id");
+
+    let relay = Relay::spawn(&env, &table, &relay_args(&[("Order", &topic)], &["--max-attempts", "2", "--retry-initial-delay", "100ms"]));
+    let flowing: Vec<Inserted> = rows.iter().filter(|row| row.aggregate == "b" || row.seq == 0).cloned().collect();
+    let missing = live.wait_for(&ids(&flowing), Duration::from_secs(30)).await;
+    assert!(missing.is_empty(), "the readable rows did not flow: {missing:?}\n{}", logs(&[&relay]));
+    for (what, row) in [("NULL event type", &no_type), ("NULL aggregate id", &no_aggregate)] {
+        let state = held_state(&db, &table, &row.id).await;
+        let (attempts, error, failed) = state.unwrap_or_else(|| panic!("{what}: the row left the table"));
+        assert!(failed && attempts == 2, "{what}: attempts {attempts}, failed {failed}\n{}", logs(&[&relay]));
+        assert!(error.as_deref().unwrap_or_default().contains("NULL"), "{what}: last error {error:?}");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let a2 = rows.iter().find(|row| row.aggregate == "a" && row.seq == 2).expect("a2");
+    assert!(!live.seen_ids().contains(&a2.id), "a2 reached Kafka behind the held a1");
+    let log = relay.log_text();
+    for column in ["aggregatetype", "aggregateid", "type"] {
+        assert!(
+            log.lines().any(|line| line.contains("WARN") && line.contains("nullable") && line.contains(column)),
+            "no start-up warning names the nullable column {column}\n{}",
+            logs(&[&relay])
+        );
+    }
+}
+
+/// Records land on the partition a Java producer (Debezium, Kafka Connect) picks for their key,
+/// so one aggregate stays in one partition whichever of them wrote it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn records_land_on_the_partition_a_java_producer_picks() {
+    let Some(env) = test_env("records_land_on_the_partition_a_java_producer_picks", false) else { return };
+    let _broker = BROKER.read().await;
+    assert_eq!(java_murmur2(b"kafka") as u32, 0xd067_cf64, "Kafka's murmur2 of \"kafka\"");
+    assert_eq!(java_murmur2(b"giberish123456789") as u32, 0x8f55_2b0c);
+    assert_eq!(java_murmur2(b"") as u32, 0x106e_08d9);
+    let fixture = Fixture::new(env, "partitions").await;
+    let writers = fixture.writers(4, 25, 1, Duration::ZERO);
+    let relay = fixture.relay(&[]);
+    let inserted = writers.join().await;
+    fixture.drain_and_verify(&inserted, &[&relay], "partitions").await;
+    let reader = fixture.read_back(&ids(&inserted)).await;
+    let misplaced: Vec<(String, i32, i32)> = reader
+        .records()
+        .iter()
+        .filter_map(|record| {
+            let key = record.key.clone()?;
+            let expected = java_partition(key.as_bytes(), PARTITIONS);
+            (record.partition != expected).then_some((key, record.partition, expected))
+        })
+        .collect();
+    assert!(
+        misplaced.is_empty(),
+        "{} of {} records not where Java puts them, e.g. {:?}",
+        misplaced.len(),
+        inserted.len(),
+        &misplaced[..misplaced.len().min(5)]
+    );
 }

@@ -123,6 +123,7 @@ pub fn relay_env(relay: &OutboxRelay, routes: &[ResolvedRoute], settings: &Workl
         cleanup,
         failure_policy,
         cloud_events_source: _,
+        partitioner,
     } = &relay.spec;
     let Columns { id, aggregate_type, aggregate_id, r#type, payload, headers, created_at } = columns;
     let secret = &database.url_secret_ref;
@@ -157,7 +158,10 @@ pub fn relay_env(relay: &OutboxRelay, routes: &[ResolvedRoute], settings: &Workl
         (env::CLEANUP, cleanup.mode.to_string()),
         (env::CLEANUP_RETENTION, cleanup.retention.clone()),
         (env::FAILURE_POLICY, failure_policy.to_string()),
+        (env::PARTITIONER, partitioner.to_string()),
         (env::LISTEN_ADDRESS, format!("0.0.0.0:{}", relay_port(placement))),
+        // A table the relay cannot relay yet is reported in the status, not a crash loop.
+        (env::WAIT_FOR_SCHEMA, "true".to_owned()),
     ];
     let literal = |(name, value): (&str, String)| env_var(name, value);
     std::iter::once(database_url)
@@ -393,7 +397,9 @@ placement: { sidecar: { targetRef: { name: shop-api } } }
             ("TRIBUTARY_CLEANUP", json!("delete")),
             ("TRIBUTARY_CLEANUP_RETENTION", json!("7d")),
             ("TRIBUTARY_FAILURE_POLICY", json!("block")),
+            ("TRIBUTARY_PARTITIONER", json!("murmur2_random")),
             ("TRIBUTARY_LISTEN_ADDRESS", json!("0.0.0.0:8081")),
+            ("TRIBUTARY_WAIT_FOR_SCHEMA", json!("true")),
         ]
         .into_iter()
         .map(|(name, value)| (name.to_owned(), value))
@@ -416,6 +422,7 @@ batchSize: 500
 pollInterval: 1s
 cleanup: { mode: Delete, retention: 7d }
 failurePolicy: Block
+partitioner: Murmur2Random
 "#;
         let changes = [
             ("database", "database: { urlSecretRef: { name: other-db, key: url } }"),
@@ -439,6 +446,8 @@ failurePolicy: Block
             ("cleanup", "cleanup: { mode: Delete, retention: 1d }"),
             ("failurePolicy", "failurePolicy: Skip"),
             ("cloudEventsSource", "cloudEventsSource: /shop/orders"),
+            ("partitioner", "partitioner: ConsistentRandom"),
+            ("partitioner", "partitioner: Fnv1aRandom"),
         ];
         let render = |yaml: &str| relay_container(&outbox_relay("r", yaml), &routes(), &settings(), None);
         let original = render(base);

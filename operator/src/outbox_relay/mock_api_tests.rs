@@ -107,7 +107,9 @@ fn expected_sidecar_container() -> Value {
             env("TRIBUTARY_CLEANUP", "delete"),
             env("TRIBUTARY_CLEANUP_RETENTION", "7d"),
             env("TRIBUTARY_FAILURE_POLICY", "block"),
+            env("TRIBUTARY_PARTITIONER", "murmur2_random"),
             env("TRIBUTARY_LISTEN_ADDRESS", "0.0.0.0:8081"),
+            env("TRIBUTARY_WAIT_FOR_SCHEMA", "true"),
             env("TRIBUTARY_ROUTES", "Order=shop.orders"),
         ],
         "ports": [{"name": "outbox-relay", "containerPort": 8081, "protocol": "TCP"}],
@@ -140,7 +142,11 @@ async fn sidecar_is_applied_under_its_own_field_manager_with_only_the_container(
     let response = echo(&relay);
     harness.fakes.answer(
         "10.1.0.7:8081".parse().expect("address"),
-        RelayReport { pending_rows: Some(42), last_published_time: Some(Time(Timestamp::from_second(NOW - 3).expect("timestamp"))) },
+        RelayReport {
+            pending_rows: Some(42),
+            last_published_time: Some(Time(Timestamp::from_second(NOW - 3).expect("timestamp"))),
+            schema_problem: None,
+        },
     );
     let scenario = tokio::spawn(async move {
         let mut sent = Vec::new();
@@ -245,7 +251,7 @@ async fn a_reconcile_soon_after_its_own_status_patch_changes_nothing() {
     let (harness, mut api) = harness();
     let relay = stored(outbox_relay("shop-outbox", SIDECAR), NOW - 10);
     let relay_address = "10.1.0.7:8081".parse().expect("address");
-    harness.fakes.answer(relay_address, RelayReport { pending_rows: Some(3), last_published_time: None });
+    harness.fakes.answer(relay_address, RelayReport { pending_rows: Some(3), ..RelayReport::default() });
     let response = echo(&relay);
     let ready_pod = pods(&[relay_pod("shop-api-0", "10.1.0.7", true, Some(8081))]);
     let ready_pod_again = ready_pod.clone();
@@ -265,7 +271,7 @@ async fn a_reconcile_soon_after_its_own_status_patch_changes_nothing() {
     let (mut api, status) = first.await.expect("scenario ran");
 
     // The status patch comes back through the watch; the relay now has more to report.
-    harness.fakes.answer(relay_address, RelayReport { pending_rows: Some(900), last_published_time: None });
+    harness.fakes.answer(relay_address, RelayReport { pending_rows: Some(900), ..RelayReport::default() });
     let mut with_status = relay.clone();
     with_status.metadata.finalizers = Some(vec![FINALIZER.into()]);
     with_status.status = Some(serde_json::from_value(status["status"].clone()).expect("status parses"));
@@ -434,18 +440,13 @@ async fn standalone_relay_is_an_owned_deployment_under_the_operator_field_manage
     let spec = "database: { urlSecretRef: { name: shop-db, key: dsn } }\nrouting: { topicPrefix: 'shop.' }\nplacement: { standalone: { replicas: 2 } }";
     let relay = stored(outbox_relay("billing", spec), NOW - 10);
     let response = echo(&relay);
-    harness.fakes.answer("10.2.0.1:8081".parse().expect("address"), RelayReport { pending_rows: Some(0), last_published_time: None });
+    harness.fakes.answer("10.2.0.1:8081".parse().expect("address"), RelayReport { pending_rows: Some(0), ..RelayReport::default() });
     let scenario = tokio::spawn(async move {
         let mut sent = vec![api.expect(Method::GET, &format!("{SECRETS}/shop-db"), secret("dsn")).await];
         sent.push(api.expect_not_found(Method::GET, &format!("{DEPLOYMENTS}/billing-relay")).await);
         sent.push(api.expect(Method::PATCH, &format!("{RELAYS}/billing/status"), response.clone()).await);
-        let labels = json!({"app.kubernetes.io/name": "tributary-relay", "tributary.dev/outbox-relay": "billing"});
-        let created = json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "billing-relay", "resourceVersion": "1"},
-            "spec": {"selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels}, "spec": {"containers": []}}},
-        });
-        let apply = api.expect(Method::PATCH, &format!("{DEPLOYMENTS}/billing-relay"), created).await;
+        let labels = billing_relay_labels();
+        let apply = api.expect(Method::PATCH, &format!("{DEPLOYMENTS}/billing-relay"), created_billing_relay()).await;
         assert!(
             apply.uri.contains("fieldManager=tributary-operator") && !apply.uri.contains("%2F") && apply.uri.contains("force=true"),
             "{}",
@@ -615,4 +616,66 @@ async fn malformed_object_is_reported_without_failing() {
         "spec": {"database": "somewhere"},
     });
     assert_malformed_object_reported(&harness, api, manifest, &format!("{RELAYS}/broken/status"), "InvalidConfig").await;
+}
+
+/// A relay that runs but cannot relay its table (not migrated yet, a column flag naming no column)
+/// keeps running and says why on `/status`; not ready (a standalone relay's readiness probe
+/// fails meanwhile), it is asked all the same, and `Ready` names the problem.
+#[tokio::test]
+async fn a_relay_reporting_a_schema_problem_is_not_ready_and_the_status_says_why() {
+    let (harness, mut api) = harness();
+    let spec = "database: { urlSecretRef: { name: shop-db } }\nrouting: { topicPrefix: 'shop.' }\nplacement: { standalone: {} }";
+    let relay = stored(outbox_relay("billing", spec), NOW - 10);
+    let response = echo(&relay);
+    let address = "10.2.0.1:8081".parse().expect("address");
+    let problem = "outbox table \"public\".\"outbox\" does not exist (run `tributary-relay migrate` first)";
+    harness.fakes.answer(address, RelayReport { schema_problem: Some(problem.into()), ..RelayReport::default() });
+    let scenario = tokio::spawn(async move {
+        api.expect(Method::GET, &format!("{SECRETS}/shop-db"), secret("url")).await;
+        api.expect_not_found(Method::GET, &format!("{DEPLOYMENTS}/billing-relay")).await;
+        api.expect(Method::PATCH, &format!("{RELAYS}/billing/status"), response.clone()).await;
+        let apply = api.expect(Method::PATCH, &format!("{DEPLOYMENTS}/billing-relay"), created_billing_relay()).await;
+        let env = &apply.body["spec"]["template"]["spec"]["containers"][0]["env"];
+        assert!(
+            env.as_array().expect("env").contains(&json!({"name": "TRIBUTARY_WAIT_FOR_SCHEMA", "value": "true"})),
+            "the relay is told to wait for its table: {env}"
+        );
+        api.expect_event("default").await;
+        api.expect(Method::GET, PODS, pods(&[running_relay_pod("billing-relay-x", "10.2.0.1")])).await;
+        let status = api.expect(Method::PATCH, &format!("{RELAYS}/billing/status"), response).await;
+        assert_eq!(condition(&status.body, "Ready"), ("False", "SchemaProblem"));
+        let ready = status.body["status"]["conditions"].as_array().expect("conditions").iter().find(|c| c["type"] == "Ready").cloned();
+        assert_eq!(ready.expect("a Ready condition")["message"], json!(problem), "the relay's own words");
+        let warning = api.expect_event("default").await;
+        assert_eq!((warning["type"].as_str(), warning["reason"].as_str()), (Some("Warning"), Some("SchemaProblem")));
+        api.expect_no_more_requests().await;
+    });
+    harness.reconcile(&relay).await.expect("reconciles");
+    scenario.await.expect("scenario ran");
+    assert_eq!(harness.fakes.asked(), vec![address], "the running relay is asked though not ready");
+}
+
+/// The labels of the standalone relay `billing`'s pods.
+fn billing_relay_labels() -> Value {
+    json!({"app.kubernetes.io/name": "tributary-relay", "tributary.dev/outbox-relay": "billing"})
+}
+
+/// The standalone relay `billing`'s Deployment as the API server answers its first apply.
+fn created_billing_relay() -> Value {
+    let labels = billing_relay_labels();
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "billing-relay", "resourceVersion": "1"},
+        "spec": {"selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels}, "spec": {"containers": []}}},
+    })
+}
+
+/// A pod whose relay container runs but is not ready.
+fn running_relay_pod(name: &str, ip: &str) -> k8s_openapi::api::core::v1::Pod {
+    let mut pod = relay_pod(name, ip, false, Some(8081));
+    let statuses = pod.status.as_mut().and_then(|status| status.container_statuses.as_mut()).expect("statuses");
+    for status in statuses {
+        status.state = Some(serde_json::from_value(json!({"running": {"startedAt": NOW_TEXT}})).expect("a state"));
+    }
+    pod
 }

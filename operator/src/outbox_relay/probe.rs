@@ -100,22 +100,27 @@ impl ProbeSchedule {
     }
 }
 
-/// Pods that run a ready relay container, and the address of the first of them (by name) to ask.
+/// Pods that run a ready relay container, and the address of the first of them (by name) to ask;
+/// without a ready one, of the first whose relay container runs: a relay that waits for its
+/// table is not ready (standalone) and says why on `/status`.
 pub fn ready_relays(pods: &[Pod], default_port: i32) -> (usize, Option<SocketAddr>) {
-    let mut ready: Vec<(&Pod, SocketAddr)> = pods
+    let relay_status = |pod: &Pod| {
+        let statuses = pod.status.as_ref().and_then(|status| status.container_statuses.as_deref()).unwrap_or_default();
+        statuses.iter().find(|status| status.name == CONTAINER_NAME).cloned()
+    };
+    let mut running: Vec<(&Pod, bool, SocketAddr)> = pods
         .iter()
         .filter(|pod| pod.metadata.deletion_timestamp.is_none())
-        .filter(|pod| {
-            let statuses = pod.status.as_ref().and_then(|status| status.container_statuses.as_deref()).unwrap_or_default();
-            statuses.iter().any(|status| status.name == CONTAINER_NAME && status.ready)
-        })
         .filter_map(|pod| {
+            let status = relay_status(pod)?;
+            let runs = status.ready || status.state.as_ref().is_some_and(|state| state.running.is_some());
             let ip: IpAddr = pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()?;
-            Some((pod, SocketAddr::new(ip, relay_port_of(pod).unwrap_or(default_port).try_into().ok()?)))
+            runs.then_some((pod, status.ready, SocketAddr::new(ip, relay_port_of(pod).unwrap_or(default_port).try_into().ok()?)))
         })
         .collect();
-    ready.sort_by_key(|(pod, _)| pod.name_any());
-    (ready.len(), ready.first().map(|(_, address)| *address))
+    // Ready ones first, then by name.
+    running.sort_by_key(|(pod, ready, _)| (!ready, pod.name_any()));
+    (running.iter().filter(|(_, ready, _)| *ready).count(), running.first().map(|(_, _, address)| *address))
 }
 
 /// The relay's port in this pod's spec (during a rollout, older pods may use another).

@@ -34,6 +34,8 @@ pub mod reason {
     pub const SECRET_KEY_NOT_FOUND: &str = "SecretKeyNotFound";
     pub const INVALID_CONFIG: &str = "InvalidConfig";
     pub const KAFKA_SECRET_NOT_FOUND: &str = "KafkaSecretNotFound";
+    /// The relay runs but cannot relay its table (see `RelayReport::schema_problem`).
+    pub const SCHEMA_PROBLEM: &str = "SchemaProblem";
 }
 
 /// The Deployment that runs (or would run) the relay, as a reconcile found it.
@@ -156,7 +158,12 @@ fn topics_ready(routes: &Routes) -> DesiredCondition {
     }
 }
 
-fn ready(relay: &OutboxRelay, observation: &Observation, conditions: &[&DesiredCondition]) -> DesiredCondition {
+fn ready(
+    relay: &OutboxRelay,
+    observation: &Observation,
+    conditions: &[&DesiredCondition],
+    schema_problem: Option<&str>,
+) -> DesiredCondition {
     let not_ready = |reason, message: String| DesiredCondition::new(READY, Status::False, reason, message);
     if let Some((reason, detail)) = observation.blocker() {
         // Reasons shared with TargetFound or TopicsReady repeat that condition's message.
@@ -170,6 +177,10 @@ fn ready(relay: &OutboxRelay, observation: &Observation, conditions: &[&DesiredC
         return not_ready(reason, message);
     }
     let workload = workload_name(relay);
+    // The relay's own words (they name the table and what to do), as they are.
+    if let Some(problem) = schema_problem {
+        return not_ready(reason::SCHEMA_PROBLEM, problem.to_owned());
+    }
     match observation.ready_relays {
         Some(count) if count > 0 => DesiredCondition::new(
             READY,
@@ -199,11 +210,13 @@ pub fn build_status(relay: &OutboxRelay, observation: &Observation, now: Timesta
     let generation = relay.metadata.generation;
     let target = target_found(relay, &observation.workload);
     let topics = topics_ready(&observation.routes);
-    let ready = ready(relay, observation, &[&target, &topics]);
-    let report = observation
-        .report
-        .clone()
-        .unwrap_or(RelayReport { pending_rows: previous.pending_rows, last_published_time: previous.last_published_time.clone() });
+    // A relay not asked this time (see `ProbeSchedule`) keeps what it reported last.
+    let report = observation.report.clone().unwrap_or_else(|| RelayReport {
+        pending_rows: previous.pending_rows,
+        last_published_time: previous.last_published_time.clone(),
+        schema_problem: reported_schema_problem(&previous),
+    });
+    let ready = ready(relay, observation, &[&target, &topics], report.schema_problem.as_deref());
     OutboxRelayStatus {
         observed_generation: generation,
         conditions: conditions::merge_conditions(&previous.conditions, &[ready, target, topics], generation, now),
@@ -223,6 +236,13 @@ pub fn recorded_target(relay: &OutboxRelay) -> OutboxRelayStatus {
         target: Some(workload_name(relay)),
         ..relay.status.clone().unwrap_or_default()
     }
+}
+
+/// The schema problem a status's Ready condition shows, as the relay reported it.
+fn reported_schema_problem(status: &OutboxRelayStatus) -> Option<String> {
+    conditions::find(&status.conditions, READY)
+        .filter(|condition| condition.reason == reason::SCHEMA_PROBLEM)
+        .map(|condition| condition.message.clone())
 }
 
 /// The Ready condition's reason in a status, if any.
@@ -258,7 +278,7 @@ placement: { sidecar: { targetRef: { name: shop-api } } }
             kafka_secret_problem: None,
             invalid: None,
             ready_relays: Some(2),
-            report: Some(RelayReport { pending_rows: Some(12), last_published_time: Some(Time(at(500))) }),
+            report: Some(RelayReport { pending_rows: Some(12), last_published_time: Some(Time(at(500))), schema_problem: None }),
         }
     }
 
@@ -322,6 +342,21 @@ placement: { sidecar: { targetRef: { name: shop-api } } }
         assert_eq!(condition(&status, TOPICS_READY).1, reason::TOPIC_NOT_READY);
         let status = build_status(&relay, &Observation { workload: Workload::TargetNotFound, ..running() }, at(1));
         assert_eq!(condition(&status, TARGET_FOUND).0, "False");
+    }
+
+    #[test]
+    fn a_reported_schema_problem_makes_the_relay_not_ready_until_it_reports_none() {
+        let mut relay = outbox_relay("shop-outbox", SIDECAR);
+        let problem = "outbox table \"public\".\"outbox\" does not exist (run `tributary-relay migrate` first)";
+        let mut reporting = running();
+        reporting.report = Some(RelayReport { schema_problem: Some(problem.into()), ..RelayReport::default() });
+        let status = build_status(&relay, &reporting, at(100));
+        assert_eq!(condition(&status, READY), ("False", reason::SCHEMA_PROBLEM, problem));
+        relay.status = Some(status);
+        let not_asked = build_status(&relay, &Observation { report: None, ..running() }, at(110));
+        assert_eq!(condition(&not_asked, READY), ("False", reason::SCHEMA_PROBLEM, problem), "kept until the relay is asked again");
+        relay.status = Some(not_asked);
+        assert_eq!(condition(&build_status(&relay, &running(), at(120)), READY).1, reason::RELAYING);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use std::time::Duration;
 pub use batch::{decode_row, process_batch, BatchOutcome, Session, Shard};
 pub use database::{connect, connect_when_reachable, connector, parse_database_url, ConnectError, Connector};
 pub use housekeeping::wake_workers_on_notify;
-pub use table::{check_schema, migrate, release_held, SchemaProblem};
+pub use table::{check_schema, check_schema_until_ready, migrate, release_held, OnSchemaProblem, SchemaProblem};
 pub use worker::{connect_worker, relay, WorkerPool};
 
 use crate::backoff::exponential_delay;
@@ -66,9 +66,19 @@ pub struct OutboxSettings {
     pub retry_max: Duration,
     /// Commit each batch synchronously (`synchronous_commit` stays on): see the CLI flag.
     pub synchronous_cleanup: bool,
+    /// How long Kafka may take to acknowledge a record (the producer's delivery timeout).
+    pub delivery_timeout: Duration,
 }
 
 impl OutboxSettings {
+    /// How long a worker's transaction may sit idle before PostgreSQL ends its session, releasing
+    /// its aggregates' locks (a relay frozen or cut off mid-batch must not hold them for ever).
+    /// A batch's transaction is idle while it waits for Kafka: it starts its last round of
+    /// records within one delivery timeout (see `process_batch`), which ends within another.
+    pub fn transaction_idle_timeout(&self) -> Duration {
+        self.delivery_timeout.saturating_mul(2) + Duration::from_secs(30)
+    }
+
     /// Delay before attempt `attempts + 1` of a row: exponential, capped.
     pub fn retry_delay(&self, attempts: i32) -> Duration {
         exponential_delay(self.retry_initial, attempts.max(0).unsigned_abs(), self.retry_max)

@@ -61,6 +61,7 @@ async fn fresh_table(client: &mut Client, test: &str, cleanup: Cleanup, failure_
         retry_initial: Duration::from_millis(1),
         retry_max: Duration::from_millis(1),
         synchronous_cleanup: true,
+        delivery_timeout: Duration::from_secs(30),
     };
     TestTable { settings, name }
 }
@@ -285,7 +286,9 @@ async fn recheck_sees_what_the_previous_lock_holder_did_after_the_claims_snapsho
     let transaction = client.transaction().await.expect("begin");
     let claimed = transaction.query(&table.settings.statements.claim, &Shard::WHOLE.claim_parameters(&100)).await.expect("claim");
     let claimed: Vec<OutboxRow> = claimed.iter().map(|row| decode_row(row, PayloadFormat::Json).expect("decodes")).collect();
-    let seq_of = |aggregate: &str, nth: usize| claimed.iter().filter(|row| row.aggregate_id == aggregate).nth(nth).expect("claimed").seq;
+    let seq_of = |aggregate: &str, nth: usize| {
+        claimed.iter().filter(|row| row.aggregate_id.as_deref() == Some(aggregate)).nth(nth).expect("claimed").seq
+    };
     let (a1, a2, b1, b2, c1, c2, d1) =
         (seq_of("a", 0), seq_of("a", 1), seq_of("b", 0), seq_of("b", 1), seq_of("c", 0), seq_of("c", 1), seq_of("d", 0));
 
@@ -345,4 +348,218 @@ async fn the_workers_shards_split_the_aggregates_between_them() {
     assert_eq!(all, expected, "every aggregate is in exactly one shard");
     assert!(claimed_by_shard.iter().all(|shard| !shard.is_empty()), "40 aggregates spread over 3 shards: {claimed_by_shard:?}");
     table.drop_table(&client).await;
+}
+
+/// Inserts a row of aggregate `aggregate_id` whose topic column names `topic` (NULL: routed).
+async fn insert_with_topic(client: &Client, table: &TestTable, aggregate_id: &str, n: i32, topic: Option<&str>) {
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {} (id, aggregatetype, aggregateid, type, payload, topic) \
+                 VALUES (gen_random_uuid(), 'Order', $1, 'test', jsonb_build_object('n', $2::int), $3)",
+                table.name
+            ),
+            &[&aggregate_id, &n, &topic],
+        )
+        .await
+        .expect("insert");
+}
+
+/// Kafka refuses a record for good (here: its topic, as a broker refuses an invalid topic name)
+/// while later rows of its aggregate go elsewhere: none of them may be acknowledged before it is.
+/// Rows of an aggregate that change topic are different partitions, which no producer setting
+/// keeps in order: the next one is sent only once the earlier ones were acknowledged.
+#[tokio::test]
+async fn a_refused_record_keeps_the_rows_after_it_in_its_aggregate_unsent() {
+    let Some(mut client) = database().await else { return };
+    let table = fresh_table(&mut client, "refused", Cleanup::Delete, FailurePolicy::Block).await;
+    let mut session = Session::prepare(client, &table.settings).await.expect("prepares");
+    insert_with_topic(&session, &table, "a", 0, None).await;
+    insert_with_topic(&session, &table, "a", 1, Some("refused")).await;
+    insert_with_topic(&session, &table, "a", 2, None).await;
+    insert_with_topic(&session, &table, "b", 0, None).await;
+    let producer = FakeProducer::default();
+    producer.reject_topic("refused");
+    let first = process_batch(&mut session, &table.settings, Shard::WHOLE, &producer, &metrics()).await.expect("batch");
+    assert_eq!((first.published, first.retrying, first.kafka_unavailable), (2, 1, false));
+    assert_eq!(sent(&producer), vec![("a".to_owned(), 0), ("b".to_owned(), 0)], "a:2 went out while a:1 was refused");
+
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let second = process_batch(&mut session, &table.settings, Shard::WHOLE, &producer, &metrics()).await.expect("batch");
+    assert_eq!((second.published, second.failed), (0, 1), "a:1 fails for good and holds a:2");
+    assert_eq!(sent(&producer).len(), 2);
+    assert_eq!(table.count(&session, "tributary_failed_at IS NOT NULL AND tributary_last_error LIKE '%refused%'").await, 1);
+    table.drop_table(&session).await;
+}
+
+/// Rows the relay cannot read a required value of (NULL where the application's table allows it)
+/// go through the failure policy like any row that cannot be published: the batch goes on, the
+/// row's aggregate waits behind it, a row without an aggregate is claimed all the same.
+#[tokio::test]
+async fn rows_with_null_values_go_through_the_failure_policy() {
+    for policy in [FailurePolicy::Block, FailurePolicy::Skip] {
+        let Some(mut client) = database().await else { return };
+        let test = format!("nulls_{policy}");
+        let table = fresh_table(&mut client, &test, Cleanup::Delete, policy).await;
+        client
+            .batch_execute(&format!(
+                "ALTER TABLE {0} DROP CONSTRAINT {0}_pkey, ALTER COLUMN id DROP NOT NULL, ALTER COLUMN aggregatetype DROP NOT NULL, \
+                 ALTER COLUMN aggregateid DROP NOT NULL, ALTER COLUMN type DROP NOT NULL, ALTER COLUMN created_at DROP NOT NULL",
+                table.name
+            ))
+            .await
+            .expect("nullable columns");
+        // As the application would after changing its table: the failed table follows.
+        migrate(&mut client, &table.settings.statements).await.expect("migrates");
+        let mut session = Session::prepare(client, &table.settings).await.expect("prepares");
+        table.insert(&session, "Order", "a", 0).await;
+        table.insert(&session, "Order", "a", 1).await;
+        table.insert(&session, "Order", "a", 2).await;
+        table.insert(&session, "Order", "b", 0).await;
+        table.insert(&session, "Order", "c", 0).await;
+        table.insert(&session, "Order", "d", 0).await;
+        table.insert(&session, "Order", "e", 0).await;
+        table.insert(&session, "Order", "f", 0).await;
+        table.insert(&session, "Order", "g", 0).await;
+        let null = |column: &str, aggregate: &str| format!("UPDATE {} SET {column} = NULL WHERE aggregateid = '{aggregate}'", table.name);
+        session
+            .batch_execute(&format!(
+                "UPDATE {} SET type = NULL WHERE aggregateid = 'a' AND payload->>'n' = '1'; {}; {}; {}; {}",
+                table.name,
+                null("id", "c"),
+                null("aggregatetype", "d"),
+                null("created_at", "e"),
+                null("aggregateid", "f"),
+            ))
+            .await
+            .expect("NULLs");
+        let producer = FakeProducer::default();
+        let first = process_batch(&mut session, &table.settings, Shard::WHOLE, &producer, &metrics()).await.expect("batch");
+        assert_eq!((first.published, first.retrying), (3, 5), "{policy}: {first:?}");
+        let mut published = sent(&producer);
+        published.sort();
+        assert_eq!(published, [("a".to_owned(), 0), ("b".to_owned(), 0), ("g".to_owned(), 0)], "{policy}");
+
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let second = process_batch(&mut session, &table.settings, Shard::WHOLE, &producer, &metrics()).await.expect("batch");
+        assert_eq!(second.failed, 5, "{policy}: {second:?}");
+        let errors: Vec<String> = match policy {
+            FailurePolicy::Block => {
+                let query = format!("SELECT tributary_last_error FROM {} WHERE tributary_failed_at IS NOT NULL", table.name);
+                session.query(&query, &[]).await.expect("held rows").iter().map(|row| row.get(0)).collect()
+            }
+            FailurePolicy::Skip => {
+                let query = format!("SELECT tributary_error FROM {}_failed", table.name);
+                session.query(&query, &[]).await.expect("moved rows").iter().map(|row| row.get(0)).collect()
+            }
+        };
+        assert_eq!(errors.len(), 5, "{policy}: {errors:?}");
+        assert!(errors.iter().all(|error| error.contains("NULL")), "{policy}: {errors:?}");
+        for what in ["event type", "event id", "aggregate type", "created-at", "aggregate id"] {
+            assert!(errors.iter().any(|error| error.contains(what)), "{policy}: no error names the {what}: {errors:?}");
+        }
+        let third = process_batch(&mut session, &table.settings, Shard::WHOLE, &producer, &metrics()).await.expect("batch");
+        let a: Vec<i64> = sent(&producer).into_iter().filter(|(key, _)| key == "a").map(|(_, n)| n).collect();
+        match policy {
+            FailurePolicy::Block => assert_eq!((a, third.published), (vec![0], 0), "a:2 waits behind the held a:1"),
+            FailurePolicy::Skip => assert_eq!((a, third.published), (vec![0, 2], 1), "a:1 moved aside, a:2 goes on"),
+        }
+        table.drop_table(&session).await;
+    }
+}
+
+/// The relay's transactions span a Kafka round trip; a relay that stops in one (frozen, cut off)
+/// must not keep its aggregates' locks for ever: PostgreSQL ends such a session.
+#[tokio::test]
+async fn worker_sessions_end_transactions_left_idle() {
+    let Some(mut client) = database().await else { return };
+    let table = fresh_table(&mut client, "idle", Cleanup::Delete, FailurePolicy::Block).await;
+    let url = tributary_testkit::prerequisite::required_env("PostgreSQL test", "TRIBUTARY_TEST_DATABASE_URL").expect("checked");
+    let worker = super::connect_worker(&super::connector(url), &table.settings).await.expect("connects");
+    let timeout: String = worker.query_one("SHOW idle_in_transaction_session_timeout", &[]).await.expect("show").get(0);
+    assert_ne!(timeout, "0", "worker sessions never end an idle transaction");
+    table.drop_table(&client).await;
+}
+
+/// PostgreSQL cuts identifiers at 63 bytes: the indexes of two tables whose long names differ
+/// only at the end would get one name, and the second table none.
+#[tokio::test]
+async fn tables_with_long_names_get_indexes_of_their_own() {
+    let Some(mut client) = database().await else { return };
+    let prefix = format!("ut_long_{}_", std::process::id());
+    let names: Vec<String> = ["a", "b"].iter().map(|end| format!("{prefix}{}{end}", "x".repeat(51 - prefix.len()))).collect();
+    let mut counts = Vec::new();
+    for name in &names {
+        assert_eq!(name.len(), 52);
+        client.batch_execute(&format!("DROP TABLE IF EXISTS {name}, {name}_failed CASCADE")).await.expect("drop");
+        let statements = Statements::new(Table::parse(name).expect("valid"), super::schema::tests::debezium_columns(), PayloadFormat::Json)
+            .expect("valid");
+        migrate(&mut client, &statements).await.expect("migrates");
+    }
+    for name in &names {
+        let count: i64 = client
+            .query_one("SELECT count(*) FROM pg_indexes WHERE tablename = $1 AND indexname LIKE '%tributary%'", &[name])
+            .await
+            .expect("count")
+            .get(0);
+        counts.push(count);
+        client.batch_execute(&format!("DROP TABLE IF EXISTS {name}, {name}_failed CASCADE")).await.expect("drop");
+    }
+    assert_eq!(counts, [3, 3], "the relay's indexes of {names:?}");
+}
+
+/// An application adds a column to its outbox table after `migrate`: moving a row aside must not
+/// drop that column's value on the way.
+#[tokio::test]
+async fn skip_policy_never_drops_a_column_the_failed_table_lacks() {
+    let Some(mut client) = database().await else { return };
+    let table = fresh_table(&mut client, "skip_app_column", Cleanup::Delete, FailurePolicy::Skip).await;
+    client.batch_execute(&format!("ALTER TABLE {} ADD COLUMN tenant text", table.name)).await.expect("the application's column");
+    let settings = OutboxSettings { max_attempts: 1, ..table.settings.clone() };
+    let mut session = Session::prepare(client, &settings).await.expect("prepares");
+    table.insert(&session, "Unknown", "a", 7).await;
+    session.batch_execute(&format!("UPDATE {} SET tenant = 'acme'", table.name)).await.expect("tenant");
+    process_batch(&mut session, &settings, Shard::WHOLE, &FakeProducer::default(), &metrics()).await.expect("batch");
+    let moved: i64 = session.query_one(&format!("SELECT count(*) FROM {}_failed", table.name), &[]).await.expect("count").get(0);
+    let held = table.count(&session, "tributary_failed_at IS NOT NULL AND tenant = 'acme'").await;
+    assert_eq!((moved, held), (0, 1), "moved without its tenant, or not held");
+    let error: String = session.query_one(&format!("SELECT tributary_last_error FROM {}", table.name), &[]).await.expect("error").get(0);
+    assert!(error.contains("tenant") && error.contains("migrate"), "{error}");
+
+    // `migrate` gives the failed table the column; released, the row moves with its value.
+    let mut client = database().await.expect("connects");
+    migrate(&mut client, &settings.statements).await.expect("migrates");
+    super::release_held(&mut client, &settings.statements, None).await.expect("releases");
+    let mut session = Session::prepare(client, &settings).await.expect("prepares");
+    process_batch(&mut session, &settings, Shard::WHOLE, &FakeProducer::default(), &metrics()).await.expect("batch");
+    let tenant: Option<String> =
+        session.query_one(&format!("SELECT tenant FROM {}_failed", table.name), &[]).await.expect("the moved row").get(0);
+    assert_eq!(tenant.as_deref(), Some("acme"));
+    table.drop_table(&session).await;
+}
+
+/// A failed table that refuses a row (here: a NOT NULL the outbox table no longer has, from before
+/// the application relaxed it) must not fail the batch, and so every batch after it: the row is
+/// held, the error saying why.
+#[tokio::test]
+async fn a_row_the_failed_table_refuses_is_held_and_the_batch_goes_on() {
+    let Some(mut client) = database().await else { return };
+    let table = fresh_table(&mut client, "skip_refused", Cleanup::Delete, FailurePolicy::Skip).await;
+    client.batch_execute(&format!("ALTER TABLE {} ALTER COLUMN type DROP NOT NULL", table.name)).await.expect("relaxed");
+    client.batch_execute(&format!("ALTER TABLE {}_failed ALTER COLUMN type SET NOT NULL", table.name)).await.expect("strict");
+    let settings = OutboxSettings { max_attempts: 1, ..table.settings.clone() };
+    let mut session = Session::prepare(client, &settings).await.expect("prepares");
+    table.insert(&session, "Order", "a", 0).await;
+    table.insert(&session, "Order", "b", 0).await;
+    session.batch_execute(&format!("UPDATE {} SET type = NULL WHERE aggregateid = 'a'", table.name)).await.expect("NULL type");
+    let producer = FakeProducer::default();
+    let outcome = process_batch(&mut session, &settings, Shard::WHOLE, &producer, &metrics()).await.expect("batch");
+    assert_eq!((outcome.published, outcome.failed), (1, 1));
+    let error: String = session
+        .query_one(&format!("SELECT tributary_last_error FROM {} WHERE tributary_failed_at IS NOT NULL", table.name), &[])
+        .await
+        .expect("the held row")
+        .get(0);
+    assert!(error.contains("event type is NULL") && error.contains("not-null"), "{error}");
+    table.drop_table(&session).await;
 }

@@ -1,25 +1,25 @@
 //! An outbox row → a Kafka record with CloudEvents 1.0 binary-mode headers (pure).
 
 use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::schema::PayloadFormat;
 use crate::producer::OutgoingRecord;
 
-/// One claimed outbox row.
+/// One claimed outbox row. The values a record needs are `None` where the application's table
+/// holds NULL: such a row cannot be published, and goes through the failure policy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxRow {
-    pub id: String,
-    pub aggregate_type: String,
-    pub aggregate_id: String,
-    pub event_type: String,
+    pub id: Option<String>,
+    pub aggregate_type: Option<String>,
+    pub aggregate_id: Option<String>,
+    pub event_type: Option<String>,
     pub payload: Option<Vec<u8>>,
     /// The headers column, as JSON text.
     pub headers: Option<String>,
     pub topic: Option<String>,
-    /// RFC 3339 UTC time the row was written (commit time, within a short transaction).
-    pub created_at: String,
-    /// Seconds since the epoch of `created_at`, for the commit→ack latency.
-    pub created_at_epoch: f64,
+    /// When the row was written (commit time, within a short transaction).
+    pub created_at: Option<SystemTime>,
     pub attempts: i32,
     /// The relay's sequence number of the row (`tributary_seq`): how the relay updates it.
     pub seq: i64,
@@ -44,6 +44,8 @@ pub enum RowError {
     MalformedHeaders(String),
     #[error("record of {size} bytes exceeds the producer's limit of {limit} bytes")]
     TooLarge { size: usize, limit: usize },
+    #[error("the row's {0} is NULL (its column allows NULL; the relay needs a value)")]
+    Null(&'static str),
 }
 
 impl RowError {
@@ -53,6 +55,7 @@ impl RowError {
             RowError::MalformedPayload(_) => "malformed_payload",
             RowError::MalformedHeaders(_) => "malformed_headers",
             RowError::TooLarge { .. } => "too_large",
+            RowError::Null(_) => "null_value",
         }
     }
 }
@@ -71,6 +74,11 @@ pub struct RecordSettings {
 /// Builds the Kafka record of a row: key = aggregate id, value = payload, CloudEvents headers
 /// plus the row's own headers (correlation and causation ids pass through).
 pub fn to_record(row: &OutboxRow, settings: &RecordSettings) -> Result<OutgoingRecord, RowError> {
+    let required = |value: &Option<String>, what| value.clone().ok_or(RowError::Null(what));
+    let id = required(&row.id, "event id")?;
+    let aggregate_id = required(&row.aggregate_id, "aggregate id")?;
+    let event_type = required(&row.event_type, "event type")?;
+    let created_at = row.created_at.ok_or(RowError::Null("created-at"))?;
     let topic = route(row, &settings.routing)?;
     let content_type = match settings.format {
         PayloadFormat::Json => {
@@ -83,11 +91,11 @@ pub fn to_record(row: &OutboxRow, settings: &RecordSettings) -> Result<OutgoingR
     };
     let mut headers: Vec<(String, Vec<u8>)> = vec![
         ("ce_specversion".into(), b"1.0".to_vec()),
-        ("ce_id".into(), row.id.clone().into_bytes()),
-        ("ce_type".into(), row.event_type.clone().into_bytes()),
+        ("ce_id".into(), id.into_bytes()),
+        ("ce_type".into(), event_type.into_bytes()),
         ("ce_source".into(), settings.source.clone().into_bytes()),
-        ("ce_time".into(), row.created_at.clone().into_bytes()),
-        ("ce_subject".into(), row.aggregate_id.clone().into_bytes()),
+        ("ce_time".into(), rfc3339_micros(created_at.duration_since(UNIX_EPOCH).unwrap_or_default()).into_bytes()),
+        ("ce_subject".into(), aggregate_id.clone().into_bytes()),
         ("content-type".into(), content_type.as_bytes().to_vec()),
     ];
     if let Some(text) = &row.headers {
@@ -105,7 +113,7 @@ pub fn to_record(row: &OutboxRow, settings: &RecordSettings) -> Result<OutgoingR
             }
         }
     }
-    let record = OutgoingRecord { topic, key: row.aggregate_id.clone().into_bytes(), payload: row.payload.clone(), headers };
+    let record = OutgoingRecord { topic, key: aggregate_id.into_bytes(), payload: row.payload.clone(), headers };
     let size = record.approximate_size();
     if size > settings.max_record_bytes {
         return Err(RowError::TooLarge { size, limit: settings.max_record_bytes });
@@ -117,13 +125,32 @@ fn route(row: &OutboxRow, routing: &Routing) -> Result<String, RowError> {
     if let Some(topic) = row.topic.as_ref().filter(|topic| !topic.is_empty()) {
         return Ok(topic.clone());
     }
-    if let Some(topic) = routing.routes.get(&row.aggregate_type) {
+    // Only a row the topic column does not route needs its aggregate type.
+    let aggregate_type = row.aggregate_type.as_ref().ok_or(RowError::Null("aggregate type"))?;
+    if let Some(topic) = routing.routes.get(aggregate_type) {
         return Ok(topic.clone());
     }
     match &routing.topic_prefix {
-        Some(prefix) => Ok(format!("{prefix}{}", row.aggregate_type)),
-        None => Err(RowError::Unroutable(row.aggregate_type.clone())),
+        Some(prefix) => Ok(format!("{prefix}{aggregate_type}")),
+        None => Err(RowError::Unroutable(aggregate_type.clone())),
     }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC) of a time since the epoch.
+fn rfc3339_micros(since_epoch: Duration) -> String {
+    let seconds = since_epoch.as_secs();
+    let of_day = seconds % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's days_from_civil, inverted).
+    let days = i64::try_from(seconds / 86_400).unwrap_or(i64::MAX - 719_468) + 719_468;
+    let (era, day_of_era) = (days.div_euclid(146_097), days.rem_euclid(146_097));
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    let (hour, minute, second) = (of_day / 3600, of_day % 3600 / 60, of_day % 60);
+    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{:06}Z", since_epoch.subsec_micros())
 }
 
 #[cfg(test)]
@@ -132,15 +159,15 @@ pub(crate) mod tests {
 
     pub(crate) fn row(id: &str, aggregate_id: &str) -> OutboxRow {
         OutboxRow {
-            id: id.into(),
-            aggregate_type: "Order".into(),
-            aggregate_id: aggregate_id.into(),
-            event_type: "orders.created".into(),
+            id: Some(id.into()),
+            aggregate_type: Some("Order".into()),
+            aggregate_id: Some(aggregate_id.into()),
+            event_type: Some("orders.created".into()),
             payload: Some(br#"{"total":12}"#.to_vec()),
             headers: None,
             topic: None,
-            created_at: "2026-11-24T12:00:00.000000Z".into(),
-            created_at_epoch: 0.0,
+            // 2026-11-24T12:00:00Z
+            created_at: UNIX_EPOCH.checked_add(Duration::from_secs(1_795_521_600)),
             attempts: 0,
             seq: 0,
         }
@@ -205,5 +232,36 @@ pub(crate) mod tests {
         let mut large = row("1", "a");
         large.payload = Some(format!("\"{}\"", "x".repeat(2_000_000)).into_bytes());
         assert!(matches!(to_record(&large, &settings(&[], Some("p."))), Err(RowError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn a_null_the_record_needs_is_the_rows_failure_and_names_the_value() {
+        let routed = settings(&[("Order", "shop.orders")], None);
+        type Nulling = fn(&mut OutboxRow);
+        let cases: [(Nulling, &str); 5] = [
+            (|row| row.id = None, "event id"),
+            (|row| row.aggregate_id = None, "aggregate id"),
+            (|row| row.event_type = None, "event type"),
+            (|row| row.created_at = None, "created-at"),
+            (|row| row.aggregate_type = None, "aggregate type"),
+        ];
+        for (nulled, what) in cases {
+            let mut null = row("1", "a");
+            nulled(&mut null);
+            let error = to_record(&null, &routed).expect_err(what);
+            assert_eq!(error, RowError::Null(what));
+            assert!(error.to_string().contains("NULL") && error.to_string().contains(what), "{error}");
+        }
+        let mut by_topic_column = row("1", "a");
+        (by_topic_column.aggregate_type, by_topic_column.topic) = (None, Some("explicit".into()));
+        assert_eq!(to_record(&by_topic_column, &routed).expect("routed by its column").topic, "explicit");
+    }
+
+    #[test]
+    fn commit_times_format_as_rfc3339_utc_with_microseconds() {
+        assert_eq!(rfc3339_micros(Duration::ZERO), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(rfc3339_micros(Duration::from_micros(1_795_000_000_123_456)), "2026-11-18T11:06:40.123456Z");
+        assert_eq!(rfc3339_micros(Duration::from_secs(951_782_400)), "2000-02-29T00:00:00.000000Z");
+        assert_eq!(rfc3339_micros(Duration::from_secs(4_107_542_399)), "2100-02-28T23:59:59.000000Z");
     }
 }

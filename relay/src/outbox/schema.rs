@@ -63,17 +63,22 @@ impl Table {
     }
 }
 
-/// The NOTIFY channel of a table: `tributary_outbox_<schema>_<table>`, or, past PostgreSQL's 63
-/// bytes (where `pg_notify` raises "channel name too long" and so fails every INSERT), its first 46
-/// bytes and a hash of the whole name. Names are ASCII, so cutting at a byte is safe.
+/// The NOTIFY channel of a table: `tributary_outbox_<schema>_<table>`, fitted to 63 bytes
+/// (`pg_notify` refuses a longer channel name, failing every INSERT).
 fn channel_name(table: &Table) -> String {
-    let full = format!("tributary_outbox_{}_{}", table.schema.name(), table.name.name());
-    if full.len() <= 63 {
-        return full;
+    fit_identifier(format!("tributary_outbox_{}_{}", table.schema.name(), table.name.name()), "")
+}
+
+/// `name`, or past PostgreSQL's 63 bytes its start, a hash of the whole and `keep` (an ending of
+/// `name` worth keeping readable): PostgreSQL would cut it, so two names that differ only after
+/// byte 63 would become one. Names are ASCII, so cutting at a byte is safe.
+fn fit_identifier(name: String, keep: &str) -> String {
+    if name.len() <= 63 {
+        return name;
     }
     // FNV-1a: stable across builds and platforms, unlike std's hasher.
-    let hash = full.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3));
-    format!("{}_{hash:016x}", &full[..46])
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3));
+    format!("{}_{hash:016x}{keep}", &name[..63 - 17 - keep.len()])
 }
 
 impl fmt::Display for Table {
@@ -122,7 +127,11 @@ pub struct Statements {
     pub prune_published: String,
     pub schedule_retry: String,
     pub hold_failed: String,
+    /// Moves row $1 to the failed table with error $2; moves nothing while the failed table lacks
+    /// a column of the outbox table.
     pub move_failed: String,
+    /// Columns of the outbox table the failed table lacks, by name.
+    pub failed_table_lacks: String,
     /// Held rows (failed under the block policy) pending again with fresh attempts: those of
     /// aggregate $1, or all when $1 is NULL.
     pub release_held: String,
@@ -152,7 +161,9 @@ impl Statements {
         // (commits of the lock's previous holder) is checked by `recheck`. $2 and $3: the
         // worker's shard (see `Shard`); CASE makes PostgreSQL test the shard before it takes the
         // lock (the order of plain AND terms is the planner's), and keeps the plan an ordered
-        // index scan (the planner would guess a separate shard test very selective and sort).
+        // index scan (the planner would guess a separate shard test very selective and sort). A row
+        // without an aggregate id belongs to no aggregate: it is sharded and locked by its
+        // sequence number, so that it is claimed (and fails, see `RowError::Null`) all the same.
         let claim = format!(
             "SELECT o.{id}::text, o.{agg_type}::text, o.{agg_id}::text, o.{ty}::text, {payload}, {headers}, {topic}, \
              {created_at}, o.{ATTEMPTS}, o.{SEQ} \
@@ -162,7 +173,9 @@ impl Statements {
                AND NOT EXISTS (SELECT 1 FROM {t} h WHERE h.{agg_id} = o.{agg_id} AND h.{SEQ} < o.{SEQ} \
                                AND h.{PUBLISHED_AT} IS NULL \
                                AND (h.{FAILED_AT} IS NOT NULL OR h.{NEXT_ATTEMPT_AT} > now())) \
-               AND CASE WHEN (hashtext(o.{agg_id}::text)::bigint & 2147483647) % $2 = $3 \
+               AND CASE WHEN o.{agg_id} IS NULL THEN CASE WHEN o.{SEQ} % $2 = $3 \
+                        THEN pg_try_advisory_xact_lock(hashtext('{t}'), hashtext('{SEQ} ' || o.{SEQ})) ELSE false END \
+                   WHEN (hashtext(o.{agg_id}::text)::bigint & 2147483647) % $2 = $3 \
                    THEN pg_try_advisory_xact_lock(hashtext('{t}'), hashtext(o.{agg_id}::text)) ELSE false END \
              ORDER BY o.{SEQ} LIMIT $1",
             id = c.id,
@@ -177,6 +190,11 @@ impl Statements {
         let pending = format!("{PUBLISHED_AT} IS NULL AND {FAILED_AT} IS NULL");
         let by_seqs = format!("{pending} AND {SEQ} = ANY($1)");
         let by_seq = format!("{pending} AND {SEQ} = $1");
+        let failed_table_lacks = format!(
+            "SELECT o.attname::text FROM pg_attribute o WHERE o.attrelid = '{t}'::regclass AND o.attnum > 0 AND NOT o.attisdropped \
+             AND NOT EXISTS (SELECT 1 FROM pg_attribute f WHERE f.attrelid = '{failed_table}'::regclass \
+                             AND f.attname = o.attname AND f.attnum > 0 AND NOT f.attisdropped) ORDER BY o.attnum"
+        );
         Ok(Statements {
             delete_published: format!("DELETE FROM {t} WHERE {by_seqs}"),
             mark_published: format!("UPDATE {t} SET {PUBLISHED_AT} = now() WHERE {by_seqs}"),
@@ -188,13 +206,16 @@ impl Statements {
             hold_failed: format!("UPDATE {t} SET {ATTEMPTS} = {ATTEMPTS} + 1, {LAST_ERROR} = $2, {FAILED_AT} = now() WHERE {by_seq}"),
             // By column name, not position: columns `migrate` adds later come last in both tables,
             // after the failed table's own. json keeps the payload's text as it was (jsonb would
-            // reformat a json column); the inner record supplies the failure columns.
+            // reformat a json column); the inner record supplies the failure columns. A column of
+            // the outbox table the failed table lacks (the application added it after `migrate`)
+            // would be dropped on the way: then nothing moves (see `failed_table_lacks`).
             move_failed: format!(
-                "WITH moved AS (DELETE FROM {t} WHERE {by_seq} RETURNING *) \
+                "WITH moved AS (DELETE FROM {t} WHERE {by_seq} AND NOT EXISTS ({failed_table_lacks}) RETURNING *) \
                  INSERT INTO {failed_table} SELECT (json_populate_record(\
                    jsonb_populate_record(NULL::{failed_table}, jsonb_build_object('tributary_error', $2::text, 'tributary_moved_at', now())), \
                    to_json(moved))).* FROM moved"
             ),
+            failed_table_lacks,
             release_held: format!(
                 "UPDATE {t} SET {FAILED_AT} = NULL, {ATTEMPTS} = 0, {NEXT_ATTEMPT_AT} = NULL \
                  WHERE {FAILED_AT} IS NOT NULL AND {PUBLISHED_AT} IS NULL AND ($1::text IS NULL OR {agg_id}::text = $1)",
@@ -209,7 +230,7 @@ impl Statements {
                  SELECT live.seq, live.attempts, live.sendable, \
                         EXISTS (SELECT 1 FROM {t} e WHERE e.{agg_id} = first_live.aggregate AND e.{SEQ} < first_live.seq \
                                 AND e.{PUBLISHED_AT} IS NULL) AS behind \
-                 FROM live JOIN first_live USING (aggregate)",
+                 FROM live LEFT JOIN first_live ON first_live.aggregate = live.aggregate",
                 agg_id = c.aggregate_id,
             ),
             claim,
@@ -222,8 +243,8 @@ impl Statements {
     }
 
     /// Idempotent DDL: the outbox table (when missing, with Debezium's columns), the relay's own
-    /// columns (added to an existing table too), indexes, the failed-rows table and the NOTIFY
-    /// trigger.
+    /// columns (added to an existing table too), indexes, the failed-rows table (made to take any
+    /// row of the outbox table: each of its columns, none NOT NULL) and the NOTIFY trigger.
     pub fn migration(&self) -> String {
         let c = &self.columns;
         let t = &self.table;
@@ -245,9 +266,13 @@ impl Statements {
         .collect();
         let trigger_function = Ident(format!("\"{}_notify\"", self.table.name.name()));
         let trigger = Ident(format!("\"{}_tributary_notify\"", self.table.name.name()));
-        let pending_index = Ident(format!("\"{}_tributary_pending\"", self.table.name.name()));
-        let held_index = Ident(format!("\"{}_tributary_held\"", self.table.name.name()));
-        let aggregate_index = Ident(format!("\"{}_tributary_aggregate\"", self.table.name.name()));
+        // Index names share the schema's namespace: cut by PostgreSQL, those of a long table name
+        // would be one name (and only the first index made).
+        let index = |suffix: &str| {
+            let ending = format!("_tributary_{suffix}");
+            Ident(format!("\"{}\"", fit_identifier(format!("{}{ending}", self.table.name.name()), &ending)))
+        };
+        let (pending_index, held_index, aggregate_index) = (index("pending"), index("held"), index("aggregate"));
         let schema = &t.schema;
         format!(
             "SET client_min_messages = warning;\n\
@@ -267,6 +292,15 @@ impl Statements {
              CREATE TABLE IF NOT EXISTS {failed} (LIKE {t} INCLUDING DEFAULTS);\n\
              ALTER TABLE {failed} {optional}ADD COLUMN IF NOT EXISTS tributary_error text, \
                ADD COLUMN IF NOT EXISTS tributary_moved_at timestamptz;\n\
+             DO $$ DECLARE c record; BEGIN \
+               FOR c IN SELECT o.attname, format_type(o.atttypid, o.atttypmod) AS type FROM pg_attribute o \
+                        WHERE o.attname IN ({failed_table_lacks}) AND o.attrelid = '{t}'::regclass ORDER BY o.attnum LOOP \
+                 EXECUTE format('ALTER TABLE {failed} ADD COLUMN %I %s', c.attname, c.type); \
+               END LOOP; \
+               FOR c IN SELECT attname FROM pg_attribute WHERE attrelid = '{failed}'::regclass AND attnum > 0 AND attnotnull \
+                        AND NOT attisdropped LOOP \
+                 EXECUTE format('ALTER TABLE {failed} ALTER COLUMN %I DROP NOT NULL', c.attname); \
+               END LOOP; END $$;\n\
              CREATE OR REPLACE FUNCTION {schema}.{trigger_function}() RETURNS trigger LANGUAGE plpgsql AS \
                $$ BEGIN PERFORM pg_notify('{channel}', ''); RETURN NULL; END $$;\n\
              DROP TRIGGER IF EXISTS {trigger} ON {t};\n\
@@ -278,6 +312,7 @@ impl Statements {
             payload = c.payload,
             failed = self.failed_table,
             channel = self.channel,
+            failed_table_lacks = self.failed_table_lacks,
         )
     }
 
@@ -290,19 +325,21 @@ impl Statements {
             PayloadFormat::Binary => &["bytea"],
         };
         let mut named = vec![
-            NamedColumn::new("--column-id", &c.id, any, false),
-            NamedColumn::new("--column-aggregate-type", &c.aggregate_type, any, false),
-            NamedColumn::new("--column-aggregate-id", &c.aggregate_id, any, false),
-            NamedColumn::new("--column-type", &c.event_type, any, false),
-            NamedColumn::new("--column-payload", &c.payload, payload, false),
+            NamedColumn::new("--column-id", &c.id, any, false, true),
+            NamedColumn::new("--column-aggregate-type", &c.aggregate_type, any, false, true),
+            NamedColumn::new("--column-aggregate-id", &c.aggregate_id, any, false, true),
+            NamedColumn::new("--column-type", &c.event_type, any, false, true),
+            NamedColumn::new("--column-payload", &c.payload, payload, false, false),
         ];
-        let optional: [(_, _, &'static [&'static str]); 3] = [
-            ("--column-headers", &c.headers, &["jsonb", "json", "text"]),
-            ("--column-topic", &c.topic, &["text", "character varying"]),
-            ("--column-created-at", &c.created_at, &["timestamp with time zone", "timestamp without time zone"]),
+        let optional: [(_, _, &'static [&'static str], bool); 3] = [
+            ("--column-headers", &c.headers, &["jsonb", "json", "text"], false),
+            ("--column-topic", &c.topic, &["text", "character varying"], false),
+            ("--column-created-at", &c.created_at, &["timestamp with time zone", "timestamp without time zone"], true),
         ];
         named.extend(
-            optional.into_iter().filter_map(|(flag, ident, accepted)| Some(NamedColumn::new(flag, ident.as_ref()?, accepted, true))),
+            optional.into_iter().filter_map(|(flag, ident, accepted, needs_value)| {
+                Some(NamedColumn::new(flag, ident.as_ref()?, accepted, true, needs_value))
+            }),
         );
         named
     }
@@ -326,16 +363,18 @@ pub struct NamedColumn<'a> {
     /// Optional: `migrate` adds it to an existing table (the application's own columns it never
     /// adds).
     pub optional: bool,
+    /// A row with NULL here cannot be published (see `RowError::Null`).
+    pub needs_value: bool,
 }
 
 impl<'a> NamedColumn<'a> {
-    fn new(flag: &'static str, ident: &'a Ident, accepted: &'static [&'static str], optional: bool) -> Self {
-        NamedColumn { name: ident.name(), flag, accepted, optional }
+    fn new(flag: &'static str, ident: &'a Ident, accepted: &'static [&'static str], optional: bool, needs_value: bool) -> Self {
+        NamedColumn { name: ident.name(), flag, accepted, optional, needs_value }
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn debezium_columns() -> Columns {

@@ -1,9 +1,15 @@
 //! The outbox table itself: migrating it, checking it before relaying, releasing held rows.
 
-use tokio_postgres::Client;
+use std::time::Duration;
 
+use tokio_postgres::Client;
+use tracing::warn;
+
+use super::database::connect_when_reachable;
 use super::schema::{self, Statements};
 use super::RelayError;
+use crate::backoff::ExponentialBackoff;
+use crate::metrics::RelayMetrics;
 
 /// Runs the migration: creates or completes the outbox table, idempotently. An existing table
 /// gets the relay's own columns and the optional columns the flags name; a column the application
@@ -73,13 +79,79 @@ enum Stage {
     Relaying,
 }
 
-/// Checks the table and columns exist and the named columns have types the relay reads.
-pub async fn check_schema(client: &Client, statements: &Statements) -> Result<(), SchemaProblem> {
+/// Checks the table and columns exist and the named columns have types the relay reads. Returns
+/// the columns whose value a record needs that allow NULL (`name (--flag)`): rows with NULL there
+/// cannot be published.
+pub async fn check_schema(client: &Client, statements: &Statements) -> Result<Vec<String>, SchemaProblem> {
     let present = table_columns(client, &statements.table).await?;
     if present.is_empty() {
         return Err(SchemaProblem::MissingTable(statements.table.to_string()));
     }
-    column_problems(statements, &present, Stage::Relaying)
+    column_problems(statements, &present, Stage::Relaying)?;
+    let table = &statements.table;
+    let nullable: Vec<String> = client
+        .query(
+            "SELECT column_name::text FROM information_schema.columns \
+             WHERE table_schema = $1 AND table_name = $2 AND is_nullable = 'YES'",
+            &[&table.schema.name(), &table.name.name()],
+        )
+        .await
+        .map_err(|source| RelayError::Database { table: table.to_string(), source })?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    Ok(statements
+        .named_columns()
+        .iter()
+        .filter(|column| column.needs_value && nullable.iter().any(|name| name == column.name))
+        .map(|column| format!("{} ({})", column.name, column.flag))
+        .collect())
+}
+
+/// What the relay does about a table it cannot relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnSchemaProblem {
+    /// Give up with the problem (a person running the relay by hand sees it at once).
+    Exit,
+    /// Report it on `/status` and in the log, and check again until it is gone (the relays the
+    /// operator runs: a sidecar that exited would restart-loop its application's pods).
+    Wait,
+}
+
+/// Connects (waiting for the database) and checks the table, until it passes (then warns about
+/// the nullable columns [`check_schema`] found) or, with [`OnSchemaProblem::Exit`], until the
+/// first problem.
+pub async fn check_schema_until_ready(
+    database: &tokio_postgres::Config,
+    statements: &Statements,
+    metrics: &RelayMetrics,
+    on_problem: OnSchemaProblem,
+) -> Result<(), SchemaProblem> {
+    let mut backoff = ExponentialBackoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    loop {
+        let client = connect_when_reachable(database).await;
+        match check_schema(&client, statements).await {
+            Ok(nullable) => {
+                metrics.set_schema_problem(None);
+                if !nullable.is_empty() {
+                    warn!(
+                        table = %statements.table,
+                        columns = %nullable.join(", "),
+                        "nullable column(s) the relay needs a value of: a row with NULL there cannot be published and goes \
+                         through the failure policy (declare them NOT NULL)"
+                    );
+                }
+                return Ok(());
+            }
+            Err(problem) if on_problem == OnSchemaProblem::Exit => return Err(problem),
+            Err(problem) => {
+                let retry_in = backoff.next_delay();
+                warn!(%problem, ?retry_in, "cannot relay the outbox table yet; checking again");
+                metrics.set_schema_problem(Some(problem.to_string()));
+                tokio::time::sleep(retry_in).await;
+            }
+        }
+    }
 }
 
 /// (name, data type) of every column of `table`; empty when it does not exist.

@@ -112,11 +112,18 @@ async fn run_worker(
             _ => match open_session(&connect, &settings).await {
                 Ok(connection) => {
                     metrics.set_database_ready(true);
+                    metrics.set_schema_problem(None);
                     client.insert(connection)
                 }
                 Err(error) => {
                     metrics.set_database_ready(false);
-                    warn!(worker, %error, "cannot connect to the database; retrying");
+                    match schema_problem(&error, &settings) {
+                        Some(problem) => {
+                            warn!(worker, %problem, "cannot relay the outbox table; checking again");
+                            metrics.set_schema_problem(Some(problem));
+                        }
+                        None => warn!(worker, %error, "cannot connect to the database; retrying"),
+                    }
                     sleep_or_shutdown(backoff.next_delay(), &mut shutdown).await;
                     continue;
                 }
@@ -125,6 +132,12 @@ async fn run_worker(
         match process_batch(connection, &settings, shard, producer.as_ref(), &metrics).await {
             Ok(outcome) if outcome.kafka_unavailable => {
                 metrics.set_kafka_ready(false);
+                sleep_or_shutdown(backoff.next_delay(), &mut shutdown).await;
+            }
+            // Records the producer gave up on for another's sake: nothing is wrong with Kafka
+            // (it answered), the rows go again after a short pause.
+            Ok(outcome) if outcome.aborted => {
+                metrics.set_database_ready(true);
                 sleep_or_shutdown(backoff.next_delay(), &mut shutdown).await;
             }
             Ok(outcome) => {
@@ -155,14 +168,31 @@ async fn run_worker(
 
 /// A worker's connection. Its prepared statements are planned for each execution: a plan cached
 /// while the outbox was empty (sequential scans are cheapest then) would stay when a backlog
-/// builds up. Without synchronous cleanup its commits return once written, not flushed.
+/// builds up. Without synchronous cleanup its commits return once written, not flushed. A
+/// transaction it leaves idle too long ends its session (see
+/// [`OutboxSettings::transaction_idle_timeout`]).
 pub async fn connect_worker(connect: &Connector, settings: &OutboxSettings) -> Result<Client, tokio_postgres::Error> {
     let client = connect().await?;
-    client.batch_execute("SET plan_cache_mode = force_custom_plan").await?;
+    let idle_timeout = settings.transaction_idle_timeout().as_millis();
+    client
+        .batch_execute(&format!("SET plan_cache_mode = force_custom_plan; SET idle_in_transaction_session_timeout = {idle_timeout}"))
+        .await?;
     if !settings.synchronous_cleanup {
         client.batch_execute("SET synchronous_commit = off").await?;
     }
     Ok(client)
+}
+
+/// What `/status` says when the table changed under the relay (renamed, a column dropped), as
+/// the start-up check would.
+fn schema_problem(error: &tokio_postgres::Error, settings: &OutboxSettings) -> Option<String> {
+    use tokio_postgres::error::SqlState;
+    let error = error.as_db_error().filter(|error| [SqlState::UNDEFINED_TABLE, SqlState::UNDEFINED_COLUMN].contains(error.code()))?;
+    Some(format!(
+        "outbox table {}: {} (check the column flags, or run `tributary-relay migrate`)",
+        settings.statements.table,
+        error.message()
+    ))
 }
 
 async fn open_session(connect: &Connector, settings: &OutboxSettings) -> Result<Session, tokio_postgres::Error> {

@@ -995,3 +995,52 @@ pub fn partition_count(bootstrap: &str, topic: &str) -> usize {
         Err(_) => 0,
     }
 }
+
+/// Runs `tributary-relay migrate` for the default (Debezium) layout plus `args` (column flags).
+pub async fn migrate_with(env: &TestEnv, table: &str, args: &[&str]) {
+    let output = tokio::process::Command::new(RELAY)
+        .args(["migrate", "--database-url", &env.database_url, "--table", table])
+        .args(args)
+        .env_clear_tributary()
+        .output()
+        .await
+        .expect("run migrate");
+    assert!(output.status.success(), "migrate failed: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// Kafka's Java `Utils.murmur2` (seed 0x9747b28c), the hash of the Java producer's default
+/// partitioner and of librdkafka's `murmur2_random`.
+pub fn java_murmur2(data: &[u8]) -> i32 {
+    const M: u32 = 0x5bd1_e995;
+    let length = data.len();
+    let mut h: u32 = 0x9747_b28c ^ (length as u32);
+    let chunks = data.chunks_exact(4);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    if tail.len() >= 3 {
+        h ^= u32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= u32::from(tail[1]) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= u32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+/// The partition a Java producer (or Debezium) writes a record with this key to.
+pub fn java_partition(key: &[u8], partitions: i32) -> i32 {
+    (java_murmur2(key) & 0x7fff_ffff) % partitions
+}
