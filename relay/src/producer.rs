@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -97,11 +99,28 @@ pub enum ProducerError {
     },
 }
 
+/// librdkafka's producer, with the relay's context.
+type KafkaProducer = FutureProducer<QuietGapless>;
+
+/// librdkafka's log as rdkafka writes it, without the warning that `enable.gapless.guarantee`
+/// is experimental, which every producer start (and replacement) would print: the relay sets it
+/// knowingly (see [`RdKafkaProducer::new`]).
+struct QuietGapless;
+
+impl ClientContext for QuietGapless {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        if facility == "CONFWARN" && message.contains("enable.gapless.guarantee") {
+            return;
+        }
+        DefaultClientContext.log(level, facility, message);
+    }
+}
+
 /// The production [`EventProducer`].
 pub struct RdKafkaProducer {
     config: ClientConfig,
     /// Replaced when it can no longer deliver (see `replace`).
-    producer: std::sync::RwLock<FutureProducer>,
+    producer: std::sync::RwLock<KafkaProducer>,
 }
 
 impl RdKafkaProducer {
@@ -123,12 +142,13 @@ impl RdKafkaProducer {
             .set("batch.num.messages", "10000")
             .set("queue.buffering.max.messages", "1000000")
             .set("compression.type", "lz4");
-        let producer =
-            config.create().map_err(|source| ProducerError::Create { bootstrap_servers: settings.bootstrap_servers.clone(), source })?;
+        let producer = config
+            .create_with_context(QuietGapless)
+            .map_err(|source| ProducerError::Create { bootstrap_servers: settings.bootstrap_servers.clone(), source })?;
         Ok(RdKafkaProducer { config, producer: std::sync::RwLock::new(producer) })
     }
 
-    fn current(&self) -> FutureProducer {
+    fn current(&self) -> KafkaProducer {
         self.producer.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
@@ -138,12 +158,12 @@ impl RdKafkaProducer {
     /// then bumps the epoch locally and a broker that never saw the producer id keeps refusing
     /// it). The new producer asks the broker for a producer id again. Rows of the failed batch
     /// are still in the table and are sent again, in order.
-    fn replace(&self, used: &FutureProducer, why: &str) {
+    fn replace(&self, used: &KafkaProducer, why: &str) {
         let mut current = self.producer.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         if !same_producer(&current, used) {
             return; // another worker replaced it already
         }
-        match self.config.create::<FutureProducer>() {
+        match self.config.create_with_context::<_, KafkaProducer>(QuietGapless) {
             Ok(fresh) => {
                 tracing::warn!(reason = why, "replacing the Kafka producer");
                 let old = std::mem::replace(&mut *current, fresh);
@@ -225,7 +245,7 @@ const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Queues one record. A full local queue is waited for here, so that no later record (of any
 /// key) is queued before this one.
-async fn enqueue(producer: &FutureProducer, record: &OutgoingRecord) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
+async fn enqueue(producer: &KafkaProducer, record: &OutgoingRecord) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
     let deadline = tokio::time::Instant::now() + QUEUE_TIMEOUT;
     loop {
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
@@ -249,7 +269,7 @@ async fn enqueue(producer: &FutureProducer, record: &OutgoingRecord) -> Result<r
 /// How long a reachability probe waits for a broker's metadata answer.
 const REACHABILITY_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn same_producer(a: &FutureProducer, b: &FutureProducer) -> bool {
+fn same_producer(a: &KafkaProducer, b: &KafkaProducer) -> bool {
     use rdkafka::producer::Producer;
     std::ptr::eq(a.client().native_ptr(), b.client().native_ptr())
 }

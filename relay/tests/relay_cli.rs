@@ -250,6 +250,8 @@ async fn the_relay_logs_the_address_of_its_metrics_at_start() {
     let lines: Vec<String> = relay.log_text().lines().filter(|line| line.contains(&url)).map(str::to_owned).collect();
     assert_eq!(lines.len(), 1, "one line: {lines:?}");
     assert!(lines[0].contains("INFO"), "an info line: {}", lines[0]);
+    // The producer exists by now; librdkafka has nothing to warn about in the relay's settings.
+    assert!(!relay.log_text().contains("CONFWARN"), "a configuration warning at start:\n{}", relay.log_tail(20));
 }
 
 #[tokio::test]
