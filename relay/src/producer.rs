@@ -179,51 +179,63 @@ impl RdKafkaProducer {
 impl EventProducer for RdKafkaProducer {
     async fn send_all(&self, records: Vec<OutgoingRecord>) -> Vec<Result<(), ProduceError>> {
         let producer = self.current();
-        let mut deliveries = Vec::with_capacity(records.len());
+        let mut sent = Vec::with_capacity(records.len());
         // Keys of which a record could not be queued: later ones must not overtake it.
         let mut stopped: HashSet<&[u8]> = HashSet::new();
         for record in &records {
             if stopped.contains(record.key.as_slice()) {
-                deliveries.push(Delivery::Failed(ProduceError::Aborted("an earlier record of its key was not sent".into())));
+                sent.push(Sent::KeyStopped);
                 continue;
             }
             match enqueue(&producer, record).await {
-                Ok(delivery) => deliveries.push(Delivery::Queued(delivery)),
+                Ok(delivery) => sent.push(Sent::Queued(delivery)),
                 Err(error) => {
                     stopped.insert(record.key.as_slice());
-                    deliveries.push(Delivery::Failed(classify(&error, &record.topic)));
+                    sent.push(Sent::Failed(error));
                 }
             }
         }
-        let mut stuck = None;
-        let mut results = Vec::with_capacity(records.len());
         // Queued all at once: the whole batch is in flight; acknowledgements are awaited here.
-        for (delivery, record) in deliveries.into_iter().zip(&records) {
-            results.push(match delivery {
-                Delivery::Failed(error) => Err(error),
-                Delivery::Queued(future) => match future.await {
+        let mut stuck = None;
+        let mut outcomes = Vec::with_capacity(records.len());
+        for record in sent {
+            outcomes.push(match record {
+                Sent::Queued(future) => match future.await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err((error, _))) => {
                         if stuck.is_none() && needs_new_producer(&error) {
                             stuck = Some(error.to_string());
                         }
-                        Err(classify(&error, &record.topic))
+                        Err(Sent::Failed(error))
                     }
-                    // The producer dropped the record without a report (it is being replaced).
-                    Err(_) => Err(ProduceError::Aborted("the producer went away".into())),
+                    // Dropped without a report: the producer went away.
+                    Err(_) => Err(Sent::Failed(KafkaError::MessageProduction(RDKafkaErrorCode::PurgeQueue))),
                 },
+                not_queued => Err(not_queued),
             });
         }
-        {
+        // Only Kafka's refusal of a record makes a gapless producer give up this way.
+        let after_a_refusal = {
             use rdkafka::producer::Producer;
-            if let Some((_, reason)) = producer.client().fatal_error() {
+            let fatal = producer.client().fatal_error();
+            if let Some((_, reason)) = &fatal {
                 stuck = Some(format!("fatal error: {reason}"));
             }
-        }
+            matches!(fatal, Some((RDKafkaErrorCode::GaplessGuarantee, _)))
+        };
         if let Some(why) = stuck {
             self.replace(&producer, &why);
         }
-        results
+        outcomes
+            .into_iter()
+            .zip(&records)
+            .map(|(outcome, record)| {
+                outcome.map_err(|failure| match failure {
+                    Sent::Failed(error) => classify(&error, &record.topic, after_a_refusal),
+                    _ => ProduceError::Aborted("an earlier record of its key was not sent".into()),
+                })
+            })
+            .collect()
     }
 
     async fn reachable(&self) -> bool {
@@ -234,10 +246,12 @@ impl EventProducer for RdKafkaProducer {
     }
 }
 
-/// A record queued for sending, or what kept it from the queue.
-enum Delivery {
+/// One record of a batch: queued, or why it was not (or, once awaited, why it failed).
+enum Sent {
     Queued(rdkafka::producer::DeliveryFuture),
-    Failed(ProduceError),
+    Failed(KafkaError),
+    /// Not queued: an earlier record of its key could not be.
+    KeyStopped,
 }
 
 /// How long a record may wait for room in librdkafka's local queue.
@@ -291,17 +305,28 @@ fn needs_new_producer(error: &KafkaError) -> bool {
 }
 
 /// What a failed record means. librdkafka retries whatever may pass later (a broker or leader
-/// away, a request that timed out) until the delivery timeout, and the idempotent producer's own
-/// troubles are its to recover from; every other error it reports is Kafka's (or its own) final
-/// word on the record.
-fn classify(error: &KafkaError, topic: &str) -> ProduceError {
-    use RDKafkaErrorCode as Code;
-    let message = || format!("{error} (topic {topic:?})");
+/// away, a request that timed out) until the delivery timeout; every other error it reports is
+/// Kafka's (or its own) final word on the record, except the idempotent producer's own troubles:
+/// after Kafka refused a record (`after_a_refusal`: the gapless producer gave up for its sake)
+/// the records it took with it, otherwise a broker that lost the producer's state (a restart).
+fn classify(error: &KafkaError, topic: &str, after_a_refusal: bool) -> ProduceError {
+    let message = format!("{error} (topic {topic:?})");
     match error.rdkafka_error_code() {
-        // Kafka is out of reach, or the relay's own access to it is refused: nothing to do with
-        // this record, and the next one fares no better.
-        Some(
-            Code::MessageTimedOut
+        Some(code) if producer_trouble(code) && after_a_refusal => ProduceError::Aborted(message),
+        Some(code) if outage(code) || producer_trouble(code) => ProduceError::Unavailable(message),
+        Some(_) => ProduceError::Rejected(message),
+        // Not librdkafka's word on the record (the client's own failure).
+        None => ProduceError::Unavailable(message),
+    }
+}
+
+/// Kafka is out of reach, or the relay's own access to it is refused: nothing to do with the
+/// record, and the next one fares no better.
+fn outage(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as Code;
+    matches!(
+        code,
+        Code::MessageTimedOut
             | Code::BrokerTransportFailure
             | Code::AllBrokersDown
             | Code::Resolve
@@ -322,11 +347,16 @@ fn classify(error: &KafkaError, topic: &str) -> ProduceError {
             | Code::SaslAuthenticationFailed
             | Code::ClusterAuthorizationFailed
             | Code::BrokerDestroy
-            | Code::DestroyBroker,
-        ) => ProduceError::Unavailable(message()),
-        // The producer gave up on the record because of another one, or restarts.
-        Some(
-            Code::Fatal
+            | Code::DestroyBroker
+    )
+}
+
+/// The idempotent producer gave up on the record, and is replaced (see `needs_new_producer`).
+fn producer_trouble(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as Code;
+    matches!(
+        code,
+        Code::Fatal
             | Code::GaplessGuarantee
             | Code::PurgeQueue
             | Code::PurgeInflight
@@ -337,10 +367,8 @@ fn classify(error: &KafkaError, topic: &str) -> ProduceError {
             | Code::InvalidProducerEpoch
             | Code::InvalidProducerIdMapping
             | Code::ProducerFenced
-            | Code::Fenced,
-        ) => ProduceError::Aborted(message()),
-        _ => ProduceError::Rejected(message()),
-    }
+            | Code::Fenced
+    )
 }
 
 #[cfg(test)]
@@ -348,7 +376,7 @@ mod tests {
     use super::*;
 
     fn class(code: RDKafkaErrorCode) -> ProduceError {
-        classify(&KafkaError::MessageProduction(code), "shop.orders")
+        classify(&KafkaError::MessageProduction(code), "shop.orders", false)
     }
 
     /// What Kafka refuses for the record's own sake counts against the row; only a broker that
@@ -377,9 +405,15 @@ mod tests {
         {
             assert!(matches!(class(code), ProduceError::Unavailable(_)), "{code:?} is an outage: {:?}", class(code));
         }
-        for code in [Code::Fatal, Code::PurgeQueue, Code::PurgeInflight, Code::OutOfOrderSequenceNumber, Code::GaplessGuarantee] {
-            assert!(matches!(class(code), ProduceError::Aborted(_)), "{code:?} is the producer's: {:?}", class(code));
+        // The idempotent producer's troubles: an outage (a broker that lost its state), unless
+        // the producer gave up after Kafka refused a record for good.
+        for code in [Code::Fatal, Code::PurgeQueue, Code::PurgeInflight, Code::OutOfOrderSequenceNumber, Code::UnknownProducerId] {
+            assert!(matches!(class(code), ProduceError::Unavailable(_)), "{code:?} alone is an outage: {:?}", class(code));
+            let after_a_refusal = classify(&KafkaError::MessageProduction(code), "shop.orders", true);
+            assert!(matches!(after_a_refusal, ProduceError::Aborted(_)), "{code:?} after a refusal: {after_a_refusal:?}");
         }
+        let refused = classify(&KafkaError::MessageProduction(Code::MessageSizeTooLarge), "shop.orders", true);
+        assert!(matches!(refused, ProduceError::Rejected(_)), "the refused record itself: {refused:?}");
         assert!(class(Code::InvalidTopic).to_string().contains("\"shop.orders\""), "the error names the topic");
     }
 }
