@@ -34,7 +34,7 @@ use crate::outbox_relay::resolve::{resolve_routes, validate, SecretCheck, TopicL
 use crate::outbox_relay::status::{self as relay_status, Observation, Workload};
 use crate::subscription::kafka::ensure_dead_letter_topic;
 use crate::subscription::plan::{self, Blocked, Replicas};
-use crate::subscription::resolve::DeadLetter;
+use crate::subscription::resolve::{references, DeadLetter, Fetched};
 use crate::subscription::scaler::Policy;
 use crate::workload::WorkloadSettings;
 
@@ -309,16 +309,19 @@ pub async fn apply_subscriptions(
     topics: &[TopicResult],
     mode: SyncMode,
     settings: &WorkloadSettings,
+    naming: &NamingPolicy,
 ) -> Vec<SubscriptionResult> {
     let applied: Vec<EventTopic> = topics.iter().map(TopicResult::applied).collect();
     let mut results = Vec::with_capacity(subscriptions.len());
     for subscription in subscriptions {
-        let outcome = apply_subscription(admin, subscription, subscriptions, &applied, mode, settings).await;
+        let outcome = apply_subscription(admin, subscription, subscriptions, &applied, mode, settings, naming).await;
         results.push(SubscriptionResult { subscription: subscription.clone(), group: subscription.consumer_group(), outcome });
     }
     results
 }
 
+/// One Subscription of [`apply_subscriptions`]: its EventTopics are looked up among `topics` as
+/// the controller looks them up in the cluster (grants to other namespaces included).
 async fn apply_subscription(
     admin: &dyn TopicAdmin,
     subscription: &Subscription,
@@ -326,20 +329,20 @@ async fn apply_subscription(
     topics: &[EventTopic],
     mode: SyncMode,
     settings: &WorkloadSettings,
+    naming: &NamingPolicy,
 ) -> SubscriptionOutcome {
     let not_applied = SubscriptionOutcome::NotApplied;
-    let fetched: Vec<_> = subscription
-        .spec
-        .topics
-        .iter()
-        .map(|reference| {
-            let found = topics
-                .iter()
-                .find(|topic| topic.metadata.namespace == subscription.metadata.namespace && topic.name_any() == reference.name);
-            (reference.name.clone(), found.map(|topic| DeserializeGuard(Ok(topic.clone()))))
+    let fetched: Vec<Fetched> = references(subscription)
+        .map(|(namespace, name)| {
+            let found = topics.iter().find(|topic| topic.metadata.namespace.as_deref() == Some(namespace) && topic.name_any() == name);
+            Fetched {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                topic: found.map(|topic| DeserializeGuard(Ok(topic.clone()))),
+            }
         })
         .collect();
-    let workload = match plan::workload(subscription, &fetched, all) {
+    let workload = match plan::workload(subscription, &fetched, all, naming) {
         Ok(workload) => workload,
         Err(Blocked::Topics(problem)) => return not_applied(format!("its EventTopics must be in the input and Ready: {problem}")),
         Err(Blocked::GroupTaken { owner }) => {
@@ -790,7 +793,8 @@ spec:
         let (subscriptions, relays) = subscriptions_and_relays(&objects);
         let topics =
             apply_event_topics(&admin, &event_topics(objects), SyncMode::Apply, Timestamp::UNIX_EPOCH, &NamingPolicy::default()).await;
-        let subscription_results = apply_subscriptions(&admin, &subscriptions, &topics, SyncMode::Apply, &settings()).await;
+        let subscription_results =
+            apply_subscriptions(&admin, &subscriptions, &topics, SyncMode::Apply, &settings(), &NamingPolicy::default()).await;
         let plans = plan_outbox_relays(&relays, &topics, &settings(), Timestamp::UNIX_EPOCH);
         let report = render_report(&topics, SyncMode::Apply)
             + &render_subscriptions(&subscription_results, SyncMode::Apply)
@@ -884,7 +888,7 @@ spec:
         let subscriptions: Vec<Subscription> =
             objects.iter().filter_map(|object| if let Object::Subscription(s) = object { Some(*s.clone()) } else { None }).collect();
         let topics = apply_event_topics(admin, &event_topics(objects), mode, Timestamp::UNIX_EPOCH, &NamingPolicy::default()).await;
-        let results = apply_subscriptions(admin, &subscriptions, &topics, mode, &settings()).await;
+        let results = apply_subscriptions(admin, &subscriptions, &topics, mode, &settings(), &NamingPolicy::default()).await;
         let report = render_subscriptions(&results, mode);
         (results, report)
     }
@@ -967,7 +971,7 @@ spec: { topicName: shared, partitions: 9 }
         let topics = apply_event_topics(&admin, &event_topics(objects), SyncMode::Apply, Timestamp::UNIX_EPOCH, &naming).await;
         assert_eq!(admin.topic_names(), ["default.payments", "shop.orders", "shop.orders.dlq"]);
 
-        let results = apply_subscriptions(&admin, &subscriptions, &topics, SyncMode::Apply, &settings()).await;
+        let results = apply_subscriptions(&admin, &subscriptions, &topics, SyncMode::Apply, &settings(), &NamingPolicy::default()).await;
         let report = render_subscriptions(&results, SyncMode::Apply);
         assert!(report.contains("dead letters go to \"shop.orders.dlq\" (managed by its EventTopic)"), "{report}");
         let SubscriptionOutcome::Applied { objects, .. } = &results[0].outcome else { panic!("applied: {report}") };

@@ -282,6 +282,7 @@ async fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
             ..event_topic::Settings::default()
         },
         subscriptions: subscription::Settings {
+            naming: args.naming.policy(),
             scale_interval: args.scale_interval,
             resync_interval: args.resync_interval,
             concurrency: args.max_concurrent_reconciles,
@@ -376,10 +377,11 @@ async fn run_apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     } else {
         (kafka.admin()?, if args.dry_run { SyncMode::DryRun } else { SyncMode::Apply })
     };
-    let results = apply::apply_event_topics(admin.as_ref(), &topics, mode, SystemClock.now(), &args.naming.policy()).await;
+    let naming = args.naming.policy();
+    let results = apply::apply_event_topics(admin.as_ref(), &topics, mode, SystemClock.now(), &naming).await;
     print!("{}", apply::render_report(&results, mode));
     let workload = args.workload.settings(&kafka, &args.relay_image);
-    let subscription_results = apply::apply_subscriptions(admin.as_ref(), &subscriptions, &results, mode, &workload).await;
+    let subscription_results = apply::apply_subscriptions(admin.as_ref(), &subscriptions, &results, mode, &workload, &naming).await;
     print!("{}", apply::render_subscriptions(&subscription_results, mode));
     let relay_plans = apply::plan_outbox_relays(&relays, &results, &workload, SystemClock.now());
     print!("{}", apply::render_relay_plans(&relay_plans));

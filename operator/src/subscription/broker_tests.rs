@@ -17,6 +17,7 @@ use super::scaler::{decide, Lag, Observation, Policy, Reason};
 use super::test_support::subscription;
 use crate::fixtures::{test_bootstrap_servers, unique_name};
 use crate::kafka::{ConsumerGroups, GroupLag, KafkaConnection, KafkaError, RdKafkaTopicAdmin, StartFrom, TopicAdmin, TopicSpec};
+use crate::naming::NamingPolicy;
 
 /// Record timestamps: two batches an hour apart.
 const EARLY: i64 = 1_700_000_000_000;
@@ -251,7 +252,7 @@ async fn a_group_scaled_to_zero_that_never_committed_wakes_up_when_records_arriv
     let topic = broker.topic_with_records("wake", 5, 3).await;
     let subscription = subscription("wake", "scaling: { minReplicas: 1, scaleToZero: true, activationLagThreshold: 0 }");
     let resolved = ResolvedTopic { name: "orders".into(), kafka_topic: topic.clone(), dead_letter_topic: None, max_message_bytes: None };
-    let mut workload = resolve::workload(&subscription, vec![resolved]).expect("a valid Subscription");
+    let mut workload = resolve::workload(&subscription, vec![resolved], &NamingPolicy::default()).expect("a valid Subscription");
     workload.group = unique_name("group");
     workload.dead_letter.topic = unique_name("wake-dlq");
     let policy = Policy::new(&subscription.spec.scaling, workload.cooldown);
