@@ -506,8 +506,14 @@ pub struct RelayPlan {
 
 /// Plans every OutboxRelay against the EventTopics of the same input (and what applying them
 /// made of them). Offline there is no cluster: the database Secret and a sidecar's target
-/// Deployment are taken to exist.
-pub fn plan_outbox_relays(relays: &[OutboxRelay], topics: &[TopicResult], settings: &WorkloadSettings, now: Timestamp) -> Vec<RelayPlan> {
+/// Deployment are taken to exist (and to opt in: whoever applies the output edits it).
+pub fn plan_outbox_relays(
+    relays: &[OutboxRelay],
+    topics: &[TopicResult],
+    settings: &WorkloadSettings,
+    naming: &NamingPolicy,
+    now: Timestamp,
+) -> Vec<RelayPlan> {
     relays
         .iter()
         .map(|relay| {
@@ -524,7 +530,7 @@ pub fn plan_outbox_relays(relays: &[OutboxRelay], topics: &[TopicResult], settin
                 // Offline there are no Secrets to look at.
                 secret: SecretCheck::Found,
                 kafka_secret_problem: None,
-                invalid: validate(relay).err(),
+                invalid: validate(relay, naming).err(),
                 ready_relays: None,
                 report: None,
             };
@@ -704,7 +710,7 @@ spec:
         let admin = FakeTopicAdmin::new();
         let topics =
             apply_event_topics(&admin, &event_topics(objects), SyncMode::Apply, Timestamp::UNIX_EPOCH, &NamingPolicy::default()).await;
-        let plans = plan_outbox_relays(&relays, &topics, &settings(), Timestamp::UNIX_EPOCH);
+        let plans = plan_outbox_relays(&relays, &topics, &settings(), &NamingPolicy::default(), Timestamp::UNIX_EPOCH);
 
         let sidecar = plans[0].workload.as_ref().expect("orders exists in shop and is Ready");
         let container = crate::outbox_relay::desired::relay_container(
@@ -760,7 +766,7 @@ spec:
             &NamingPolicy::default(),
         )
         .await;
-        let plans = plan_outbox_relays(&relays, &topics, &settings(), Timestamp::UNIX_EPOCH);
+        let plans = plan_outbox_relays(&relays, &topics, &settings(), &NamingPolicy::default(), Timestamp::UNIX_EPOCH);
         let Ok(RelayWorkload::Standalone(deployment)) = &plans[0].workload else { panic!("{:?}", plans[0].workload) };
         assert_eq!(deployment.metadata.name.as_deref(), Some("billing-relay"));
         assert!(deployment.metadata.owner_references.is_none(), "offline objects have no uid to own by");
@@ -795,7 +801,7 @@ spec:
             apply_event_topics(&admin, &event_topics(objects), SyncMode::Apply, Timestamp::UNIX_EPOCH, &NamingPolicy::default()).await;
         let subscription_results =
             apply_subscriptions(&admin, &subscriptions, &topics, SyncMode::Apply, &settings(), &NamingPolicy::default()).await;
-        let plans = plan_outbox_relays(&relays, &topics, &settings(), Timestamp::UNIX_EPOCH);
+        let plans = plan_outbox_relays(&relays, &topics, &settings(), &NamingPolicy::default(), Timestamp::UNIX_EPOCH);
         let report = render_report(&topics, SyncMode::Apply)
             + &render_subscriptions(&subscription_results, SyncMode::Apply)
             + &render_relay_plans(&plans);
@@ -977,7 +983,7 @@ spec: { topicName: shared, partitions: 9 }
         let SubscriptionOutcome::Applied { objects, .. } = &results[0].outcome else { panic!("applied: {report}") };
         assert!(objects.iter().any(|object| object.to_string().contains("\"shop.orders\"")), "the consumers read shop.orders: {objects:?}");
 
-        let plans = plan_outbox_relays(&relays, &topics, &settings(), Timestamp::UNIX_EPOCH);
+        let plans = plan_outbox_relays(&relays, &topics, &settings(), &NamingPolicy::default(), Timestamp::UNIX_EPOCH);
         let Ok(RelayWorkload::Sidecar { body, .. }) = &plans[0].workload else { panic!("{:?}", plans[0].workload) };
         assert!(serde_json::to_string(body).expect("JSON").contains("Order=shop.orders"), "the relay writes to shop.orders: {body:?}");
     }
