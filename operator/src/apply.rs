@@ -899,6 +899,51 @@ spec:
         (results, report)
     }
 
+    /// A Subscription of namespace `shop` reading EventTopic `billing/invoices`, whose spec is
+    /// `topic_spec`, applied offline under `naming`.
+    async fn apply_cross_namespace(topic_spec: &str, subscription_spec: &str, naming: &NamingPolicy) -> SubscriptionResult {
+        let yaml = format!(
+            "apiVersion: tributary.dev/v1alpha1\nkind: EventTopic\nmetadata: {{ name: invoices, namespace: billing }}\nspec: {topic_spec}\n---\n\
+             apiVersion: tributary.dev/v1alpha1\nkind: Subscription\nmetadata: {{ name: audit, namespace: shop }}\n\
+             spec: {{ topics: [{{ name: invoices, namespace: billing }}], template: {{ image: audit:1 }}{subscription_spec} }}\n"
+        );
+        let objects = validate_documents(&documents(&yaml)).expect("valid");
+        let subscriptions: Vec<Subscription> =
+            objects.iter().filter_map(|object| if let Object::Subscription(s) = object { Some(*s.clone()) } else { None }).collect();
+        let admin = FakeTopicAdmin::new();
+        let topics = apply_event_topics(&admin, &event_topics(objects), SyncMode::Apply, Timestamp::UNIX_EPOCH, naming).await;
+        let mut results = apply_subscriptions(&admin, &subscriptions, &topics, SyncMode::Apply, &settings(), naming).await;
+        results.remove(0)
+    }
+
+    fn not_applied(result: &SubscriptionResult) -> &str {
+        match &result.outcome {
+            SubscriptionOutcome::NotApplied(message) => message,
+            SubscriptionOutcome::Applied { .. } => "applied",
+        }
+    }
+
+    #[tokio::test]
+    async fn offline_an_event_topic_of_another_namespace_is_read_only_with_its_grant() {
+        let denied = apply_cross_namespace("{}", "", &NamingPolicy::default()).await;
+        assert_eq!(
+            not_applied(&denied),
+            "its EventTopics must be in the input and Ready: EventTopic billing/invoices does not grant namespace shop access (its spec.access.subscribers), or does not exist"
+        );
+        let granted = apply_cross_namespace("{ access: { subscribers: [{ namespace: shop }] } }", "", &NamingPolicy::default()).await;
+        assert!(granted.is_applied(), "{}", not_applied(&granted));
+    }
+
+    #[tokio::test]
+    async fn offline_names_follow_the_naming_policy() {
+        let grant = "{ access: { subscribers: [{ namespace: shop }] } }";
+        let prefixed = NamingPolicy::namespace_prefixed([]);
+        let foreign_group = apply_cross_namespace(grant, ", consumerGroup: billing-readers", &prefixed).await;
+        assert!(not_applied(&foreign_group).starts_with("spec.consumerGroup \"billing-readers\" must begin with \"shop.\""), "{}", not_applied(&foreign_group));
+        let own_group = apply_cross_namespace(grant, ", consumerGroup: shop.billing-readers", &prefixed).await;
+        assert!(own_group.is_applied(), "{}", not_applied(&own_group));
+    }
+
     #[tokio::test]
     async fn subscriptions_get_their_dead_letter_topics_and_their_objects_printed() {
         let admin = FakeTopicAdmin::new();

@@ -680,7 +680,7 @@ fn workload_kafka_properties_secret_is_named_to_the_operator_only_when_set() {
 }
 
 #[test]
-fn the_naming_policy_is_passed_to_the_operator() {
+fn the_naming_policy_and_sidecar_opt_in_are_passed_to_the_operator() {
     let Some(helm) = helm() else { return };
     let rendered = helm.render(&with_bootstrap(&[
         ("operator.topicNaming", "NamespacePrefixed"),
@@ -690,6 +690,10 @@ fn the_naming_policy_is_passed_to_the_operator() {
     let container = rendered.operator_container();
     assert_eq!(env_value(container, "TRIBUTARY_TOPIC_NAMING"), Some("NamespacePrefixed"));
     assert_eq!(env_value(container, "TRIBUTARY_FREE_NAMING_NAMESPACES"), Some("platform,kafka-admin"), "the flag's comma-separated list");
+
+    assert_eq!(env_value(container, "TRIBUTARY_SIDECAR_OPT_IN"), Some("Required"), "sidecars need the Deployment's consent by default");
+    let rendered = helm.render(&with_bootstrap(&[("operator.sidecarOptIn", "NotRequired")]));
+    assert_eq!(env_value(rendered.operator_container(), "TRIBUTARY_SIDECAR_OPT_IN"), Some("NotRequired"));
 
     let stderr = helm
         .template(&with_bootstrap(&[("operator.freeNamingNamespaces[0]", "Platform_Team")]))
@@ -747,6 +751,7 @@ fn values_outside_the_schema_are_rejected() {
         ("workloads.kafkaPropertiesSecret", "Kafka_Auth"),
         ("operator.topicNaming", "Prefixed"),
         ("operator.freeNamingNamespaces", "platform"),
+        ("operator.sidecarOptIn", "Optional"),
     ] {
         let stderr = helm.template(&with_bootstrap(&[(key, value)])).expect_failure(&format!("helm template --set {key}={value}"));
         let field = key.rsplit('.').next().expect("a key");
