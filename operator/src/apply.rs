@@ -939,7 +939,11 @@ spec:
         let grant = "{ access: { subscribers: [{ namespace: shop }] } }";
         let prefixed = NamingPolicy::namespace_prefixed([]);
         let foreign_group = apply_cross_namespace(grant, ", consumerGroup: billing-readers", &prefixed).await;
-        assert!(not_applied(&foreign_group).starts_with("spec.consumerGroup \"billing-readers\" must begin with \"shop.\""), "{}", not_applied(&foreign_group));
+        assert!(
+            not_applied(&foreign_group).starts_with("spec.consumerGroup \"billing-readers\" must begin with \"shop.\""),
+            "{}",
+            not_applied(&foreign_group)
+        );
         let own_group = apply_cross_namespace(grant, ", consumerGroup: shop.billing-readers", &prefixed).await;
         assert!(own_group.is_applied(), "{}", not_applied(&own_group));
     }

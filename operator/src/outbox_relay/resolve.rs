@@ -132,7 +132,9 @@ pub fn validate(relay: &OutboxRelay, naming: &NamingPolicy) -> Result<(), String
     }
     let routing = &spec.routing;
     if let Some(prefix) = routing.topic_prefix.as_deref().filter(|prefix| naming::is_internal(prefix)) {
-        return Err(format!("spec.routing.topicPrefix {prefix:?} would route rows into Kafka's internal topics (names beginning with '_')"));
+        return Err(format!(
+            "spec.routing.topicPrefix {prefix:?} would route rows into Kafka's internal topics (names beginning with '_')"
+        ));
     }
     let namespace = relay.namespace().unwrap_or_default();
     let Some(own) = naming.prefix(&namespace) else { return Ok(()) };
@@ -172,7 +174,9 @@ pub fn refused_target(deployment: &Deployment, relay: &OutboxRelay, opt_in: Side
     }
     let annotated = deployment.annotations().get(SIDECAR_OPT_IN_ANNOTATION);
     match opt_in {
-        SidecarOptIn::Required if annotated != Some(&relay.name_any()) => Some(Workload::TargetNotOptedIn { annotated: annotated.cloned() }),
+        SidecarOptIn::Required if annotated != Some(&relay.name_any()) => {
+            Some(Workload::TargetNotOptedIn { annotated: annotated.cloned() })
+        }
         _ => None,
     }
 }
@@ -265,7 +269,8 @@ placement: { standalone: {} }
         assert_eq!(validate(&outbox_relay("r", ROUTES), &NamingPolicy::default()), Ok(()));
     }
 
-    const PREFIX_ROUTED: &str = "database: { urlSecretRef: { name: db } }\nrouting: { topicPrefix: default.events. }\nplacement: { standalone: {} }";
+    const PREFIX_ROUTED: &str =
+        "database: { urlSecretRef: { name: db } }\nrouting: { topicPrefix: default.events. }\nplacement: { standalone: {} }";
 
     #[test]
     fn under_namespace_prefixed_naming_rows_reach_only_the_namespaces_topics() {
@@ -277,7 +282,8 @@ placement: { standalone: {} }
             Err("spec.routing.topicPrefix \"billing.\" must begin with \"default.\" under the operator's NamespacePrefixed naming policy: rows routed by prefix must reach only this namespace's topics".into())
         );
         let by_column = outbox_relay("r", &PREFIX_ROUTED.replace("topicPrefix: default.events.", "topicColumn: topic"));
-        assert!(validate(&by_column, &prefixed).is_err_and(|message| message.starts_with("spec.routing.topicColumn \"topic\" lets each row name any Kafka topic")));
+        assert!(validate(&by_column, &prefixed)
+            .is_err_and(|message| message.starts_with("spec.routing.topicColumn \"topic\" lets each row name any Kafka topic")));
         // Free names: as before, in the free namespaces and under Free.
         let mut platform = by_column.clone();
         platform.metadata.namespace = Some("platform".into());
@@ -324,8 +330,11 @@ placement: { standalone: {} }
     #[test]
     fn the_flag_spells_sidecar_opt_in_as_the_chart_does() {
         use clap::ValueEnum;
-        let spelled: Vec<String> =
-            SidecarOptIn::value_variants().iter().filter_map(|value| value.to_possible_value()).map(|value| value.get_name().to_owned()).collect();
+        let spelled: Vec<String> = SidecarOptIn::value_variants()
+            .iter()
+            .filter_map(|value| value.to_possible_value())
+            .map(|value| value.get_name().to_owned())
+            .collect();
         assert_eq!(spelled, ["Required", "NotRequired"]);
     }
 }

@@ -321,12 +321,17 @@ async fn a_group_someone_committed_with_is_refused_until_adopted_and_its_own_com
     // A group nobody used becomes the Subscription's; recorded, its own commits do not lock it out.
     let fresh_group = unique_name("fresh-group");
     let workload = workload_reading(&plain, &ours, &fresh_group);
-    let unrecorded = kafka::ask_unrecorded(&broker.admin, &broker.admin, &workload, ownership::questions(&plain, &workload)).await.expect("asked");
+    let unrecorded =
+        kafka::ask_unrecorded(&broker.admin, &broker.admin, &workload, ownership::questions(&plain, &workload)).await.expect("asked");
     let held = ownership::hold(&plain, &workload, &unrecorded, []).expect("free");
     assert_eq!(held, ownership::Held { group_origin: Origin::Created, dead_letter_origin: Some(Origin::Created) });
     let recorded = Subscription { status: ownership::with_records(&plain, &workload, &held), ..plain.clone() };
     idle_reconcile(&broker, &workload).await;
-    assert_eq!(broker.admin.committed_topics(&fresh_group).await.expect("asked"), [ours.clone()].into(), "the start position was committed");
+    assert_eq!(
+        broker.admin.committed_topics(&fresh_group).await.expect("asked"),
+        [ours.clone()].into(),
+        "the start position was committed"
+    );
     let workload = workload_reading(&recorded, &ours, &fresh_group);
     assert_eq!(ownership::questions(&recorded, &workload), ownership::Questions { group: false, dead_letter: false });
     assert_eq!(ownership::hold(&recorded, &workload, &ownership::Unrecorded::default(), []), Ok(held));
