@@ -74,7 +74,6 @@ mod tests {
     };
 
     use super::*;
-    use crate::naming::NamingPolicy;
     use crate::outbox_relay::desired::{relay_workload, RelayWorkload, ResolvedRoute};
     use crate::outbox_relay::test_support::outbox_relay;
     use crate::subscription::desired::deployment;
@@ -229,7 +228,7 @@ mod tests {
             dead_letter_topic: None,
             max_message_bytes: None,
         }];
-        let workload = workload(&subscription, topics, &NamingPolicy::default()).expect("a valid Subscription");
+        let workload = workload(&subscription, topics).expect("a valid Subscription");
         deployment(&workload, &settings(), Some(1)).spec.and_then(|spec| spec.template.spec).expect("a pod template")
     }
 

@@ -21,7 +21,6 @@ use super::scaler::{decide, Lag, Observation, Policy, Reason};
 use super::test_support::subscription;
 use crate::fixtures::{test_bootstrap_servers, unique_name};
 use crate::kafka::{ConsumerGroups, GroupLag, KafkaConnection, KafkaError, RdKafkaTopicAdmin, StartFrom, TopicAdmin, TopicSpec};
-use crate::naming::NamingPolicy;
 
 /// Record timestamps: two batches an hour apart.
 const EARLY: i64 = 1_700_000_000_000;
@@ -256,7 +255,7 @@ async fn a_group_scaled_to_zero_that_never_committed_wakes_up_when_records_arriv
     let topic = broker.topic_with_records("wake", 5, 3).await;
     let subscription = subscription("wake", "scaling: { minReplicas: 1, scaleToZero: true, activationLagThreshold: 0 }");
     let resolved = ResolvedTopic { name: "orders".into(), kafka_topic: topic.clone(), dead_letter_topic: None, max_message_bytes: None };
-    let mut workload = resolve::workload(&subscription, vec![resolved], &NamingPolicy::default()).expect("a valid Subscription");
+    let mut workload = resolve::workload(&subscription, vec![resolved]).expect("a valid Subscription");
     workload.group = unique_name("group");
     workload.dead_letter.topic = unique_name("wake-dlq");
     let policy = Policy::new(&subscription.spec.scaling, workload.cooldown);
@@ -290,7 +289,7 @@ async fn committed_topics_name_every_topic_a_group_committed_on() {
 /// A Subscription reading `topic`, with group `group`, resolved as the controller does.
 fn workload_reading<'a>(subscription: &'a Subscription, topic: &str, group: &str) -> Workload<'a> {
     let resolved = ResolvedTopic { name: "orders".into(), kafka_topic: topic.to_owned(), dead_letter_topic: None, max_message_bytes: None };
-    let mut workload = resolve::workload(subscription, vec![resolved], &NamingPolicy::default()).expect("a valid Subscription");
+    let mut workload = resolve::workload(subscription, vec![resolved]).expect("a valid Subscription");
     workload.group = group.to_owned();
     workload.dead_letter.topic = format!("{group}.dlq");
     workload

@@ -319,7 +319,6 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
     use super::*;
-    use crate::naming::NamingPolicy;
     use crate::subscription::resolve::{workload, ResolvedTopic};
     use crate::subscription::test_support::subscription;
     use tributary_api::Subscription;
@@ -377,7 +376,7 @@ delivery:
     #[test]
     fn pull_mode_gives_the_consumer_the_group_settings_and_properties_file() {
         let subscription = stored(subscription("billing", PULL));
-        let workload = workload(&subscription, topics(), &NamingPolicy::default()).expect("valid");
+        let workload = workload(&subscription, topics()).expect("valid");
         let deployment = deployment(&workload, &settings(None), Some(3));
         let pod = pod(&deployment);
         assert_eq!(pod.containers.len(), 1, "no sidecar in Pull mode");
@@ -420,7 +419,7 @@ delivery:
     #[test]
     fn labels_select_the_pods_and_owner_references_point_at_the_subscription() {
         let subscription = stored(subscription("billing", PULL));
-        let workload = workload(&subscription, topics(), &NamingPolicy::default()).expect("valid");
+        let workload = workload(&subscription, topics()).expect("valid");
         let deployment = deployment(&workload, &settings(None), None);
         let spec = deployment.spec.as_ref().expect("spec");
         assert_eq!(spec.replicas, None, "KEDA owns replicas");
@@ -444,7 +443,7 @@ delivery:
     fn a_changed_consumer_setting_changes_the_config_hash() {
         let hash = |spec: &str| {
             let subscription = stored(subscription("billing", spec));
-            let workload = workload(&subscription, topics(), &NamingPolicy::default()).expect("valid");
+            let workload = workload(&subscription, topics()).expect("valid");
             let deployment = deployment(&workload, &settings(None), Some(1));
             deployment
                 .spec
@@ -472,7 +471,7 @@ delivery:
     #[test]
     fn push_mode_adds_the_dispatcher_sidecar() {
         let subscription = stored(subscription("billing", PUSH));
-        let workload = workload(&subscription, topics(), &NamingPolicy::default()).expect("valid");
+        let workload = workload(&subscription, topics()).expect("valid");
         let deployment = deployment(&workload, &settings(Some("kafka-auth")), Some(2));
         let pod = pod(&deployment);
         assert_eq!(pod.containers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), vec!["consumer", "tributary-relay"]);
@@ -529,7 +528,7 @@ delivery:
             "billing",
             "scaling: { engine: Keda, minReplicas: 2, maxReplicas: 6, lagThreshold: 50, activationLagThreshold: 5, cooldown: 2m }",
         ));
-        let workload = workload(&subscription, topics(), &NamingPolicy::default()).expect("valid");
+        let workload = workload(&subscription, topics()).expect("valid");
         let object = serde_json::to_value(scaled_object(&workload, &settings(None), false)).expect("serializes");
         assert_eq!((object["apiVersion"].as_str(), object["kind"].as_str()), (Some("keda.sh/v1alpha1"), Some("ScaledObject")));
         assert_eq!(object["metadata"]["ownerReferences"][0]["uid"], "uid-billing");
@@ -558,7 +557,7 @@ delivery:
     fn scale_to_zero_keeps_the_floor_while_there_is_lag() {
         let spec_of = |scaling: &str| {
             let subscription = stored(subscription("billing", scaling));
-            let workload = workload(&subscription, topics(), &NamingPolicy::default()).expect("valid");
+            let workload = workload(&subscription, topics()).expect("valid");
             serde_json::to_value(scaled_object(&workload, &settings(None), false)).expect("serializes")["spec"].clone()
         };
         let single = spec_of("scaling: { scaleToZero: true }");

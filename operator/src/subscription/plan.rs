@@ -37,7 +37,9 @@ pub fn workload<'a, 'o>(
     if let Some(owner) = resolve::find_group_conflict(subscription, others) {
         return Err(Blocked::GroupTaken { owner });
     }
-    resolve::workload(subscription, topics, naming).map_err(Blocked::Invalid)
+    let workload = resolve::workload(subscription, topics).map_err(Blocked::Invalid)?;
+    resolve::check_naming(&workload, naming).map_err(Blocked::Invalid)?;
+    Ok(workload)
 }
 
 /// Who sets the consumer Deployment's replicas.

@@ -176,9 +176,9 @@ impl Workload<'_> {
     }
 }
 
-/// Checks what the schema cannot (durations, and the Kafka names against the operator's naming
-/// policy) and resolves the dead-letter topic.
-pub fn workload<'a>(subscription: &'a Subscription, topics: Vec<ResolvedTopic>, naming: &NamingPolicy) -> Result<Workload<'a>, SpecError> {
+/// Checks what the schema cannot (durations, line breaks, internal topics) and resolves the
+/// dead-letter topic.
+pub fn workload(subscription: &Subscription, topics: Vec<ResolvedTopic>) -> Result<Workload<'_>, SpecError> {
     let spec = &subscription.spec;
     let field = |field: &'static str, message: String| SpecError::Field { field, message };
     let cooldown = tributary_api::duration::parse(&spec.scaling.cooldown).map_err(|error| field("scaling.cooldown", error.to_string()))?;
@@ -193,31 +193,41 @@ pub fn workload<'a>(subscription: &'a Subscription, topics: Vec<ResolvedTopic>, 
         return Err(field("delivery.filters", "a filter value cannot contain a line break".into()));
     }
     let group = subscription.consumer_group();
+    let dead_letter = dead_letter(subscription, &topics)?;
+    if dead_letter.owned && naming::is_internal(&dead_letter.topic) {
+        let named_by = if dead_letter.explicit { DEAD_LETTER_FIELD } else { "consumerGroup" };
+        let message =
+            format!("the dead-letter topic {:?} would be one of Kafka's internal topics (names beginning with '_')", dead_letter.topic);
+        return Err(field(named_by, message));
+    }
     let namespace = subscription.namespace().unwrap_or_default();
-    let prefix = naming.prefix(&namespace);
-    let outside_prefix = |field, name: &str| match &prefix {
-        Some(prefix) if !name.starts_with(prefix.as_str()) => {
-            Some(SpecError::OutsideNamespacePrefix { field, name: name.to_owned(), prefix: prefix.clone(), policy: naming.describe() })
-        }
-        _ => None,
+    Ok(Workload { subscription, name: subscription.name_any(), namespace, group, topics, dead_letter, start_from, cooldown })
+}
+
+/// Checks the Kafka names the Subscription chooses itself against the operator's naming policy:
+/// under `NamespacePrefixed` an explicit consumer group and a dead-letter topic of its own begin
+/// with `<namespace>.` (the defaults always do; an EventTopic's dead-letter topic is that
+/// EventTopic's).
+pub fn check_naming(workload: &Workload<'_>, naming: &NamingPolicy) -> Result<(), SpecError> {
+    let Some(prefix) = naming.prefix(&workload.namespace) else { return Ok(()) };
+    let outside_prefix = |field, name: &str| {
+        let outside = !name.starts_with(prefix.as_str());
+        outside.then(|| SpecError::OutsideNamespacePrefix {
+            field,
+            name: name.to_owned(),
+            prefix: prefix.clone(),
+            policy: naming.describe(),
+        })
     };
-    if let Some(invalid) = spec.consumer_group.as_deref().and_then(|group| outside_prefix("consumerGroup", group)) {
+    let explicit_group = workload.subscription.spec.consumer_group.as_deref();
+    if let Some(invalid) = explicit_group.and_then(|group| outside_prefix("consumerGroup", group)) {
         return Err(invalid);
     }
-    let dead_letter = dead_letter(subscription, &topics)?;
-    if dead_letter.owned {
-        let named_by = if dead_letter.explicit { DEAD_LETTER_FIELD } else { "consumerGroup" };
-        if naming::is_internal(&dead_letter.topic) {
-            return Err(field(
-                named_by,
-                format!("the dead-letter topic {:?} would be one of Kafka's internal topics (names beginning with '_')", dead_letter.topic),
-            ));
-        }
-        if let Some(invalid) = outside_prefix(DEAD_LETTER_FIELD, &dead_letter.topic).filter(|_| dead_letter.explicit) {
-            return Err(invalid);
-        }
+    let dead_letter = &workload.dead_letter;
+    match outside_prefix(DEAD_LETTER_FIELD, &dead_letter.topic) {
+        Some(invalid) if dead_letter.owned && dead_letter.explicit => Err(invalid),
+        _ => Ok(()),
     }
-    Ok(Workload { subscription, name: subscription.name_any(), namespace, group, topics, dead_letter, start_from, cooldown })
 }
 
 /// The field naming a Subscription's own dead-letter topic.
@@ -266,6 +276,12 @@ mod tests {
         NamingPolicy::namespace_prefixed(["platform".to_owned()])
     }
 
+    /// The workload, checked against `naming` as well.
+    fn named<'a>(subscription: &'a Subscription, topics: Vec<ResolvedTopic>, naming: &NamingPolicy) -> Result<Workload<'a>, SpecError> {
+        let workload = workload(subscription, topics)?;
+        check_naming(&workload, naming).map(|()| workload)
+    }
+
     fn resolved(name: &str, dead_letter: Option<&str>) -> ResolvedTopic {
         ResolvedTopic {
             name: name.into(),
@@ -282,7 +298,7 @@ mod tests {
         let topics = resolve_topics("default", &[found(big), found(plain)]).expect("resolved");
         assert_eq!(topics.iter().map(|topic| topic.max_message_bytes).collect::<Vec<_>>(), vec![Some(4_194_304), None]);
         let subscription = subscription("billing", "topics: [{ name: orders }, { name: payments }]");
-        let dead_letter = workload(&subscription, topics, &NamingPolicy::default()).expect("valid").dead_letter;
+        let dead_letter = workload(&subscription, topics).expect("valid").dead_letter;
         assert_eq!((dead_letter.owned, dead_letter.max_message_bytes), (true, Some(4_194_304)));
     }
 
@@ -338,9 +354,7 @@ mod tests {
     #[test]
     fn dead_letters_go_to_the_single_event_topics_dlq_or_to_an_owned_group_dlq() {
         let one = subscription("billing", "");
-        let workload_for = |subscription: &Subscription, topics: Vec<ResolvedTopic>| {
-            workload(subscription, topics, &NamingPolicy::default()).map(|w| w.dead_letter)
-        };
+        let workload_for = |subscription: &Subscription, topics: Vec<ResolvedTopic>| workload(subscription, topics).map(|w| w.dead_letter);
         assert_eq!(
             workload_for(&one, vec![resolved("orders", Some("shop.orders.dlq"))]),
             Ok(DeadLetter { topic: "shop.orders.dlq".into(), owned: false, explicit: false, max_message_bytes: None })
@@ -366,19 +380,13 @@ mod tests {
     #[test]
     fn unparsable_durations_and_start_points_name_the_field() {
         let bad_cooldown = subscription("billing", "scaling: { cooldown: 5x }");
-        assert!(workload(&bad_cooldown, Vec::new(), &NamingPolicy::default())
-            .unwrap_err()
-            .to_string()
-            .starts_with("spec.scaling.cooldown: "));
+        assert!(workload(&bad_cooldown, Vec::new()).unwrap_err().to_string().starts_with("spec.scaling.cooldown: "));
         let bad_start = subscription("billing", "startFrom: '2026-13-45T00:00:00Z'");
-        assert!(workload(&bad_start, Vec::new(), &NamingPolicy::default()).unwrap_err().to_string().starts_with("spec.startFrom: "));
+        assert!(workload(&bad_start, Vec::new()).unwrap_err().to_string().starts_with("spec.startFrom: "));
         let multi_line = subscription("billing", "delivery: { filters: [{ attribute: type, operator: Exact, value: \"a\\nb\" }] }");
-        assert!(workload(&multi_line, Vec::new(), &NamingPolicy::default())
-            .unwrap_err()
-            .to_string()
-            .starts_with("spec.delivery.filters: "));
+        assert!(workload(&multi_line, Vec::new()).unwrap_err().to_string().starts_with("spec.delivery.filters: "));
         let fine = subscription("billing", "startFrom: earliest\nscaling: { cooldown: 1m30s }");
-        let checked = workload(&fine, vec![resolved("orders", None)], &NamingPolicy::default()).expect("valid");
+        let checked = workload(&fine, vec![resolved("orders", None)]).expect("valid");
         assert_eq!((checked.start_from, checked.cooldown), (StartFrom::Earliest, Duration::from_secs(90)));
         assert_eq!(checked.kafka_topics(), vec!["shop.orders".to_owned()]);
     }
@@ -414,38 +422,38 @@ mod tests {
     #[test]
     fn under_namespace_prefixed_naming_an_explicit_group_must_begin_with_the_namespace() {
         let foreign = subscription("billing", "consumerGroup: payments-service");
-        let refused = workload(&foreign, vec![resolved("orders", None)], &prefixed()).expect_err("outside the prefix");
+        let refused = named(&foreign, vec![resolved("orders", None)], &prefixed()).expect_err("outside the prefix");
         assert_eq!(
             refused.to_string(),
             "spec.consumerGroup \"payments-service\" must begin with \"default.\" under the operator's NamespacePrefixed naming policy: this namespace's Kafka names are <namespace>.<name>, so that no team uses another's"
         );
         let own = subscription("billing", "consumerGroup: default.billing-v2");
-        assert_eq!(workload(&own, vec![resolved("orders", None)], &prefixed()).expect("inside").group, "default.billing-v2");
-        assert!(workload(&foreign, vec![resolved("orders", None)], &NamingPolicy::default()).is_ok(), "Free names freely");
+        assert_eq!(named(&own, vec![resolved("orders", None)], &prefixed()).expect("inside").group, "default.billing-v2");
+        assert!(named(&foreign, vec![resolved("orders", None)], &NamingPolicy::default()).is_ok(), "Free names freely");
         let mut platform = foreign.clone();
         platform.metadata.namespace = Some("platform".into());
-        assert!(workload(&platform, vec![resolved("orders", None)], &prefixed()).is_ok(), "a free namespace");
+        assert!(named(&platform, vec![resolved("orders", None)], &prefixed()).is_ok(), "a free namespace");
         // The default <namespace>.<name> always fits.
-        assert!(workload(&subscription("billing", ""), vec![resolved("orders", None)], &prefixed()).is_ok());
+        assert!(named(&subscription("billing", ""), vec![resolved("orders", None)], &prefixed()).is_ok());
     }
 
     #[test]
     fn under_namespace_prefixed_naming_an_own_dead_letter_topic_must_begin_with_the_namespace() {
         let foreign = subscription("billing", "delivery: { deadLetter: { topicName: payments.dead } }");
-        let refused = workload(&foreign, vec![resolved("orders", None)], &prefixed()).expect_err("outside the prefix");
+        let refused = named(&foreign, vec![resolved("orders", None)], &prefixed()).expect_err("outside the prefix");
         assert!(
             refused.to_string().starts_with("spec.delivery.deadLetter.topicName \"payments.dead\" must begin with \"default.\""),
             "{refused}"
         );
         // The dead-letter topic of an EventTopic it reads is that EventTopic's, whatever its name.
         let managed = subscription("billing", "delivery: { deadLetter: { topicName: shop.orders.dlq } }");
-        assert!(workload(&managed, vec![resolved("orders", Some("shop.orders.dlq"))], &prefixed()).is_ok());
+        assert!(named(&managed, vec![resolved("orders", Some("shop.orders.dlq"))], &prefixed()).is_ok());
     }
 
     #[test]
     fn a_prefixed_group_too_long_for_its_dead_letter_topic_names_the_field() {
         let long = subscription("billing", &format!("consumerGroup: default.{}", "g".repeat(242)));
-        let refused = workload(&long, vec![resolved("orders", None)], &prefixed()).expect_err("too long");
+        let refused = named(&long, vec![resolved("orders", None)], &prefixed()).expect_err("too long");
         assert!(matches!(&refused, SpecError::DeadLetterNameTooLong(name) if name.len() == 254), "{refused}");
         assert!(refused.to_string().contains("set spec.delivery.deadLetter.topicName"), "{refused}");
     }
@@ -453,7 +461,7 @@ mod tests {
     #[test]
     fn internal_dead_letter_topics_are_refused_at_runtime() {
         let internal = subscription("billing", "delivery: { deadLetter: { topicName: __consumer_offsets } }");
-        let refused = workload(&internal, vec![resolved("orders", None)], &NamingPolicy::default()).expect_err("internal");
+        let refused = workload(&internal, vec![resolved("orders", None)]).expect_err("internal");
         assert!(
             refused.to_string().starts_with("spec.delivery.deadLetter.topicName: the dead-letter topic \"__consumer_offsets\""),
             "{refused}"
