@@ -554,7 +554,8 @@ pub struct SubscriptionStatus {
     pub dead_letter_topic: Option<String>,
 
     /// `Created` when the operator created deadLetterTopic for this Subscription (recorded before
-    /// it does); absent when an EventTopic manages it, or another Subscription created it.
+    /// it does); `Adopted` when it existed, made for another Subscription of this namespace (or
+    /// taken over with the consumer group); absent when an EventTopic manages it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_origin: Option<Origin>,
 

@@ -805,7 +805,7 @@ async fn a_dead_letter_topic_another_subscription_of_the_namespace_created_is_sh
         api.expect_not_found(Method::GET, KEDA_CRD).await;
         let recorded = api.expect(Method::PATCH, STATUS, json!({})).await;
         assert_eq!(recorded.body["status"]["deadLetterTopic"], "default.dead");
-        assert!(recorded.body["status"].get("deadLetterOrigin").is_none(), "the neighbour's, not its own");
+        assert_eq!(recorded.body["status"]["deadLetterOrigin"], "Adopted", "the neighbour's, and now shared");
         api.expect(Method::PATCH, CONFIG_MAP, applied("ConfigMap", "v1", "billing-consumer")).await;
         let deployment = api.expect(Method::PATCH, DEPLOYMENT, applied("Deployment", "apps/v1", "billing")).await;
         assert_eq!(env(&containers(&deployment.body)[0], "TRIBUTARY_DEAD_LETTER_TOPIC"), Some("default.dead"));

@@ -97,8 +97,7 @@ pub fn questions(subscription: &Subscription, workload: &Workload<'_>) -> Questi
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Held {
     pub group_origin: Origin,
-    /// `None` for a topic an EventTopic manages, or one another Subscription of the namespace
-    /// created.
+    /// `None` for a topic an EventTopic manages.
     pub dead_letter_origin: Option<Origin>,
 }
 
@@ -166,7 +165,8 @@ pub fn hold<'a>(
             (None, Some(false) | None) => Some(Origin::Created),
             // The default name follows the group: adopting the group takes its dead-letter topic too.
             (None, Some(true)) if !dead_letter.explicit && adopt => Some(Origin::Adopted),
-            (None, Some(true)) if created_by_neighbour(subscription, dead_letter, others) => None,
+            // Shared within the namespace; recorded, so that it stays usable when the other goes.
+            (None, Some(true)) if created_by_neighbour(subscription, dead_letter, others) => Some(Origin::Adopted),
             (None, Some(true)) => return Err(Refused::DeadLetter { topic: dead_letter.topic.clone(), explicit: dead_letter.explicit }),
         };
     Ok(Held { group_origin, dead_letter_origin })
