@@ -146,6 +146,34 @@ pub struct EventTopicSpec {
     /// (needs `adopt: true`).
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+
+    /// Who besides this namespace may read the topic. Subscriptions in this EventTopic's own
+    /// namespace always may; a Subscription in another namespace may name it in its spec.topics
+    /// (with `namespace`) only when that namespace is listed here. Removing a namespace withdraws
+    /// the grant: the operator stops reconciling its Subscriptions of this topic and reports
+    /// `AccessDenied` on them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<Access>,
+}
+
+/// Who may read an EventTopic from other namespaces.
+#[derive(Serialize, Deserialize, KubeSchema, Debug, Clone, PartialEq, Default)]
+pub struct Access {
+    /// Namespaces whose Subscriptions may read this topic (and send their dead letters to its
+    /// dead-letter topic).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["namespace".into()]))]
+    pub subscribers: Vec<SubscriberGrant>,
+}
+
+/// A namespace granted to read an EventTopic.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+pub struct SubscriberGrant {
+    /// The namespace, by name. Grants name namespaces rather than select them by label: whoever
+    /// may label a namespace could otherwise grant it access to other teams' topics.
+    #[schemars(regex(pattern = patterns::NAMESPACE.regex))]
+    pub namespace: String,
 }
 
 fn default_partitions() -> i32 {
@@ -211,10 +239,12 @@ pub enum DeletionPolicy {
     DeleteIncludingAdopted,
 }
 
-/// How an EventTopic came to manage a Kafka topic: the operator `Created` it for the EventTopic,
-/// or it existed and the EventTopic `Adopted` it (spec.adopt).
+/// How a Tributary object came to hold a Kafka resource: the operator `Created` it for the object
+/// (a topic it made, a consumer group that had no committed offsets), or it existed and the object
+/// `Adopted` it with its spec's consent (an EventTopic's `adopt`, a Subscription's
+/// `adoptConsumerGroup`).
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TopicOrigin {
+pub enum Origin {
     Created,
     Adopted,
 }
@@ -274,7 +304,7 @@ pub struct EventTopicStatus {
     /// Whether this EventTopic `Created` the Kafka topic named in topicName or `Adopted` it.
     /// Kept as long as the topic is this EventTopic's; it decides what deletion may remove.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub origin: Option<TopicOrigin>,
+    pub origin: Option<Origin>,
 
     /// Partitions the topic has in Kafka.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -290,7 +320,7 @@ pub struct EventTopicStatus {
 
     /// Whether this EventTopic `Created` the dead-letter topic or `Adopted` it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dead_letter_origin: Option<TopicOrigin>,
+    pub dead_letter_origin: Option<Origin>,
 
     /// When the operator last compared the topic in Kafka with the spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -303,6 +333,13 @@ impl EventTopic {
     /// real one.
     pub fn requested_topic_name(&self) -> &str {
         self.spec.topic_name.as_deref().unwrap_or_else(|| self.metadata.name.as_deref().unwrap_or_default())
+    }
+
+    /// Whether Subscriptions in `namespace` may read this topic: its own namespace always may,
+    /// others when spec.access.subscribers lists them.
+    pub fn grants_subscribers_in(&self, namespace: &str) -> bool {
+        self.metadata.namespace.as_deref() == Some(namespace)
+            || self.spec.access.iter().flat_map(|access| &access.subscribers).any(|grant| grant.namespace == namespace)
     }
 
     /// The dead-letter topic name this EventTopic asks for, when it is enabled: its own, else

@@ -204,7 +204,8 @@ flag_spelling!(PayloadFormat { Json => "json", Binary => "binary" });
     .message("spec.routing needs at least one of topicColumn, routes or topicPrefix"))]
 #[serde(rename_all = "camelCase")]
 pub struct Routing {
-    /// Column naming the Kafka topic of each row.
+    /// Column naming the Kafka topic of each row. A row can name any topic, so under the
+    /// operator's `NamespacePrefixed` naming policy only namespaces allowed free names may use it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = patterns::SQL_IDENTIFIER.regex))]
     pub topic_column: Option<String>,
@@ -215,9 +216,12 @@ pub struct Routing {
     #[x_kube(merge_strategy = ListMerge::Map(vec!["aggregateType".into()]))]
     pub routes: Vec<Route>,
 
-    /// Kafka topic prefix for aggregate types without a route.
+    /// Kafka topic prefix for aggregate types without a route. Under the operator's
+    /// `NamespacePrefixed` naming policy it must begin with `<namespace>.`, so that rows reach
+    /// only this namespace's topics. Names beginning with `_` are Kafka's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = patterns::TOPIC_PREFIX.regex))]
+    #[x_kube(validation = patterns::not_internal_topic())]
     pub topic_prefix: Option<String>,
 }
 
@@ -252,11 +256,19 @@ pub struct Placement {
     pub standalone: Option<StandalonePlacement>,
 }
 
+/// The annotation a Deployment carries to take an OutboxRelay's sidecar: its value names the
+/// OutboxRelay (in the Deployment's namespace). Whoever may edit the Deployment consents with it;
+/// creating an OutboxRelay alone does not change a Deployment.
+pub const SIDECAR_OPT_IN_ANNOTATION: &str = "tributary.dev/outbox-relay";
+
 /// The relay joins the pods of a Deployment.
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SidecarPlacement {
-    /// The Deployment (in this namespace) the relay container is added to.
+    /// The Deployment (in this namespace) the relay container is added to. Unless the operator
+    /// is told otherwise, the Deployment must opt in with the annotation
+    /// `tributary.dev/outbox-relay: <this OutboxRelay's name>`. A Subscription's consumer
+    /// Deployment is never a target.
     pub target_ref: DeploymentReference,
     /// Port of the relay's `/metrics`, `/healthz` and `/status` in the application's pods; change
     /// it when the application itself listens on 8081.

@@ -22,6 +22,18 @@ pub const CONSUMER_GROUP: Pattern =
 pub const TOPIC_PREFIX: Pattern =
     Pattern { regex: r"^[a-zA-Z0-9._-]{1,200}$", expected: "a topic prefix: use 1 to 200 letters, digits, '.', '_' or '-'" };
 
+/// A Kubernetes namespace name (a DNS label).
+pub const NAMESPACE: Pattern = Pattern {
+    regex: r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+    expected: "a namespace name: use 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit",
+};
+
+/// A namespace name, or empty for "this object's own namespace".
+pub const NAMESPACE_OR_EMPTY: Pattern = Pattern {
+    regex: r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)?$",
+    expected: "a namespace name (or empty for this namespace): use up to 63 lowercase letters, digits or '-', starting and ending with a letter or digit",
+};
+
 /// A duration: one or more `<number><unit>` parts, unit one of ms, s, m, h, d, w.
 pub const DURATION: Pattern = Pattern {
     regex: r"^([0-9]+(ms|s|m|h|d|w))+$",
@@ -75,10 +87,12 @@ pub fn not_internal_topic() -> kube::core::Rule {
 }
 
 /// Every pattern the CRDs use.
-pub static ALL: [Pattern; 12] = [
+pub static ALL: [Pattern; 14] = [
     KAFKA_TOPIC_NAME,
     CONSUMER_GROUP,
     TOPIC_PREFIX,
+    NAMESPACE,
+    NAMESPACE_OR_EMPTY,
     DURATION,
     RETENTION,
     SHORT_DURATION,

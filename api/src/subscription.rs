@@ -9,6 +9,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::event_topic::Origin;
 use crate::patterns;
 use crate::pod_security::{privileged_needs_privilege_escalation, push_pod_not_root, root_needs_run_as_non_root_false, NonRootDefault};
 
@@ -44,15 +45,25 @@ use crate::pod_security::{privileged_needs_privilege_escalation, push_pod_not_ro
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SubscriptionSpec {
-    /// EventTopics (in this namespace) the group consumes.
+    /// EventTopics the group consumes: in this namespace, or in another one whose EventTopic grants
+    /// this namespace access (its spec.access.subscribers).
     #[schemars(length(min = 1, max = 64))]
-    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into(), "namespace".into()]))]
     pub topics: Vec<TopicReference>,
 
-    /// Kafka consumer group id. Defaults to `<namespace>.<name>`.
+    /// Kafka consumer group id. Defaults to `<namespace>.<name>`. Under the operator's
+    /// `NamespacePrefixed` naming policy it must begin with `<namespace>.`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = patterns::CONSUMER_GROUP.regex))]
     pub consumer_group: Option<String>,
+
+    /// Whether this Subscription may take over a consumer group that already has committed
+    /// offsets (or members) and that it did not start: its consumers then go on from those
+    /// offsets. Without it such a group is left untouched and Ready is False with reason
+    /// `AdoptionRequired`; no other team's group is taken over by naming it.
+    /// status.consumerGroupOrigin says whether the group was `Created` or `Adopted`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopt_consumer_group: bool,
 
     /// The consumer container: the application that handles events.
     pub template: ConsumerTemplate,
@@ -102,12 +113,31 @@ impl Subscription {
     }
 }
 
-/// A reference to an EventTopic in the Subscription's namespace.
+/// A reference to an EventTopic.
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
 pub struct TopicReference {
     /// metadata.name of the EventTopic.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
+
+    /// Namespace of the EventTopic; empty (the default) for the Subscription's own. An EventTopic
+    /// in another namespace must grant this one access (its spec.access.subscribers).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    // A key of the topics list-map, so the schema must default it (serde's default is not
+    // shown where it is skipped when serializing).
+    #[schemars(regex(pattern = patterns::NAMESPACE_OR_EMPTY.regex), extend("default" = ""))]
+    pub namespace: String,
+}
+
+impl TopicReference {
+    /// The EventTopic's namespace, for a Subscription in `own`.
+    pub fn namespace_or<'a>(&'a self, own: &'a str) -> &'a str {
+        if self.namespace.is_empty() {
+            own
+        } else {
+            &self.namespace
+        }
+    }
 }
 
 /// The consumer container and the pod it runs in.
@@ -337,11 +367,18 @@ flag_spelling!(Backoff { Linear => "linear", Exponential => "exponential" });
 pub struct SubscriptionDeadLetter {
     /// Kafka topic for this Subscription's dead letters. Defaults to the dead-letter topic of the
     /// EventTopic when the Subscription reads exactly one EventTopic and it has one, and to
-    /// `<consumerGroup>.dlq` otherwise. The operator creates this topic when no EventTopic
-    /// manages it, and leaves it in place when the Subscription is deleted.
+    /// `<consumerGroup>.dlq` otherwise. It must be the dead-letter topic of an EventTopic this
+    /// Subscription reads, or a topic the operator creates for it (or for another Subscription of
+    /// this namespace): an existing topic neither recorded is refused. Under the operator's
+    /// `NamespacePrefixed` naming policy a name of its own must begin with `<namespace>.`. The
+    /// operator leaves the topic in place when the Subscription is deleted. Names beginning with
+    /// `_` are Kafka's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = patterns::KAFKA_TOPIC_NAME.regex))]
-    #[x_kube(validation = Rule::new("self != '.' && self != '..'").message("'.' and '..' are not valid Kafka topic names"))]
+    #[x_kube(
+        validation = Rule::new("self != '.' && self != '..'").message("'.' and '..' are not valid Kafka topic names"),
+        validation = patterns::not_internal_topic(),
+    )]
     pub topic_name: Option<String>,
 }
 
@@ -472,6 +509,13 @@ pub struct SubscriptionStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consumer_group: Option<String>,
 
+    /// Whether the consumer group was `Created` for this Subscription (it had no committed offsets
+    /// when the Subscription first used it) or `Adopted` (spec.adoptConsumerGroup). Recorded
+    /// before the operator or its consumers commit anything, so that the group stays this
+    /// Subscription's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_group_origin: Option<Origin>,
+
     /// Lag of the group on each topic.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lag: Vec<TopicLag>,
@@ -508,6 +552,12 @@ pub struct SubscriptionStatus {
     /// The Kafka topic dead letters go to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_topic: Option<String>,
+
+    /// `Created` when the operator created deadLetterTopic for this Subscription (recorded before
+    /// it does); `Adopted` when it existed, made for another Subscription of this namespace (or
+    /// taken over with the consumer group); absent when an EventTopic manages it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_origin: Option<Origin>,
 
     /// Progress of the latest replay.
     #[serde(default, skip_serializing_if = "Option::is_none")]

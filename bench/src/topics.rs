@@ -120,6 +120,7 @@ fn bench_spec() -> EventTopicSpec {
         dead_letter: None,
         adopt: false,
         deletion_policy: Default::default(),
+        access: None,
     }
 }
 

@@ -12,16 +12,18 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, PostParams};
 use kube::Api;
 use serde_json::json;
+use tributary_api::outbox_relay::SIDECAR_OPT_IN_ANNOTATION;
 use tributary_api::{EventTopic, OutboxRelay};
 use tributary_e2e::{cluster, condition, eventually, manifest, namespace, unique_name, wait_event_topic};
 
 const RELAY_CONTAINER: &str = "tributary-relay";
 
-fn application(name: &str) -> Deployment {
+/// The application's Deployment, opting in to the sidecar of the OutboxRelay `relay`.
+fn application(name: &str, relay: &str) -> Deployment {
     serde_json::from_value(json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": { "name": name, "namespace": namespace() },
+        "metadata": { "name": name, "namespace": namespace(), "annotations": { SIDECAR_OPT_IN_ANNOTATION: relay } },
         "spec": {
             "replicas": 1,
             "selector": { "matchLabels": { "app": name } },
@@ -51,7 +53,8 @@ async fn sidecar_relay_is_added_by_its_own_field_manager_and_removed_alone() {
     topics.create(&PostParams::default(), &manifest("EventTopic", &topic, json!({}))).await.expect("EventTopic created");
     wait_event_topic(&topics, &topic, "True").await;
     let app = unique_name("e2e-shop");
-    deployments.create(&PostParams::default(), &application(&app)).await.expect("application created");
+    let name = unique_name("e2e-shop-outbox");
+    deployments.create(&PostParams::default(), &application(&app, &name)).await.expect("application created");
     let secret_name = unique_name("e2e-shop-db");
     let database_url = "postgres://shop:secret@shop-db:5432/shop";
     let secret: Secret = serde_json::from_value(json!({
@@ -61,7 +64,6 @@ async fn sidecar_relay_is_added_by_its_own_field_manager_and_removed_alone() {
     .expect("valid Secret");
     secrets.create(&PostParams::default(), &secret).await.expect("Secret created");
 
-    let name = unique_name("e2e-shop-outbox");
     let relay: OutboxRelay = manifest(
         "OutboxRelay",
         &name,

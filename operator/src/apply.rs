@@ -34,7 +34,7 @@ use crate::outbox_relay::resolve::{resolve_routes, validate, SecretCheck, TopicL
 use crate::outbox_relay::status::{self as relay_status, Observation, Workload};
 use crate::subscription::kafka::ensure_dead_letter_topic;
 use crate::subscription::plan::{self, Blocked, Replicas};
-use crate::subscription::resolve::DeadLetter;
+use crate::subscription::resolve::{references, DeadLetter, Fetched};
 use crate::subscription::scaler::Policy;
 use crate::workload::WorkloadSettings;
 
@@ -309,16 +309,19 @@ pub async fn apply_subscriptions(
     topics: &[TopicResult],
     mode: SyncMode,
     settings: &WorkloadSettings,
+    naming: &NamingPolicy,
 ) -> Vec<SubscriptionResult> {
     let applied: Vec<EventTopic> = topics.iter().map(TopicResult::applied).collect();
     let mut results = Vec::with_capacity(subscriptions.len());
     for subscription in subscriptions {
-        let outcome = apply_subscription(admin, subscription, subscriptions, &applied, mode, settings).await;
+        let outcome = apply_subscription(admin, subscription, subscriptions, &applied, mode, settings, naming).await;
         results.push(SubscriptionResult { subscription: subscription.clone(), group: subscription.consumer_group(), outcome });
     }
     results
 }
 
+/// One Subscription of [`apply_subscriptions`]: its EventTopics are looked up among `topics` as
+/// the controller looks them up in the cluster (grants to other namespaces included).
 async fn apply_subscription(
     admin: &dyn TopicAdmin,
     subscription: &Subscription,
@@ -326,20 +329,20 @@ async fn apply_subscription(
     topics: &[EventTopic],
     mode: SyncMode,
     settings: &WorkloadSettings,
+    naming: &NamingPolicy,
 ) -> SubscriptionOutcome {
     let not_applied = SubscriptionOutcome::NotApplied;
-    let fetched: Vec<_> = subscription
-        .spec
-        .topics
-        .iter()
-        .map(|reference| {
-            let found = topics
-                .iter()
-                .find(|topic| topic.metadata.namespace == subscription.metadata.namespace && topic.name_any() == reference.name);
-            (reference.name.clone(), found.map(|topic| DeserializeGuard(Ok(topic.clone()))))
+    let fetched: Vec<Fetched> = references(subscription)
+        .map(|(namespace, name)| {
+            let found = topics.iter().find(|topic| topic.metadata.namespace.as_deref() == Some(namespace) && topic.name_any() == name);
+            Fetched {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                topic: found.map(|topic| DeserializeGuard(Ok(topic.clone()))),
+            }
         })
         .collect();
-    let workload = match plan::workload(subscription, &fetched, all) {
+    let workload = match plan::workload(subscription, &fetched, all, naming) {
         Ok(workload) => workload,
         Err(Blocked::Topics(problem)) => return not_applied(format!("its EventTopics must be in the input and Ready: {problem}")),
         Err(Blocked::GroupTaken { owner }) => {
@@ -503,8 +506,14 @@ pub struct RelayPlan {
 
 /// Plans every OutboxRelay against the EventTopics of the same input (and what applying them
 /// made of them). Offline there is no cluster: the database Secret and a sidecar's target
-/// Deployment are taken to exist.
-pub fn plan_outbox_relays(relays: &[OutboxRelay], topics: &[TopicResult], settings: &WorkloadSettings, now: Timestamp) -> Vec<RelayPlan> {
+/// Deployment are taken to exist (and to opt in: whoever applies the output edits it).
+pub fn plan_outbox_relays(
+    relays: &[OutboxRelay],
+    topics: &[TopicResult],
+    settings: &WorkloadSettings,
+    naming: &NamingPolicy,
+    now: Timestamp,
+) -> Vec<RelayPlan> {
     relays
         .iter()
         .map(|relay| {
@@ -521,7 +530,7 @@ pub fn plan_outbox_relays(relays: &[OutboxRelay], topics: &[TopicResult], settin
                 // Offline there are no Secrets to look at.
                 secret: SecretCheck::Found,
                 kafka_secret_problem: None,
-                invalid: validate(relay).err(),
+                invalid: validate(relay, naming).err(),
                 ready_relays: None,
                 report: None,
             };
@@ -701,7 +710,7 @@ spec:
         let admin = FakeTopicAdmin::new();
         let topics =
             apply_event_topics(&admin, &event_topics(objects), SyncMode::Apply, Timestamp::UNIX_EPOCH, &NamingPolicy::default()).await;
-        let plans = plan_outbox_relays(&relays, &topics, &settings(), Timestamp::UNIX_EPOCH);
+        let plans = plan_outbox_relays(&relays, &topics, &settings(), &NamingPolicy::default(), Timestamp::UNIX_EPOCH);
 
         let sidecar = plans[0].workload.as_ref().expect("orders exists in shop and is Ready");
         let container = crate::outbox_relay::desired::relay_container(
@@ -757,7 +766,7 @@ spec:
             &NamingPolicy::default(),
         )
         .await;
-        let plans = plan_outbox_relays(&relays, &topics, &settings(), Timestamp::UNIX_EPOCH);
+        let plans = plan_outbox_relays(&relays, &topics, &settings(), &NamingPolicy::default(), Timestamp::UNIX_EPOCH);
         let Ok(RelayWorkload::Standalone(deployment)) = &plans[0].workload else { panic!("{:?}", plans[0].workload) };
         assert_eq!(deployment.metadata.name.as_deref(), Some("billing-relay"));
         assert!(deployment.metadata.owner_references.is_none(), "offline objects have no uid to own by");
@@ -790,8 +799,9 @@ spec:
         let (subscriptions, relays) = subscriptions_and_relays(&objects);
         let topics =
             apply_event_topics(&admin, &event_topics(objects), SyncMode::Apply, Timestamp::UNIX_EPOCH, &NamingPolicy::default()).await;
-        let subscription_results = apply_subscriptions(&admin, &subscriptions, &topics, SyncMode::Apply, &settings()).await;
-        let plans = plan_outbox_relays(&relays, &topics, &settings(), Timestamp::UNIX_EPOCH);
+        let subscription_results =
+            apply_subscriptions(&admin, &subscriptions, &topics, SyncMode::Apply, &settings(), &NamingPolicy::default()).await;
+        let plans = plan_outbox_relays(&relays, &topics, &settings(), &NamingPolicy::default(), Timestamp::UNIX_EPOCH);
         let report = render_report(&topics, SyncMode::Apply)
             + &render_subscriptions(&subscription_results, SyncMode::Apply)
             + &render_relay_plans(&plans);
@@ -884,9 +894,58 @@ spec:
         let subscriptions: Vec<Subscription> =
             objects.iter().filter_map(|object| if let Object::Subscription(s) = object { Some(*s.clone()) } else { None }).collect();
         let topics = apply_event_topics(admin, &event_topics(objects), mode, Timestamp::UNIX_EPOCH, &NamingPolicy::default()).await;
-        let results = apply_subscriptions(admin, &subscriptions, &topics, mode, &settings()).await;
+        let results = apply_subscriptions(admin, &subscriptions, &topics, mode, &settings(), &NamingPolicy::default()).await;
         let report = render_subscriptions(&results, mode);
         (results, report)
+    }
+
+    /// A Subscription of namespace `shop` reading EventTopic `billing/invoices`, whose spec is
+    /// `topic_spec`, applied offline under `naming`.
+    async fn apply_cross_namespace(topic_spec: &str, subscription_spec: &str, naming: &NamingPolicy) -> SubscriptionResult {
+        let yaml = format!(
+            "apiVersion: tributary.dev/v1alpha1\nkind: EventTopic\nmetadata: {{ name: invoices, namespace: billing }}\nspec: {topic_spec}\n---\n\
+             apiVersion: tributary.dev/v1alpha1\nkind: Subscription\nmetadata: {{ name: audit, namespace: shop }}\n\
+             spec: {{ topics: [{{ name: invoices, namespace: billing }}], template: {{ image: audit:1 }}{subscription_spec} }}\n"
+        );
+        let objects = validate_documents(&documents(&yaml)).expect("valid");
+        let subscriptions: Vec<Subscription> =
+            objects.iter().filter_map(|object| if let Object::Subscription(s) = object { Some(*s.clone()) } else { None }).collect();
+        let admin = FakeTopicAdmin::new();
+        let topics = apply_event_topics(&admin, &event_topics(objects), SyncMode::Apply, Timestamp::UNIX_EPOCH, naming).await;
+        let mut results = apply_subscriptions(&admin, &subscriptions, &topics, SyncMode::Apply, &settings(), naming).await;
+        results.remove(0)
+    }
+
+    fn not_applied(result: &SubscriptionResult) -> &str {
+        match &result.outcome {
+            SubscriptionOutcome::NotApplied(message) => message,
+            SubscriptionOutcome::Applied { .. } => "applied",
+        }
+    }
+
+    #[tokio::test]
+    async fn offline_an_event_topic_of_another_namespace_is_read_only_with_its_grant() {
+        let denied = apply_cross_namespace("{}", "", &NamingPolicy::default()).await;
+        assert_eq!(
+            not_applied(&denied),
+            "its EventTopics must be in the input and Ready: EventTopic billing/invoices does not grant namespace shop access (its spec.access.subscribers), or does not exist"
+        );
+        let granted = apply_cross_namespace("{ access: { subscribers: [{ namespace: shop }] } }", "", &NamingPolicy::default()).await;
+        assert!(granted.is_applied(), "{}", not_applied(&granted));
+    }
+
+    #[tokio::test]
+    async fn offline_names_follow_the_naming_policy() {
+        let grant = "{ access: { subscribers: [{ namespace: shop }] } }";
+        let prefixed = NamingPolicy::namespace_prefixed([]);
+        let foreign_group = apply_cross_namespace(grant, ", consumerGroup: billing-readers", &prefixed).await;
+        assert!(
+            not_applied(&foreign_group).starts_with("spec.consumerGroup \"billing-readers\" must begin with \"shop.\""),
+            "{}",
+            not_applied(&foreign_group)
+        );
+        let own_group = apply_cross_namespace(grant, ", consumerGroup: shop.billing-readers", &prefixed).await;
+        assert!(own_group.is_applied(), "{}", not_applied(&own_group));
     }
 
     #[tokio::test]
@@ -967,13 +1026,13 @@ spec: { topicName: shared, partitions: 9 }
         let topics = apply_event_topics(&admin, &event_topics(objects), SyncMode::Apply, Timestamp::UNIX_EPOCH, &naming).await;
         assert_eq!(admin.topic_names(), ["default.payments", "shop.orders", "shop.orders.dlq"]);
 
-        let results = apply_subscriptions(&admin, &subscriptions, &topics, SyncMode::Apply, &settings()).await;
+        let results = apply_subscriptions(&admin, &subscriptions, &topics, SyncMode::Apply, &settings(), &NamingPolicy::default()).await;
         let report = render_subscriptions(&results, SyncMode::Apply);
         assert!(report.contains("dead letters go to \"shop.orders.dlq\" (managed by its EventTopic)"), "{report}");
         let SubscriptionOutcome::Applied { objects, .. } = &results[0].outcome else { panic!("applied: {report}") };
         assert!(objects.iter().any(|object| object.to_string().contains("\"shop.orders\"")), "the consumers read shop.orders: {objects:?}");
 
-        let plans = plan_outbox_relays(&relays, &topics, &settings(), Timestamp::UNIX_EPOCH);
+        let plans = plan_outbox_relays(&relays, &topics, &settings(), &NamingPolicy::default(), Timestamp::UNIX_EPOCH);
         let Ok(RelayWorkload::Sidecar { body, .. }) = &plans[0].workload else { panic!("{:?}", plans[0].workload) };
         assert!(serde_json::to_string(body).expect("JSON").contains("Order=shop.orders"), "the relay writes to shop.orders: {body:?}");
     }

@@ -19,7 +19,7 @@ use crate::kafka::{KafkaConnection, RdKafkaTopicAdmin, TopicAdmin};
 use crate::leader::LeaseSettings;
 use crate::metrics::Metrics;
 use crate::naming::{NamingPolicy, TopicNaming};
-use crate::outbox_relay::{self, probe::HttpRelayStatus};
+use crate::outbox_relay::{self, probe::HttpRelayStatus, resolve::SidecarOptIn};
 use crate::runtime;
 use crate::subscription;
 use crate::workload::WorkloadSettings;
@@ -152,6 +152,11 @@ pub struct RunArgs {
     pub workload: WorkloadArgs,
     #[command(flatten)]
     pub naming: NamingArgs,
+    /// Whether an OutboxRelay's sidecar goes only into Deployments that opt in with the annotation
+    /// `tributary.dev/outbox-relay: <relay name>` (`Required`), or into any Deployment an
+    /// OutboxRelay names (`NotRequired`, as before the annotation existed).
+    #[arg(long, env = "TRIBUTARY_SIDECAR_OPT_IN", value_enum, default_value_t = SidecarOptIn::Required)]
+    pub sidecar_opt_in: SidecarOptIn,
     #[command(flatten)]
     pub leader_election: LeaderElectionArgs,
 }
@@ -282,12 +287,18 @@ async fn run_controllers(args: RunArgs) -> anyhow::Result<()> {
             ..event_topic::Settings::default()
         },
         subscriptions: subscription::Settings {
+            naming: args.naming.policy(),
             scale_interval: args.scale_interval,
             resync_interval: args.resync_interval,
             concurrency: args.max_concurrent_reconciles,
             ..subscription::Settings::new(workload.clone())
         },
-        outbox_relays: outbox_relay::Settings { concurrency: args.max_concurrent_reconciles, ..outbox_relay::Settings::new(workload) },
+        outbox_relays: outbox_relay::Settings {
+            concurrency: args.max_concurrent_reconciles,
+            naming: args.naming.policy(),
+            sidecar_opt_in: args.sidecar_opt_in,
+            ..outbox_relay::Settings::new(workload)
+        },
     };
     tokio::select! {
         () = runtime::run(operator, lease, readiness, shutdown) => Ok(()),
@@ -376,12 +387,13 @@ async fn run_apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     } else {
         (kafka.admin()?, if args.dry_run { SyncMode::DryRun } else { SyncMode::Apply })
     };
-    let results = apply::apply_event_topics(admin.as_ref(), &topics, mode, SystemClock.now(), &args.naming.policy()).await;
+    let naming = args.naming.policy();
+    let results = apply::apply_event_topics(admin.as_ref(), &topics, mode, SystemClock.now(), &naming).await;
     print!("{}", apply::render_report(&results, mode));
     let workload = args.workload.settings(&kafka, &args.relay_image);
-    let subscription_results = apply::apply_subscriptions(admin.as_ref(), &subscriptions, &results, mode, &workload).await;
+    let subscription_results = apply::apply_subscriptions(admin.as_ref(), &subscriptions, &results, mode, &workload, &naming).await;
     print!("{}", apply::render_subscriptions(&subscription_results, mode));
-    let relay_plans = apply::plan_outbox_relays(&relays, &results, &workload, SystemClock.now());
+    let relay_plans = apply::plan_outbox_relays(&relays, &results, &workload, &naming, SystemClock.now());
     print!("{}", apply::render_relay_plans(&relay_plans));
     // A dry run fails where the apply would: the same outcomes decide.
     let verb = if mode == SyncMode::DryRun { "would not" } else { "cannot" };

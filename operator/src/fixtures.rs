@@ -144,8 +144,21 @@ impl ApiServerVerifier {
         let bytes = body.collect().await.expect("request body").to_bytes();
         let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("request body is JSON") };
         let uri = parts.uri.path_and_query().map(|pq| pq.as_str().to_owned()).unwrap_or_default();
+        assert_granted(&parts.method, &parts.uri);
         PendingRequest { recorded: RecordedRequest { method: parts.method, uri, body }, send }
     }
+}
+
+/// Fails the test when the chart's RBAC (the table in [`crate::rbac`]) would refuse the request:
+/// the controllers make no request the operator is not granted.
+fn assert_granted(method: &Method, uri: &http::Uri) {
+    let access = tributary_testkit::api_server::access(method.as_str(), uri.path(), uri.query().unwrap_or_default())
+        .unwrap_or_else(|| panic!("{method} {uri} names no Kubernetes resource"));
+    let permission = (access.group, access.resource, access.verb);
+    assert!(
+        crate::rbac::granted().contains(&permission),
+        "{method} {uri} needs {permission:?}, which the operator's ClusterRole and Role (rbac::CLUSTER_RULES, LEASE_RULES) do not grant"
+    );
 }
 
 struct PendingRequest {

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod naming;
 pub mod outbox_relay;
 pub mod pod_security;
+pub mod rbac;
 pub mod relay_container;
 pub mod runtime;
 pub mod seniority;

@@ -23,6 +23,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_yaml::Value;
+use tributary_operator::rbac;
 
 const RELEASE: &str = "events";
 const NAMESPACE: &str = "tributary-system";
@@ -522,37 +523,22 @@ fn default_render_is_typed_labelled_and_wired_together() {
 
     // RBAC: exactly the documented permissions, bound to the operator's ServiceAccount.
     let role = rendered.cluster_role();
-    let rules = role.rules.as_deref().unwrap_or_default();
-    let mut granted = BTreeSet::new();
-    for rule in rules {
-        let groups = rule.api_groups.as_deref().unwrap_or_default();
-        let resources = rule.resources.as_deref().unwrap_or_default();
-        for list in [groups, resources, &rule.verbs] {
-            assert!(!list.iter().any(|item| item.contains('*')), "ClusterRole rule uses a wildcard: {rule:?}");
-        }
-        assert!(rule.non_resource_urls.is_none() && rule.resource_names.is_none(), "unexpected rule shape: {rule:?}");
-        for group in groups {
-            for resource in resources {
-                for verb in &rule.verbs {
-                    granted.insert((group.clone(), resource.clone(), verb.clone()));
-                }
-            }
-        }
-    }
+    let granted = permissions_of(role.rules.as_deref().unwrap_or_default());
     assert!(
         granted.contains(&("tributary.dev".into(), "eventtopics/status".into(), "patch".into())),
         "the operator must be allowed to patch eventtopics/status"
     );
-    assert_eq!(granted, expected_permissions(), "ClusterRole permissions");
+    assert_eq!(
+        granted,
+        rbac::permissions(&rbac::CLUSTER_RULES),
+        "the ClusterRole grants exactly what rbac::CLUSTER_RULES says the code uses"
+    );
 
     // Leases only in the release namespace, with exactly the verbs leader election uses.
     let lease_role = rendered.role();
     assert_eq!(lease_role.metadata.namespace.as_deref(), Some(NAMESPACE));
     let lease_rules: Vec<PolicyRule> = lease_role.rules.clone().unwrap_or_default();
-    assert_eq!(lease_rules.len(), 1, "{lease_rules:?}");
-    assert_eq!(lease_rules[0].api_groups.as_deref(), Some(["coordination.k8s.io".to_owned()].as_slice()));
-    assert_eq!(lease_rules[0].resources.as_deref(), Some(["leases".to_owned()].as_slice()));
-    assert_eq!(lease_rules[0].verbs, ["get", "create", "update"]);
+    assert_eq!(permissions_of(&lease_rules), rbac::permissions(&rbac::LEASE_RULES), "the Role grants exactly rbac::LEASE_RULES");
     let lease_binding = rendered.role_binding();
     assert_eq!((lease_binding.role_ref.kind.as_str(), Some(&lease_binding.role_ref.name)), ("Role", lease_role.metadata.name.as_ref()));
     let lease_subjects = lease_binding.subjects.as_deref().unwrap_or_default();
@@ -574,28 +560,26 @@ fn default_render_is_typed_labelled_and_wired_together() {
     );
 }
 
-/// Every (API group, resource, verb) the operator needs, and nothing else.
-fn expected_permissions() -> BTreeSet<(String, String, String)> {
-    let table: [(&str, &[&str], &[&str]); 9] = [
-        ("tributary.dev", &["eventtopics", "subscriptions", "outboxrelays"], &["get", "list", "watch", "patch"]),
-        ("tributary.dev", &["eventtopics/status", "subscriptions/status", "outboxrelays/status"], &["get", "patch"]),
-        ("events.k8s.io", &["events"], &["create", "patch"]),
-        ("apps", &["deployments"], &["get", "list", "watch", "create", "patch", "delete"]),
-        ("", &["secrets"], &["get"]),
-        ("", &["pods"], &["list"]),
-        ("", &["configmaps"], &["list", "watch", "create", "patch"]),
-        ("apiextensions.k8s.io", &["customresourcedefinitions"], &["get", "list", "watch"]),
-        ("keda.sh", &["scaledobjects"], &["get", "list", "watch", "create", "patch", "delete"]),
-    ];
-    let mut permissions = BTreeSet::new();
-    for (group, resources, verbs) in table {
-        for resource in resources {
-            for verb in verbs {
-                permissions.insert((group.to_owned(), (*resource).to_owned(), (*verb).to_owned()));
+/// Every (API group, resource, verb) `rules` grant; rules must be plain (no wildcards, resource
+/// names or URLs).
+fn permissions_of(rules: &[PolicyRule]) -> BTreeSet<rbac::Permission> {
+    let mut granted = BTreeSet::new();
+    for rule in rules {
+        let groups = rule.api_groups.as_deref().unwrap_or_default();
+        let resources = rule.resources.as_deref().unwrap_or_default();
+        for list in [groups, resources, &rule.verbs] {
+            assert!(!list.iter().any(|item| item.contains('*')), "rule uses a wildcard: {rule:?}");
+        }
+        assert!(rule.non_resource_urls.is_none() && rule.resource_names.is_none(), "unexpected rule shape: {rule:?}");
+        for group in groups {
+            for resource in resources {
+                for verb in &rule.verbs {
+                    granted.insert((group.clone(), resource.clone(), verb.clone()));
+                }
             }
         }
     }
-    permissions
+    granted
 }
 
 #[test]
@@ -680,7 +664,7 @@ fn workload_kafka_properties_secret_is_named_to_the_operator_only_when_set() {
 }
 
 #[test]
-fn the_naming_policy_is_passed_to_the_operator() {
+fn the_naming_policy_and_sidecar_opt_in_are_passed_to_the_operator() {
     let Some(helm) = helm() else { return };
     let rendered = helm.render(&with_bootstrap(&[
         ("operator.topicNaming", "NamespacePrefixed"),
@@ -690,6 +674,10 @@ fn the_naming_policy_is_passed_to_the_operator() {
     let container = rendered.operator_container();
     assert_eq!(env_value(container, "TRIBUTARY_TOPIC_NAMING"), Some("NamespacePrefixed"));
     assert_eq!(env_value(container, "TRIBUTARY_FREE_NAMING_NAMESPACES"), Some("platform,kafka-admin"), "the flag's comma-separated list");
+
+    assert_eq!(env_value(container, "TRIBUTARY_SIDECAR_OPT_IN"), Some("Required"), "sidecars need the Deployment's consent by default");
+    let rendered = helm.render(&with_bootstrap(&[("operator.sidecarOptIn", "NotRequired")]));
+    assert_eq!(env_value(rendered.operator_container(), "TRIBUTARY_SIDECAR_OPT_IN"), Some("NotRequired"));
 
     let stderr = helm
         .template(&with_bootstrap(&[("operator.freeNamingNamespaces[0]", "Platform_Team")]))
@@ -747,6 +735,7 @@ fn values_outside_the_schema_are_rejected() {
         ("workloads.kafkaPropertiesSecret", "Kafka_Auth"),
         ("operator.topicNaming", "Prefixed"),
         ("operator.freeNamingNamespaces", "platform"),
+        ("operator.sidecarOptIn", "Optional"),
     ] {
         let stderr = helm.template(&with_bootstrap(&[(key, value)])).expect_failure(&format!("helm template --set {key}={value}"));
         let field = key.rsplit('.').next().expect("a key");

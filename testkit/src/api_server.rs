@@ -21,7 +21,7 @@
 //! checked) and no authentication. `limit` is ignored, as the real server does for lists served
 //! from its watch cache.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -48,9 +48,54 @@ impl ResourceKey {
     pub fn new(group: &str, version: &str, plural: &str) -> Self {
         ResourceKey(format!("{group}/{version}/{plural}"))
     }
+
+    fn group(&self) -> &str {
+        self.0.split('/').next().unwrap_or_default()
+    }
+
+    fn plural(&self) -> &str {
+        self.0.rsplit('/').next().unwrap_or_default()
+    }
 }
 
 type ObjectKey = (ResourceKey, String, String);
+
+/// A request as RBAC authorizes it: the API group (empty for the core group), the resource
+/// (`<plural>/status` for the status subresource) and the verb.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Access {
+    pub group: String,
+    pub resource: String,
+    pub verb: String,
+}
+
+impl Access {
+    pub fn new(group: &str, resource: &str, verb: &str) -> Self {
+        Access { group: group.to_owned(), resource: resource.to_owned(), verb: verb.to_owned() }
+    }
+}
+
+/// What the API server authorizes a request of `method` to `path` (with `query`, undecoded) as,
+/// or `None` for a path that names no resource. A server-side apply that creates its object also
+/// needs `create`, which only the server knows; it records that itself.
+pub fn access(method: &str, path: &str, query: &str) -> Option<Access> {
+    let target = parse_path(path)?;
+    let watching = query.split('&').any(|pair| pair == "watch=true" || pair == "watch=1");
+    let verb = match (method, &target.name) {
+        ("GET", None) if watching => "watch",
+        ("GET", None) => "list",
+        ("GET", Some(_)) => "get",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", None) => "deletecollection",
+        ("DELETE", Some(_)) => "delete",
+        _ => return None,
+    };
+    let plural = target.resource.plural();
+    let resource = if target.status { format!("{plural}/status") } else { plural.to_owned() };
+    Some(Access::new(target.resource.group(), &resource, verb))
+}
 
 #[derive(Debug, Clone)]
 struct WatchEvent {
@@ -67,6 +112,7 @@ struct Store {
     objects: BTreeMap<ObjectKey, Value>,
     history: VecDeque<WatchEvent>,
     requests: BTreeMap<String, u64>,
+    accesses: BTreeSet<Access>,
 }
 
 struct Shared {
@@ -148,6 +194,11 @@ impl FakeApiServer {
     /// How many requests of `method` reached `resource` (e.g. `("PATCH", key)`), counted by verb.
     pub fn requests(&self, method: &str, resource: &ResourceKey) -> u64 {
         self.shared.lock().requests.get(&format!("{method} {}", resource.0)).copied().unwrap_or_default()
+    }
+
+    /// Every access the requests so far needed, as RBAC would authorize them.
+    pub fn accesses(&self) -> BTreeSet<Access> {
+        self.shared.lock().accesses.clone()
     }
 }
 
@@ -259,7 +310,11 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     };
     let query = query_map(&request);
     let method = request.method().clone();
-    shared.lock().requests.entry(format!("{method} {}", target.resource.0)).and_modify(|count| *count += 1).or_insert(1);
+    {
+        let mut store = shared.lock();
+        store.requests.entry(format!("{method} {}", target.resource.0)).and_modify(|count| *count += 1).or_insert(1);
+        store.accesses.extend(access(method.as_str(), request.uri().path(), request.uri().query().unwrap_or_default()));
+    }
     let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or_default().to_owned();
     let body = match axum::body::to_bytes(request.into_body(), 64 << 20).await {
         Ok(body) => body,
@@ -433,7 +488,11 @@ fn patch(shared: &Shared, target: &Target, name: &str, content_type: &str, query
     let existing = store.objects.get(&key).cloned();
     let base = match (&existing, apply && !target.status) {
         (Some(existing), _) => existing.clone(),
-        (None, true) => json!({ "metadata": { "name": name } }),
+        (None, true) => {
+            // An apply that creates its object is authorized as a create as well.
+            store.accesses.insert(Access::new(target.resource.group(), target.resource.plural(), "create"));
+            json!({ "metadata": { "name": name } })
+        }
         (None, false) => return not_found(target, name),
     };
     if let Err(failure) = check_version(&base, &patch, target, name) {

@@ -4,4 +4,4 @@ pub mod api_server;
 pub mod http;
 pub mod prerequisite;
 
-pub use api_server::{FakeApiServer, ResourceKey};
+pub use api_server::{Access, FakeApiServer, ResourceKey};

@@ -9,7 +9,7 @@ use http::Method;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{json, Value};
-use tributary_api::event_topic::TopicOrigin;
+use tributary_api::event_topic::Origin;
 use tributary_api::EventTopic;
 
 use super::controller::{reconcile_kafka, Context, Settings, FINALIZER};
@@ -58,7 +58,7 @@ async fn creates_topic_with_configs_and_its_dead_letter_topic() {
     let status = topic.status.clone().expect("a status");
     assert_eq!(ready_reason(&topic).1, reason::CREATED, "{status:?}");
     assert_eq!(status.partitions, Some(3));
-    assert_eq!((status.origin, status.dead_letter_origin), (Some(TopicOrigin::Created), Some(TopicOrigin::Created)));
+    assert_eq!((status.origin, status.dead_letter_origin), (Some(Origin::Created), Some(Origin::Created)));
 
     let created = admin.describe_topic(&name).await.expect("describe").expect("created");
     assert_eq!(created.partitions, 3);
@@ -111,7 +111,7 @@ async fn existing_topic_with_matching_settings_is_adopted_untouched() {
     let mut topic = topic_with(&name, "adopt: true\npartitions: 2\nretention: 1h");
     let outcome = sync(&admin, &mut topic).await;
     assert_eq!(ready_reason(&topic).1, reason::IN_SYNC);
-    assert_eq!(topic.status.as_ref().and_then(|status| status.origin), Some(TopicOrigin::Adopted));
+    assert_eq!(topic.status.as_ref().and_then(|status| status.origin), Some(Origin::Adopted));
     let Outcome::Synced(reports) = outcome else { panic!("synced") };
     assert!(!reports[0].plan.changes_anything());
 }
@@ -156,7 +156,7 @@ async fn an_adopted_topic_keeps_every_setting_the_spec_does_not_name() {
     sync(&admin, &mut topic).await;
     assert_eq!(ready_reason(&topic).0, "True", "{:?}", ready_reason(&topic));
     let status = topic.status.clone().expect("a status");
-    assert_eq!((status.origin, status.dead_letter_origin), (Some(TopicOrigin::Adopted), Some(TopicOrigin::Adopted)));
+    assert_eq!((status.origin, status.dead_letter_origin), (Some(Origin::Adopted), Some(Origin::Adopted)));
     assert_eq!(config(&admin, &name, "retention.ms").await.as_deref(), Some("7200000"), "the spec names retention");
     assert_eq!(config(&admin, &name, "segment.ms").await.as_deref(), Some("600000"), "it does not name segment.ms");
     assert_eq!(config(&admin, &dead_letter, "retention.ms").await.as_deref(), Some("432000000"), "not the topic's retention");

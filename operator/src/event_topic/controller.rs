@@ -11,7 +11,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::Resource;
 use tracing::{info, warn};
-use tributary_api::event_topic::{DeletionPolicy, TopicOrigin};
+use tributary_api::event_topic::{DeletionPolicy, Origin};
 use tributary_api::{EventTopic, EventTopicStatus};
 
 use super::conflict::{ClaimIndex, Conflict};
@@ -239,7 +239,7 @@ pub async fn prepare(
         let holding = holding(topic, desired.role, &desired.spec.name, actual.is_some(), records)
             .map_err(|refused| stop(Outcome::AdoptionRequired(refused)))?;
         let desired = match (&actual, holding) {
-            (Some(actual), Holding::Manage(TopicOrigin::Adopted)) => desired.adopted(actual),
+            (Some(actual), Holding::Manage(Origin::Adopted)) => desired.adopted(actual),
             _ => desired,
         };
         held.push(Held { desired, actual, holding });

@@ -11,7 +11,7 @@ use kube::runtime::controller::Action;
 use serde_json::json;
 
 use http::StatusCode;
-use tributary_api::event_topic::TopicOrigin;
+use tributary_api::event_topic::Origin;
 use tributary_api::{EventTopic, EventTopicStatus};
 
 use super::controller::{Context, Settings, FINALIZER};
@@ -183,7 +183,7 @@ fn existing(name: &str, configs: &[(&str, &str)]) -> TopicState {
 
 /// What the controller recorded once it created `name` for the EventTopic.
 fn created(name: &str) -> EventTopicStatus {
-    EventTopicStatus { topic_name: Some(name.into()), origin: Some(TopicOrigin::Created), ..EventTopicStatus::default() }
+    EventTopicStatus { topic_name: Some(name.into()), origin: Some(Origin::Created), ..EventTopicStatus::default() }
 }
 
 #[tokio::test]

@@ -77,7 +77,7 @@ fn check_length(field: &'static str, name: String, policy: &NamingPolicy, namesp
 mod tests {
     use super::*;
     use crate::event_topic::test_support::event_topic;
-    use tributary_api::event_topic::TopicOrigin;
+    use tributary_api::event_topic::Origin;
     use tributary_api::EventTopicStatus;
 
     fn prefixed() -> NamingPolicy {
@@ -126,11 +126,8 @@ mod tests {
         });
         assert_eq!(KafkaNames::of(&topic, &prefixed()), Ok(KafkaNames { topic: "orders".into(), dead_letter: Some("orders-dead".into()) }));
         // Created under NamespacePrefixed, then the operator goes back to Free.
-        topic.status = Some(EventTopicStatus {
-            topic_name: Some("shop.orders".into()),
-            origin: Some(TopicOrigin::Created),
-            ..EventTopicStatus::default()
-        });
+        topic.status =
+            Some(EventTopicStatus { topic_name: Some("shop.orders".into()), origin: Some(Origin::Created), ..EventTopicStatus::default() });
         assert_eq!(KafkaNames::of(&topic, &NamingPolicy::default()).map(|names| names.topic), Ok("shop.orders".into()));
         // A name recorded without an origin (never created, e.g. AdoptionRequired) is not kept.
         topic.status = Some(EventTopicStatus { topic_name: Some("orders".into()), ..EventTopicStatus::default() });

@@ -4,20 +4,20 @@
 //! created stays its own, deletion removes only what the record allows, and a topic it neither
 //! created nor may adopt is left untouched.
 
-use tributary_api::event_topic::{DeletionPolicy, TopicOrigin};
+use tributary_api::event_topic::{DeletionPolicy, Origin};
 use tributary_api::{EventTopic, EventTopicStatus};
 
 use super::desired::TopicRole;
 use crate::naming;
 
 /// What `status` records of the topic in `role`: its Kafka name and how the EventTopic got it.
-pub fn recorded(status: Option<&EventTopicStatus>, role: TopicRole) -> Option<(&str, TopicOrigin)> {
+pub fn recorded(status: Option<&EventTopicStatus>, role: TopicRole) -> Option<(&str, Origin)> {
     let status = status?;
     let (name, origin) = match role {
         TopicRole::Main => (&status.topic_name, status.origin),
         TopicRole::DeadLetter => (&status.dead_letter_topic, status.dead_letter_origin),
     };
-    let origin = origin.or_else(|| written_before_origins(status).then_some(TopicOrigin::Created))?;
+    let origin = origin.or_else(|| written_before_origins(status).then_some(Origin::Created))?;
     Some((name.as_deref()?, origin))
 }
 
@@ -47,7 +47,7 @@ pub enum Holding {
     /// It does not exist yet: the EventTopic creates it.
     Create,
     /// It exists and is the EventTopic's to manage.
-    Manage(TopicOrigin),
+    Manage(Origin),
 }
 
 /// An existing topic the EventTopic may not touch.
@@ -86,12 +86,12 @@ pub fn holding(topic: &EventTopic, role: TopicRole, name: &str, exists: bool, re
     let adopt = topic.spec.adopt;
     let origin = match records {
         Records::Status => recorded(topic.status.as_ref(), role).filter(|(recorded, _)| *recorded == name).map(|(_, origin)| origin),
-        Records::Offline => Some(if adopt { TopicOrigin::Adopted } else { TopicOrigin::Created }),
+        Records::Offline => Some(if adopt { Origin::Adopted } else { Origin::Created }),
     };
     match (origin, adopt) {
-        (Some(TopicOrigin::Created), _) => Ok(Holding::Manage(TopicOrigin::Created)),
-        (Some(TopicOrigin::Adopted) | None, true) => Ok(Holding::Manage(TopicOrigin::Adopted)),
-        (Some(TopicOrigin::Adopted), false) => Err(AdoptionRequired { role, name: name.to_owned(), withdrawn: true }),
+        (Some(Origin::Created), _) => Ok(Holding::Manage(Origin::Created)),
+        (Some(Origin::Adopted) | None, true) => Ok(Holding::Manage(Origin::Adopted)),
+        (Some(Origin::Adopted), false) => Err(AdoptionRequired { role, name: name.to_owned(), withdrawn: true }),
         (None, false) => Err(AdoptionRequired { role, name: name.to_owned(), withdrawn: false }),
     }
 }
@@ -118,7 +118,7 @@ pub fn deletion(topic: &EventTopic) -> Deletion {
         let subject = format!("{} {name:?}", role.describe());
         if naming::is_internal(name) {
             deletion.kept.push(format!("{subject} is one of Kafka's internal topics and is never deleted"));
-        } else if origin == TopicOrigin::Adopted && policy == DeletionPolicy::Delete {
+        } else if origin == Origin::Adopted && policy == DeletionPolicy::Delete {
             deletion
                 .kept
                 .push(format!("{subject} was adopted, so deletionPolicy Delete keeps it (DeleteIncludingAdopted would delete it)"));
@@ -140,7 +140,7 @@ mod tests {
     }
 
     fn created(name: &str) -> EventTopicStatus {
-        EventTopicStatus { topic_name: Some(name.into()), origin: Some(TopicOrigin::Created), ..EventTopicStatus::default() }
+        EventTopicStatus { topic_name: Some(name.into()), origin: Some(Origin::Created), ..EventTopicStatus::default() }
     }
 
     #[test]
@@ -161,13 +161,13 @@ mod tests {
         assert!(refused.message().contains("set spec.adopt: true"), "{}", refused.message());
 
         let consenting = event_topic("orders", "adopt: true");
-        assert_eq!(holding(&consenting, TopicRole::Main, "orders", true, Records::Status), Ok(Holding::Manage(TopicOrigin::Adopted)));
+        assert_eq!(holding(&consenting, TopicRole::Main, "orders", true, Records::Status), Ok(Holding::Manage(Origin::Adopted)));
     }
 
     #[test]
     fn a_topic_recorded_as_created_under_that_name_is_its_own() {
         let owner = with_status(event_topic("orders", ""), created("orders"));
-        assert_eq!(holding(&owner, TopicRole::Main, "orders", true, Records::Status), Ok(Holding::Manage(TopicOrigin::Created)));
+        assert_eq!(holding(&owner, TopicRole::Main, "orders", true, Records::Status), Ok(Holding::Manage(Origin::Created)));
         // The record is for another name: this one is a stranger.
         assert!(holding(&owner, TopicRole::Main, "shop.orders", true, Records::Status).is_err());
         // The dead-letter topic has a record of its own.
@@ -176,7 +176,7 @@ mod tests {
 
     #[test]
     fn withdrawing_adopt_leaves_an_adopted_topic_alone() {
-        let status = EventTopicStatus { origin: Some(TopicOrigin::Adopted), ..created("orders") };
+        let status = EventTopicStatus { origin: Some(Origin::Adopted), ..created("orders") };
         let withdrawn = with_status(event_topic("orders", ""), status);
         let refused = holding(&withdrawn, TopicRole::Main, "orders", true, Records::Status).expect_err("withdrawn");
         assert!(refused.withdrawn && refused.message().contains("spec.adopt is no longer true"), "{}", refused.message());
@@ -191,8 +191,8 @@ mod tests {
             ..EventTopicStatus::default()
         };
         let topic = with_status(event_topic("orders", "deadLetter: {}"), legacy.clone());
-        assert_eq!(holding(&topic, TopicRole::Main, "orders", true, Records::Status), Ok(Holding::Manage(TopicOrigin::Created)));
-        assert_eq!(holding(&topic, TopicRole::DeadLetter, "orders.dlq", true, Records::Status), Ok(Holding::Manage(TopicOrigin::Created)));
+        assert_eq!(holding(&topic, TopicRole::Main, "orders", true, Records::Status), Ok(Holding::Manage(Origin::Created)));
+        assert_eq!(holding(&topic, TopicRole::DeadLetter, "orders.dlq", true, Records::Status), Ok(Holding::Manage(Origin::Created)));
         // Never synced (or lost to an older claim, which cleared partitions): nothing recorded.
         let never_synced = with_status(event_topic("orders", ""), EventTopicStatus { partitions: None, ..legacy });
         assert!(holding(&never_synced, TopicRole::Main, "orders", true, Records::Status).is_err());
@@ -201,18 +201,18 @@ mod tests {
     #[test]
     fn offline_an_existing_topic_counts_as_made_by_an_earlier_run() {
         let plain = event_topic("orders", "");
-        assert_eq!(holding(&plain, TopicRole::Main, "orders", true, Records::Offline), Ok(Holding::Manage(TopicOrigin::Created)));
+        assert_eq!(holding(&plain, TopicRole::Main, "orders", true, Records::Offline), Ok(Holding::Manage(Origin::Created)));
         let adopting = event_topic("orders", "adopt: true");
-        assert_eq!(holding(&adopting, TopicRole::Main, "orders", true, Records::Offline), Ok(Holding::Manage(TopicOrigin::Adopted)));
+        assert_eq!(holding(&adopting, TopicRole::Main, "orders", true, Records::Offline), Ok(Holding::Manage(Origin::Adopted)));
     }
 
     #[test]
     fn deletion_removes_created_topics_and_adopted_ones_only_with_their_own_consent() {
         let status = EventTopicStatus {
             topic_name: Some("orders".into()),
-            origin: Some(TopicOrigin::Created),
+            origin: Some(Origin::Created),
             dead_letter_topic: Some("orders.dlq".into()),
-            dead_letter_origin: Some(TopicOrigin::Adopted),
+            dead_letter_origin: Some(Origin::Adopted),
             ..EventTopicStatus::default()
         };
         let deleting = |spec: &str| deletion(&with_status(event_topic("orders", spec), status.clone()));

@@ -2,7 +2,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use tributary_api::event_topic::TopicOrigin;
+use tributary_api::event_topic::Origin;
 use tributary_api::{EventTopic, EventTopicStatus};
 
 use super::controller::{Prepared, Reconciled};
@@ -223,7 +223,7 @@ pub fn with_creations_recorded(topic: &EventTopic, prepared: &Prepared) -> Optio
     for role in [TopicRole::Main, TopicRole::DeadLetter] {
         let name = prepared.names.of_role(role).map(str::to_owned);
         let creating = prepared.held.iter().any(|held| held.desired.role == role && held.holding == Holding::Create);
-        let origin = if creating { Some(TopicOrigin::Created) } else { kept_origin(previous, role, name.as_deref()) };
+        let origin = if creating { Some(Origin::Created) } else { kept_origin(previous, role, name.as_deref()) };
         // Records from before origins existed are written out, as the new record replaces them.
         let (name_field, origin_field) = match role {
             TopicRole::Main => (&mut status.topic_name, &mut status.origin),
@@ -243,7 +243,7 @@ fn name_in(status: &EventTopicStatus, role: TopicRole) -> &Option<String> {
 }
 
 /// The origin `previous` records for the topic in `role`, if it is still named `name`.
-fn kept_origin(previous: Option<&EventTopicStatus>, role: TopicRole, name: Option<&str>) -> Option<TopicOrigin> {
+fn kept_origin(previous: Option<&EventTopicStatus>, role: TopicRole, name: Option<&str>) -> Option<Origin> {
     recorded(previous, role).filter(|(recorded, _)| Some(*recorded) == name).map(|(_, origin)| origin)
 }
 

@@ -1,7 +1,7 @@
 //! Brings Kafka in line with an EventTopic: the I/O step the controller and the offline `apply`
 //! share. Everything before it (desired topics, plans) and after it (status) is pure.
 
-use tributary_api::event_topic::TopicOrigin;
+use tributary_api::event_topic::Origin;
 
 use super::desired::{DesiredTopic, TopicRole};
 use super::ownership::Holding;
@@ -40,7 +40,7 @@ pub struct TopicReport {
     pub replication_factor: Option<i32>,
     pub problems: Vec<TopicProblem>,
     /// How the EventTopic holds the topic after the sync; `None` when creating it failed.
-    pub origin: Option<TopicOrigin>,
+    pub origin: Option<Origin>,
 }
 
 /// A desired topic, what Kafka has of it, and how the EventTopic holds it.
@@ -83,7 +83,7 @@ async fn sync_topic(admin: &dyn TopicAdmin, held: &Held, mode: SyncMode) -> Resu
         problems: plan.blockers.iter().cloned().map(TopicProblem::Blocked).collect(),
         plan,
         origin: Some(match holding {
-            Holding::Create => TopicOrigin::Created,
+            Holding::Create => Origin::Created,
             Holding::Manage(origin) => *origin,
         }),
     };

@@ -4,7 +4,7 @@
 //! Lag is computed here, once, from the offsets an implementation reads, so the rdkafka client and
 //! the in-memory fake cannot disagree about what "lag" means.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
 
@@ -112,6 +112,10 @@ pub trait ConsumerGroups: Send + Sync {
 
     /// Members the group has now; `None` when the broker cannot tell.
     async fn group_members(&self, group: &str) -> Result<Option<usize>, KafkaError>;
+
+    /// The topics on which the group has committed an offset, on any partition: whether someone
+    /// has consumed with it before.
+    async fn committed_topics(&self, group: &str) -> Result<BTreeSet<String>, KafkaError>;
 
     /// Commits, for the group, on every partition of `topics`, the offset of the first record at
     /// or after `timestamp_ms` (the log end where there is none). The broker refuses while the

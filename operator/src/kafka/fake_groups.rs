@@ -1,7 +1,7 @@
 //! In-memory consumer groups for unit and controller tests: partitions with record timestamps,
 //! committed offsets and members, plus a switch for an unreachable broker.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -163,6 +163,12 @@ impl ConsumerGroups for FakeConsumerGroups {
         let state = self.state();
         Self::check(&state, &[])?;
         Ok(Some(state.members.get(group).copied().unwrap_or(0)))
+    }
+
+    async fn committed_topics(&self, group: &str) -> Result<BTreeSet<String>, KafkaError> {
+        let state = self.state();
+        Self::check(&state, &[])?;
+        Ok(state.committed.keys().filter(|(committed_by, _, _)| committed_by == group).map(|(_, topic, _)| topic.clone()).collect())
     }
 
     async fn reset_offsets(&self, group: &str, topics: &[String], timestamp_ms: i64) -> Result<(), KafkaError> {

@@ -3,7 +3,7 @@
 //! (DescribeConsumerGroups) and rewinds (AlterConsumerGroupOffsets). None of them joins the group,
 //! so reading lag never triggers a rebalance of the consumers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::time::Duration;
 
@@ -42,7 +42,7 @@ impl ConsumerGroups for RdKafkaTopicAdmin {
         let partitions = self.all_partitions(topics).await?;
         let group = group.to_owned();
         self.blocking(move |client, timeout| {
-            let committed = committed_offsets(client, &group, &partitions, timeout)?;
+            let committed = committed_offsets(client, &group, Some(&partitions), timeout)?;
             let log_start = list_offsets(client, &partitions, rdsys::rd_kafka_OffsetSpec_t::RD_KAFKA_OFFSET_SPEC_EARLIEST as i64, timeout)?;
             let log_end = list_offsets(client, &partitions, rdsys::rd_kafka_OffsetSpec_t::RD_KAFKA_OFFSET_SPEC_LATEST as i64, timeout)?;
             let uncommitted: Vec<Partition> =
@@ -75,6 +75,15 @@ impl ConsumerGroups for RdKafkaTopicAdmin {
     async fn group_members(&self, group: &str) -> Result<Option<usize>, KafkaError> {
         let group = group.to_owned();
         self.blocking(move |client, timeout| describe_group_members(client, &group, timeout)).await?
+    }
+
+    async fn committed_topics(&self, group: &str) -> Result<BTreeSet<String>, KafkaError> {
+        let group = group.to_owned();
+        self.blocking(move |client, timeout| {
+            let committed = committed_offsets(client, &group, None, timeout)?;
+            Ok(committed.into_iter().filter(|(_, offset)| offset.is_some()).map(|((topic, _), _)| topic).collect())
+        })
+        .await?
     }
 
     async fn reset_offsets(&self, group: &str, topics: &[String], timestamp_ms: i64) -> Result<(), KafkaError> {
@@ -226,20 +235,23 @@ fn list_offsets(
     }
 }
 
-/// The group's committed offset on each partition (`None` where it has none).
+/// The group's committed offset on each of `partitions` (`None` where it has none), or, without
+/// partitions, on every partition it committed on.
 fn committed_offsets(
     client: &AdminClient<DefaultClientContext>,
     group: &str,
-    partitions: &[Partition],
+    partitions: Option<&[Partition]>,
     timeout: Duration,
 ) -> Result<BTreeMap<Partition, Option<i64>>, KafkaError> {
     const OPERATION: &str = "ListConsumerGroupOffsets";
     let c_group = c_group(group, OPERATION)?;
-    let list = partition_list(partitions, |_| rdsys::RD_KAFKA_OFFSET_INVALID as i64)?;
-    // SAFETY: the request copies the group id and the list and is destroyed once, after it was
-    // issued; result pointers belong to `event`, alive until the block ends.
+    let list = partitions.map(|partitions| partition_list(partitions, |_| rdsys::RD_KAFKA_OFFSET_INVALID as i64)).transpose()?;
+    // SAFETY: the request copies the group id and the list (a null list asks for every topic) and
+    // is destroyed once, after it was issued; result pointers belong to `event`, alive until the
+    // block ends.
     unsafe {
-        let mut request = [rdsys::rd_kafka_ListConsumerGroupOffsets_new(c_group.as_ptr(), list.ptr())];
+        let list_ptr = list.as_ref().map_or(std::ptr::null(), |list| list.ptr().cast_const());
+        let mut request = [rdsys::rd_kafka_ListConsumerGroupOffsets_new(c_group.as_ptr(), list_ptr)];
         let event = run_admin_request(
             client,
             OPERATION,

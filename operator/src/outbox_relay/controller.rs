@@ -33,10 +33,11 @@ use super::desired::{
 };
 use super::plan::desired_workload;
 use super::probe::{ready_relays, ProbeSchedule, RelayStatusSource};
-use super::resolve::{check_secret, lookup_topics, target_holder, validate};
+use super::resolve::{check_secret, lookup_topics, refused_target, target_holder, validate, SidecarOptIn};
 use super::status::{build_status, paused_status, ready_reason, reason, recorded_target, Observation, Workload, READY};
 use crate::controller_support::{self, has_finalizer, write_status, Lifecycle, Reconciler, Shared};
 use crate::error::Result;
+use crate::naming::NamingPolicy;
 use crate::workload::{kafka_secret_problem, WorkloadSettings};
 
 /// Name of this controller in metrics and logs.
@@ -50,6 +51,10 @@ pub const FINALIZER: &str = "tributary.dev/remove-relay-sidecar";
 pub struct Settings {
     /// What the relays get from the operator's own configuration.
     pub workload: WorkloadSettings,
+    /// How Kafka names of each namespace must look: rows routed by prefix stay in the namespace's.
+    pub naming: NamingPolicy,
+    /// Whether a sidecar target must opt in with its annotation.
+    pub sidecar_opt_in: SidecarOptIn,
     /// How often each relay's figures and pods are read again when nothing changed.
     pub status_interval: Duration,
     /// Delay before retrying after the API server failed.
@@ -62,6 +67,8 @@ impl Settings {
     pub fn new(workload: WorkloadSettings) -> Self {
         Settings {
             workload,
+            naming: NamingPolicy::default(),
+            sidecar_opt_in: SidecarOptIn::default(),
             status_interval: Duration::from_secs(30),
             error_retry: Duration::from_secs(15),
             concurrency: controller_support::DEFAULT_CONCURRENCY,
@@ -188,7 +195,11 @@ async fn reconcile_relay(relay: &OutboxRelay, namespace: &str, context: &Context
     let (workload, live) = match (&relay.spec.placement.sidecar, holder) {
         (Some(_), Some(holder)) => (Workload::TargetHeldBy(holder), None),
         (Some(sidecar), None) => match shared.get::<Deployment>(namespace, &sidecar.target_ref.name).await? {
-            Some(deployment) => (Workload::Target, Some(deployment)),
+            Some(deployment) => match refused_target(&deployment, relay, context.settings.sidecar_opt_in) {
+                // Not the relay's to change: nothing is applied, and whatever runs there stays.
+                Some(refused) => (refused, None),
+                None => (Workload::Target, Some(deployment)),
+            },
             None => (Workload::TargetNotFound, None),
         },
         (None, _) => match shared.get::<Deployment>(namespace, &standalone_name(relay)).await? {
@@ -197,8 +208,8 @@ async fn reconcile_relay(relay: &OutboxRelay, namespace: &str, context: &Context
             None => (Workload::Own, None),
         },
     };
-    let mut observation =
-        Observation { workload, routes, secret, kafka_secret_problem, invalid: validate(relay).err(), ready_relays: None, report: None };
+    let invalid = validate(relay, &context.settings.naming).err();
+    let mut observation = Observation { workload, routes, secret, kafka_secret_problem, invalid, ready_relays: None, report: None };
 
     // For a sidecar, `live` is the target Deployment, whose pods the relay joins.
     let target_pod = live.as_ref().and_then(|deployment| deployment.spec.as_ref()).and_then(|spec| spec.template.spec.as_ref());

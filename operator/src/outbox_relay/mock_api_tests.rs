@@ -15,6 +15,7 @@ use tributary_api::OutboxRelay;
 
 use super::controller::{relays_routing_to, relays_targeting, Context, Settings, FINALIZER};
 use super::probe::fake::FakeRelayStatus;
+use super::resolve::SidecarOptIn;
 use super::test_support::{outbox_relay, relay_pod, settings};
 use crate::fixtures::{assert_malformed_object_reported, condition, echo, stored, ApiServerVerifier, Harness, RecordedRequest, NOW};
 use crate::workload::WorkloadSettings;
@@ -72,7 +73,10 @@ fn app_deployment(resource_version: &str, managers: &[&str]) -> Value {
         .collect();
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "shop-api", "namespace": "default", "resourceVersion": resource_version, "managedFields": managed},
+        "metadata": {
+            "name": "shop-api", "namespace": "default", "resourceVersion": resource_version, "managedFields": managed,
+            "annotations": {"tributary.dev/outbox-relay": "shop-outbox"},
+        },
         "spec": {
             "selector": {"matchLabels": {"app": "shop-api"}},
             "template": {"metadata": {"labels": {"app": "shop-api"}}, "spec": {"containers": [{"name": "app", "image": "shop:1"}]}},
@@ -616,6 +620,100 @@ async fn malformed_object_is_reported_without_failing() {
         "spec": {"database": "somewhere"},
     });
     assert_malformed_object_reported(&harness, api, manifest, &format!("{RELAYS}/broken/status"), "InvalidConfig").await;
+}
+
+/// The application's Deployment with its metadata changed by `edit`.
+fn app_deployment_with(edit: impl FnOnce(&mut Value)) -> Value {
+    let mut deployment = app_deployment("100", &["kubectl"]);
+    edit(&mut deployment["metadata"]);
+    deployment
+}
+
+/// Serves a sidecar reconcile up to the target lookup, answering it with `target`; a refused
+/// target gets no apply, only the status. Returns the status patch.
+async fn serve_refused_target(api: &mut ApiServerVerifier, response: &Value, target: Value) -> RecordedRequest {
+    api.expect(Method::PATCH, &format!("{RELAYS}/shop-outbox"), response.clone()).await;
+    api.expect(Method::GET, &format!("{SECRETS}/shop-db"), secret("url")).await;
+    api.expect(Method::GET, &format!("{TOPICS}/orders"), event_topic("orders", true)).await;
+    api.expect(Method::GET, &format!("{DEPLOYMENTS}/shop-api"), target).await;
+    api.expect(Method::PATCH, &format!("{RELAYS}/shop-outbox/status"), response.clone()).await
+}
+
+fn condition_message(status_patch: &Value, type_: &str) -> String {
+    crate::fixtures::find_condition(status_patch, type_)["message"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn a_target_that_did_not_opt_in_is_left_unchanged() {
+    let relay = stored(outbox_relay("shop-outbox", SIDECAR), NOW - 10);
+    let response = echo(&relay);
+    let cases = [
+        (app_deployment_with(|metadata| metadata["annotations"] = json!({})), "it has no annotation tributary.dev/outbox-relay"),
+        (
+            app_deployment_with(|metadata| metadata["annotations"] = json!({"tributary.dev/outbox-relay": "billing-outbox"})),
+            "its annotation tributary.dev/outbox-relay names \"billing-outbox\"",
+        ),
+    ];
+    for (target, found) in cases {
+        let (harness, mut api) = harness();
+        let response = response.clone();
+        let scenario = tokio::spawn(async move {
+            let status = serve_refused_target(&mut api, &response, target).await;
+            assert_eq!(condition(&status.body, "TargetFound"), ("False", "TargetNotOptedIn"));
+            assert_eq!(condition(&status.body, "Ready"), ("False", "TargetNotOptedIn"));
+            let message = condition_message(&status.body, "TargetFound");
+            assert!(message.contains(found), "{message}");
+            assert!(message.ends_with("adds the annotation tributary.dev/outbox-relay: shop-outbox"), "{message}");
+            let event = api.expect_event("default").await;
+            assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("TargetNotOptedIn")));
+            api.expect_no_more_requests().await;
+        });
+        harness.reconcile(&relay).await.expect("reconciles");
+        scenario.await.expect("scenario ran");
+    }
+}
+
+#[tokio::test]
+async fn without_required_opt_in_any_named_deployment_takes_the_sidecar() {
+    let (harness, mut api) = Harness::new(|shared, store| {
+        let relay_status = Arc::new(FakeRelayStatus::default());
+        let settings = Settings { sidecar_opt_in: SidecarOptIn::NotRequired, ..Settings::new(settings()) };
+        (Context::new(shared, relay_status.clone(), store, settings), relay_status)
+    });
+    let relay = stored(outbox_relay("shop-outbox", SIDECAR), NOW - 10);
+    let response = echo(&relay);
+    let scenario = tokio::spawn(async move {
+        api.expect(Method::PATCH, &format!("{RELAYS}/shop-outbox"), response.clone()).await;
+        api.expect(Method::GET, &format!("{SECRETS}/shop-db"), secret("url")).await;
+        api.expect(Method::GET, &format!("{TOPICS}/orders"), event_topic("orders", true)).await;
+        let unannotated = app_deployment_with(|metadata| metadata["annotations"] = json!({}));
+        api.expect(Method::GET, &format!("{DEPLOYMENTS}/shop-api"), unannotated).await;
+        api.expect(Method::PATCH, &format!("{RELAYS}/shop-outbox/status"), response.clone()).await;
+        let apply = api.expect(Method::PATCH, &format!("{DEPLOYMENTS}/shop-api"), app_deployment("101", &["kubectl", "x"])).await;
+        assert!(apply.uri.contains(SIDECAR_MANAGER), "{}", apply.uri);
+    });
+    harness.reconcile(&relay).await.ok();
+    scenario.await.expect("scenario ran");
+}
+
+#[tokio::test]
+async fn a_subscriptions_consumer_deployment_is_never_a_target() {
+    let (harness, mut api) = harness();
+    let relay = stored(outbox_relay("shop-outbox", SIDECAR), NOW - 10);
+    let response = echo(&relay);
+    // Even opted in: its dispatcher is a tributary-relay container the Subscription controller owns.
+    let consumers = app_deployment_with(|metadata| metadata["labels"] = json!({"tributary.dev/subscription": "billing"}));
+    let scenario = tokio::spawn(async move {
+        let status = serve_refused_target(&mut api, &response, consumers).await;
+        assert_eq!(condition(&status.body, "TargetFound"), ("False", "TargetIsSubscription"));
+        assert_eq!(condition(&status.body, "Ready"), ("False", "TargetIsSubscription"));
+        let message = condition_message(&status.body, "TargetFound");
+        assert!(message.starts_with("Deployment shop-api runs the consumers of Subscription billing"), "{message}");
+        assert_eq!(api.expect_event("default").await["reason"], "TargetIsSubscription");
+        api.expect_no_more_requests().await;
+    });
+    harness.reconcile(&relay).await.expect("reconciles");
+    scenario.await.expect("scenario ran");
 }
 
 /// A relay that runs but cannot relay its table (not migrated yet, a column flag naming no column)

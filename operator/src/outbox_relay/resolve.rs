@@ -3,15 +3,20 @@
 
 use std::collections::BTreeSet;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use kube::core::error_boundary::DeserializeGuard;
 use kube::ResourceExt;
+use tributary_api::outbox_relay::SIDECAR_OPT_IN_ANNOTATION;
 use tributary_api::{EventTopic, OutboxRelay};
 
 use super::desired::ResolvedRoute;
+use super::status::Workload;
 use crate::controller_support::Shared;
 use crate::error::Result;
 use crate::event_topic::status as event_topic_status;
+use crate::naming::{self, NamingPolicy};
 use crate::seniority::older_claimant;
+use crate::subscription::desired::SUBSCRIPTION_LABEL;
 use crate::workload::check_secret_key;
 pub use crate::workload::SecretCheck;
 
@@ -118,13 +123,62 @@ pub fn target_holder<'a>(me: &OutboxRelay, all: impl IntoIterator<Item = &'a Out
     older_claimant(me, claimants).map(|other| other.name_any())
 }
 
-/// Spec values the schema accepts but the relay could not run with (durations too large).
-pub fn validate(relay: &OutboxRelay) -> Result<(), String> {
+/// Spec values the schema accepts but the relay could not run with (durations too large), and
+/// routing that could reach other namespaces' topics under the operator's naming policy.
+pub fn validate(relay: &OutboxRelay, naming: &NamingPolicy) -> Result<(), String> {
     let spec = &relay.spec;
     for (field, value) in [("pollInterval", &spec.poll_interval), ("cleanup.retention", &spec.cleanup.retention)] {
         tributary_api::duration::parse(value).map_err(|error| format!("spec.{field}: {error}"))?;
     }
+    let routing = &spec.routing;
+    if let Some(prefix) = routing.topic_prefix.as_deref().filter(|prefix| naming::is_internal(prefix)) {
+        return Err(format!(
+            "spec.routing.topicPrefix {prefix:?} would route rows into Kafka's internal topics (names beginning with '_')"
+        ));
+    }
+    let namespace = relay.namespace().unwrap_or_default();
+    let Some(own) = naming.prefix(&namespace) else { return Ok(()) };
+    let policy = naming.describe();
+    if let Some(prefix) = routing.topic_prefix.as_deref().filter(|prefix| !prefix.starts_with(own.as_str())) {
+        return Err(format!(
+            "spec.routing.topicPrefix {prefix:?} must begin with {own:?} under {policy}: rows routed by prefix must reach only this namespace's topics"
+        ));
+    }
+    if let Some(column) = &routing.topic_column {
+        return Err(format!(
+            "spec.routing.topicColumn {column:?} lets each row name any Kafka topic, which {policy} allows only in the namespaces keeping free names; route by spec.routing.routes or a topicPrefix beginning with {own:?}"
+        ));
+    }
     Ok(())
+}
+
+/// Whether the operator adds a sidecar only to Deployments that ask for it
+/// (`--sidecar-opt-in`, chart value `operator.sidecarOptIn`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SidecarOptIn {
+    /// A target Deployment must carry the annotation `tributary.dev/outbox-relay: <relay name>`.
+    #[default]
+    #[value(name = "Required")]
+    Required,
+    /// Any Deployment an OutboxRelay names is a target (the behaviour before the annotation).
+    #[value(name = "NotRequired")]
+    NotRequired,
+}
+
+/// Why `deployment` cannot take `relay`'s sidecar, if it cannot: it is a Subscription's consumer
+/// Deployment (whose dispatcher is a `tributary-relay` container too, which two controllers would
+/// fight over), or it did not opt in to this relay.
+pub fn refused_target(deployment: &Deployment, relay: &OutboxRelay, opt_in: SidecarOptIn) -> Option<Workload> {
+    if let Some(subscription) = deployment.labels().get(SUBSCRIPTION_LABEL) {
+        return Some(Workload::TargetIsSubscription(subscription.clone()));
+    }
+    let annotated = deployment.annotations().get(SIDECAR_OPT_IN_ANNOTATION);
+    match opt_in {
+        SidecarOptIn::Required if annotated != Some(&relay.name_any()) => {
+            Some(Workload::TargetNotOptedIn { annotated: annotated.cloned() })
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -211,7 +265,76 @@ placement: { standalone: {} }
     #[test]
     fn durations_beyond_range_are_invalid() {
         let relay = outbox_relay("r", &format!("{ROUTES}\npollInterval: 99999999999999999999h"));
-        assert!(validate(&relay).is_err_and(|message| message.starts_with("spec.pollInterval: ")));
-        assert_eq!(validate(&outbox_relay("r", ROUTES)), Ok(()));
+        assert!(validate(&relay, &NamingPolicy::default()).is_err_and(|message| message.starts_with("spec.pollInterval: ")));
+        assert_eq!(validate(&outbox_relay("r", ROUTES), &NamingPolicy::default()), Ok(()));
+    }
+
+    const PREFIX_ROUTED: &str =
+        "database: { urlSecretRef: { name: db } }\nrouting: { topicPrefix: default.events. }\nplacement: { standalone: {} }";
+
+    #[test]
+    fn under_namespace_prefixed_naming_rows_reach_only_the_namespaces_topics() {
+        let prefixed = NamingPolicy::namespace_prefixed(["platform".to_owned()]);
+        assert_eq!(validate(&outbox_relay("r", PREFIX_ROUTED), &prefixed), Ok(()));
+        let foreign = outbox_relay("r", &PREFIX_ROUTED.replace("default.events.", "billing."));
+        assert_eq!(
+            validate(&foreign, &prefixed),
+            Err("spec.routing.topicPrefix \"billing.\" must begin with \"default.\" under the operator's NamespacePrefixed naming policy: rows routed by prefix must reach only this namespace's topics".into())
+        );
+        let by_column = outbox_relay("r", &PREFIX_ROUTED.replace("topicPrefix: default.events.", "topicColumn: topic"));
+        assert!(validate(&by_column, &prefixed)
+            .is_err_and(|message| message.starts_with("spec.routing.topicColumn \"topic\" lets each row name any Kafka topic")));
+        // Free names: as before, in the free namespaces and under Free.
+        let mut platform = by_column.clone();
+        platform.metadata.namespace = Some("platform".into());
+        assert_eq!(validate(&platform, &prefixed), Ok(()));
+        assert_eq!(validate(&by_column, &NamingPolicy::default()), Ok(()));
+        assert_eq!(validate(&foreign, &NamingPolicy::default()), Ok(()));
+    }
+
+    #[test]
+    fn a_topic_prefix_into_internal_topics_is_refused_at_runtime() {
+        let internal = outbox_relay("r", &PREFIX_ROUTED.replace("default.events.", "_"));
+        assert!(validate(&internal, &NamingPolicy::default()).is_err_and(|message| message.contains("Kafka's internal topics")));
+    }
+
+    #[test]
+    fn a_sidecar_target_must_opt_in_and_never_be_a_subscriptions_deployment() {
+        let relay = outbox_relay(
+            "shop-outbox",
+            "database: { urlSecretRef: { name: db } }\nrouting: { topicPrefix: x }\nplacement: { sidecar: { targetRef: { name: app } } }",
+        );
+        let deployment = |annotations: &[(&str, &str)], labels: &[(&str, &str)]| {
+            let mut deployment = Deployment::default();
+            deployment.metadata.annotations = Some(annotations.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect());
+            deployment.metadata.labels = Some(labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect());
+            deployment
+        };
+        let opted_in = deployment(&[(SIDECAR_OPT_IN_ANNOTATION, "shop-outbox")], &[]);
+        assert_eq!(refused_target(&opted_in, &relay, SidecarOptIn::Required), None);
+        assert_eq!(
+            refused_target(&deployment(&[], &[]), &relay, SidecarOptIn::Required),
+            Some(Workload::TargetNotOptedIn { annotated: None })
+        );
+        assert_eq!(
+            refused_target(&deployment(&[(SIDECAR_OPT_IN_ANNOTATION, "other")], &[]), &relay, SidecarOptIn::Required),
+            Some(Workload::TargetNotOptedIn { annotated: Some("other".into()) })
+        );
+        assert_eq!(refused_target(&deployment(&[], &[]), &relay, SidecarOptIn::NotRequired), None);
+        let consumers = deployment(&[(SIDECAR_OPT_IN_ANNOTATION, "shop-outbox")], &[(SUBSCRIPTION_LABEL, "billing")]);
+        for opt_in in [SidecarOptIn::Required, SidecarOptIn::NotRequired] {
+            assert_eq!(refused_target(&consumers, &relay, opt_in), Some(Workload::TargetIsSubscription("billing".into())));
+        }
+    }
+
+    #[test]
+    fn the_flag_spells_sidecar_opt_in_as_the_chart_does() {
+        use clap::ValueEnum;
+        let spelled: Vec<String> = SidecarOptIn::value_variants()
+            .iter()
+            .filter_map(|value| value.to_possible_value())
+            .map(|value| value.get_name().to_owned())
+            .collect();
+        assert_eq!(spelled, ["Required", "NotRequired"]);
     }
 }

@@ -2,7 +2,7 @@
 
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use tributary_api::outbox_relay::RelayReport;
+use tributary_api::outbox_relay::{RelayReport, SIDECAR_OPT_IN_ANNOTATION};
 use tributary_api::{OutboxRelay, OutboxRelayStatus};
 
 use super::desired::{workload_name, PlacementKind, ResolvedRoute};
@@ -19,6 +19,8 @@ pub mod reason {
     // TargetFound
     pub const TARGET_FOUND: &str = "TargetFound";
     pub const TARGET_NOT_FOUND: &str = "TargetNotFound";
+    pub const TARGET_NOT_OPTED_IN: &str = "TargetNotOptedIn";
+    pub const TARGET_IS_SUBSCRIPTION: &str = "TargetIsSubscription";
     pub const STANDALONE: &str = "Standalone";
     // TopicsReady
     pub const TOPICS_READY: &str = "TopicsReady";
@@ -47,6 +49,11 @@ pub enum Workload {
     TargetNotFound,
     /// Sidecar: an older OutboxRelay, named here, runs its relay in the target.
     TargetHeldBy(String),
+    /// Sidecar: the target does not carry the opt-in annotation for this relay (`annotated`: the
+    /// relay it names instead, if any).
+    TargetNotOptedIn { annotated: Option<String> },
+    /// Sidecar: the target is the consumer Deployment of the Subscription named here.
+    TargetIsSubscription(String),
     /// Standalone: the relay's own Deployment exists or can be created.
     Own,
     /// Standalone: a Deployment of that name exists that this relay does not own.
@@ -99,6 +106,8 @@ impl Observation {
                     "a Deployment of that name exists and does not belong to this OutboxRelay".into(),
                 ))
             }
+            Workload::TargetNotOptedIn { .. } => return Some((reason::TARGET_NOT_OPTED_IN, String::new())),
+            Workload::TargetIsSubscription(_) => return Some((reason::TARGET_IS_SUBSCRIPTION, String::new())),
             Workload::Target | Workload::Own => {}
         }
         match self.secret {
@@ -133,6 +142,30 @@ fn target_found(relay: &OutboxRelay, workload: &Workload) -> DesiredCondition {
         Workload::Target | Workload::TargetHeldBy(_) => {
             DesiredCondition::new(TARGET_FOUND, Status::True, reason::TARGET_FOUND, format!("Deployment {target} exists"))
         }
+        Workload::TargetNotOptedIn { annotated } => {
+            let relay_name = relay.name_any();
+            let found = match annotated {
+                Some(other) => format!("its annotation {SIDECAR_OPT_IN_ANNOTATION} names {other:?}"),
+                None => format!("it has no annotation {SIDECAR_OPT_IN_ANNOTATION}"),
+            };
+            DesiredCondition::new(
+                TARGET_FOUND,
+                Status::False,
+                reason::TARGET_NOT_OPTED_IN,
+                format!(
+                    "Deployment {target} does not opt in to this relay ({found}), so it is left unchanged; whoever may edit it adds the annotation {SIDECAR_OPT_IN_ANNOTATION}: {relay_name}"
+                ),
+            )
+        }
+        Workload::TargetIsSubscription(subscription) => DesiredCondition::new(
+            TARGET_FOUND,
+            Status::False,
+            reason::TARGET_IS_SUBSCRIPTION,
+            format!(
+                "Deployment {target} runs the consumers of Subscription {subscription}, whose dispatcher is a {} container too; point spec.placement.sidecar.targetRef at the application's own Deployment",
+                crate::relay_container::CONTAINER_NAME
+            ),
+        ),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Mock-API level: two whole operators (all three controllers, leader election) against one
 //! in-memory API server, with in-memory Kafka.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -129,4 +130,127 @@ async fn of_two_operators_only_the_leader_reconciles_and_the_standby_takes_over_
     tokio::time::timeout(Duration::from_secs(5), second.task).await.expect("stopped on request").expect("without panicking");
     let lease = server.get(&ResourceKey::new("coordination.k8s.io", "v1", "leases"), NAMESPACE, "tributary-operator").expect("lease");
     assert_eq!(lease["spec"]["holderIdentity"], serde_json::Value::Null, "released: {lease}");
+}
+
+fn key(group: &str, plural: &str) -> ResourceKey {
+    let version = match group {
+        "" | "apps" | "coordination.k8s.io" | "apiextensions.k8s.io" => "v1",
+        _ => "v1alpha1",
+    };
+    ResourceKey::new(group, version, plural)
+}
+
+/// `namespace/name` of `resource` as the server has it now, with `edit` applied to it.
+fn edit(server: &FakeApiServer, resource: &ResourceKey, name: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut object = server.get(resource, "shop", name).expect("the object exists");
+    edit(&mut object);
+    server.put(resource, object);
+}
+
+/// A whole operator, through every kind of work it does, uses every right rbac.rs (and so the
+/// chart) grants and no other: a right nobody uses fails here, one the code needs but the chart
+/// lacks fails the mock-API tests and here.
+#[tokio::test]
+async fn a_whole_operator_uses_every_right_its_roles_grant_and_no_other() {
+    let server = FakeApiServer::start().await.expect("fake API server");
+    let tributary = |plural: &str| key(tributary_api::GROUP, plural);
+    // KEDA is installed.
+    server.put(
+        &key("apiextensions.k8s.io", "customresourcedefinitions"),
+        json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": "scaledobjects.keda.sh"}}),
+    );
+    // An EventTopic with a finalizer, and one whose topic is someone else's (a warning Event that recurs).
+    for (name, spec) in [("orders", json!({"deletionPolicy": "Delete"})), ("taken", json!({}))] {
+        server.put(
+            &tributary("eventtopics"),
+            json!({"apiVersion": "tributary.dev/v1alpha1", "kind": "EventTopic", "metadata": {"name": name, "namespace": "shop"}, "spec": spec}),
+        );
+    }
+    let admin = Arc::new(FakeTopicAdmin::new());
+    admin.insert_topic(crate::kafka::TopicState {
+        name: "taken".into(),
+        partitions: 1,
+        replication_factor: 1,
+        configs: Default::default(),
+    });
+    let groups = Arc::new(FakeConsumerGroups::new());
+    groups.add_topic("orders", 1);
+    // A Subscription scaled by KEDA, and an OutboxRelay standing alone.
+    server.put(
+        &tributary("subscriptions"),
+        json!({"apiVersion": "tributary.dev/v1alpha1", "kind": "Subscription", "metadata": {"name": "billing", "namespace": "shop"},
+               "spec": {"topics": [{"name": "orders"}], "template": {"image": "billing:1"}, "scaling": {"engine": "Keda"}}}),
+    );
+    server.put(
+        &key("", "secrets"),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "shop-db", "namespace": "shop"}, "data": {"url": "cG9zdGdyZXM6Ly9kYg=="}}),
+    );
+    server.put(
+        &tributary("outboxrelays"),
+        json!({"apiVersion": "tributary.dev/v1alpha1", "kind": "OutboxRelay", "metadata": {"name": "shop-outbox", "namespace": "shop"},
+               "spec": {"database": {"urlSecretRef": {"name": "shop-db"}}, "routing": {"routes": [{"aggregateType": "Order", "eventTopic": "orders"}]},
+                        "placement": {"standalone": {}}}}),
+    );
+    server.put(
+        &key("apps", "deployments"),
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": "shop-api", "namespace": "shop", "annotations": {"tributary.dev/outbox-relay": "shop-outbox"}},
+               "spec": {"selector": {"matchLabels": {"app": "shop-api"}}, "template": {"metadata": {"labels": {"app": "shop-api"}}, "spec": {"containers": [{"name": "app", "image": "shop:1"}]}}}}),
+    );
+
+    let workload =
+        WorkloadSettings { bootstrap_servers: "kafka:9092".into(), relay_image: "relay:test".into(), kafka_properties_secret: None };
+    let fast = Duration::from_millis(300);
+    let operator = Operator {
+        client: server.client(),
+        admin,
+        groups,
+        relay_status: Arc::new(HttpRelayStatus { timeout: Duration::from_millis(100) }),
+        clock: Arc::new(SystemClock),
+        metrics: Arc::new(Metrics::register(&mut Registry::default())),
+        reporter: Reporter { controller: crate::FIELD_MANAGER.into(), instance: Some("operator-a".into()) },
+        event_topics: event_topic::Settings { resync_interval: fast, ..event_topic::Settings::default() },
+        subscriptions: subscription::Settings {
+            scale_interval: fast,
+            resync_interval: fast,
+            ..subscription::Settings::new(workload.clone())
+        },
+        outbox_relays: outbox_relay::Settings { status_interval: fast, ..outbox_relay::Settings::new(workload) },
+    };
+    let lease = LeaseSettings { retry_period: Duration::from_millis(200), ..LeaseSettings::new(NAMESPACE, "operator-a") };
+    let shutdown = Shutdown::never();
+    let task = tokio::spawn(run(operator, Some(lease), Readiness::default(), shutdown.clone()));
+
+    // Once KEDA scales the Subscription and the relay runs alone, they change course: the
+    // ScaledObject and the standalone Deployment are deleted.
+    let exists = |resource: &ResourceKey, name: &str| server.get(resource, "shop", name).is_some();
+    let scaled_object = key("keda.sh", "scaledobjects");
+    wait_until(|| exists(&scaled_object, "billing"), Duration::from_secs(10), "the ScaledObject was applied").await;
+    wait_until(
+        || server.get(&tributary("subscriptions"), "shop", "billing").is_some_and(|s| s["status"]["engine"] == "Keda"),
+        Duration::from_secs(10),
+        "the Subscription recorded KEDA",
+    )
+    .await;
+    edit(&server, &tributary("subscriptions"), "billing", |subscription| subscription["spec"]["scaling"]["engine"] = json!("Builtin"));
+    wait_until(|| exists(&key("apps", "deployments"), "shop-outbox-relay"), Duration::from_secs(10), "the standalone relay was applied")
+        .await;
+    edit(&server, &tributary("outboxrelays"), "shop-outbox", |relay| {
+        relay["spec"]["placement"] = json!({"sidecar": {"targetRef": {"name": "shop-api"}}});
+    });
+
+    let used = || -> BTreeSet<crate::rbac::Permission> {
+        server.accesses().into_iter().map(|access| (access.group, access.resource, access.verb)).collect()
+    };
+    let granted = crate::rbac::granted();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !granted.is_subset(&used()) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.request();
+    tokio::time::timeout(Duration::from_secs(5), task).await.expect("stopped on request").expect("without panicking");
+    let used = used();
+    let unused: Vec<_> = granted.difference(&used).collect();
+    let ungranted: Vec<_> = used.difference(&granted).collect();
+    assert!(unused.is_empty() && ungranted.is_empty(), "granted but never used: {unused:?}\nused but not granted: {ungranted:?}");
 }

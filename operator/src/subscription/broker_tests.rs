@@ -11,7 +11,11 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
+use tributary_api::event_topic::Origin;
+use tributary_api::Subscription;
+
 use super::kafka::{self, Ask};
+use super::ownership;
 use super::resolve::{self, ResolvedTopic, Workload};
 use super::scaler::{decide, Lag, Observation, Policy, Reason};
 use super::test_support::subscription;
@@ -270,4 +274,64 @@ async fn a_group_scaled_to_zero_that_never_committed_wakes_up_when_records_arriv
 
 fn lag(reading: &GroupLag) -> Lag {
     Lag { total: reading.total(), partitions: reading.partition_count() }
+}
+
+#[tokio::test]
+async fn committed_topics_name_every_topic_a_group_committed_on() {
+    let Some(broker) = broker() else { return };
+    let (first, second) = (broker.topic_with_records("committed-a", 2, 0).await, broker.topic_with_records("committed-b", 0, 2).await);
+    let group = unique_name("group");
+    assert!(broker.admin.committed_topics(&group).await.expect("asked").is_empty(), "a group nobody used");
+    broker.commit(&group, &[(&first, 0, 1), (&second, 1, 2)]);
+    assert_eq!(broker.admin.committed_topics(&group).await.expect("asked"), [first, second].into());
+}
+
+/// A Subscription reading `topic`, with group `group`, resolved as the controller does.
+fn workload_reading<'a>(subscription: &'a Subscription, topic: &str, group: &str) -> Workload<'a> {
+    let resolved = ResolvedTopic { name: "orders".into(), kafka_topic: topic.to_owned(), dead_letter_topic: None, max_message_bytes: None };
+    let mut workload = resolve::workload(subscription, vec![resolved]).expect("a valid Subscription");
+    workload.group = group.to_owned();
+    workload.dead_letter.topic = format!("{group}.dlq");
+    workload
+}
+
+#[tokio::test]
+async fn a_group_someone_committed_with_is_refused_until_adopted_and_its_own_commits_keep_it() {
+    let Some(broker) = broker() else { return };
+    let theirs = broker.topic_with_records("their-topic", 2, 0).await;
+    let ours = broker.topic_with_records("our-topic", 1, 1).await;
+    let group = unique_name("their-group");
+    // Another team consumed `theirs` with this group; nobody consumes now.
+    broker.commit(&group, &[(&theirs, 0, 2)]);
+
+    let plain = subscription("billing", "");
+    let workload = workload_reading(&plain, &ours, &group);
+    let questions = ownership::questions(&plain, &workload);
+    assert_eq!(questions, ownership::Questions { group: true, dead_letter: true });
+    let unrecorded = kafka::ask_unrecorded(&broker.admin, &broker.admin, &workload, questions).await.expect("asked");
+    let refused = ownership::hold(&plain, &workload, &unrecorded, []).expect_err("not without consent");
+    assert!(refused.message().contains(&format!("has committed offsets on {theirs}")), "{}", refused.message());
+
+    let adopting = subscription("billing", "adoptConsumerGroup: true");
+    let workload = workload_reading(&adopting, &ours, &group);
+    let held = ownership::hold(&adopting, &workload, &unrecorded, []).expect("adopted");
+    assert_eq!(held.group_origin, Origin::Adopted);
+
+    // A group nobody used becomes the Subscription's; recorded, its own commits do not lock it out.
+    let fresh_group = unique_name("fresh-group");
+    let workload = workload_reading(&plain, &ours, &fresh_group);
+    let unrecorded =
+        kafka::ask_unrecorded(&broker.admin, &broker.admin, &workload, ownership::questions(&plain, &workload)).await.expect("asked");
+    let held = ownership::hold(&plain, &workload, &unrecorded, []).expect("free");
+    assert_eq!(held, ownership::Held { group_origin: Origin::Created, dead_letter_origin: Some(Origin::Created) });
+    let recorded = Subscription { status: ownership::with_records(&plain, &workload, &held), ..plain.clone() };
+    idle_reconcile(&broker, &workload).await;
+    assert_eq!(
+        broker.admin.committed_topics(&fresh_group).await.expect("asked"),
+        [ours.clone()].into(),
+        "the start position was committed"
+    );
+    let workload = workload_reading(&recorded, &ours, &fresh_group);
+    assert_eq!(ownership::questions(&recorded, &workload), ownership::Questions { group: false, dead_letter: false });
+    assert_eq!(ownership::hold(&recorded, &workload, &ownership::Unrecorded::default(), []), Ok(held));
 }

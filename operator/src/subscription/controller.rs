@@ -27,14 +27,17 @@ use tributary_api::{EventTopic, Subscription, SubscriptionStatus};
 
 use super::desired::{self, SUBSCRIPTION_LABEL};
 use super::kafka::{self as kafka_stage, Ask, KafkaReading};
+use super::ownership::{self, Held, Unrecorded};
 use super::plan::{self, Blocked, Replicas};
 use super::replay::{self, Consumers, Step};
-use super::resolve::Workload;
+use super::resolve::{self, Fetched, Workload};
 use super::scaler::{self, Decision, Policy};
-use super::status::{build_status, needs_patch, paused_status, reason, LagWrites, Outcome, Reconciled, Scaler};
+use super::status::{build_status, needs_patch, paused_status, reason, LagWrites, Outcome, Reconciled, Scaler, READY};
+use crate::conditions;
 use crate::controller_support::{self, object_name, write_status, Lifecycle, Reconciler, Shared};
 use crate::error::{Error, Result};
 use crate::kafka::{ConsumerGroups, GroupLag, KafkaError, TopicAdmin};
+use crate::naming::NamingPolicy;
 use crate::workload::{kafka_secret_problem, WorkloadSettings};
 
 /// Name of this controller in metrics and logs.
@@ -63,12 +66,15 @@ pub struct Settings {
     pub concurrency: u16,
     /// What the consumers get from the operator's own configuration.
     pub workload: WorkloadSettings,
+    /// How consumer groups and dead-letter topics of each namespace must be named.
+    pub naming: NamingPolicy,
 }
 
 impl Settings {
     pub fn new(workload: WorkloadSettings) -> Self {
         Settings {
             workload,
+            naming: NamingPolicy::default(),
             scale_interval: Duration::from_secs(15),
             resync_interval: Duration::from_secs(300),
             conflict_retry: Duration::from_secs(30),
@@ -142,19 +148,17 @@ pub async fn run(
     controller_support::run(controller, context, lifecycle.shutdown).await;
 }
 
-/// The Subscriptions that read an EventTopic: those in its namespace that name it. A change of the
-/// EventTopic (it became Ready, or stopped being) wakes them.
+/// The Subscriptions that read an EventTopic, in any namespace: a change of the EventTopic (it
+/// became Ready or stopped being, it granted access or withdrew it) wakes them.
 pub fn subscriptions_reading(
     subscriptions: &[Arc<DeserializeGuard<Subscription>>],
     topic: &DeserializeGuard<EventTopic>,
 ) -> Vec<ObjectRef<DeserializeGuard<Subscription>>> {
-    let (namespace, name) = (topic.meta().namespace.as_deref(), topic.meta().name.as_deref().unwrap_or_default());
+    let (namespace, name) = (topic.meta().namespace.as_deref().unwrap_or_default(), topic.meta().name.as_deref().unwrap_or_default());
     subscriptions
         .iter()
         .filter(|guard| {
-            guard.0.as_ref().is_ok_and(|subscription| {
-                subscription.metadata.namespace.as_deref() == namespace && subscription.spec.topics.iter().any(|topic| topic.name == name)
-            })
+            guard.0.as_ref().is_ok_and(|subscription| resolve::references(subscription).any(|reference| reference == (namespace, name)))
         })
         .map(|guard| ObjectRef::from_obj(guard.as_ref()))
         .collect()
@@ -201,15 +205,18 @@ async fn reconcile_subscription(subscription: &Subscription, namespace: &str, co
 
     // Resolve, then validate (pure).
     let mut fetched = Vec::with_capacity(subscription.spec.topics.len());
-    for topic in &subscription.spec.topics {
-        fetched.push((topic.name.clone(), shared.get::<DeserializeGuard<EventTopic>>(namespace, &topic.name).await?));
+    for (topic_namespace, name) in resolve::references(subscription) {
+        let topic = shared.get::<DeserializeGuard<EventTopic>>(topic_namespace, name).await?;
+        fetched.push(Fetched { namespace: topic_namespace.to_owned(), name: name.to_owned(), topic });
     }
-    let others = context.store.state();
-    let workload = match plan::workload(subscription, &fetched, others.iter().filter_map(|guard| guard.0.as_ref().ok())) {
+    let all = context.store.state();
+    let others = || all.iter().filter_map(|guard| guard.0.as_ref().ok());
+    let workload = match plan::workload(subscription, &fetched, others(), &settings.naming) {
         Ok(workload) => workload,
         Err(Blocked::Topics(problem)) => {
-            report(Outcome::TopicsNotReady(problem)).await?;
-            // The EventTopic watch wakes this Subscription when they change.
+            let status = report(Outcome::TopicsNotReady(problem)).await?;
+            warn_when_refused(context, subscription, &status).await;
+            // The EventTopic watch wakes this Subscription when they change (or their grants do).
             return Ok(Action::await_change());
         }
         Err(Blocked::GroupTaken { owner }) => {
@@ -245,6 +252,33 @@ async fn reconcile_subscription(subscription: &Subscription, namespace: &str, co
         },
     };
 
+    // Ownership: what the status does not record yet is asked of Kafka, then recorded before the
+    // operator or the consumers change anything there.
+    let questions = ownership::questions(subscription, &workload);
+    let unrecorded = match questions.any() {
+        false => Unrecorded::default(),
+        true => match kafka_stage::ask_unrecorded(context.admin.as_ref(), context.groups.as_ref(), &workload, questions).await {
+            Ok(unrecorded) => unrecorded,
+            Err(source) => {
+                let message =
+                    format!("cannot ask Kafka whether consumer group {:?} and its dead-letter topic are free: {source}", workload.group);
+                report(Outcome::KafkaUnavailable(message)).await?;
+                return Err(Error::Kafka { object: object_name(subscription), source });
+            }
+        },
+    };
+    let held = match ownership::hold(subscription, &workload, &unrecorded, others()) {
+        Ok(held) => held,
+        Err(refused) => {
+            let status = report(Outcome::Refused(refused)).await?;
+            warn_when_refused(context, subscription, &status).await;
+            return Ok(Action::requeue(settings.conflict_retry));
+        }
+    };
+    if let Some(recorded) = ownership::with_records(subscription, &workload, &held) {
+        write_status(context, subscription, &recorded).await?;
+    }
+
     // Kafka, with the replay's decision (pure) between reading and moving offsets.
     let now = shared.clock.now();
     let scale = DeploymentScale::of(existing.as_ref());
@@ -266,7 +300,7 @@ async fn reconcile_subscription(subscription: &Subscription, namespace: &str, co
         }
         reset = Some(result);
     }
-    let observed = Observed { reading, replay: replay_status, reset, scale };
+    let observed = Observed { reading, replay: replay_status, reset, scale, held };
     let run = decide(subscription, &workload, observed, &policy, engine, now);
 
     // Apply.
@@ -332,6 +366,7 @@ struct Observed {
     /// The outcome of the replay's offset reset, if it made one.
     reset: Option<Result<(), KafkaError>>,
     scale: DeploymentScale,
+    held: Held,
 }
 
 /// What this reconcile does, decided from what it observed.
@@ -343,7 +378,7 @@ fn decide(
     engine: ScalingEngine,
     now: Timestamp,
 ) -> Run {
-    let Observed { reading, replay: replay_status, reset, scale } = observed;
+    let Observed { reading, replay: replay_status, reset, scale, held } = observed;
     let previous = subscription.status.clone().unwrap_or_default();
     let mut kafka_errors = Vec::new();
     let mut problems = Vec::new();
@@ -381,6 +416,7 @@ fn decide(
         lag_threshold: policy.lag_threshold,
         replay: replay_status,
         dead_letter_topic: workload.dead_letter.topic.clone(),
+        held,
         kafka_problem: (!problems.is_empty()).then(|| problems.join("; ")),
     };
     Run { reconciled, replicas, previous_engine: previous.engine, kafka_errors }
@@ -435,6 +471,18 @@ async fn report(subscription: &Subscription, group: &str, outcome: Outcome, cont
     let status = build_status(subscription, group, &outcome, context.shared.clock.now());
     write_status(context, subscription, &status).await?;
     Ok(status)
+}
+
+/// A warning Event when the Subscription has just been refused something (an EventTopic of
+/// another namespace, a consumer group, a dead-letter topic): the Ready reason says what.
+async fn warn_when_refused(context: &Context, subscription: &Subscription, after: &SubscriptionStatus) {
+    const REFUSALS: [&str; 3] = [reason::ACCESS_DENIED, reason::ADOPTION_REQUIRED, reason::DEAD_LETTER_TOPIC_NOT_OWNED];
+    let ready = |status: Option<&SubscriptionStatus>| status.and_then(|status| conditions::find(&status.conditions, READY)).cloned();
+    let Some(now) = ready(Some(after)).filter(|now| REFUSALS.contains(&now.reason.as_str())) else { return };
+    if ready(subscription.status.as_ref()).is_some_and(|before| before.reason == now.reason) {
+        return;
+    }
+    context.shared.publish(&subscription.object_ref(&()), EventType::Warning, &now.reason, "Reconcile", now.message).await;
 }
 
 /// Events for what changed: the replica count, and each replay phase. Each kind of change has

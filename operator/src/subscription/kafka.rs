@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use tracing::{info, warn};
 
+use super::ownership::{GroupActivity, Questions, Unrecorded};
 use super::resolve::{DeadLetter, Workload};
 use crate::event_topic::desired::MAX_MESSAGE_BYTES;
 use crate::kafka::{ConsumerGroups, GroupLag, KafkaError, SyncMode, TopicAdmin, TopicSpec};
@@ -29,6 +30,25 @@ pub struct Ask {
     pub members: bool,
     /// No consumer runs (the Deployment has no pods).
     pub idle: bool,
+}
+
+/// Asks Kafka what `questions` leave open: who used the consumer group (committed offsets and
+/// members), and whether the dead-letter topic exists. Nothing is changed.
+pub async fn ask_unrecorded(
+    admin: &dyn TopicAdmin,
+    groups: &dyn ConsumerGroups,
+    workload: &Workload<'_>,
+    questions: Questions,
+) -> Result<Unrecorded, KafkaError> {
+    let group = if questions.group {
+        let committed_topics = groups.committed_topics(&workload.group).await?;
+        Some(GroupActivity { committed_topics, members: groups.group_members(&workload.group).await? })
+    } else {
+        None
+    };
+    let dead_letter_exists =
+        if questions.dead_letter { Some(admin.topic_layout(&workload.dead_letter.topic).await?.is_some()) } else { None };
+    Ok(Unrecorded { group, dead_letter_exists })
 }
 
 /// Reads what a reconcile needs from Kafka, after creating the dead-letter topic if it is
@@ -95,13 +115,13 @@ mod tests {
     #[tokio::test]
     async fn an_owned_dead_letter_topic_is_made_to_take_its_largest_source_record() {
         let admin = FakeTopicAdmin::new();
-        let dead_letter = DeadLetter { topic: "billing.dlq".into(), owned: true, max_message_bytes: Some(4_194_304) };
+        let dead_letter = DeadLetter { topic: "billing.dlq".into(), owned: true, explicit: false, max_message_bytes: Some(4_194_304) };
         assert!(ensure_dead_letter_topic(&admin, &dead_letter, SyncMode::Apply).await.expect("created"));
         let made = admin.describe_topic("billing.dlq").await.expect("described").expect("exists");
         assert_eq!((made.partitions, made.configs.get(MAX_MESSAGE_BYTES).map(String::as_str)), (1, Some("4194304")));
         assert!(!ensure_dead_letter_topic(&admin, &dead_letter, SyncMode::Apply).await.expect("exists"), "made once");
 
-        let managed = DeadLetter { topic: "orders.dlq".into(), owned: false, max_message_bytes: None };
+        let managed = DeadLetter { topic: "orders.dlq".into(), owned: false, explicit: false, max_message_bytes: None };
         assert!(!ensure_dead_letter_topic(&admin, &managed, SyncMode::Apply).await.expect("left alone"));
         assert_eq!(admin.describe_topic("orders.dlq").await.expect("described"), None, "its EventTopic makes it");
     }

@@ -10,13 +10,14 @@ use k8s_openapi::jiff::Timestamp;
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::Action;
 use serde_json::{json, Value};
+use tributary_api::event_topic::Origin;
 use tributary_api::{Subscription, SubscriptionStatus};
 
 use super::controller::{Context, Settings};
 use super::test_support::{ready, subscription};
 use crate::event_topic::test_support::event_topic;
 use crate::fixtures::{self, assert_malformed_object_reported, condition, ApiServerVerifier, Harness, RecordedRequest, NOW};
-use crate::kafka::{FakeConsumerGroups, FakeTopicAdmin};
+use crate::kafka::{FakeConsumerGroups, FakeTopicAdmin, TopicState};
 use crate::workload::WorkloadSettings;
 
 const SUBSCRIPTIONS: &str = "/apis/tributary.dev/v1alpha1/namespaces/default/subscriptions";
@@ -27,6 +28,7 @@ const SCALED_OBJECT: &str = "/apis/keda.sh/v1alpha1/namespaces/default/scaledobj
 const KEDA_CRD: &str = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/scaledobjects.keda.sh";
 const STATUS: &str = "/apis/tributary.dev/v1alpha1/namespaces/default/subscriptions/billing/status";
 const GROUP: &str = "default.billing";
+const DEAD_LETTER_TOPIC: &str = "default.billing.dlq";
 
 /// The in-memory Kafka the context was built with.
 struct Kafka {
@@ -105,10 +107,34 @@ fn env<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
     container["env"].as_array()?.iter().find(|var| var["name"] == name)?["value"].as_str()
 }
 
+/// What an earlier run recorded: the group and the dead-letter topic as the Subscription's own.
+fn records() -> SubscriptionStatus {
+    SubscriptionStatus {
+        consumer_group: Some(GROUP.into()),
+        consumer_group_origin: Some(Origin::Created),
+        dead_letter_topic: Some(DEAD_LETTER_TOPIC.into()),
+        dead_letter_origin: Some(Origin::Created),
+        ..SubscriptionStatus::default()
+    }
+}
+
+/// The Subscription as an earlier run left it.
+fn ran_before(subscription: Subscription) -> Subscription {
+    Subscription { status: Some(records()), ..subscription }
+}
+
+/// Whether the reconcile records the group and dead-letter topic first (a first run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Run {
+    First,
+    Again,
+}
+
 /// Serves a reconcile up to and including the Deployment apply: the EventTopic, the Deployment
 /// found (`None`: there is none), KEDA's CRD (`None`: already known from an earlier reconcile),
-/// then the ConfigMap and Deployment applies. Returns the Deployment apply.
-async fn serve_until_applied(api: &mut ApiServerVerifier, found: Option<Value>, keda_installed: Option<bool>) -> RecordedRequest {
+/// on a first run the status recording the group and dead-letter topic, then the ConfigMap and
+/// Deployment applies. Returns the Deployment apply.
+async fn serve_until_applied(api: &mut ApiServerVerifier, found: Option<Value>, keda_installed: Option<bool>, run: Run) -> RecordedRequest {
     api.expect(Method::GET, &format!("{TOPICS}/orders"), ready_orders()).await;
     match found {
         Some(deployment) => api.expect(Method::GET, DEPLOYMENT, deployment).await,
@@ -122,6 +148,10 @@ async fn serve_until_applied(api: &mut ApiServerVerifier, found: Option<Value>, 
             api.expect_not_found(Method::GET, KEDA_CRD).await;
         }
         None => {}
+    }
+    if run == Run::First {
+        let recorded = api.expect(Method::PATCH, STATUS, json!({})).await;
+        assert_eq!(recorded.body["status"]["consumerGroupOrigin"], "Created", "recorded before anything is committed");
     }
     let config_map = api.expect(Method::PATCH, CONFIG_MAP, applied("ConfigMap", "v1", "billing-consumer")).await;
     assert_server_side_apply(&config_map);
@@ -139,6 +169,12 @@ async fn pull_mode_without_keda_gets_a_deployment_the_builtin_scaler_sizes() {
         api.expect(Method::GET, &format!("{TOPICS}/orders"), ready_orders()).await;
         api.expect_not_found(Method::GET, DEPLOYMENT).await;
         api.expect_not_found(Method::GET, KEDA_CRD).await;
+        let recorded = api.expect(Method::PATCH, STATUS, json!({})).await;
+        assert_eq!(
+            (&recorded.body["status"]["consumerGroupOrigin"], &recorded.body["status"]["deadLetterOrigin"]),
+            (&json!("Created"), &json!("Created")),
+            "the group and the dead-letter topic are recorded before either is touched"
+        );
         let config_map = api.expect(Method::PATCH, CONFIG_MAP, applied("ConfigMap", "v1", "billing-consumer")).await;
         assert_server_side_apply(&config_map);
         assert_eq!(config_map.body["metadata"]["ownerReferences"][0]["uid"], "uid-billing");
@@ -190,9 +226,9 @@ async fn push_mode_with_keda_gets_a_scaled_object_and_leaves_replicas_to_its_hpa
     harness.fakes.orders_topic(2, 0);
     let spec =
         "delivery: { mode: Push, sink: { port: 8080, path: /events } }\nscaling: { minReplicas: 1, maxReplicas: 4, lagThreshold: 50 }";
-    let subscription = stored(subscription("billing", spec));
+    let subscription = ran_before(stored(subscription("billing", spec)));
     let scenario = tokio::spawn(async move {
-        let deployment = serve_until_applied(&mut api, Some(our_deployment(2, 2)), Some(true)).await;
+        let deployment = serve_until_applied(&mut api, Some(our_deployment(2, 2)), Some(true), Run::Again).await;
         assert!(deployment.body["spec"].get("replicas").is_none(), "the HPA owns replicas: {}", deployment.body["spec"]);
         let containers = containers(&deployment.body);
         assert_eq!(
@@ -252,7 +288,7 @@ async fn a_missing_event_topic_is_waited_for_and_its_arrival_runs_the_subscripti
     );
     assert_eq!(woken.len(), 1);
     let scenario = tokio::spawn(async move {
-        serve_until_applied(&mut api, None, Some(false)).await;
+        serve_until_applied(&mut api, None, Some(false), Run::First).await;
         let status = api.expect(Method::PATCH, STATUS, json!({})).await;
         assert_eq!(condition(&status.body, "TopicsReady"), ("True", "TopicsReady"));
     });
@@ -283,10 +319,10 @@ async fn an_unreachable_broker_keeps_the_replicas_and_reports_unknown_lag() {
     harness.fakes.orders_topic(4, 0);
     harness.fakes.groups.set_unavailable(true);
     harness.fakes.topics.set_unavailable(true);
-    let subscription = stored(subscription("billing", "scaling: { engine: Builtin, scaleToZero: true }"));
+    let subscription = ran_before(stored(subscription("billing", "scaling: { engine: Builtin, scaleToZero: true }")));
     let scenario = tokio::spawn(async move {
         // Builtin is asked for explicitly: no KEDA lookup.
-        let deployment = serve_until_applied(&mut api, Some(our_deployment(4, 4)), None).await;
+        let deployment = serve_until_applied(&mut api, Some(our_deployment(4, 4)), None, Run::Again).await;
         assert_eq!(deployment.body["spec"]["replicas"], 4, "no scale-down on an unknown lag");
         let status = api.expect(Method::PATCH, STATUS, json!({})).await;
         let reported = &status.body["status"];
@@ -309,10 +345,10 @@ async fn the_builtin_scaler_cools_down_before_scaling_to_zero_and_says_so() {
     for partition in 0..4 {
         harness.fakes.groups.commit(GROUP, "orders", partition, 10);
     }
-    let subscription = stored(subscription("billing", "scaling: { engine: Builtin, scaleToZero: true, cooldown: 2m }"));
+    let subscription = ran_before(stored(subscription("billing", "scaling: { engine: Builtin, scaleToZero: true, cooldown: 2m }")));
     let (round_one, api_back) = {
         let scenario = tokio::spawn(async move {
-            let deployment = serve_until_applied(&mut api, Some(our_deployment(3, 3)), None).await;
+            let deployment = serve_until_applied(&mut api, Some(our_deployment(3, 3)), None, Run::Again).await;
             assert_eq!(deployment.body["spec"]["replicas"], 3, "cooling down");
             let status = api.expect(Method::PATCH, STATUS, json!({})).await;
             assert_eq!(condition(&status.body, "Scaled"), ("True", "CoolingDown"));
@@ -326,7 +362,7 @@ async fn the_builtin_scaler_cools_down_before_scaling_to_zero_and_says_so() {
     let subscription = with_status(&subscription, &round_one);
     harness.clock.advance(Duration::from_secs(120));
     let scenario = tokio::spawn(async move {
-        let deployment = serve_until_applied(&mut api, Some(our_deployment(3, 3)), None).await;
+        let deployment = serve_until_applied(&mut api, Some(our_deployment(3, 3)), None, Run::Again).await;
         assert_eq!(deployment.body["spec"]["replicas"], 0, "idle for the whole cooldown");
         let status = api.expect(Method::PATCH, STATUS, json!({})).await;
         assert_eq!(condition(&status.body, "Ready"), ("True", "ScaledToZero"));
@@ -346,9 +382,9 @@ async fn the_builtin_scaler_cools_down_before_scaling_to_zero_and_says_so() {
 async fn unchanged_status_is_not_written_again() {
     let (harness, mut api) = harness();
     harness.fakes.orders_topic(1, 50);
-    let subscription = stored(subscription("billing", "scaling: { engine: Builtin }\nstartFrom: earliest"));
+    let subscription = ran_before(stored(subscription("billing", "scaling: { engine: Builtin }\nstartFrom: earliest")));
     let scenario = tokio::spawn(async move {
-        serve_until_applied(&mut api, Some(our_deployment(1, 1)), None).await;
+        serve_until_applied(&mut api, Some(our_deployment(1, 1)), None, Run::Again).await;
         let status = api.expect(Method::PATCH, STATUS, json!({})).await;
         (status, api)
     });
@@ -357,7 +393,7 @@ async fn unchanged_status_is_not_written_again() {
     let subscription = with_status(&subscription, &status);
     harness.clock.advance(Duration::from_secs(15));
     let scenario = tokio::spawn(async move {
-        serve_until_applied(&mut api, Some(our_deployment(1, 1)), None).await;
+        serve_until_applied(&mut api, Some(our_deployment(1, 1)), None, Run::Again).await;
         api.expect_no_more_requests().await;
     });
     harness.reconcile(&subscription).await.expect("reconciles");
@@ -374,11 +410,11 @@ async fn replay_scales_down_resets_offsets_scales_up_and_completes() {
     harness.fakes.groups.commit(GROUP, "orders", 0, 150);
     let mut subscription =
         stored(subscription("billing", "scaling: { engine: Builtin }\nreplay: { toTimestamp: '1970-01-01T00:00:01.500Z' }"));
-    subscription.status = Some(SubscriptionStatus { desired_replicas: Some(2), ..SubscriptionStatus::default() });
+    subscription.status = Some(SubscriptionStatus { desired_replicas: Some(2), ..records() });
 
     // 1: ScalingDown: the consumers go to zero.
     let scenario = tokio::spawn(async move {
-        let deployment = serve_until_applied(&mut api, Some(our_deployment(2, 2)), None).await;
+        let deployment = serve_until_applied(&mut api, Some(our_deployment(2, 2)), None, Run::Again).await;
         assert_eq!(deployment.body["spec"]["replicas"], 0);
         let status = api.expect(Method::PATCH, STATUS, json!({})).await;
         assert_eq!(status.body["status"]["replay"]["phase"], "ScalingDown");
@@ -399,7 +435,7 @@ async fn replay_scales_down_resets_offsets_scales_up_and_completes() {
 
     // 2: the pods are gone and the group is empty: ResettingOffsets is recorded first.
     let scenario = tokio::spawn(async move {
-        let deployment = serve_until_applied(&mut api, Some(our_deployment(0, 0)), None).await;
+        let deployment = serve_until_applied(&mut api, Some(our_deployment(0, 0)), None, Run::Again).await;
         assert_eq!(deployment.body["spec"]["replicas"], 0);
         let status = api.expect(Method::PATCH, STATUS, json!({})).await;
         assert_eq!(status.body["status"]["replay"]["phase"], "ResettingOffsets");
@@ -413,7 +449,7 @@ async fn replay_scales_down_resets_offsets_scales_up_and_completes() {
 
     // 3: the offsets move to the first record at or after 1.5s; the consumers come back.
     let scenario = tokio::spawn(async move {
-        let deployment = serve_until_applied(&mut api, Some(our_deployment(0, 0)), None).await;
+        let deployment = serve_until_applied(&mut api, Some(our_deployment(0, 0)), None, Run::Again).await;
         assert_eq!(deployment.body["spec"]["replicas"], 1, "50 records to read again");
         let status = api.expect(Method::PATCH, STATUS, json!({})).await;
         assert_eq!(status.body["status"]["replay"]["phase"], "ScalingUp");
@@ -430,7 +466,7 @@ async fn replay_scales_down_resets_offsets_scales_up_and_completes() {
 
     // 4: a consumer is ready again: Completed, and the timestamp is remembered.
     let scenario = tokio::spawn(async move {
-        serve_until_applied(&mut api, Some(our_deployment(1, 1)), None).await;
+        serve_until_applied(&mut api, Some(our_deployment(1, 1)), None, Run::Again).await;
         let status = api.expect(Method::PATCH, STATUS, json!({})).await;
         assert_eq!(
             status.body["status"]["replay"],
@@ -447,7 +483,7 @@ async fn replay_scales_down_resets_offsets_scales_up_and_completes() {
 
     // 5: the same request again does nothing more.
     let scenario = tokio::spawn(async move {
-        let deployment = serve_until_applied(&mut api, Some(our_deployment(1, 1)), None).await;
+        let deployment = serve_until_applied(&mut api, Some(our_deployment(1, 1)), None, Run::Again).await;
         assert_eq!(deployment.body["spec"]["replicas"], 1);
         api.expect_no_more_requests().await;
     });
@@ -530,10 +566,9 @@ async fn switching_from_keda_to_builtin_deletes_the_scaled_object() {
     let (harness, mut api) = harness();
     harness.fakes.orders_topic(2, 0);
     let mut subscription = stored(subscription("billing", "scaling: { engine: Builtin }"));
-    subscription.status =
-        Some(SubscriptionStatus { engine: Some(tributary_api::subscription::ScalingEngine::Keda), ..SubscriptionStatus::default() });
+    subscription.status = Some(SubscriptionStatus { engine: Some(tributary_api::subscription::ScalingEngine::Keda), ..records() });
     let scenario = tokio::spawn(async move {
-        let deployment = serve_until_applied(&mut api, Some(our_deployment(2, 2)), None).await;
+        let deployment = serve_until_applied(&mut api, Some(our_deployment(2, 2)), None, Run::Again).await;
         assert_eq!(deployment.body["spec"]["replicas"], 2, "the built-in scaler sets replicas again, cooling down from the HPA's 2");
         api.expect(Method::DELETE, SCALED_OBJECT, json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})).await;
         let status = api.expect(Method::PATCH, STATUS, json!({})).await;
@@ -549,8 +584,7 @@ async fn switching_from_builtin_to_keda_hands_the_replicas_over_without_dropping
     let (harness, mut api) = harness();
     harness.fakes.orders_topic(2, 0);
     let mut subscription = stored(subscription("billing", "scaling: { engine: Keda, minReplicas: 1, maxReplicas: 8 }"));
-    subscription.status =
-        Some(SubscriptionStatus { engine: Some(tributary_api::subscription::ScalingEngine::Builtin), ..SubscriptionStatus::default() });
+    subscription.status = Some(SubscriptionStatus { engine: Some(tributary_api::subscription::ScalingEngine::Builtin), ..records() });
     // The built-in scaler set 5 replicas, so the operator's apply owns spec.replicas.
     let mut found = our_deployment(5, 5);
     found["metadata"]["managedFields"] = json!([{
@@ -605,4 +639,260 @@ async fn a_malformed_subscription_is_reported_without_failing() {
         "spec": {"topics": "orders"},
     });
     assert_malformed_object_reported(&harness, api, manifest, &format!("{SUBSCRIPTIONS}/billing/status"), "InvalidSpec").await;
+}
+
+/// A Kafka topic that exists already, made by someone else.
+fn existing_topic(kafka: &Kafka, name: &str) {
+    let state = TopicState { name: name.into(), partitions: 1, replication_factor: 1, configs: Default::default() };
+    kafka.topics.insert_topic(state);
+}
+
+#[tokio::test]
+async fn a_consumer_group_with_commits_and_no_subscription_is_not_taken_over_without_consent() {
+    let (harness, mut api) = harness();
+    harness.fakes.orders_topic(1, 5);
+    // Someone consumed `payments` with the group this Subscription would use by default.
+    harness.fakes.groups.add_topic("payments", 1);
+    harness.fakes.groups.commit(GROUP, "payments", 0, 7);
+    let subscription = stored(subscription("billing", ""));
+    let scenario = tokio::spawn(async move {
+        api.expect(Method::GET, &format!("{TOPICS}/orders"), ready_orders()).await;
+        api.expect_not_found(Method::GET, DEPLOYMENT).await;
+        api.expect_not_found(Method::GET, KEDA_CRD).await;
+        let status = api.expect(Method::PATCH, STATUS, json!({})).await;
+        assert_eq!(condition(&status.body, "Ready"), ("False", "AdoptionRequired"));
+        let message = crate::fixtures::find_condition(&status.body, "Ready")["message"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            message.starts_with("consumer group \"default.billing\" (the default, <namespace>.<name>) has committed offsets on payments"),
+            "{message}"
+        );
+        assert!(message.contains("spec.adoptConsumerGroup: true"), "{message}");
+        assert!(status.body["status"].get("consumerGroup").is_none(), "not recorded: {}", status.body["status"]);
+        let event = api.expect_event("default").await;
+        assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("AdoptionRequired")));
+        api.expect_no_more_requests().await;
+    });
+    assert_eq!(harness.reconcile(&subscription).await.expect("reconciles"), Action::requeue(harness.context.settings.conflict_retry));
+    scenario.await.expect("scenario ran");
+    assert!(harness.fakes.topics.calls().is_empty(), "no dead-letter topic");
+    assert_eq!(harness.fakes.groups.committed(GROUP, "orders", 0), None, "no start position committed in someone else's group");
+}
+
+#[tokio::test]
+async fn a_consumer_group_used_before_is_adopted_with_consent_and_recorded_before_anything_is_committed() {
+    let (harness, mut api) = harness();
+    harness.fakes.orders_topic(1, 5);
+    harness.fakes.groups.add_topic("payments", 1);
+    harness.fakes.groups.commit(GROUP, "payments", 0, 7);
+    let adopting = stored(subscription("billing", "adoptConsumerGroup: true"));
+    let groups = harness.fakes.groups.clone();
+    let scenario = tokio::spawn(async move {
+        api.expect(Method::GET, &format!("{TOPICS}/orders"), ready_orders()).await;
+        api.expect_not_found(Method::GET, DEPLOYMENT).await;
+        api.expect_not_found(Method::GET, KEDA_CRD).await;
+        let recorded = api.expect(Method::PATCH, STATUS, json!({})).await;
+        assert_eq!(recorded.body["status"]["consumerGroupOrigin"], "Adopted");
+        assert_eq!(groups.committed(GROUP, "orders", 0), None, "recorded before the start position is committed");
+        api.expect(Method::PATCH, CONFIG_MAP, applied("ConfigMap", "v1", "billing-consumer")).await;
+        api.expect(Method::PATCH, DEPLOYMENT, applied("Deployment", "apps/v1", "billing")).await;
+        let status = api.expect(Method::PATCH, STATUS, json!({})).await;
+        assert_eq!(status.body["status"]["consumerGroupOrigin"], "Adopted");
+    });
+    harness.reconcile(&adopting).await.expect("reconciles");
+    scenario.await.expect("scenario ran");
+}
+
+#[tokio::test]
+async fn the_group_it_recorded_stays_its_own_after_its_own_commits() {
+    let (harness, mut api) = harness();
+    harness.fakes.orders_topic(2, 3);
+    let subscription = stored(subscription("billing", ""));
+    let scenario = tokio::spawn(async move {
+        serve_until_applied(&mut api, None, Some(false), Run::First).await;
+        let status = api.expect(Method::PATCH, STATUS, json!({})).await;
+        (status, api)
+    });
+    harness.reconcile(&subscription).await.expect("reconciles");
+    let (status, mut api) = scenario.await.expect("scenario ran");
+    // While idle the operator committed the group's starting position (startFrom latest).
+    assert_eq!(harness.fakes.groups.committed(GROUP, "orders", 0), Some(3));
+
+    // The next reconcile finds a group with commits, and knows them for its own.
+    let subscription = with_status(&subscription, &status);
+    let scenario = tokio::spawn(async move {
+        // No AdoptionRequired: it applies as before, and its status stays as it was.
+        serve_until_applied(&mut api, Some(our_deployment(0, 0)), None, Run::Again).await;
+        api.expect_no_more_requests().await;
+    });
+    harness.reconcile(&subscription).await.expect("reconciles");
+    scenario.await.expect("scenario ran");
+}
+
+#[tokio::test]
+async fn a_status_from_before_origins_keeps_its_group_and_dead_letter_topic() {
+    let (harness, mut api) = harness();
+    harness.fakes.orders_topic(1, 3);
+    harness.fakes.groups.commit(GROUP, "orders", 0, 1);
+    existing_topic(&harness.fakes, DEAD_LETTER_TOPIC);
+    // As the previous operator wrote it: the group and the dead-letter topic, no origins.
+    let mut upgraded = stored(subscription("billing", "scaling: { engine: Builtin }"));
+    upgraded.status = Some(SubscriptionStatus {
+        consumer_group: Some(GROUP.into()),
+        dead_letter_topic: Some(DEAD_LETTER_TOPIC.into()),
+        ..SubscriptionStatus::default()
+    });
+    let scenario = tokio::spawn(async move {
+        api.expect(Method::GET, &format!("{TOPICS}/orders"), ready_orders()).await;
+        api.expect(Method::GET, DEPLOYMENT, our_deployment(1, 1)).await;
+        // The origins the previous version implied are written out before anything else.
+        let recorded = api.expect(Method::PATCH, STATUS, json!({})).await;
+        assert_eq!(
+            (&recorded.body["status"]["consumerGroupOrigin"], &recorded.body["status"]["deadLetterOrigin"]),
+            (&json!("Created"), &json!("Created"))
+        );
+        api.expect(Method::PATCH, CONFIG_MAP, applied("ConfigMap", "v1", "billing-consumer")).await;
+        api.expect(Method::PATCH, DEPLOYMENT, applied("Deployment", "apps/v1", "billing")).await;
+        let status = api.expect(Method::PATCH, STATUS, json!({})).await;
+        assert_eq!(condition(&status.body, "Ready"), ("True", "Running"));
+    });
+    harness.reconcile(&upgraded).await.expect("reconciles");
+    scenario.await.expect("scenario ran");
+}
+
+#[tokio::test]
+async fn an_existing_topic_it_does_not_own_is_refused_as_its_dead_letter_topic() {
+    let (harness, mut api) = harness();
+    harness.fakes.orders_topic(1, 0);
+    // Another team's topic.
+    existing_topic(&harness.fakes, "payments-audit");
+    let subscription = stored(subscription("billing", "delivery: { deadLetter: { topicName: payments-audit } }"));
+    let scenario = tokio::spawn(async move {
+        api.expect(Method::GET, &format!("{TOPICS}/orders"), ready_orders()).await;
+        api.expect_not_found(Method::GET, DEPLOYMENT).await;
+        api.expect_not_found(Method::GET, KEDA_CRD).await;
+        let status = api.expect(Method::PATCH, STATUS, json!({})).await;
+        assert_eq!(condition(&status.body, "Ready"), ("False", "DeadLetterTopicNotOwned"));
+        let message = crate::fixtures::find_condition(&status.body, "Ready")["message"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            message.starts_with("spec.delivery.deadLetter.topicName \"payments-audit\" is an existing Kafka topic that neither this Subscription nor an EventTopic it reads owns"),
+            "{message}"
+        );
+        let event = api.expect_event("default").await;
+        assert_eq!(event["reason"], "DeadLetterTopicNotOwned");
+        api.expect_no_more_requests().await;
+    });
+    assert_eq!(harness.reconcile(&subscription).await.expect("reconciles"), Action::requeue(harness.context.settings.conflict_retry));
+    scenario.await.expect("scenario ran");
+    assert_eq!(harness.fakes.groups.committed(GROUP, "orders", 0), None, "nothing committed");
+}
+
+#[tokio::test]
+async fn a_dead_letter_topic_another_subscription_of_the_namespace_created_is_shared() {
+    let (mut harness, mut api) = harness();
+    harness.fakes.orders_topic(1, 0);
+    existing_topic(&harness.fakes, "default.dead");
+    let mut neighbour = stored(subscription("audit", "delivery: { deadLetter: { topicName: default.dead } }"));
+    neighbour.status = Some(SubscriptionStatus {
+        dead_letter_topic: Some("default.dead".into()),
+        dead_letter_origin: Some(Origin::Created),
+        ..SubscriptionStatus::default()
+    });
+    harness.seen(&neighbour);
+    let subscription = stored(subscription("billing", "delivery: { deadLetter: { topicName: default.dead } }"));
+    let scenario = tokio::spawn(async move {
+        api.expect(Method::GET, &format!("{TOPICS}/orders"), ready_orders()).await;
+        api.expect_not_found(Method::GET, DEPLOYMENT).await;
+        api.expect_not_found(Method::GET, KEDA_CRD).await;
+        let recorded = api.expect(Method::PATCH, STATUS, json!({})).await;
+        assert_eq!(recorded.body["status"]["deadLetterTopic"], "default.dead");
+        assert_eq!(recorded.body["status"]["deadLetterOrigin"], "Adopted", "the neighbour's, and now shared");
+        api.expect(Method::PATCH, CONFIG_MAP, applied("ConfigMap", "v1", "billing-consumer")).await;
+        let deployment = api.expect(Method::PATCH, DEPLOYMENT, applied("Deployment", "apps/v1", "billing")).await;
+        assert_eq!(env(&containers(&deployment.body)[0], "TRIBUTARY_DEAD_LETTER_TOPIC"), Some("default.dead"));
+        api.expect(Method::PATCH, STATUS, json!({})).await;
+    });
+    harness.reconcile(&subscription).await.expect("reconciles");
+    scenario.await.expect("scenario ran");
+}
+
+const BILLING_INVOICES: &str = "/apis/tributary.dev/v1alpha1/namespaces/billing/eventtopics/invoices";
+
+/// The EventTopic `billing/invoices`, Ready, with `spec`.
+fn billing_invoices(spec: &str) -> tributary_api::EventTopic {
+    let mut topic = event_topic("invoices", spec);
+    topic.metadata.namespace = Some("billing".into());
+    ready(topic)
+}
+
+fn reads_billing_invoices() -> Subscription {
+    stored(subscription("billing", "topics: [{ name: invoices, namespace: billing }]"))
+}
+
+#[tokio::test]
+async fn an_event_topic_of_another_namespace_without_a_grant_is_access_denied_and_nothing_is_created() {
+    let (harness, mut api) = harness();
+    harness.fakes.groups.add_topic("invoices", 1);
+    let subscription = reads_billing_invoices();
+    let topic = serde_json::to_value(billing_invoices("access: { subscribers: [{ namespace: shop }] }")).expect("serializes");
+    let scenario = tokio::spawn(async move {
+        api.expect(Method::GET, BILLING_INVOICES, topic).await;
+        let status = api.expect(Method::PATCH, STATUS, json!({})).await;
+        assert_eq!(condition(&status.body, "TopicsReady"), ("False", "AccessDenied"));
+        assert_eq!(condition(&status.body, "Ready"), ("False", "AccessDenied"));
+        let message = crate::fixtures::find_condition(&status.body, "TopicsReady")["message"].as_str().unwrap_or_default().to_owned();
+        assert_eq!(
+            message,
+            "EventTopic billing/invoices does not grant namespace default access (its spec.access.subscribers), or does not exist"
+        );
+        let event = api.expect_event("default").await;
+        assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("AccessDenied")));
+        api.expect_no_more_requests().await;
+    });
+    assert_eq!(harness.reconcile(&subscription).await.expect("reconciles"), Action::await_change(), "woken by the EventTopic watch");
+    scenario.await.expect("scenario ran");
+    assert!(harness.fakes.topics.calls().is_empty());
+    assert_eq!(harness.fakes.groups.committed(GROUP, "invoices", 0), None);
+}
+
+#[tokio::test]
+async fn a_granted_event_topic_of_another_namespace_is_read_until_the_grant_is_revoked() {
+    let (harness, mut api) = harness();
+    harness.fakes.groups.add_topic("invoices", 1);
+    let subscription = reads_billing_invoices();
+    let granted = billing_invoices("access: { subscribers: [{ namespace: default }] }");
+    // The watch on EventTopics wakes Subscriptions of other namespaces that read it.
+    let woken = super::controller::subscriptions_reading(
+        &[Arc::new(DeserializeGuard(Ok(subscription.clone())))],
+        &DeserializeGuard(Ok(granted.clone())),
+    );
+    assert_eq!(woken.len(), 1);
+    let granted = serde_json::to_value(granted).expect("serializes");
+    let scenario = tokio::spawn(async move {
+        api.expect(Method::GET, BILLING_INVOICES, granted).await;
+        api.expect_not_found(Method::GET, DEPLOYMENT).await;
+        api.expect_not_found(Method::GET, KEDA_CRD).await;
+        api.expect(Method::PATCH, STATUS, json!({})).await;
+        api.expect(Method::PATCH, CONFIG_MAP, applied("ConfigMap", "v1", "billing-consumer")).await;
+        let deployment = api.expect(Method::PATCH, DEPLOYMENT, applied("Deployment", "apps/v1", "billing")).await;
+        assert_eq!(env(&containers(&deployment.body)[0], "TRIBUTARY_TOPICS"), Some("invoices"));
+        let status = api.expect(Method::PATCH, STATUS, json!({})).await;
+        assert_eq!(condition(&status.body, "TopicsReady"), ("True", "TopicsReady"));
+        (status, api)
+    });
+    harness.reconcile(&subscription).await.expect("reconciles");
+    let (status, mut api) = scenario.await.expect("scenario ran");
+
+    // billing withdraws the grant: no more reconciles of the consumers, and it is reported.
+    let subscription = with_status(&subscription, &status);
+    let revoked = serde_json::to_value(billing_invoices("")).expect("serializes");
+    let scenario = tokio::spawn(async move {
+        api.expect(Method::GET, BILLING_INVOICES, revoked).await;
+        let status = api.expect(Method::PATCH, STATUS, json!({})).await;
+        assert_eq!(condition(&status.body, "Ready"), ("False", "AccessDenied"));
+        assert_eq!(condition(&status.body, "TopicsReady"), ("False", "AccessDenied"));
+        assert_eq!(api.expect_event("default").await["reason"], "AccessDenied");
+        api.expect_no_more_requests().await;
+    });
+    assert_eq!(harness.reconcile(&subscription).await.expect("reconciles"), Action::await_change());
+    scenario.await.expect("scenario ran");
 }

@@ -8,6 +8,7 @@ pub mod desired;
 pub mod kafka;
 #[cfg(test)]
 mod mock_api_tests;
+pub mod ownership;
 pub mod plan;
 pub mod replay;
 pub mod resolve;

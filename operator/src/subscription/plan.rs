@@ -5,11 +5,11 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::DynamicObject;
-use kube::core::error_boundary::DeserializeGuard;
-use tributary_api::{EventTopic, Subscription};
+use tributary_api::Subscription;
 
 use super::desired;
-use super::resolve::{self, SpecError, TopicsProblem, Workload};
+use super::resolve::{self, Fetched, SpecError, TopicsProblem, Workload};
+use crate::naming::NamingPolicy;
 use crate::workload::WorkloadSettings;
 
 /// Why a Subscription cannot run yet, found before anything is touched.
@@ -24,18 +24,22 @@ pub enum Blocked {
     Invalid(SpecError),
 }
 
-/// The Subscription resolved against its EventTopics (`fetched`, in spec order, `None` for a
-/// missing one) and checked against every other Subscription (`others`).
+/// The Subscription resolved against its EventTopics (`fetched`, in spec order), checked against
+/// every other Subscription (`others`) and the operator's naming policy.
 pub fn workload<'a, 'o>(
     subscription: &'a Subscription,
-    fetched: &[(String, Option<DeserializeGuard<EventTopic>>)],
+    fetched: &[Fetched],
     others: impl IntoIterator<Item = &'o Subscription>,
+    naming: &NamingPolicy,
 ) -> Result<Workload<'a>, Blocked> {
-    let topics = resolve::resolve_topics(fetched).map_err(Blocked::Topics)?;
+    let namespace = subscription.metadata.namespace.as_deref().unwrap_or_default();
+    let topics = resolve::resolve_topics(namespace, fetched).map_err(Blocked::Topics)?;
     if let Some(owner) = resolve::find_group_conflict(subscription, others) {
         return Err(Blocked::GroupTaken { owner });
     }
-    resolve::workload(subscription, topics).map_err(Blocked::Invalid)
+    let workload = resolve::workload(subscription, topics).map_err(Blocked::Invalid)?;
+    resolve::check_naming(&workload, naming).map_err(Blocked::Invalid)?;
+    Ok(workload)
 }
 
 /// Who sets the consumer Deployment's replicas.

@@ -7,6 +7,7 @@ use k8s_openapi::jiff::Timestamp;
 use tributary_api::subscription::{ReplayPhase, ReplayStatus, ScalingEngine, TopicLag};
 use tributary_api::{Subscription, SubscriptionStatus};
 
+use super::ownership::{recorded, Held, Refused};
 use super::replay;
 use super::resolve::TopicsProblem;
 use super::scaler::{self, Decision};
@@ -28,11 +29,14 @@ pub mod reason {
     pub const REPLAYING: &str = "Replaying";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const CONSUMER_GROUP_CONFLICT: &str = "ConsumerGroupConflict";
+    pub const ADOPTION_REQUIRED: &str = "AdoptionRequired";
+    pub const DEAD_LETTER_TOPIC_NOT_OWNED: &str = "DeadLetterTopicNotOwned";
     pub const DEPLOYMENT_CONFLICT: &str = "DeploymentConflict";
     pub const KAFKA_SECRET_NOT_FOUND: &str = "KafkaSecretNotFound";
     pub const KAFKA_UNAVAILABLE: &str = "KafkaUnavailable";
     // Ready and TopicsReady
     pub const TOPICS_NOT_READY: &str = "TopicsNotReady";
+    pub const ACCESS_DENIED: &str = "AccessDenied";
     // TopicsReady
     pub const TOPICS_READY: &str = "TopicsReady";
     pub const TOPIC_NOT_FOUND: &str = "TopicNotFound";
@@ -73,6 +77,8 @@ pub struct Reconciled {
     pub lag_threshold: i64,
     pub replay: Option<ReplayStatus>,
     pub dead_letter_topic: String,
+    /// How the Subscription holds its consumer group and dead-letter topic.
+    pub held: Held,
     /// What went wrong in Kafka besides reading lag (the dead-letter topic, a replay's reset).
     pub kafka_problem: Option<String>,
 }
@@ -87,6 +93,10 @@ pub enum Outcome {
         group: String,
     },
     InvalidSpec(String),
+    /// The consumer group or dead-letter topic is someone else's.
+    Refused(Refused),
+    /// Kafka could not be asked whether they are.
+    KafkaUnavailable(String),
     /// A Deployment of the Subscription's name exists and belongs to someone else.
     DeploymentConflict(String),
     /// The workload Kafka properties Secret cannot be mounted in the Subscription's namespace.
@@ -103,7 +113,13 @@ fn condition(type_: &'static str, status: Status, reason: &'static str, message:
 fn topics_condition(outcome: &Outcome) -> DesiredCondition {
     match outcome {
         Outcome::TopicsNotReady(problem) => {
-            let reason = if problem.missing.is_empty() { reason::TOPIC_NOT_READY } else { reason::TOPIC_NOT_FOUND };
+            let reason = if !problem.denied.is_empty() {
+                reason::ACCESS_DENIED
+            } else if !problem.missing.is_empty() {
+                reason::TOPIC_NOT_FOUND
+            } else {
+                reason::TOPIC_NOT_READY
+            };
             condition(TOPICS_READY, Status::False, reason, problem.to_string())
         }
         _ => condition(TOPICS_READY, Status::True, reason::TOPICS_READY, "every EventTopic is Ready"),
@@ -193,7 +209,13 @@ fn scaled_condition(outcome: &Outcome, subscription: &Subscription) -> DesiredCo
 fn ready_condition(outcome: &Outcome) -> DesiredCondition {
     let not_ready = |reason, message: String| condition(READY, Status::False, reason, message);
     match outcome {
+        Outcome::TopicsNotReady(problem) if !problem.denied.is_empty() => {
+            not_ready(reason::ACCESS_DENIED, format!("not reconciled, nothing is created or changed: {problem}"))
+        }
         Outcome::TopicsNotReady(problem) => not_ready(reason::TOPICS_NOT_READY, format!("waiting for EventTopics: {problem}")),
+        Outcome::Refused(refused @ Refused::Group { .. }) => not_ready(reason::ADOPTION_REQUIRED, refused.message()),
+        Outcome::Refused(refused @ Refused::DeadLetter { .. }) => not_ready(reason::DEAD_LETTER_TOPIC_NOT_OWNED, refused.message()),
+        Outcome::KafkaUnavailable(message) => not_ready(reason::KAFKA_UNAVAILABLE, message.clone()),
         Outcome::GroupConflict { owner, group } => not_ready(
             reason::CONSUMER_GROUP_CONFLICT,
             format!("consumer group {group:?} belongs to Subscription {owner}, which is older; set spec.consumerGroup to another group"),
@@ -233,10 +255,11 @@ pub fn build_status(subscription: &Subscription, group: &str, outcome: &Outcome,
     };
     let desired =
         [ready_condition(outcome), topics_condition(outcome), scaled_condition(outcome, subscription), replay_condition(replay.as_ref())];
+    // The group and the dead-letter topic change only with the records of a reconcile that holds
+    // them: a status never names a group it has not recorded as its own.
     let mut status = SubscriptionStatus {
         observed_generation: generation,
         conditions: conditions::merge_conditions(&previous.conditions, &desired, generation, now),
-        consumer_group: Some(group.to_owned()),
         lag: Vec::new(),
         total_lag: None,
         lag_observed_time: None,
@@ -260,8 +283,7 @@ pub fn build_status(subscription: &Subscription, group: &str, outcome: &Outcome,
         Scaler::Keda => (Some(ScalingEngine::Keda), None),
         Scaler::Builtin(decision) => (Some(ScalingEngine::Builtin), decision.low_lag_since.map(Time)),
     };
-    status.dead_letter_topic = Some(reconciled.dead_letter_topic.clone());
-    status
+    recorded(status, group, &reconciled.dead_letter_topic, &reconciled.held)
 }
 
 /// The status of a paused Subscription: what it last had, plus a condition saying it is paused.
@@ -298,6 +320,7 @@ mod tests {
     use super::*;
     use crate::kafka::PartitionOffsets;
     use crate::subscription::test_support::subscription;
+    use tributary_api::event_topic::Origin;
 
     fn at(seconds: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + seconds).expect("timestamp")
@@ -325,6 +348,7 @@ mod tests {
             lag_threshold: 100,
             replay: None,
             dead_letter_topic: "default.billing.dlq".into(),
+            held: Held { group_origin: Origin::Created, dead_letter_origin: Some(Origin::Created) },
             kafka_problem: None,
         }))
     }
@@ -387,7 +411,7 @@ mod tests {
         let waiting = build_status(
             &subscription,
             "g",
-            &Outcome::TopicsNotReady(TopicsProblem { missing: vec!["orders".into()], not_ready: vec![] }),
+            &Outcome::TopicsNotReady(TopicsProblem { missing: vec!["orders".into()], ..TopicsProblem::default() }),
             at(120),
         );
         let ready = find(&waiting, READY);
