@@ -215,6 +215,7 @@ fn classify(error: &KafkaError) -> ProduceError {
             | Code::InvalidMessage
             | Code::UnknownTopicOrPartition
             | Code::UnknownTopic
+            | Code::InvalidTopic
             | Code::TopicAuthorizationFailed
             | Code::InvalidRecord
             | Code::PolicyViolation,
