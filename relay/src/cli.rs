@@ -400,8 +400,8 @@ pub struct DispatchArgs {
     /// Bytes of records held in memory before the dispatcher stops reading more.
     #[arg(long, env = "TRIBUTARY_MAX_BUFFERED_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_buffered_bytes: u64,
-    /// Largest dead letter sent (the original plus failure headers); the broker has its own
-    /// limit, the dead-letter topic's max.message.bytes.
+    /// Largest dead letter sent (the original plus failure headers); a larger one, like one the
+    /// broker refuses (beyond the dead-letter topic's max.message.bytes), is written truncated.
     #[arg(long, env = "TRIBUTARY_MAX_DEAD_LETTER_BYTES", default_value_t = 10 << 20, value_parser = clap::value_parser!(u64).range(1000..=1_000_000_000))]
     pub max_dead_letter_bytes: u64,
 }

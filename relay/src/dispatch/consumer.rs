@@ -52,8 +52,9 @@ const REBALANCE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for the engine to finish the deliveries of revoked partitions (it gives up on
 /// them earlier, after the request timeout; this only guards against it being gone).
 const REVOKE_WAIT_LIMIT: Duration = Duration::from_secs(60);
-/// Longest wait at shutdown for a rebalance under way to end before leaving the group.
-const REJOIN_WAIT_LIMIT: Duration = Duration::from_secs(10);
+/// Longest wait at shutdown for a rebalance under way to end before leaving the group (with the
+/// engine's 25 s for deliveries in flight, inside Kubernetes' default 30 s grace).
+const REJOIN_WAIT_LIMIT: Duration = Duration::from_secs(4);
 /// Longest wait for the partitions of the consumed topics at start.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -490,12 +491,6 @@ fn config(settings: &ConsumerSettings, read_ahead: ReadAhead) -> Result<ClientCo
 pub struct Prepared {
     settings: ConsumerSettings,
     client: BaseConsumer,
-}
-
-impl std::fmt::Debug for Prepared {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("Prepared").field("settings", &self.settings).finish_non_exhaustive()
-    }
 }
 
 /// Checks the consumer's configuration: errors are the configuration's (bad properties, unknown

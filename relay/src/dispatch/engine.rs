@@ -42,6 +42,7 @@ const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 const SINK_PROBE_FIRST_PAUSE: Duration = Duration::from_millis(100);
 const SINK_PROBE_LONGEST_PAUSE: Duration = Duration::from_secs(5);
 /// Pauses between tries to read the consumed topics' partitions at start.
+const METADATA_RETRY_FIRST_PAUSE: Duration = Duration::from_millis(500);
 const METADATA_RETRY_LONGEST_PAUSE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
@@ -250,7 +251,7 @@ impl Dispatcher {
 
 /// The partitions of the consumed topics, asked until the broker answers.
 async fn count_partitions(consumer: Prepared) -> Result<(Prepared, usize), DispatchError> {
-    let mut backoff = ExponentialBackoff::new(SINK_PROBE_FIRST_PAUSE, METADATA_RETRY_LONGEST_PAUSE);
+    let mut backoff = ExponentialBackoff::new(METADATA_RETRY_FIRST_PAUSE, METADATA_RETRY_LONGEST_PAUSE);
     let mut consumer = consumer;
     loop {
         // A blocking librdkafka call: off the async workers.
@@ -571,7 +572,7 @@ impl Engine {
             match dead_letter::write(producer.as_ref(), letter, || metrics.dead_letter_write_failed()).await {
                 Written::Whole => metrics.dead_lettered(reason),
                 Written::Truncated(why) => {
-                    warn!(%topic, partition, offset, %dead_letter_topic, refused = %why, "dead-lettered a record truncated: its value was too much for Kafka");
+                    warn!(%topic, partition, offset, %dead_letter_topic, refused = %why, "dead-lettered a record truncated: Kafka refused it whole");
                     metrics.dead_letter_truncated();
                     metrics.dead_lettered(reason);
                 }
