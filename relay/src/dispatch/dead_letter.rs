@@ -154,20 +154,25 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_dead_letter_is_the_original_plus_failure_headers() {
-        let record = Record {
+    /// Order 7's record at offset 41, with `headers`.
+    fn order_7(headers: Vec<RecordHeader>) -> Record {
+        Record {
             partition: PartitionId(9),
             offset: 41,
             key: Some(Bytes::from_static(b"order-7")),
             value: Some(Bytes::from_static(br#"{"order":7}"#)),
-            headers: vec![
-                header("ce_id", "e-1"),
-                header("ce_type", "orders.created"),
-                header("content-type", "application/json"),
-                RecordHeader { name: Bytes::from_static(b"empty"), value: None },
-            ],
-        };
+            headers,
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_is_the_original_plus_failure_headers() {
+        let record = order_7(vec![
+            header("ce_id", "e-1"),
+            header("ce_type", "orders.created"),
+            header("content-type", "application/json"),
+            RecordHeader { name: Bytes::from_static(b"empty"), value: None },
+        ]);
         let letter = dead_letter("shop.orders.dlq", &record, &failed());
         assert_eq!(letter.topic, "shop.orders.dlq");
         assert_eq!(letter.key, b"order-7");
@@ -233,13 +238,7 @@ mod tests {
 
     #[test]
     fn a_truncated_dead_letter_keeps_what_finds_the_original() {
-        let record = Record {
-            partition: PartitionId(9),
-            offset: 41,
-            key: Some(Bytes::from_static(b"order-7")),
-            value: Some(Bytes::from_static(br#"{"order":7}"#)),
-            headers: vec![header("ce_id", "e-1"), header("content-type", "application/json"), header("traceparent", "00-ab")],
-        };
+        let record = order_7(vec![header("ce_id", "e-1"), header("content-type", "application/json"), header("traceparent", "00-ab")]);
         let letter = truncated(&dead_letter("dlq", &record, &failed()), "Message size too large");
         assert_eq!((letter.topic.as_str(), letter.key.as_slice(), letter.payload), ("dlq", &b"order-7"[..], None));
         let names: Vec<&str> = letter.headers.iter().map(|(name, _)| name.as_str()).collect();
