@@ -379,7 +379,7 @@ fn histogram_quantile_bound(exposition: &str, histogram: &str, quantile: f64) ->
     buckets.iter().find(|(_, count)| *count >= quantile * total).map(|(bound, _)| *bound)
 }
 
-async fn create_topics(admin: &AdminClient<DefaultClientContext>, names: &[&str], partitions: i32) -> anyhow::Result<()> {
+pub(crate) async fn create_topics(admin: &AdminClient<DefaultClientContext>, names: &[&str], partitions: i32) -> anyhow::Result<()> {
     let topics: Vec<NewTopic> = names.iter().map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(-1))).collect();
     for result in admin.create_topics(&topics, &AdminOptions::new()).await.context("CreateTopics")? {
         match result {
@@ -428,9 +428,11 @@ fn consume_baseline(bootstrap: &str, topic: &str, partitions: i32, expected: usi
 
 /// What the sink saw: request count, first and last receipt, and per `ce-id` (when tracked) the
 /// receipt time; times are nanoseconds since `base` plus one (zero: not yet).
-struct SinkState {
+pub(crate) struct SinkState {
     base: Instant,
-    count: AtomicUsize,
+    /// How long each answer takes.
+    delay: Duration,
+    pub(crate) count: AtomicUsize,
     first: AtomicU64,
     last: AtomicU64,
     times: Vec<AtomicU64>,
@@ -447,17 +449,23 @@ impl SinkState {
 }
 
 /// An in-process HTTP sink answering 200 to every POST.
-struct BenchSink {
-    address: SocketAddr,
-    state: Arc<SinkState>,
+pub(crate) struct BenchSink {
+    pub(crate) address: SocketAddr,
+    pub(crate) state: Arc<SinkState>,
     server: tokio::task::JoinHandle<()>,
 }
 
 impl BenchSink {
     /// `tracked`: how many `ce-id`s (0…tracked-1) get their receipt time recorded.
     async fn start(tracked: usize) -> anyhow::Result<BenchSink> {
+        Self::answering_after(tracked, Duration::ZERO).await
+    }
+
+    /// A sink taking `delay` for each answer.
+    pub(crate) async fn answering_after(tracked: usize, delay: Duration) -> anyhow::Result<BenchSink> {
         let state = Arc::new(SinkState {
             base: Instant::now(),
+            delay,
             count: AtomicUsize::new(0),
             first: AtomicU64::new(0),
             last: AtomicU64::new(0),
@@ -487,8 +495,11 @@ async fn receive(State(state): State<Arc<SinkState>>, headers: HeaderMap, body: 
     }
     let _ = state.first.compare_exchange(0, now, AtomicOrdering::AcqRel, AtomicOrdering::Acquire);
     state.last.fetch_max(now, AtomicOrdering::AcqRel);
-    state.count.fetch_add(1, AtomicOrdering::AcqRel);
     drop(body);
+    if !state.delay.is_zero() {
+        tokio::time::sleep(state.delay).await;
+    }
+    state.count.fetch_add(1, AtomicOrdering::AcqRel);
     StatusCode::OK
 }
 

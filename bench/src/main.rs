@@ -1,7 +1,8 @@
 //! `tributary-bench`: the benchmarks, out of the shipped binaries. Each prints `name=value`
 //! figures. `operator-scale` runs the operator binary as users run it (build it alongside:
 //! `cargo build --release -p tributary-operator -p tributary-bench`); `topics`, `relay` and
-//! `dispatch` run the operator's and the relay's code in this process.
+//! `dispatch` run the operator's and the relay's code in this process; `dispatch-memory` runs the
+//! relay binary.
 
 use std::process::ExitCode;
 
@@ -11,6 +12,7 @@ use tributary_common::logging::{self, LoggingArgs};
 
 mod allocator;
 mod dispatch;
+mod dispatch_memory;
 mod figures;
 mod operator_scale;
 mod relay;
@@ -42,14 +44,17 @@ enum Command {
     /// Dispatcher throughput (unordered, per-key) and latency at an offered load against a real
     /// broker and an in-process sink, beside a plain-consume baseline.
     Dispatch(Box<dispatch::Args>),
+    /// Peak RSS of the `tributary-relay dispatch` binary on a backlog over many partitions behind
+    /// a slow sink (build it alongside: `cargo build --release -p tributary-relay -p tributary-bench`).
+    DispatchMemory(Box<dispatch_memory::Args>),
 }
 
 impl Command {
     /// The allocator of the binary whose code the benchmark runs (see `allocator`).
     fn allocator(&self) -> Allocator {
         match self {
-            // The operator's code, or the operator binary itself in a child process.
-            Command::OperatorScale(_) | Command::Topics(_) => Allocator::System,
+            // The operator's code, or a binary in a child process (which has its own allocator).
+            Command::OperatorScale(_) | Command::Topics(_) | Command::DispatchMemory(_) => Allocator::System,
             Command::Relay(_) | Command::Dispatch(_) => Allocator::Mimalloc,
         }
     }
@@ -60,6 +65,7 @@ impl Command {
             Command::Topics(args) => topics::run(args).await,
             Command::Relay(args) => relay::run(*args).await,
             Command::Dispatch(args) => dispatch::run(*args).await,
+            Command::DispatchMemory(args) => dispatch_memory::run(*args).await,
         }
     }
 }

@@ -412,10 +412,11 @@ pub struct DispatchArgs {
     /// Bytes of records held in memory before the dispatcher stops reading more.
     #[arg(long, env = "TRIBUTARY_MAX_BUFFERED_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_buffered_bytes: u64,
+    /// Largest dead letter sent (the original plus failure headers); a larger one, like one the
+    /// broker refuses (beyond the dead-letter topic's max.message.bytes), is written truncated.
+    #[arg(long, env = "TRIBUTARY_MAX_DEAD_LETTER_BYTES", default_value_t = 10 << 20, value_parser = clap::value_parser!(u64).range(1000..=1_000_000_000))]
+    pub max_dead_letter_bytes: u64,
 }
-
-/// Largest dead letter sent (the original plus failure headers; the broker has its own limit).
-const DEAD_LETTER_MAX_BYTES: usize = 10 << 20;
 
 impl DispatchArgs {
     /// The dispatcher's settings, or what is wrong with the flags.
@@ -500,7 +501,7 @@ async fn run_dispatch(args: DispatchArgs) -> anyhow::Result<ExitCode> {
         bootstrap_servers: args.bootstrap_servers.clone(),
         properties_file: args.kafka_properties_file.clone(),
         delivery_timeout: Duration::from_secs(30),
-        max_record_bytes: DEAD_LETTER_MAX_BYTES,
+        max_record_bytes: usize::try_from(args.max_dead_letter_bytes).unwrap_or(usize::MAX),
         partitioner: Partitioner::default(),
     });
     let producer: Arc<dyn EventProducer> = match producer {
@@ -620,6 +621,7 @@ mod tests {
             ("request-timeout", "TRIBUTARY_REQUEST_TIMEOUT"),
             ("max-buffered-records", "TRIBUTARY_MAX_BUFFERED_RECORDS"),
             ("max-buffered-bytes", "TRIBUTARY_MAX_BUFFERED_BYTES"),
+            ("max-dead-letter-bytes", "TRIBUTARY_MAX_DEAD_LETTER_BYTES"),
         ];
         let expected: Vec<(String, String)> = expected.iter().map(|(flag, env)| ((*flag).to_owned(), (*env).to_owned())).collect();
         assert_eq!(mirrored, expected);

@@ -1,5 +1,5 @@
 //! Integration tests of `tributary-relay dispatch`: the real binary against the real broker,
-//! delivering to an HTTP sink served by the test (axum); dead letters are read back with an
+//! delivering to an HTTP sink served by the test (axum on hyper); dead letters are read back with an
 //! independent consumer. They need `scripts/test.sh` (broker) and skip with a message without it.
 
 // Helpers outside the `#[test]` functions fail a test the same way: with a panic and its message.
@@ -52,11 +52,17 @@ struct Reply {
     status: u16,
     retry_after: Option<String>,
     body: &'static str,
+    /// How long this answer takes, on top of the sink's delay.
+    after: Duration,
 }
 
 impl Reply {
     fn status(status: u16) -> Reply {
-        Reply { status, retry_after: None, body: "" }
+        Reply { status, retry_after: None, body: "", after: Duration::ZERO }
+    }
+
+    fn after(self, after: Duration) -> Reply {
+        Reply { after, ..self }
     }
 }
 
@@ -80,23 +86,60 @@ struct SinkShared {
     log: Mutex<SinkLog>,
 }
 
-/// An HTTP sink on a free loopback port.
+/// An HTTP sink on a loopback port that can go down and come back on the same port. Down, it
+/// behaves like a consumer container that crashed or has not started: connections are refused
+/// and the ones it had are closed, requests in flight on them unanswered.
 struct TestSink {
     address: SocketAddr,
     shared: Arc<SinkShared>,
-    server: tokio::task::JoinHandle<()>,
+    server: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl TestSink {
     async fn start(delay: Duration, behaviour: impl Fn(&Request) -> Reply + Send + Sync + 'static) -> TestSink {
+        let sink = TestSink::down(delay, behaviour);
+        sink.serve().await;
+        sink
+    }
+
+    /// Not serving yet: its address is reserved (bound, then released) for [`TestSink::serve`].
+    fn down(delay: Duration, behaviour: impl Fn(&Request) -> Reply + Send + Sync + 'static) -> TestSink {
         let shared = Arc::new(SinkShared { behaviour: Arc::new(behaviour), delay, log: Mutex::default() });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the sink");
-        let address = listener.local_addr().expect("sink address");
-        let app = axum::Router::new().route("/events", axum::routing::post(receive)).with_state(shared.clone());
+        TestSink { address: support::free_address(), shared, server: Mutex::default() }
+    }
+
+    /// Starts accepting connections on its address.
+    async fn serve(&self) {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        socket.bind(self.address).expect("bind the sink");
+        let listener = socket.listen(1024).expect("listen");
+        let app = axum::Router::new().route("/events", axum::routing::post(receive)).with_state(self.shared.clone());
         let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            // Dropped with this task when the sink goes down: every connection closes.
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                connections.spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                });
+                while connections.try_join_next().is_some() {}
+            }
         });
-        TestSink { address, shared, server }
+        if let Some(old) = self.server.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).replace(server) {
+            old.abort();
+        }
+    }
+
+    /// Goes down: refuses connections and closes the ones it has.
+    async fn stop(&self) {
+        let server = self.server.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        if let Some(server) = server {
+            server.abort();
+            let _ = server.await;
+        }
     }
 
     fn url(&self) -> String {
@@ -131,7 +174,9 @@ impl TestSink {
 
 impl Drop for TestSink {
     fn drop(&mut self) {
-        self.server.abort();
+        if let Some(server) = self.server.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take() {
+            server.abort();
+        }
     }
 }
 
@@ -156,8 +201,9 @@ async fn receive(State(sink): State<Arc<SinkShared>>, uri: axum::http::Uri, head
         request
     };
     let reply = (sink.behaviour)(&request);
-    if !sink.delay.is_zero() {
-        tokio::time::sleep(sink.delay).await;
+    let delay = sink.delay + reply.after;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
     {
         let mut log = sink.log.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -314,11 +360,12 @@ fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Vec<
 }
 
 /// Waits until the group committed every partition of `topic` past its last record (read back
-/// with an independent consumer: Tansu's high watermarks are not reliable); panics if not.
+/// with an independent consumer: Tansu's high watermarks are not reliable), an empty one at 0 (its
+/// start, committed when it was assigned); panics if not.
 async fn assert_committed_to_end(env: &TestEnv, group: &str, topic: &str, partitions: i32, ids: &HashSet<String>) {
     let records = Collector::read_back(&env.bootstrap_servers, &[topic.to_owned()], ids, Duration::from_secs(10)).await.records();
     let ends: Vec<i64> = (0..partitions)
-        .map(|partition| records.iter().filter(|record| record.partition == partition).map(|record| record.offset + 1).max().unwrap_or(-1))
+        .map(|partition| records.iter().filter(|record| record.partition == partition).map(|record| record.offset + 1).max().unwrap_or(0))
         .collect();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -502,11 +549,13 @@ async fn retries_server_errors_and_honours_retry_after() {
     produce(&producer(&env), records).await;
 
     let sink = TestSink::start(Duration::ZERO, |request| match (request.id.as_str(), request.attempt) {
-        ("a-0", 1) => Reply { status: 503, retry_after: Some("1".into()), body: "busy" },
+        ("a-0", 1) => Reply { retry_after: Some("1".into()), body: "busy", ..Reply::status(503) },
         ("b-0", 1 | 2) => Reply::status(500),
-        ("c-0", 1) => {
-            Reply { status: 429, retry_after: Some(httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(2))), body: "slow down" }
-        }
+        ("c-0", 1) => Reply {
+            retry_after: Some(httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(2))),
+            body: "slow down",
+            ..Reply::status(429)
+        },
         _ => Reply::status(200),
     })
     .await;
@@ -549,7 +598,7 @@ async fn failures_are_dead_lettered_with_the_original_record_and_failure_headers
     produce(&producer(&env), records).await;
 
     let sink = TestSink::start(Duration::ZERO, |request| match request.id.as_str() {
-        "bad-0" => Reply { status: 400, retry_after: None, body: "no such order" },
+        "bad-0" => Reply { body: "no such order", ..Reply::status(400) },
         "down-0" => Reply::status(500),
         _ => Reply::status(200),
     })
@@ -896,4 +945,278 @@ async fn bad_configuration_exits_2_naming_the_cause() {
         assert_eq!(code, Some(2), "{extra:?}: {stderr}");
         assert!(stderr.contains(cause), "{extra:?}: stderr does not name {cause:?}: {stderr}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sink outages, rebalances, dead letters Kafka refuses, shutdown
+
+/// Produces `records` to one `partition` of their topic (the test picks where they land).
+async fn produce_to_partition(env: &TestEnv, partition: i32, records: Vec<OutgoingRecord>) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &env.bootstrap_servers).create().expect("producer");
+    for record in &records {
+        let headers =
+            record.headers.iter().fold(OwnedHeaders::new(), |headers, (key, value)| headers.insert(Header { key, value: Some(value) }));
+        let mut outgoing = FutureRecord::to(&record.topic).partition(partition).key(&record.key).headers(headers);
+        if let Some(payload) = &record.payload {
+            outgoing = outgoing.payload(payload);
+        }
+        producer.send(outgoing, Duration::from_secs(10)).await.map_err(|(error, _)| error).expect("record acknowledged");
+    }
+}
+
+/// Waits until `/readyz` answers `status`; panics after `limit`.
+async fn wait_readyz(dispatcher: &Relay, status: u16, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while dispatcher.readyz().await != Some(status) {
+        assert!(Instant::now() < deadline, "/readyz never answered {status}\n{}", dispatcher.log_tail(30));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A sink that does not take connections (its container not started yet, or restarting) is not
+/// a failed delivery: the dispatcher waits for it before joining its group, pauses delivery while
+/// it is down (not ready, `sink_up` 0, a log line), counts no attempts, dead-letters nothing, and
+/// delivers every record once the sink is back. The outage under load lasts 8 s: more than a
+/// hundred times what the retries here allow (3 attempts 20 ms apart) and longer than the probe's
+/// longest pause, so a longer one only repeats the same probing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_is_down_pauses_delivery_and_dead_letters_nothing() {
+    let Some(env) = test_env("a_sink_that_is_down_pauses_delivery_and_dead_letters_nothing", false) else { return };
+    let started = Instant::now();
+    const OUTAGE: Duration = Duration::from_secs(8);
+    let (topic, dead_letters) = topics(&env, "dispatch-sink-down", 4).await;
+    let group = format!("{topic}.group");
+    let sink = TestSink::down(Duration::ZERO, |_| Reply::status(200));
+    let (_dir, properties) = properties_file();
+    // Every 20 ms 20 records, over 50 keys.
+    let writer = Writer::spawn(&env, &topic, |topic, round| {
+        (round * 20..round * 20 + 20).map(|n| event(topic, &format!("key{}", n % 50), n / 50, "t", "s")).collect()
+    });
+    let extra = ["--ordering", "per-key", "--initial-delay", "20ms", "--max-attempts", "3"];
+    let dispatcher = spawn_dispatcher(&env, &topic, &dead_letters, &group, &sink.url(), &properties, &extra);
+
+    // Started before its sink: it waits.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        dispatcher.metric("tributary_dispatch_dead_lettered_total").await,
+        None,
+        "records were dead-lettered while the sink was not up yet\n{}",
+        dispatcher.log_tail(10)
+    );
+    assert_ne!(dispatcher.readyz().await, Some(200), "ready while its sink is down");
+    assert!(!dispatcher.log_text().contains("partitions assigned"), "joined its group before its sink answered");
+    sink.serve().await;
+    wait_readyz(&dispatcher, 200, Duration::from_secs(30)).await;
+    let before = sink.requests().len();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(sink.requests().len() > before, "delivering once the sink is up");
+
+    // Down under load.
+    sink.stop().await;
+    eprintln!("sink down at {}", since(started));
+    tokio::time::sleep(OUTAGE).await;
+    assert_eq!(dispatcher.readyz().await, Some(503), "not ready while its sink is down");
+    assert_eq!(dispatcher.metric("tributary_dispatch_sink_up").await, Some(0.0));
+    assert!(dispatcher.log_text().contains("delivery paused"), "no log line says the sink is down\n{}", dispatcher.log_tail(10));
+    assert_eq!(dispatcher.metric("tributary_dispatch_dead_lettered_total").await, None, "dead-lettered during the outage");
+    sink.serve().await;
+    eprintln!("sink up again at {}", since(started));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let produced = writer.stop().await;
+
+    let missing = sink.wait_delivered(&produced, Duration::from_secs(60)).await;
+    assert!(missing.is_empty(), "{} of {} records never delivered\n{}", missing.len(), produced.len(), dispatcher.log_tail(30));
+    wait_readyz(&dispatcher, 200, Duration::from_secs(5)).await;
+    assert_eq!(dispatcher.metric("tributary_dispatch_sink_up").await, Some(1.0));
+    assert_eq!(dispatcher.metric("tributary_dispatch_dead_lettered_total").await, None);
+    assert_eq!(
+        dispatcher.metric("tributary_dispatch_failed_attempts_total{kind=\"connect\"}").await,
+        None,
+        "refused connections are no attempts"
+    );
+    let letters = Collector::start(&env.bootstrap_servers, std::slice::from_ref(&dead_letters));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(letters.len(), 0, "dead letters written");
+    assert_per_key_order(&sink.requests());
+    assert_committed_to_end(&env, &group, &topic, 4, &produced).await;
+    eprintln!("{} records, {} requests, {}", produced.len(), sink.requests().len(), since(started));
+}
+
+/// With `--start-from latest` a partition the group never committed starts where it was when it
+/// was assigned, and that start is committed at once: records arriving on it while its dispatcher
+/// does not read them (its buffer full behind a slow sink) are delivered by whoever owns it after a
+/// rebalance, instead of being skipped by the next owner resolving `latest` again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_arriving_on_an_idle_partition_are_not_skipped_after_a_rebalance() {
+    let Some(env) = test_env("records_arriving_on_an_idle_partition_are_not_skipped_after_a_rebalance", false) else { return };
+    let started = Instant::now();
+    let (topic, dead_letters) = topics(&env, "dispatch-idle-partition", 2).await;
+    let group = format!("{topic}.group");
+    // The first dispatcher's deliveries take 5 s each; the second's are immediate.
+    let sink = TestSink::start(Duration::ZERO, |request| {
+        let slow = if request.query == "dispatcher=a" { Duration::from_secs(5) } else { Duration::ZERO };
+        Reply::status(200).after(slow)
+    })
+    .await;
+    let (_dir, properties) = properties_file();
+    let url = |name: &str| format!("{}?dispatcher={name}", sink.url());
+    let extra = ["--start-from", "latest", "--ordering", "unordered", "--max-buffered-records", "1"];
+    let first = spawn_dispatcher(&env, &topic, &dead_letters, &group, &url("a"), &properties, &extra);
+    wait_readyz(&first, 200, Duration::from_secs(30)).await;
+    // Its partitions' start positions are resolved by now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let busy: Vec<OutgoingRecord> = (0..3).map(|seq| event(&topic, "busy", seq, "t", "s")).collect();
+    let idle: Vec<OutgoingRecord> = (0..5).map(|seq| event(&topic, "idle", seq, "t", "s")).collect();
+    let mut expected = ids(&busy);
+    expected.extend(ids(&idle));
+    produce_to_partition(&env, 0, busy).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sink.log().in_flight == 0 {
+        assert!(Instant::now() < deadline, "nothing delivered\n{}", first.log_tail(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Partition 1 gets records while the dispatcher's buffer is full; then a member joins.
+    produce_to_partition(&env, 1, idle).await;
+    let second = spawn_dispatcher(&env, &topic, &dead_letters, &group, &url("b"), &properties, &extra);
+
+    let missing = sink.wait_delivered(&expected, Duration::from_secs(45)).await;
+    let mut missing: Vec<String> = missing.into_iter().collect();
+    missing.sort();
+    assert!(missing.is_empty(), "skipped after the rebalance: {missing:?}\n{}\n{}", first.log_tail(15), second.log_tail(15));
+    eprintln!("{} records delivered across the rebalance, {}", expected.len(), since(started));
+}
+
+/// A dead-letter topic created with max.message.bytes as `size`, beside a fresh one-partition
+/// source topic.
+async fn topics_with_small_dead_letter_topic(env: &TestEnv, test: &str, size: usize) -> (String, String) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let topic = topic_name(test);
+    let dead_letters = format!("{topic}.dlq");
+    create_topics(&env.bootstrap_servers, std::slice::from_ref(&topic), 1).await;
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", &env.bootstrap_servers).create().expect("admin client");
+    let size = size.to_string();
+    let new = NewTopic::new(&dead_letters, 1, TopicReplication::Fixed(1)).set("max.message.bytes", &size);
+    for result in admin.create_topics(&[new], &AdminOptions::new()).await.expect("create the dead-letter topic") {
+        result.expect("dead-letter topic created");
+    }
+    (topic, dead_letters)
+}
+
+/// A dead letter larger than its topic accepts is written truncated — key, CloudEvents and
+/// failure headers, no value, and `tributary_truncated` saying why — and the partition moves on.
+/// The dead-letter topic's max.message.bytes is 2000, and the dispatcher's producer is given the
+/// same limit (`--max-dead-letter-bytes`): Tansu 0.6 stores the setting but accepts larger
+/// records, so here librdkafka refuses the write (MSG_SIZE_TOO_LARGE, the code a Kafka broker
+/// answers with).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_too_large_for_its_topic_is_written_truncated() {
+    let Some(env) = test_env("a_dead_letter_too_large_for_its_topic_is_written_truncated", false) else { return };
+    let (topic, dead_letters) = topics_with_small_dead_letter_topic(&env, "dispatch-dlq-size", 2000).await;
+    let mut big = event(&topic, "big", 0, "orders.created", "o-1");
+    big.payload = Some(serde_json::json!({ "key": "big", "seq": 0, "pad": "x".repeat(5000) }).to_string().into_bytes());
+    let mut records = vec![big];
+    records.extend((0..5).map(|seq| event(&topic, "fine", seq, "orders.created", "o-2")));
+    let produced = ids(&records);
+    produce(&producer(&env), records).await;
+
+    let sink = TestSink::start(Duration::ZERO, |request| if request.key == "big" { Reply::status(400) } else { Reply::status(200) }).await;
+    let (_dir, properties) = properties_file();
+    let group = format!("{topic}.group");
+    let extra = ["--max-dead-letter-bytes", "2000"];
+    let dispatcher = spawn_dispatcher(&env, &topic, &dead_letters, &group, &sink.url(), &properties, &extra);
+
+    let letters = Collector::start(&env.bootstrap_servers, std::slice::from_ref(&dead_letters));
+    let wanted = HashSet::from(["big-0".to_owned()]);
+    let missing = letters.wait_for(&wanted, Duration::from_secs(30)).await;
+    assert!(missing.is_empty(), "no dead letter for big-0\n{}", dispatcher.log_tail(30));
+    let letter = letters.records().into_iter().find(|record| record.ce_id() == Some("big-0")).expect("dead letter");
+    assert_eq!(letter.payload, None, "the value is left out");
+    assert_eq!(letter.key.as_deref(), Some("big"));
+    assert!(letter.header("tributary_truncated").is_some_and(|why| why.contains("too large")), "{:?}", letter.headers);
+    assert_eq!(letter.header("ce_type"), Some("orders.created"));
+    assert_eq!(letter.header("content-type"), None, "it described the value");
+    assert_eq!(letter.header(dead_letter::ORIGINAL_OFFSET), Some("0"));
+    assert_eq!(letter.header(dead_letter::ERROR), Some("HTTP 400 Bad Request"));
+    assert_committed_to_end(&env, &group, &topic, 1, &produced).await;
+    assert_eq!(dispatcher.metric("tributary_dispatch_dead_letters_truncated_total").await, Some(1.0));
+    assert_eq!(dispatcher.metric("tributary_dispatch_dead_lettered_total{reason=\"not_retryable\"}").await, Some(1.0));
+}
+
+/// A dead-letter write Kafka refuses for good does not wedge its partition: after the truncated
+/// dead letter is refused too, the record is dropped with a trace (a metric, and an error log
+/// naming its topic, partition and offset) and the partition is committed past it. Here the
+/// broker answers INVALID_TOPIC for the dead-letter topic's name (Tansu has no ACLs to refuse a
+/// write otherwise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_kafka_refuses_for_good_does_not_wedge_the_partition() {
+    let Some(env) = test_env("a_dead_letter_kafka_refuses_for_good_does_not_wedge_the_partition", false) else { return };
+    let topic = topic_name("dispatch-dlq-refused");
+    create_topics(&env.bootstrap_servers, std::slice::from_ref(&topic), 1).await;
+    let records: Vec<OutgoingRecord> = (0..6).map(|seq| event(&topic, if seq == 1 { "bad" } else { "fine" }, seq, "t", "s")).collect();
+    let produced = ids(&records);
+    produce(&producer(&env), records).await;
+
+    let sink = TestSink::start(Duration::ZERO, |request| if request.key == "bad" { Reply::status(400) } else { Reply::status(200) }).await;
+    let (_dir, properties) = properties_file();
+    let group = format!("{topic}.group");
+    let dispatcher = spawn_dispatcher(&env, &topic, "not a topic name!", &group, &sink.url(), &properties, &[]);
+
+    let fine: HashSet<String> = produced.iter().filter(|id| id.starts_with("fine")).cloned().collect();
+    let missing = sink.wait_delivered(&fine, Duration::from_secs(30)).await;
+    assert!(missing.is_empty(), "not delivered: {missing:?}\n{}", dispatcher.log_tail(30));
+    assert_committed_to_end(&env, &group, &topic, 1, &produced).await;
+    assert_eq!(dispatcher.metric("tributary_dispatch_dead_letters_refused_total").await, Some(1.0));
+    let log = dispatcher.log_text();
+    let line = log.lines().find(|line| line.contains("dropping")).unwrap_or_else(|| panic!("no log line for the dropped record:\n{log}"));
+    for part in [topic.as_str(), "partition=0", "offset=1"] {
+        assert!(line.contains(part), "the log line does not name {part}: {line}");
+    }
+}
+
+/// SIGTERM while deliveries are in flight, as a new member joins (a rollout): the dispatcher
+/// keeps its partitions until its deliveries in flight are done and committed, so the new member
+/// never delivers them again, nor any key while it is still in flight here; it exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_deliveries_in_flight_before_giving_up_partitions() {
+    let Some(env) = test_env("sigterm_finishes_deliveries_in_flight_before_giving_up_partitions", false) else { return };
+    let started = Instant::now();
+    let (topic, dead_letters) = topics(&env, "dispatch-sigterm", 2).await;
+    let group = format!("{topic}.group");
+    // One record for each of 8 keys: all in flight at once, for 6 s each at the first dispatcher.
+    let records: Vec<OutgoingRecord> = (0..8).map(|key| event(&topic, &format!("key{key}"), 0, "t", "s")).collect();
+    let expected = ids(&records);
+    produce(&producer(&env), records).await;
+    let sink = TestSink::start(Duration::ZERO, |request| {
+        let slow = if request.query == "dispatcher=a" { Duration::from_secs(6) } else { Duration::ZERO };
+        Reply::status(200).after(slow)
+    })
+    .await;
+    let (_dir, properties) = properties_file();
+    let url = |name: &str| format!("{}?dispatcher={name}", sink.url());
+    let extra = ["--ordering", "per-key"];
+    let mut first = spawn_dispatcher(&env, &topic, &dead_letters, &group, &url("a"), &properties, &extra);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sink.log().in_flight < expected.len() {
+        assert!(Instant::now() < deadline, "not all in flight: {}\n{}", sink.log().in_flight, first.log_tail(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.sigterm();
+    let second = spawn_dispatcher(&env, &topic, &dead_letters, &group, &url("b"), &properties, &extra);
+    assert_eq!(exit_code(&mut first, Duration::from_secs(30)).await, Some(0), "{}", first.log_tail(20));
+    wait_readyz(&second, 200, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let requests = sink.requests();
+    let by_second: Vec<&str> =
+        requests.iter().filter(|(request, _, _)| request.query == "dispatcher=b").map(|(request, _, _)| request.id.as_str()).collect();
+    assert!(by_second.is_empty(), "delivered again by the next owner: {by_second:?}\n{}", first.log_tail(20));
+    assert_eq!(sink.delivered(), expected, "the deliveries in flight completed");
+    assert_eq!(sink.log().max_in_flight_per_key, 1, "a key had two deliveries at once");
+    assert_committed_to_end(&env, &group, &topic, 2, &expected).await;
+    eprintln!("8 deliveries in flight finished and committed across SIGTERM and a rebalance, {}", since(started));
 }

@@ -5,8 +5,15 @@
 //! Flow control: every assigned partition gets a queue of its own (`split_partition_queue`), and
 //! the thread reads them only while the dispatcher's buffer has room. librdkafka stops fetching
 //! a partition whose queue holds `queued.max.messages.kbytes`, so memory stays bounded without
-//! pausing partitions (a resume left librdkafka idle for up to a second). The consumer's own
-//! queue, with rebalances and errors, is served all the time.
+//! pausing partitions (a resume left librdkafka idle for up to a second). That limit applies to
+//! each partition queue and is fixed when the consumer is created, so it is a total divided over
+//! every partition of the consumed topics ([`ReadAhead`]): the sum stays within the total whatever
+//! this member is assigned. The consumer's own queue, with rebalances and errors, is served all
+//! the time.
+//!
+//! Start positions: a partition the group has no committed offset for starts at `--start-from`
+//! resolved to an offset when it is assigned, and that offset is committed at once, so whoever
+//! owns it next starts there too (see [`DispatchContext::pin_start_positions`]).
 //!
 //! Offsets: the engine stores the position of each partition (everything below it delivered,
 //! dead-lettered or filtered) with `store_offsets`; librdkafka commits stored offsets every second,
@@ -25,7 +32,7 @@ use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 use tributary_common::kafka_properties::client_config;
@@ -45,6 +52,11 @@ const REBALANCE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for the engine to finish the deliveries of revoked partitions (it gives up on
 /// them earlier, after the request timeout; this only guards against it being gone).
 const REVOKE_WAIT_LIMIT: Duration = Duration::from_secs(60);
+/// Longest wait at shutdown for a rebalance under way to end before leaving the group (with the
+/// engine's 25 s for deliveries in flight, inside Kubernetes' default 30 s grace).
+const REJOIN_WAIT_LIMIT: Duration = Duration::from_secs(4);
+/// Longest wait for the partitions of the consumed topics at start.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub use tributary_api::subscription::StartFrom;
 
@@ -56,6 +68,32 @@ pub struct ConsumerSettings {
     /// librdkafka properties (SASL/TLS, tuning); the dispatcher's own settings win over them.
     pub properties_file: Option<PathBuf>,
     pub start_from: StartFrom,
+}
+
+/// How much librdkafka fetches ahead of the dispatcher, per partition: a total divided over every
+/// partition of the consumed topics (counted when the dispatcher starts), between 16 KiB and
+/// 4 MiB a partition. A fetch response may overshoot a partition's share by the response's size
+/// (`fetch.max.bytes`, which librdkafka keeps at the share or 1 MB, whichever is larger).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadAhead {
+    kib_per_partition: usize,
+    /// Partitions the total was divided over.
+    partitions: usize,
+}
+
+impl ReadAhead {
+    const MAX_KIB_PER_PARTITION: usize = 4096;
+    const MIN_KIB_PER_PARTITION: usize = 16;
+
+    pub fn divided(total_bytes: usize, partitions: usize) -> ReadAhead {
+        let partitions = partitions.max(1);
+        let kib_per_partition = (total_bytes / 1024 / partitions).clamp(Self::MIN_KIB_PER_PARTITION, Self::MAX_KIB_PER_PARTITION);
+        ReadAhead { kib_per_partition, partitions }
+    }
+
+    pub fn kib_per_partition(&self) -> usize {
+        self.kib_per_partition
+    }
 }
 
 /// A partition newly assigned to this consumer.
@@ -182,6 +220,8 @@ struct Assignment {
     added: Vec<AssignedPartition>,
     /// Revoked since the consumer thread last looked: their queues are to be dropped.
     revoked: bool,
+    /// Between a revocation and the assignment that ends the rebalance.
+    rebalancing: bool,
 }
 
 impl Assignment {
@@ -201,6 +241,7 @@ impl Assignment {
     fn clear(&mut self) -> Vec<PartitionId> {
         self.added.clear();
         self.revoked = true;
+        self.rebalancing = true;
         std::mem::take(&mut self.ids).into_values().flat_map(HashMap::into_values).collect()
     }
 }
@@ -211,6 +252,8 @@ pub struct DispatchContext {
     metrics: Arc<DispatchMetrics>,
     start_from: StartFrom,
     assignment: Mutex<Assignment>,
+    /// Partitions the read-ahead was divided over.
+    read_ahead: ReadAhead,
 }
 
 impl DispatchContext {
@@ -223,45 +266,81 @@ impl DispatchContext {
         let _ = self.events.send(event);
     }
 
-    /// Partitions the group has no committed offset for start at the first record at or after
-    /// `time` (or at the end when there is none).
-    fn start_at_time(&self, consumer: &BaseConsumer<Self>, partitions: &mut TopicPartitionList, time: i64) -> Result<(), KafkaError> {
+    /// Resolves where the partitions the group has no committed offset for start (`--start-from`:
+    /// the end, the beginning, or the first record at or after a time, else the end), sets those
+    /// offsets in `partitions` and returns them, to be committed once assigned. Committed, the
+    /// start holds for whoever owns the partition next: without it a partition this member never
+    /// took a record from (its buffer full, or the partition idle) would start at `latest` again
+    /// after a rebalance or restart, past every record that arrived meanwhile.
+    fn pin_start_positions(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        partitions: &mut TopicPartitionList,
+    ) -> Result<TopicPartitionList, KafkaError> {
         let committed = consumer.committed_offsets(partitions.clone(), REBALANCE_REQUEST_TIMEOUT)?;
+        let lookup = match self.start_from {
+            StartFrom::Latest => Offset::End,
+            StartFrom::Earliest => Offset::Beginning,
+            StartFrom::Timestamp(time) => Offset::Offset(time),
+        };
         let mut fresh = TopicPartitionList::new();
         for element in committed.elements() {
             if matches!(element.offset(), Offset::Invalid) {
-                fresh.add_partition_offset(element.topic(), element.partition(), Offset::Offset(time))?;
+                fresh.add_partition_offset(element.topic(), element.partition(), lookup)?;
             }
         }
-        if fresh.count() == 0 {
-            return Ok(());
+        let mut starts = TopicPartitionList::new();
+        let mut at_end = TopicPartitionList::new();
+        if fresh.count() > 0 {
+            for element in consumer.offsets_for_times(fresh, REBALANCE_REQUEST_TIMEOUT)?.elements() {
+                match element.offset() {
+                    Offset::Offset(offset) => starts.add_partition_offset(element.topic(), element.partition(), Offset::Offset(offset))?,
+                    // No record at or after the time.
+                    _ => at_end.add_partition_offset(element.topic(), element.partition(), Offset::End)?,
+                }
+            }
         }
-        for element in consumer.offsets_for_times(fresh, REBALANCE_REQUEST_TIMEOUT)?.elements() {
-            let start = match element.offset() {
-                Offset::Offset(offset) => Offset::Offset(offset),
-                _ => Offset::End,
-            };
-            partitions.set_partition_offset(element.topic(), element.partition(), start)?;
+        if at_end.count() > 0 {
+            for element in consumer.offsets_for_times(at_end, REBALANCE_REQUEST_TIMEOUT)?.elements() {
+                if let Offset::Offset(offset) = element.offset() {
+                    starts.add_partition_offset(element.topic(), element.partition(), Offset::Offset(offset))?;
+                }
+            }
         }
-        Ok(())
+        for element in starts.elements() {
+            partitions.set_partition_offset(element.topic(), element.partition(), element.offset())?;
+        }
+        Ok(starts)
     }
 
     fn assign(&self, consumer: &BaseConsumer<Self>, partitions: &mut TopicPartitionList) {
-        if let StartFrom::Timestamp(time) = self.start_from {
-            // On failure the committed offsets apply, and auto.offset.reset (earliest) elsewhere.
-            if let Err(error) = self.start_at_time(consumer, partitions, time) {
-                warn!(%error, "cannot look up offsets for --start-from; partitions without a committed offset start from the beginning");
-            }
-        }
+        let starts = self.pin_start_positions(consumer, partitions).unwrap_or_else(|error| {
+            // The committed offsets apply, and auto.offset.reset for partitions without one.
+            warn!(%error, "cannot resolve where partitions without a committed offset start; librdkafka resolves --start-from itself");
+            TopicPartitionList::new()
+        });
         if let Err(error) = consumer.assign(partitions) {
             error!(%error, "cannot take the assigned partitions");
         }
+        if starts.count() > 0 {
+            match consumer.commit(&starts, CommitMode::Sync) {
+                Ok(()) => info!(partitions = ?names(&starts), "committed the start of partitions the group had no offset for"),
+                Err(error) => warn!(%error, "cannot commit the start of partitions the group had no offset for"),
+            }
+        }
+        if partitions.count() > self.read_ahead.partitions {
+            warn!(
+                assigned = partitions.count(),
+                divided_over = self.read_ahead.partitions,
+                "more partitions than the topics had at start: librdkafka's read-ahead may exceed its total until the dispatcher restarts"
+            );
+        }
         let assigned: Vec<AssignedPartition> = {
             let mut assignment = self.assignment();
+            assignment.rebalancing = false;
             partitions.elements().iter().map(|element| assignment.add(element.topic(), element.partition())).collect()
         };
-        let names: Vec<String> = assigned.iter().map(|p| format!("{}/{}", p.topic, p.partition)).collect();
-        info!(partitions = ?names, "partitions assigned");
+        info!(partitions = ?names(partitions), "partitions assigned");
         self.send(ConsumerEvent::Assigned(assigned));
         self.metrics.set_assigned(true);
         self.metrics.set_broker_up(true);
@@ -340,6 +419,11 @@ impl ConsumerContext for DispatchContext {
     }
 }
 
+/// `topic/partition` of each element, for logs.
+fn names(partitions: &TopicPartitionList) -> Vec<String> {
+    partitions.elements().iter().map(|element| format!("{}/{}", element.topic(), element.partition())).collect()
+}
+
 fn commit_stored(consumer: &BaseConsumer<DispatchContext>) {
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => {}
@@ -371,18 +455,14 @@ pub enum ConsumerError {
     },
 }
 
-/// Creates the consumer and subscribes; records and rebalances arrive on the returned channel
-/// once [`run`] polls it. `wake` is notified when the consumer's queue has something.
-pub fn create(
-    settings: &ConsumerSettings,
-    metrics: Arc<DispatchMetrics>,
-    wake: Arc<Wake>,
-) -> Result<(Arc<DispatchConsumer>, mpsc::UnboundedReceiver<ConsumerEvent>), ConsumerError> {
+/// The consumer's configuration (properties file, tuning, the settings correctness relies on).
+fn config(settings: &ConsumerSettings, read_ahead: ReadAhead) -> Result<ClientConfig, ConsumerError> {
+    let read_ahead_kib = read_ahead.kib_per_partition.to_string();
     let tuning = [
         ("auto.commit.interval.ms", "1000"),
         ("statistics.interval.ms", "5000"),
-        // Read-ahead per partition (each has its queue): enough to cover a refetch.
-        ("queued.max.messages.kbytes", "4096"),
+        // Read-ahead per partition (each has its queue).
+        ("queued.max.messages.kbytes", read_ahead_kib.as_str()),
         ("fetch.queue.backoff.ms", "50"),
         ("fetch.wait.max.ms", "100"),
     ];
@@ -403,15 +483,56 @@ pub fn create(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", reset)
         .set("enable.partition.eof", "false");
-    let (events, receiver) = mpsc::unbounded_channel();
-    let context = DispatchContext { events, metrics, start_from: settings.start_from, assignment: Mutex::default() };
-    let mut consumer: DispatchConsumer = config
-        .create_with_context(context)
+    Ok(config)
+}
+
+/// The consumer's configuration, accepted by librdkafka (a client made from it, which answers
+/// metadata requests), before the dispatcher consumes anything.
+pub struct Prepared {
+    settings: ConsumerSettings,
+    client: BaseConsumer,
+}
+
+/// Checks the consumer's configuration: errors are the configuration's (bad properties, unknown
+/// settings, a cooperative assignment strategy).
+pub fn prepare(settings: &ConsumerSettings) -> Result<Prepared, ConsumerError> {
+    let client = config(settings, ReadAhead::divided(0, 1))?
+        .create()
         .map_err(|source| ConsumerError::Create { bootstrap_servers: settings.bootstrap_servers.clone(), source })?;
-    consumer.set_nonempty_callback(move || wake.notify());
-    let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics).map_err(|source| ConsumerError::Subscribe { topics: settings.topics.clone(), source })?;
-    Ok((Arc::new(consumer), receiver))
+    Ok(Prepared { settings: settings.clone(), client })
+}
+
+impl Prepared {
+    /// Partitions of the consumed topics per the broker (a topic it does not know counts as one).
+    /// Blocking.
+    pub fn count_partitions(&self) -> Result<usize, KafkaError> {
+        let mut total = 0;
+        for topic in &self.settings.topics {
+            let metadata = self.client.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
+            total += metadata.topics().iter().map(|topic| topic.partitions().len()).sum::<usize>().max(1);
+        }
+        Ok(total)
+    }
+
+    /// Creates the consumer and subscribes; records and rebalances arrive on the returned channel
+    /// once [`run`] polls it. `wake` is notified when the consumer's queue has something.
+    pub fn subscribe(
+        self,
+        read_ahead: ReadAhead,
+        metrics: Arc<DispatchMetrics>,
+        wake: Arc<Wake>,
+    ) -> Result<(Arc<DispatchConsumer>, mpsc::UnboundedReceiver<ConsumerEvent>), ConsumerError> {
+        let settings = &self.settings;
+        let (events, receiver) = mpsc::unbounded_channel();
+        let context = DispatchContext { events, metrics, start_from: settings.start_from, assignment: Mutex::default(), read_ahead };
+        let mut consumer: DispatchConsumer = config(settings, read_ahead)?
+            .create_with_context(context)
+            .map_err(|source| ConsumerError::Create { bootstrap_servers: settings.bootstrap_servers.clone(), source })?;
+        consumer.set_nonempty_callback(move || wake.notify());
+        let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics).map_err(|source| ConsumerError::Subscribe { topics: settings.topics.clone(), source })?;
+        Ok((Arc::new(consumer), receiver))
+    }
 }
 
 /// Messages read in one round, ready for the engine.
@@ -503,6 +624,14 @@ pub fn run(consumer: Arc<DispatchConsumer>, filters: Arc<[Filter]>, budget: Arc<
         budget.take(batch.records, batch.bytes);
         consumer.context().send(ConsumerEvent::Records(batch.items));
     }
+    // Leaving between a revocation and the assignment that ends the rebalance can strand the
+    // other members in it (Tansu 0.6 never completes a rebalance whose members left before it
+    // synced): the rebalance ends first, then this member leaves in a rebalance of its own.
+    let deadline = std::time::Instant::now() + REJOIN_WAIT_LIMIT;
+    while consumer.context().assignment().rebalancing && std::time::Instant::now() < deadline {
+        serve_events(&consumer, &filters, &mut Batch::default());
+        wake.wait(IDLE_WAIT);
+    }
     commit_stored(&consumer);
 }
 
@@ -546,6 +675,27 @@ mod tests {
         assert!(budget.is_full(), "bytes count too");
         budget.release(995);
         assert!(*wake.woken.lock().expect("lock"));
+    }
+
+    #[test]
+    fn the_read_ahead_total_is_divided_over_the_partitions() {
+        let total = 32 << 20;
+        assert_eq!(ReadAhead::divided(total, 1).kib_per_partition(), 4096, "at most 4 MiB a partition");
+        assert_eq!(ReadAhead::divided(total, 64).kib_per_partition(), 512);
+        assert_eq!(ReadAhead::divided(total, 0).kib_per_partition(), 4096, "an unknown count is one");
+        assert_eq!(ReadAhead::divided(total, 5000).kib_per_partition(), 16, "at least 16 KiB a partition");
+        let config = config(
+            &ConsumerSettings {
+                bootstrap_servers: "kafka:9092".into(),
+                group: "g".into(),
+                topics: vec!["t".into()],
+                properties_file: None,
+                start_from: StartFrom::Latest,
+            },
+            ReadAhead::divided(total, 64),
+        )
+        .expect("config");
+        assert_eq!(config.get("queued.max.messages.kbytes"), Some("512"));
     }
 
     #[test]

@@ -1,5 +1,11 @@
 //! Dead letters: the original record (key, value, every header) plus failure headers, written to
 //! the dead-letter topic before the original's offset may be committed.
+//!
+//! Kafka may refuse a dead letter for good (larger than the topic's max.message.bytes, a topic
+//! that cannot exist, no permission to write it). Retrying that forever would hold the partition's
+//! commits forever, so a refused dead letter is written again truncated (see [`truncated`]); when
+//! that is refused too, the record is given up: the caller logs it and counts it, and the
+//! partition moves on. Kafka being unavailable is retried until it answers.
 
 use std::time::{Duration, SystemTime};
 
@@ -7,7 +13,7 @@ use tracing::warn;
 
 use super::record::Record;
 use crate::backoff::ExponentialBackoff;
-use crate::producer::{EventProducer, OutgoingRecord};
+use crate::producer::{EventProducer, OutgoingRecord, ProduceError};
 
 /// Why the delivery failed: the last error.
 pub const ERROR: &str = "tributary_error";
@@ -18,8 +24,10 @@ pub const ORIGINAL_PARTITION: &str = "tributary_original_partition";
 pub const ORIGINAL_OFFSET: &str = "tributary_original_offset";
 /// When the first attempt failed (RFC 3339, UTC, milliseconds).
 pub const FIRST_FAILURE_TIME: &str = "tributary_first_failure_time";
+/// On a truncated dead letter: why Kafka refused it whole.
+pub const TRUNCATED: &str = "tributary_truncated";
 
-const FAILURE_HEADERS: [&str; 6] = [ERROR, ATTEMPTS, ORIGINAL_TOPIC, ORIGINAL_PARTITION, ORIGINAL_OFFSET, FIRST_FAILURE_TIME];
+const FAILURE_HEADERS: [&str; 7] = [ERROR, ATTEMPTS, ORIGINAL_TOPIC, ORIGINAL_PARTITION, ORIGINAL_OFFSET, FIRST_FAILURE_TIME, TRUNCATED];
 
 /// Longest pause between two tries to write a dead letter.
 const MAX_PRODUCE_DELAY: Duration = Duration::from_secs(30);
@@ -68,14 +76,53 @@ pub fn dead_letter(dead_letter_topic: &str, record: &Record, failed: &Failed<'_>
     }
 }
 
-/// Writes a dead letter, trying again (doubling the pause up to 30 s) until Kafka acknowledges
-/// it: the original is committed only after that, so it is never lost. `on_failure` runs per
+/// The dead letter Kafka refused whole, cut down to what finds the original again: its key, its
+/// CloudEvents (`ce_*`) and failure headers, no value (nor the `content-type` describing it), and
+/// [`TRUNCATED`] with `reason`. The original stays in its topic, at the offset the headers name,
+/// for as long as that topic retains it.
+pub fn truncated(letter: &OutgoingRecord, reason: &str) -> OutgoingRecord {
+    let kept = |name: &str| name.starts_with("ce_") || FAILURE_HEADERS.contains(&name);
+    let mut headers: Vec<(String, Vec<u8>)> = letter.headers.iter().filter(|(name, _)| kept(name)).cloned().collect();
+    headers.push((TRUNCATED.to_owned(), reason.as_bytes().to_vec()));
+    OutgoingRecord { topic: letter.topic.clone(), key: letter.key.clone(), payload: None, headers }
+}
+
+/// How writing a dead letter ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    Whole,
+    /// Refused whole (the reason), written [`truncated`].
+    Truncated(String),
+    /// Refused whole and truncated (the last refusal): nothing was written.
+    Refused(String),
+}
+
+/// Writes a dead letter: whole, else truncated when Kafka refuses it whole, trying each again
+/// (doubling the pause up to 30 s) for as long as Kafka is unavailable, so the original is
+/// committed only once its dead letter is written or refused for good. `on_failure` runs per
 /// failed try.
-pub async fn write(producer: &dyn EventProducer, record: OutgoingRecord, mut on_failure: impl FnMut()) {
+pub async fn write(producer: &dyn EventProducer, letter: OutgoingRecord, mut on_failure: impl FnMut()) -> Written {
+    let reason = match send_until_answered(producer, &letter, &mut on_failure).await {
+        Ok(()) => return Written::Whole,
+        Err(reason) => reason,
+    };
+    warn!(topic = %letter.topic, error = %reason, "Kafka refused a dead letter; writing it truncated");
+    match send_until_answered(producer, &truncated(&letter, &reason), &mut on_failure).await {
+        Ok(()) => Written::Truncated(reason),
+        Err(refused) => Written::Refused(refused),
+    }
+}
+
+/// Sends one record until Kafka acknowledges (`Ok`) or refuses it for good (`Err`, why).
+async fn send_until_answered(producer: &dyn EventProducer, record: &OutgoingRecord, on_failure: &mut impl FnMut()) -> Result<(), String> {
     let mut backoff = ExponentialBackoff::new(Duration::from_millis(100), MAX_PRODUCE_DELAY);
     loop {
         match producer.send_all(vec![record.clone()]).await.pop() {
-            Some(Ok(())) => return,
+            Some(Ok(())) => return Ok(()),
+            Some(Err(ProduceError::Rejected(reason))) => {
+                on_failure();
+                return Err(reason);
+            }
             Some(Err(error)) => warn!(%error, topic = %record.topic, "cannot write a dead letter; trying again"),
             None => warn!(topic = %record.topic, "the producer returned no result for a dead letter; trying again"),
         }
@@ -107,20 +154,25 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_dead_letter_is_the_original_plus_failure_headers() {
-        let record = Record {
+    /// Order 7's record at offset 41, with `headers`.
+    fn order_7(headers: Vec<RecordHeader>) -> Record {
+        Record {
             partition: PartitionId(9),
             offset: 41,
             key: Some(Bytes::from_static(b"order-7")),
             value: Some(Bytes::from_static(br#"{"order":7}"#)),
-            headers: vec![
-                header("ce_id", "e-1"),
-                header("ce_type", "orders.created"),
-                header("content-type", "application/json"),
-                RecordHeader { name: Bytes::from_static(b"empty"), value: None },
-            ],
-        };
+            headers,
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_is_the_original_plus_failure_headers() {
+        let record = order_7(vec![
+            header("ce_id", "e-1"),
+            header("ce_type", "orders.created"),
+            header("content-type", "application/json"),
+            RecordHeader { name: Bytes::from_static(b"empty"), value: None },
+        ]);
         let letter = dead_letter("shop.orders.dlq", &record, &failed());
         assert_eq!(letter.topic, "shop.orders.dlq");
         assert_eq!(letter.key, b"order-7");
@@ -180,7 +232,29 @@ mod tests {
         assert!(!task.is_finished());
         assert!(failures.load(std::sync::atomic::Ordering::Relaxed) >= 3);
         producer.set_unavailable(false);
-        task.await.expect("writer");
+        assert_eq!(task.await.expect("writer"), Written::Whole);
         assert_eq!(producer.sent(), [letter]);
+    }
+
+    #[test]
+    fn a_truncated_dead_letter_keeps_what_finds_the_original() {
+        let record = order_7(vec![header("ce_id", "e-1"), header("content-type", "application/json"), header("traceparent", "00-ab")]);
+        let letter = truncated(&dead_letter("dlq", &record, &failed()), "Message size too large");
+        assert_eq!((letter.topic.as_str(), letter.key.as_slice(), letter.payload), ("dlq", &b"order-7"[..], None));
+        let names: Vec<&str> = letter.headers.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["ce_id", ERROR, ATTEMPTS, ORIGINAL_TOPIC, ORIGINAL_PARTITION, ORIGINAL_OFFSET, FIRST_FAILURE_TIME, TRUNCATED]);
+        assert_eq!(letter.headers.last().map(|(_, value)| value.as_slice()), Some(&b"Message size too large"[..]));
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_refused_whole_and_truncated_is_given_up() {
+        let producer = FakeProducer::default();
+        producer.reject_topic("dlq");
+        let letter = OutgoingRecord { topic: "dlq".into(), key: b"k".to_vec(), payload: Some(b"v".to_vec()), headers: Vec::new() };
+        let mut failures = 0;
+        let written = write(&producer, letter, || failures += 1).await;
+        assert_eq!(written, Written::Refused("fake broker rejects topic dlq".into()));
+        assert_eq!(failures, 2, "whole, then truncated: each once");
+        assert!(producer.sent().is_empty());
     }
 }

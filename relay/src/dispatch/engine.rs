@@ -1,6 +1,14 @@
 //! The dispatcher's engine: one task owns the scheduler and decides; the consumer thread feeds it
 //! records, lanes (one per delivery in flight) POST them and report back, dead letters are written
 //! by tasks of their own. Offsets are stored every 100 ms for the engine's positions.
+//!
+//! The sink not accepting connections (its container not started, restarting, crashed) is no
+//! failed delivery: it opens a circuit breaker. Nothing is sent, the record goes back to the front
+//! of the queue without an attempt counted, `/readyz` fails, and a probe connects with capped
+//! backoff until the sink accepts again. At start the dispatcher waits for the sink the same way
+//! before it joins its group. Attempts count only for answers from the sink and for requests that
+//! failed or timed out after they were sent (a record that crashes the sink still ends in the
+//! dead-letter topic).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -12,20 +20,30 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use super::consumer::{self, AssignedPartition, Budget, ConsumerControl, ConsumerError, ConsumerEvent, DispatchConsumer, Incoming, Wake};
-use super::dead_letter::{self, Failed};
-use super::http::{Attempt, Failure, Lane};
+use super::consumer::{
+    self, AssignedPartition, Budget, ConsumerControl, ConsumerError, ConsumerEvent, DispatchConsumer, Incoming, Prepared, ReadAhead, Wake,
+};
+use super::dead_letter::{self, Failed, Written};
+use super::http::{Attempt, Failure, FailureKind, Lane, Sink};
 use super::metrics::{DeadLetterReason, DispatchMetrics};
 use super::record::Record;
 use super::scheduler::{PartitionId, Scheduler, Ticket};
 use super::DispatchSettings;
+use crate::backoff::ExponentialBackoff;
 use crate::producer::EventProducer;
 
 const STORE_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest wait for in-flight deliveries at shutdown (inside Kubernetes' default 30 s grace).
 const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+/// Pauses between probes of a sink that does not accept connections: from the first, doubling up
+/// to the last, which also bounds one probe.
+const SINK_PROBE_FIRST_PAUSE: Duration = Duration::from_millis(100);
+const SINK_PROBE_LONGEST_PAUSE: Duration = Duration::from_secs(5);
+/// Pauses between tries to read the consumed topics' partitions at start.
+const METADATA_RETRY_FIRST_PAUSE: Duration = Duration::from_millis(500);
+const METADATA_RETRY_LONGEST_PAUSE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
@@ -37,6 +55,8 @@ pub enum DispatchError {
     ConsumerStopped,
     #[error("a delivery lane stopped unexpectedly")]
     LaneStopped,
+    #[error("cannot read the partitions of the consumed topics: {0}")]
+    Metadata(#[source] tokio::task::JoinError),
 }
 
 /// A record on its way, with what its delivery so far has seen.
@@ -59,8 +79,17 @@ struct Job {
 
 #[derive(Debug)]
 enum Outcome {
-    Attempted { lane: usize, job: Job, attempt: Attempt },
-    DeadLettered { ticket: Ticket, weight: usize },
+    Attempted {
+        lane: usize,
+        job: Job,
+        attempt: Attempt,
+    },
+    DeadLettered {
+        ticket: Ticket,
+        weight: usize,
+    },
+    /// The probe connected: the sink is back.
+    SinkReachable,
 }
 
 /// A record waiting for its retry.
@@ -112,12 +141,10 @@ struct Revocation {
     deadline: Instant,
 }
 
-/// A dispatcher with its consumer created and subscribed; [`Dispatcher::run`] does the work.
+/// A dispatcher with its configuration checked; [`Dispatcher::run`] does the work.
 pub struct Dispatcher {
     settings: Arc<DispatchSettings>,
-    consumer: Arc<DispatchConsumer>,
-    events: mpsc::UnboundedReceiver<ConsumerEvent>,
-    wake: Arc<Wake>,
+    consumer: Prepared,
     producer: Arc<dyn EventProducer>,
     metrics: Arc<DispatchMetrics>,
 }
@@ -125,16 +152,33 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// Fails on configuration Kafka refuses (bad properties, unknown settings).
     pub fn new(settings: DispatchSettings, producer: Arc<dyn EventProducer>, metrics: Arc<DispatchMetrics>) -> Result<Self, ConsumerError> {
-        let wake = Arc::new(Wake::default());
-        let (consumer, events) = consumer::create(&settings.consumer, metrics.clone(), wake.clone())?;
-        Ok(Dispatcher { settings: Arc::new(settings), consumer, events, wake, producer, metrics })
+        let consumer = consumer::prepare(&settings.consumer)?;
+        Ok(Dispatcher { settings: Arc::new(settings), consumer, producer, metrics })
     }
 
-    /// Dispatches until `shutdown` turns true (or its sender goes away); then stops fetching,
-    /// lets in-flight deliveries finish (up to the request timeout, at most 25 s), commits what is
-    /// done and leaves the group.
+    /// Waits for the sink to accept connections, joins the group and dispatches until `shutdown`
+    /// turns true (or its sender goes away); then stops fetching, lets in-flight deliveries finish
+    /// (up to the request timeout, at most 25 s) while keeping its partitions, commits what is done
+    /// and leaves the group.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), DispatchError> {
-        let Dispatcher { settings, consumer, mut events, wake, producer, metrics } = self;
+        let Dispatcher { settings, consumer, producer, metrics } = self;
+        let probe_timeout = settings.request_timeout.min(SINK_PROBE_LONGEST_PAUSE);
+        if let Err(error) = settings.sink.accepts_connections(probe_timeout).await {
+            warn!(sink = settings.sink.url(), %error, "the sink does not accept connections: waiting for it before consuming");
+            tokio::select! {
+                () = until_reachable(&settings.sink, probe_timeout) => info!(sink = settings.sink.url(), "the sink accepts connections"),
+                _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+            }
+        }
+        metrics.set_sink_up(true);
+        let (consumer, partitions) = tokio::select! {
+            counted = count_partitions(consumer) => counted?,
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+        };
+        // Half the buffer's bytes again, at most, fetched ahead by librdkafka.
+        let read_ahead = ReadAhead::divided(settings.max_buffered_bytes / 2, partitions);
+        let wake = Arc::new(Wake::default());
+        let (consumer, mut events) = consumer.subscribe(read_ahead, metrics.clone(), wake.clone())?;
         let budget = Arc::new(Budget::new(settings.max_buffered_records, settings.max_buffered_bytes, wake.clone()));
         let control = Arc::new(ConsumerControl::default());
         let thread = {
@@ -159,7 +203,10 @@ impl Dispatcher {
                 jobs
             })
             .collect::<Vec<_>>();
-        info!(topics = ?settings.consumer.topics, group = %settings.consumer.group, sink = settings.sink.url(), lanes = lanes.len(), "dispatching");
+        info!(
+            topics = ?settings.consumer.topics, group = %settings.consumer.group, sink = settings.sink.url(), lanes = lanes.len(),
+            partitions, read_ahead_kib_per_partition = read_ahead.kib_per_partition(), "dispatching"
+        );
         let mut engine = Engine {
             scheduler: Scheduler::new(settings.ordering),
             idle: (0..lanes.len()).rev().collect(),
@@ -178,14 +225,17 @@ impl Dispatcher {
             dead_lettering: 0,
             revocations: Vec::new(),
             draining: false,
+            sink_down_since: None,
+            probe: None,
         };
         let served = engine.serve(&mut events, &mut shutdown).await;
         info!("shutting down: finishing in-flight deliveries");
-        // A rebalance from now on must not wait for this engine.
-        drop(events);
         control.drain();
         wake.notify();
-        engine.drain().await;
+        // Rebalances meanwhile wait for the deliveries of the partitions they take away.
+        engine.drain(&mut events).await;
+        // A rebalance from now on must not wait for this engine.
+        drop(events);
         lane_tasks.abort_all();
         engine.dead_letters.abort_all();
         drop(engine);
@@ -196,6 +246,36 @@ impl Dispatcher {
             warn!("the Kafka consumer thread panicked");
         }
         served
+    }
+}
+
+/// The partitions of the consumed topics, asked until the broker answers.
+async fn count_partitions(consumer: Prepared) -> Result<(Prepared, usize), DispatchError> {
+    let mut backoff = ExponentialBackoff::new(METADATA_RETRY_FIRST_PAUSE, METADATA_RETRY_LONGEST_PAUSE);
+    let mut consumer = consumer;
+    loop {
+        // A blocking librdkafka call: off the async workers.
+        let (returned, counted) = tokio::task::spawn_blocking(move || {
+            let counted = consumer.count_partitions();
+            (consumer, counted)
+        })
+        .await
+        .map_err(DispatchError::Metadata)?;
+        consumer = returned;
+        match counted {
+            Ok(partitions) => return Ok((consumer, partitions)),
+            Err(error) => warn!(%error, "cannot read the partitions of the consumed topics; trying again"),
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+/// Probes the sink until it accepts a connection, pausing between tries with capped backoff.
+async fn until_reachable(sink: &Sink, timeout: Duration) {
+    let mut backoff = ExponentialBackoff::new(SINK_PROBE_FIRST_PAUSE, SINK_PROBE_LONGEST_PAUSE);
+    while let Err(error) = sink.accepts_connections(timeout).await {
+        debug!(%error, "the sink does not accept connections yet");
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 
@@ -229,6 +309,18 @@ struct Engine {
     revocations: Vec<Revocation>,
     /// Shutting down: failures are abandoned rather than retried or dead-lettered.
     draining: bool,
+    /// The circuit breaker: open since then, while the sink does not accept connections.
+    sink_down_since: Option<Instant>,
+    /// Probing the sink while the breaker is open.
+    probe: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Some(probe) = self.probe.take() {
+            probe.abort();
+        }
+    }
 }
 
 impl Engine {
@@ -276,8 +368,11 @@ impl Engine {
         self.lanes.len() - self.idle.len()
     }
 
-    /// Hands ready records to idle lanes.
+    /// Hands ready records to idle lanes (none while the sink does not accept connections).
     fn dispatch(&mut self) -> Result<(), DispatchError> {
+        if self.sink_down_since.is_some() {
+            return Ok(());
+        }
         while let Some(&lane) = self.idle.last() {
             let Some((ticket, pending)) = self.scheduler.pop_ready() else { break };
             self.idle.pop();
@@ -350,7 +445,15 @@ impl Engine {
                         self.metrics.delivered(job.pending.arrived.elapsed().as_secs_f64());
                         self.finish(job.ticket, job.pending.weight);
                     }
+                    Err(failure) if failure.kind == FailureKind::Connect => self.on_sink_unreachable(job, &failure.message),
                     Err(failure) => self.on_failure(job, failure),
+                }
+            }
+            Outcome::SinkReachable => {
+                self.probe = None;
+                if let Some(since) = self.sink_down_since.take() {
+                    info!(sink = self.settings.sink.url(), outage = ?since.elapsed(), "the sink accepts connections again: delivery resumes");
+                    self.metrics.set_sink_up(true);
                 }
             }
             Outcome::DeadLettered { ticket, weight } => {
@@ -364,6 +467,30 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// A record that could not be sent because the sink took no connection: no attempt. It goes
+    /// back to the front of the queue, and delivery pauses until a probe connects.
+    fn on_sink_unreachable(&mut self, job: Job, error: &str) {
+        let stopping = self.draining || self.partitions.get(&job.ticket.partition).is_none_or(|meta| meta.stopping);
+        if stopping {
+            // Not done, not committed: delivered again after the restart or by the next owner.
+            self.budget.release(job.pending.weight);
+        } else if let Err(pending) = self.scheduler.retry(job.ticket, job.pending) {
+            self.budget.release(pending.weight);
+        }
+        if self.sink_down_since.is_some() {
+            return;
+        }
+        warn!(sink = self.settings.sink.url(), %error, "the sink does not accept connections: delivery paused until it does (no attempts counted)");
+        self.sink_down_since = Some(Instant::now());
+        self.metrics.set_sink_up(false);
+        let (sink, outcomes) = (self.settings.sink.clone(), self.outcomes_sender.clone());
+        let timeout = self.settings.request_timeout.min(SINK_PROBE_LONGEST_PAUSE);
+        self.probe = Some(tokio::spawn(async move {
+            until_reachable(&sink, timeout).await;
+            let _ = outcomes.send(Outcome::SinkReachable);
+        }));
     }
 
     fn count_out(&mut self, partition: PartitionId, out: bool) {
@@ -437,11 +564,26 @@ impl Engine {
         let letter = dead_letter::dead_letter(&self.settings.dead_letter_topic, &pending.record, &failed);
         let (producer, metrics, outcomes) = (self.producer.clone(), self.metrics.clone(), self.outcomes_sender.clone());
         let (ticket, weight) = (job.ticket, pending.weight);
+        let (topic, partition, offset) = (meta.topic.clone(), meta.partition, pending.record.offset);
         self.dead_lettering += 1;
         self.count_out(ticket.partition, true);
         self.dead_letters.spawn(async move {
-            dead_letter::write(producer.as_ref(), letter, || metrics.dead_letter_write_failed()).await;
-            metrics.dead_lettered(reason);
+            let dead_letter_topic = letter.topic.clone();
+            match dead_letter::write(producer.as_ref(), letter, || metrics.dead_letter_write_failed()).await {
+                Written::Whole => metrics.dead_lettered(reason),
+                Written::Truncated(why) => {
+                    warn!(%topic, partition, offset, %dead_letter_topic, refused = %why, "dead-lettered a record truncated: Kafka refused it whole");
+                    metrics.dead_letter_truncated();
+                    metrics.dead_lettered(reason);
+                }
+                Written::Refused(why) => {
+                    error!(
+                        %topic, partition, offset, %dead_letter_topic, error = %why,
+                        "dropping a record: Kafka refused its dead letter for good, also truncated; the partition moves on"
+                    );
+                    metrics.dead_letter_refused();
+                }
+            }
             let _ = outcomes.send(Outcome::DeadLettered { ticket, weight });
         });
     }
@@ -479,16 +621,24 @@ impl Engine {
     }
 
     /// Waits for in-flight deliveries and dead letters (not for retries or records not yet sent,
-    /// which are abandoned), then stores the final positions.
-    async fn drain(&mut self) {
+    /// which are abandoned), then stores the final positions. Rebalances meanwhile are served as
+    /// while running: partitions are given up only once their deliveries in flight are done and
+    /// stored, so their next owner neither repeats nor overtakes them.
+    async fn drain(&mut self, events: &mut mpsc::UnboundedReceiver<ConsumerEvent>) {
         self.draining = true;
         let grace = self.settings.request_timeout.min(MAX_SHUTDOWN_GRACE);
         let deadline = Instant::now() + grace;
         while self.in_flight() > 0 || self.dead_lettering > 0 {
-            match tokio::time::timeout_at(deadline, self.outcomes.recv()).await {
-                Ok(Some(outcome)) => self.on_outcome(outcome),
-                Ok(None) => break,
-                Err(_) => {
+            tokio::select! {
+                outcome = self.outcomes.recv() => match outcome {
+                    Some(outcome) => {
+                        self.on_outcome(outcome);
+                        self.finish_revocations(false);
+                    }
+                    None => break,
+                },
+                Some(event) = events.recv() => self.on_event(event),
+                () = tokio::time::sleep_until(deadline) => {
                     warn!(in_flight = self.in_flight(), dead_letters = self.dead_lettering, ?grace, "abandoning unfinished deliveries");
                     break;
                 }

@@ -86,6 +86,16 @@ impl Sink {
     pub fn url(&self) -> &str {
         &self.url
     }
+
+    /// Whether the sink accepts a connection within `timeout` (what the circuit breaker probes:
+    /// an HTTP answer of any kind would count as an attempt).
+    pub async fn accepts_connections(&self, timeout: Duration) -> Result<(), String> {
+        match tokio::time::timeout(timeout, TcpStream::connect(&self.address)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(format!("cannot connect to {}: {}", self.url, with_causes(&error))),
+            Err(_) => Err(format!("cannot connect to {} within {timeout:?}", self.url)),
+        }
+    }
 }
 
 /// Record headers that must not become request headers: they describe the hop or the framing.
@@ -179,6 +189,8 @@ impl RequestBuilder {
 /// What kind of failure an attempt met (a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
+    /// No connection to the sink (refused, unreachable, timed out): the request was never sent,
+    /// so it is no attempt; the dispatcher pauses until the sink accepts connections again.
     Connect,
     Timeout,
     Network,
@@ -284,11 +296,13 @@ pub struct Lane {
     timeout: Duration,
     builder: RequestBuilder,
     connection: Option<Connection>,
+    /// Connecting right now (a timeout then means the sink never took the request).
+    connecting: bool,
 }
 
 impl Lane {
     pub fn new(sink: std::sync::Arc<Sink>, timeout: Duration) -> Self {
-        Lane { sink, timeout, builder: RequestBuilder::default(), connection: None }
+        Lane { sink, timeout, builder: RequestBuilder::default(), connection: None, connecting: false }
     }
 
     /// POSTs the record once; the whole attempt, connecting included, is bounded by the request
@@ -299,6 +313,12 @@ impl Lane {
         let deadline = tokio::time::Instant::from_std(started + self.timeout);
         match tokio::time::timeout_at(deadline, self.exchange(record)).await {
             Ok(attempt) => attempt,
+            Err(_) if std::mem::take(&mut self.connecting) => Err(Failure {
+                kind: FailureKind::Connect,
+                retryable: true,
+                retry_after: None,
+                message: format!("cannot connect to {} within {:?}", self.sink.url(), self.timeout),
+            }),
             Err(_) => {
                 // The connection is mid-request: unusable.
                 self.connection = None;
@@ -317,7 +337,12 @@ impl Lane {
             let idle = self.connection.take().and_then(|mut connection| connection.is_usable().then_some(connection));
             let (mut connection, reused) = match idle {
                 Some(connection) => (connection, true),
-                None => (self.connect().await?, false),
+                None => {
+                    self.connecting = true;
+                    let connected = self.connect().await;
+                    self.connecting = false;
+                    (connected?, false)
+                }
             };
             let request = self.builder.build(&self.sink, record);
             match exchange_on(&mut connection, request).await {
@@ -611,6 +636,11 @@ mod tests {
         let failure = lane(&format!("http://{closed}/"), Duration::from_secs(5)).deliver(&record(&[], None)).await.expect_err("refused");
         assert_eq!((failure.kind, failure.retryable), (FailureKind::Connect, true));
         assert!(failure.message.contains("cannot connect"), "{}", failure.message);
+        let sink = Sink::parse(&format!("http://{closed}/")).expect("sink");
+        let refused = sink.accepts_connections(Duration::from_secs(5)).await.expect_err("refused");
+        assert!(refused.contains("cannot connect"), "{refused}");
+        let (url, _) = raw_sink(OK, Conduct::KeepAlive).await;
+        assert_eq!(Sink::parse(&url).expect("sink").accepts_connections(Duration::from_secs(5)).await, Ok(()));
     }
 
     #[tokio::test]

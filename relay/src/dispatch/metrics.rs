@@ -46,6 +46,10 @@ pub struct DispatchMetrics {
     failed_attempts: Family<KindLabels, Counter>,
     dead_lettered: Family<ReasonLabels, Counter>,
     dead_letter_write_failures: Counter,
+    dead_letters_truncated: Counter,
+    dead_letters_refused: Counter,
+    sink_outages: Counter,
+    sink_up: Gauge,
     filtered: Counter,
     delivery_latency: Histogram,
     lag: Gauge,
@@ -70,6 +74,10 @@ impl DispatchMetrics {
             failed_attempts: Family::default(),
             dead_lettered: Family::default(),
             dead_letter_write_failures: Counter::default(),
+            dead_letters_truncated: Counter::default(),
+            dead_letters_refused: Counter::default(),
+            sink_outages: Counter::default(),
+            sink_up: Gauge::default(),
             filtered: Counter::default(),
             delivery_latency: Histogram::new(buckets),
             lag: Gauge::default(),
@@ -88,6 +96,22 @@ impl DispatchMetrics {
             "dead_letter_write_failures",
             "Failed tries to write a dead letter (retried)",
             metrics.dead_letter_write_failures.clone(),
+        );
+        registry.register(
+            "dead_letters_truncated",
+            "Dead letters Kafka refused whole, written without the value (header tributary_truncated)",
+            metrics.dead_letters_truncated.clone(),
+        );
+        registry.register(
+            "dead_letters_refused",
+            "Records dropped because Kafka refused their dead letter for good, truncated too (logged with topic, partition, offset)",
+            metrics.dead_letters_refused.clone(),
+        );
+        registry.register("sink_up", "1 while the sink accepts connections, 0 while delivery is paused for it", metrics.sink_up.clone());
+        registry.register(
+            "sink_outages",
+            "Times delivery was paused because the sink did not accept connections",
+            metrics.sink_outages.clone(),
         );
         registry.register("filtered", "Records skipped by the filters (committed, not delivered)", metrics.filtered.clone());
         registry.register(
@@ -121,6 +145,14 @@ impl DispatchMetrics {
         self.dead_letter_write_failures.inc();
     }
 
+    pub fn dead_letter_truncated(&self) {
+        self.dead_letters_truncated.inc();
+    }
+
+    pub fn dead_letter_refused(&self) {
+        self.dead_letters_refused.inc();
+    }
+
     pub fn filtered(&self, records: u64) {
         self.filtered.inc_by(records);
     }
@@ -145,8 +177,17 @@ impl DispatchMetrics {
         self.readiness.set(self.is_ready());
     }
 
-    /// Ready while the consumer is a member of its group with an assignment and a broker is up.
+    /// The sink accepts connections (again), or stopped doing so (an outage begins).
+    pub fn set_sink_up(&self, up: bool) {
+        if self.sink_up.set(i64::from(up)) == 1 && !up {
+            self.sink_outages.inc();
+        }
+        self.readiness.set(self.is_ready());
+    }
+
+    /// Ready while the sink accepts connections and the consumer is a member of its group with an
+    /// assignment and a broker is up.
     pub fn is_ready(&self) -> bool {
-        self.assigned.load(Ordering::Acquire) && self.broker_up.load(Ordering::Acquire)
+        self.sink_up.get() == 1 && self.assigned.load(Ordering::Acquire) && self.broker_up.load(Ordering::Acquire)
     }
 }
