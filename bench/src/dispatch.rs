@@ -379,7 +379,7 @@ fn histogram_quantile_bound(exposition: &str, histogram: &str, quantile: f64) ->
     buckets.iter().find(|(_, count)| *count >= quantile * total).map(|(bound, _)| *bound)
 }
 
-async fn create_topics(admin: &AdminClient<DefaultClientContext>, names: &[&str], partitions: i32) -> anyhow::Result<()> {
+pub(crate) async fn create_topics(admin: &AdminClient<DefaultClientContext>, names: &[&str], partitions: i32) -> anyhow::Result<()> {
     let topics: Vec<NewTopic> = names.iter().map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(-1))).collect();
     for result in admin.create_topics(&topics, &AdminOptions::new()).await.context("CreateTopics")? {
         match result {

@@ -1,7 +1,8 @@
 //! `tributary-bench`: the benchmarks, out of the shipped binaries. Each prints `name=value`
 //! figures. `operator-scale` runs the operator binary as users run it (build it alongside:
 //! `cargo build --release -p tributary-operator -p tributary-bench`); `topics`, `relay` and
-//! `dispatch` run the operator's and the relay's code in this process.
+//! `dispatch` run the operator's and the relay's code in this process; `soak` runs the relay
+//! binary (`cargo build --release -p tributary-relay -p tributary-bench`).
 
 use std::process::ExitCode;
 
@@ -14,6 +15,7 @@ mod dispatch;
 mod figures;
 mod operator_scale;
 mod relay;
+mod soak;
 mod topics;
 
 #[global_allocator]
@@ -42,6 +44,12 @@ enum Command {
     /// Dispatcher throughput (unordered, per-key) and latency at an offered load against a real
     /// broker and an in-process sink, beside a plain-consume baseline.
     Dispatch(Box<dispatch::Args>),
+    /// The release binaries end to end (PostgreSQL outbox → relay → Kafka → dispatcher → an HTTP
+    /// sink in this process) under load while the relay and the dispatcher are SIGKILLed, the
+    /// broker is stopped, PostgreSQL restarted and the sink taken down, each with a PostgreSQL
+    /// and a broker of its own; prints lost, skipped, order_violations, duplicates and
+    /// dead_lettered, and fails unless all but duplicates are 0.
+    Soak(Box<soak::Args>),
 }
 
 impl Command {
@@ -51,6 +59,8 @@ impl Command {
             // The operator's code, or the operator binary itself in a child process.
             Command::OperatorScale(_) | Command::Topics(_) => Allocator::System,
             Command::Relay(_) | Command::Dispatch(_) => Allocator::Mimalloc,
+            // Its own code only (the sink, the writers); the relay runs in child processes.
+            Command::Soak(_) => Allocator::System,
         }
     }
 
@@ -60,6 +70,7 @@ impl Command {
             Command::Topics(args) => topics::run(args).await,
             Command::Relay(args) => relay::run(*args).await,
             Command::Dispatch(args) => dispatch::run(*args).await,
+            Command::Soak(args) => soak::run(*args).await,
         }
     }
 }
