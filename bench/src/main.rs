@@ -1,8 +1,8 @@
 //! `tributary-bench`: the benchmarks, out of the shipped binaries. Each prints `name=value`
 //! figures. `operator-scale` runs the operator binary as users run it (build it alongside:
 //! `cargo build --release -p tributary-operator -p tributary-bench`); `topics`, `relay` and
-//! `dispatch` run the operator's and the relay's code in this process; `dispatch-memory` runs the
-//! relay binary.
+//! `dispatch` run the operator's and the relay's code in this process; `dispatch-memory` and
+//! `soak` run the relay binary (`cargo build --release -p tributary-relay -p tributary-bench`).
 
 use std::process::ExitCode;
 
@@ -16,6 +16,7 @@ mod dispatch_memory;
 mod figures;
 mod operator_scale;
 mod relay;
+mod soak;
 mod topics;
 
 #[global_allocator]
@@ -47,6 +48,12 @@ enum Command {
     /// Peak RSS of the `tributary-relay dispatch` binary on a backlog over many partitions behind
     /// a slow sink (build it alongside: `cargo build --release -p tributary-relay -p tributary-bench`).
     DispatchMemory(Box<dispatch_memory::Args>),
+    /// The release binaries end to end (PostgreSQL outbox → relay → Kafka → dispatcher → an HTTP
+    /// sink in this process) under load while the relay and the dispatcher are SIGKILLed, the
+    /// broker is stopped, PostgreSQL restarted and the sink taken down, each with a PostgreSQL
+    /// and a broker of its own; prints lost, skipped, order_violations, duplicates and
+    /// dead_lettered, and fails unless all but duplicates are 0.
+    Soak(Box<soak::Args>),
 }
 
 impl Command {
@@ -56,6 +63,8 @@ impl Command {
             // The operator's code, or a binary in a child process (which has its own allocator).
             Command::OperatorScale(_) | Command::Topics(_) | Command::DispatchMemory(_) => Allocator::System,
             Command::Relay(_) | Command::Dispatch(_) => Allocator::Mimalloc,
+            // Its own code only (the sink, the writers); the relay runs in child processes.
+            Command::Soak(_) => Allocator::System,
         }
     }
 
@@ -66,6 +75,7 @@ impl Command {
             Command::Relay(args) => relay::run(*args).await,
             Command::Dispatch(args) => dispatch::run(*args).await,
             Command::DispatchMemory(args) => dispatch_memory::run(*args).await,
+            Command::Soak(args) => soak::run(*args).await,
         }
     }
 }

@@ -525,7 +525,7 @@ fn drop_sql(statements: &Statements) -> String {
 }
 
 /// Connects, driving the connection in the background.
-async fn connect(url: &str) -> anyhow::Result<Client> {
+pub(crate) async fn connect(url: &str) -> anyhow::Result<Client> {
     let (client, connection) = tokio_postgres::connect(url, NoTls).await.context("cannot connect to the database")?;
     tokio::spawn(connection.map(drop));
     Ok(client)
@@ -694,7 +694,7 @@ async fn run_writer(
 }
 
 /// A UUID, in PostgreSQL's text form, unique per writer and sequence number.
-fn row_id(writer: u16, sequence: i64) -> String {
+pub(crate) fn row_id(writer: u16, sequence: i64) -> String {
     format!("{writer:08x}-0000-4000-8000-{:012x}", sequence & 0xffff_ffff_ffff)
 }
 
