@@ -189,7 +189,7 @@ impl Broker {
     pub async fn start(ctl: &Path, run_dir: PathBuf) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&run_dir)?;
         let broker = Broker { ctl: ctl.to_owned(), run_dir };
-        broker.ctl("start", None).await?;
+        broker.ctl("start").await?;
         Ok(broker)
     }
 
@@ -199,15 +199,21 @@ impl Broker {
     }
 
     pub async fn stop(&self) -> anyhow::Result<()> {
-        self.ctl("stop", None).await
+        self.ctl("stop").await
     }
 
-    /// Starts it again on `port`, where the clients look for it.
-    pub async fn start_on(&self, port: u16) -> anyhow::Result<()> {
-        self.ctl("start", Some(port)).await
+    /// Suspends the broker process (SIGSTOP: it keeps its connections and state but answers
+    /// nothing) or resumes it (SIGCONT).
+    pub fn suspend(&self, suspended: bool) -> anyhow::Result<()> {
+        let path = self.run_dir.join("broker.pid");
+        let pid = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let signal = if suspended { "-STOP" } else { "-CONT" };
+        let status = std::process::Command::new("kill").arg(signal).arg(pid.trim()).status()?;
+        anyhow::ensure!(status.success(), "kill {signal} {} failed: {status}", pid.trim());
+        Ok(())
     }
 
-    async fn ctl(&self, action: &str, port: Option<u16>) -> anyhow::Result<()> {
+    async fn ctl(&self, action: &str) -> anyhow::Result<()> {
         let mut command = Command::new("bash");
         command
             .arg(&self.ctl)
@@ -215,9 +221,6 @@ impl Broker {
             .env("TRIBUTARY_RUN_DIR", &self.run_dir)
             .env_remove("TRIBUTARY_BROKER_HOST")
             .env_remove("TRIBUTARY_BROKER_PORT");
-        if let Some(port) = port {
-            command.env("TRIBUTARY_BROKER_PORT", port.to_string());
-        }
         run(&mut command, &format!("broker.sh {action}")).await
     }
 }
