@@ -33,8 +33,8 @@ use tributary_common::server::Readiness;
 use tributary_relay::metrics::RelayMetrics;
 use tributary_relay::outbox::record::{to_record, RecordSettings, Routing};
 use tributary_relay::outbox::schema::{Columns, Ident, PayloadFormat, Statements, Table, FAILED_AT, PUBLISHED_AT, SEQ};
-use tributary_relay::outbox::{self, Cleanup, FailurePolicy, OutboxSettings};
 use tributary_relay::outbox::tls::TlsFiles;
+use tributary_relay::outbox::{self, Cleanup, FailurePolicy, OutboxSettings};
 use tributary_relay::producer::{EventProducer, OutgoingRecord, Partitioner, ProduceError, ProducerSettings, RdKafkaProducer};
 
 use crate::figures::{figure, load_average, per_second, percentile, process_cpu, processes_named};

@@ -21,9 +21,11 @@ pub enum ConnectError {
     InvalidParameter { parameter: &'static str },
     #[error("database TLS: {0}")]
     Tls(#[from] TlsError),
-    #[error("cannot connect to the database (sslmode={mode}): {}", with_causes(.source))]
+    #[error("cannot connect to the database (sslmode={mode}): {}{}", with_causes(.source), hint.as_ref().map(|hint| format!(" ({hint})")).unwrap_or_default())]
     Unreachable {
         mode: SslMode,
+        /// What to do about it, when the cause says.
+        hint: Option<String>,
         #[source]
         source: tokio_postgres::Error,
     },
@@ -66,7 +68,7 @@ impl Database {
 
     /// Connects, leaving the connection to the caller to drive.
     pub async fn open(&self) -> Result<(Client, DatabaseConnection), ConnectError> {
-        self.open_session().await.map_err(|source| ConnectError::Unreachable { mode: self.mode, source })
+        self.open_session().await.map_err(|source| ConnectError::Unreachable { mode: self.mode, hint: self.tls.hint(&source), source })
     }
 
     /// As [`open`](Self::open), with tokio-postgres's error.

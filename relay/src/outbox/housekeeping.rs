@@ -68,7 +68,10 @@ pub(super) async fn run(
 
 /// Drives `connection` (a session that will `LISTEN` on the outbox's channel) and wakes every
 /// worker on each notification, until the connection ends.
-pub fn wake_workers_on_notify<S, T>(mut connection: tokio_postgres::Connection<S, T>, wakers: Vec<Arc<Notify>>) -> tokio::task::JoinHandle<()>
+pub fn wake_workers_on_notify<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    wakers: Vec<Arc<Notify>>,
+) -> tokio::task::JoinHandle<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,

@@ -111,7 +111,9 @@ pub enum TlsError {
         "sslmode={0} checks the server's certificate, which needs the CA certificate(s) it is signed with: sslrootcert in the URL or --database-ca-file"
     )]
     NoRootCert(SslMode),
-    #[error("a client certificate and its key go together: give sslcert and sslkey (or --database-cert-file and --database-key-file) both")]
+    #[error(
+        "a client certificate and its key go together: give sslcert and sslkey (or --database-cert-file and --database-key-file) both"
+    )]
     HalfClientIdentity,
     #[error("cannot read the {what} {}: {source}", path.display())]
     Read {
@@ -162,7 +164,8 @@ impl TlsSettings {
     /// A rustls configuration from the files as they are now.
     pub fn client_config(&self) -> Result<ClientConfig, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().map_err(TlsError::Config)?;
+        let builder =
+            ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().map_err(TlsError::Config)?;
         // Without TLS nothing is checked (tokio-postgres wants a configuration all the same).
         let root_cert = self.files.root_cert.as_deref().filter(|_| self.mode != SslMode::Disable);
         let verifier: Arc<dyn ServerCertVerifier> = match (self.mode, root_cert) {
@@ -174,9 +177,9 @@ impl TlsSettings {
         };
         let builder = builder.dangerous().with_custom_certificate_verifier(verifier);
         match (&self.files.client_cert, &self.files.client_key) {
-            (Some(cert), Some(key)) => {
-                builder.with_client_auth_cert(read_certificates(cert, "client certificate file")?, read_key(key)?).map_err(TlsError::BadClientIdentity)
-            }
+            (Some(cert), Some(key)) => builder
+                .with_client_auth_cert(read_certificates(cert, "client certificate file")?, read_key(key)?)
+                .map_err(TlsError::BadClientIdentity),
             _ => Ok(builder.with_no_client_auth()),
         }
     }
@@ -305,6 +308,28 @@ pub struct MakeTls {
 impl MakeTls {
     pub fn new(settings: TlsSettings) -> Self {
         MakeTls { settings: Arc::new(settings) }
+    }
+
+    /// What to do about a certificate rustls refused in `error`, if that is what ended it
+    /// (rustls's own words name the check that failed, not the file or the setting behind it).
+    pub fn hint(&self, error: &tokio_postgres::Error) -> Option<String> {
+        use rustls::CertificateError::{NotValidForName, NotValidForNameContext, UnknownIssuer};
+        // tokio-postgres keeps tokio-rustls's I/O error, which wraps rustls's.
+        let io = std::error::Error::source(error)?.downcast_ref::<std::io::Error>()?;
+        let rustls::Error::InvalidCertificate(refused) = io.get_ref()?.downcast_ref::<rustls::Error>()? else { return None };
+        match refused {
+            UnknownIssuer => self
+                .settings
+                .files
+                .root_cert
+                .as_ref()
+                .map(|path| format!("the server's certificate is not signed by the CA certificate(s) in {}", path.display())),
+            NotValidForName | NotValidForNameContext { .. } => Some(
+                "sslmode=verify-full wants the host connected to among the certificate's names: connect by one of them, or use verify-ca"
+                    .to_owned(),
+            ),
+            _ => None,
+        }
     }
 }
 
