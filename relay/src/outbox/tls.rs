@@ -166,17 +166,20 @@ impl TlsSettings {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder =
             ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().map_err(TlsError::Config)?;
-        // Without TLS nothing is checked (tokio-postgres wants a configuration all the same).
-        let root_cert = self.files.root_cert.as_deref().filter(|_| self.mode != SslMode::Disable);
-        let verifier: Arc<dyn ServerCertVerifier> = match (self.mode, root_cert) {
+        // Without TLS no file is read (tokio-postgres wants a configuration all the same).
+        let unused = TlsFiles::default();
+        let files = if self.mode == SslMode::Disable { &unused } else { &self.files };
+        let verifier: Arc<dyn ServerCertVerifier> = match (self.mode, files.root_cert.as_deref()) {
             (SslMode::VerifyFull, Some(path)) => {
                 WebPkiServerVerifier::builder_with_provider(Arc::new(read_roots(path)?), provider).build().map_err(TlsError::Verifier)?
             }
-            (_, Some(path)) => Arc::new(ChainOnly { roots: read_roots(path)?, algorithms: provider.signature_verification_algorithms }),
-            (_, None) => Arc::new(AnyCertificate { algorithms: provider.signature_verification_algorithms }),
+            (_, root_cert) => Arc::new(HostAgnostic {
+                roots: root_cert.map(read_roots).transpose()?,
+                algorithms: provider.signature_verification_algorithms,
+            }),
         };
         let builder = builder.dangerous().with_custom_certificate_verifier(verifier);
-        match (&self.files.client_cert, &self.files.client_key) {
+        match (&files.client_cert, &files.client_key) {
             (Some(cert), Some(key)) => builder
                 .with_client_auth_cert(read_certificates(cert, "client certificate file")?, read_key(key)?)
                 .map_err(TlsError::BadClientIdentity),
@@ -210,15 +213,18 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
-/// `verify-ca`, and `require`/`prefer` with a CA (as libpq): the certificate must chain to the
-/// CA, whatever host it names. (rustls's own verifier checks the name too, after the chain.)
+/// Every mode but `verify-full`, which rustls's own verifier serves. With `roots` (`verify-ca`,
+/// and `prefer`/`require` given a CA, as libpq) the certificate must chain to them, whatever host
+/// it names. Without (`prefer`, `require`) any certificate is taken: encrypted, but to whichever
+/// server answers, libpq's meaning of these modes. Either way the handshake's signatures are
+/// checked, so the session is with the holder of that certificate's key.
 #[derive(Debug)]
-struct ChainOnly {
-    roots: RootCertStore,
+struct HostAgnostic {
+    roots: Option<RootCertStore>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for HostAgnostic {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -227,51 +233,10 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let certificate = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(&certificate, &self.roots, intermediates, now, self.algorithms.all)?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// `require` and `prefer` without a CA: encrypted, but to whichever server answers (libpq's
-/// meaning of these modes). Any certificate is taken; the handshake's signatures are still
-/// checked, so the session is with the holder of that certificate's key.
-#[derive(Debug)]
-struct AnyCertificate {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(roots) = &self.roots {
+            let certificate = ParsedCertificate::try_from(end_entity)?;
+            verify_server_cert_signed_by_trust_anchor(&certificate, roots, intermediates, now, self.algorithms.all)?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
@@ -380,6 +345,8 @@ mod tests {
         for mode in [SslMode::Disable, SslMode::Prefer, SslMode::Require] {
             assert!(TlsSettings::new(mode, TlsFiles::default()).is_ok(), "{mode}");
         }
+        let unread = TlsFiles { root_cert: Some("/nonexistent/ca.crt".into()), ..TlsFiles::default() };
+        assert!(TlsSettings::new(SslMode::Disable, unread).is_ok(), "without TLS no file is read");
         let half = TlsFiles { client_cert: Some("client.crt".into()), ..TlsFiles::default() };
         assert!(matches!(TlsSettings::new(SslMode::Require, half), Err(TlsError::HalfClientIdentity)));
     }
