@@ -76,12 +76,6 @@ pid_is_tansu() {
 
 port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
-# Bind port 0 and let the kernel choose; there is a small window before tansu
-# binds it, covered by retrying with a new port if tansu dies at startup.
-free_port() {
-  python3 -c 'import socket, sys; s = socket.socket(); s.bind((sys.argv[1], 0)); print(s.getsockname()[1])' "$HOST"
-}
-
 print_env() {
   printf 'export TRIBUTARY_BOOTSTRAP_SERVERS=%q\n' "$HOST:$1"
   printf 'export TRIBUTARY_RUN_DIR=%q\n' "$RUN_DIR"
@@ -134,13 +128,14 @@ start_broker() {
   local fixed_port=$1 tansu port pid deadline attempts=0
   tansu="$(tansu_bin)"
   deadline=$((SECONDS + START_TIMEOUT))
-  port=${fixed_port:-$(free_port)}
+  # A small window before tansu binds the port is covered by retrying with a new one.
+  port=${fixed_port:-$(free_port "$HOST")}
   while :; do
     attempts=$((attempts + 1))
     # Someone else listening there would make the readiness check below lie.
     while port_open "$port"; do
       if [[ -z $fixed_port ]]; then
-        port=$(free_port)
+        port=$(free_port "$HOST")
       else
         ((SECONDS < deadline)) || fail_start "" "$HOST:$port is in use by another process"
         sleep 0.5
@@ -162,7 +157,7 @@ start_broker() {
     ((SECONDS < deadline)) || fail_start "" "tansu exited during startup on port $port"
     if [[ -z $fixed_port ]]; then
       ((attempts < 3)) || fail_start "" "tansu exited during startup ($attempts attempts)"
-      port=$(free_port)
+      port=$(free_port "$HOST")
     else
       sleep 0.5
     fi

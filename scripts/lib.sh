@@ -42,6 +42,12 @@ as_root() {
   fi
 }
 
+# free_port <IPv4 address>: a port free there now (the kernel's choice for port 0). Another
+# process may take it before the caller binds it: callers retry with a new one.
+free_port() {
+  python3 -c 'import socket, sys; s = socket.socket(); s.bind((sys.argv[1], 0)); print(s.getsockname()[1])' "$1"
+}
+
 # Install the Debian packages that are not installed yet. apt is slow (the
 # `apt-get update` alone takes a while), so it only runs when something is missing.
 apt_install_missing() {

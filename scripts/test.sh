@@ -5,7 +5,9 @@
 #   3. PostgreSQL at 127.0.0.1:5432         (scripts/postgres.sh)
 #   4. a tansu broker of the tests' own      (scripts/broker.sh in a fresh <repo>/.run/test.*
 #      on a free port; stopped on exit. The demo's broker in <repo>/.run is never touched.)
-#   5. cargo test --workspace --all-targets --locked [your args]; the e2e crate only when a
+#   5. a TLS-only PostgreSQL with a CA of its own (scripts/postgres-tls.sh, same dir, free port;
+#      stopped on exit)
+#   6. cargo test --workspace --all-targets --locked [your args]; the e2e crate only when a
 #      Kubernetes cluster answers (else one line starting with SKIP)
 #
 # Usage: scripts/test.sh [cargo test args]    e.g. scripts/test.sh -p tributary-api
@@ -18,6 +20,8 @@
 #   TRIBUTARY_RUN_DIR, TRIBUTARY_BROKER_CTL   broker state dir / scripts/broker.sh, so a
 #                                 test can run "$TRIBUTARY_BROKER_CTL restart" (same port)
 #   TRIBUTARY_TEST_DATABASE_URL   postgres://postgres@127.0.0.1:5432/postgres
+#   TRIBUTARY_TEST_TLS_DATABASE_URL, TRIBUTARY_TEST_TLS_DIR   the TLS-only PostgreSQL and its
+#                                 certificates (see scripts/postgres-tls.sh)
 #   TRIBUTARY_TEST_STRICT=1       tests needing a broker/tool must fail, not skip
 #   TRIBUTARY_E2E_REQUIRED=1      an e2e test that finds no cluster fails
 
@@ -47,10 +51,11 @@ unset TRIBUTARY_BROKER_PORT TRIBUTARY_BROKER_HOST # the demo's settings, if any
 cleanup() {
   local status=$?
   bash scripts/broker.sh stop || true
+  bash scripts/postgres-tls.sh stop || true
   if [[ $status -eq 0 ]]; then
     rm -rf "$TRIBUTARY_RUN_DIR"
   else
-    log "broker log kept: $TRIBUTARY_RUN_DIR/broker.log"
+    log "broker and PostgreSQL (TLS) logs kept: $TRIBUTARY_RUN_DIR/broker.log, $TRIBUTARY_RUN_DIR/postgres-tls/postgres.log"
   fi
 }
 trap cleanup EXIT
@@ -58,6 +63,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 eval "$(bash scripts/broker.sh start --env)"
+eval "$(bash scripts/postgres-tls.sh start --env)"
 
 export TRIBUTARY_TEST_STRICT=1 TRIBUTARY_E2E_REQUIRED=1
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
@@ -90,7 +96,7 @@ if $all_targets; then cargo_args+=(--all-targets); fi
 if [[ -f Cargo.lock ]]; then cargo_args+=(--locked); fi
 cargo_args+=("$@")
 
-log "broker $TRIBUTARY_BOOTSTRAP_SERVERS, database $TRIBUTARY_TEST_DATABASE_URL, strict mode"
+log "broker $TRIBUTARY_BOOTSTRAP_SERVERS, database $TRIBUTARY_TEST_DATABASE_URL, TLS database $TRIBUTARY_TEST_TLS_DATABASE_URL, strict mode"
 log "running: cargo ${cargo_args[*]}"
 set +e
 cargo "${cargo_args[@]}"

@@ -104,8 +104,58 @@ fn default_poll_interval() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct Database {
     /// Secret key holding the PostgreSQL URL (`postgres://user:password@host/db`). The URL is
-    /// passed to the relay from the Secret and never copied elsewhere.
+    /// passed to the relay from the Secret and never copied elsewhere. Its `sslmode` says how the
+    /// relay uses TLS, as libpq reads it: `disable`, `prefer` (the default: TLS when the server
+    /// offers it), `require` (TLS, the certificate unchecked), `verify-ca` (the certificate must
+    /// chain to the CA of `tls`), `verify-full` (and name the URL's host). With `require` and
+    /// the `verify-` modes nothing is sent in plain text.
     pub url_secret_ref: SecretKeyReference,
+
+    /// PEM files for TLS to the database, from a Secret: the CA certificate(s) the server's
+    /// certificate must chain to, and optionally a client certificate and its key. They replace
+    /// the URL's `sslrootcert`, `sslcert` and `sslkey`; set `sslmode=verify-full` (or
+    /// `verify-ca`) in the URL to have the server checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<DatabaseTls>,
+}
+
+/// A Secret in the same namespace holding TLS files for the database connection (a cert-manager
+/// Certificate's Secret fits as it is: `ca.crt`, `tls.crt`, `tls.key`). It is mounted read-only
+/// into the relay container, which reads the files at every new connection: a Secret updated
+/// in place (rotated) is used from the next connection once the kubelet has refreshed the files,
+/// without restarting the relay.
+#[derive(Serialize, Deserialize, KubeSchema, Debug, Clone, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.certKey) == has(self.keyKey)")
+    .message("certKey and keyKey go together (a client certificate and its key)"))]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseTls {
+    /// The Secret holding the files.
+    pub secret_ref: SecretReference,
+    /// Key of the CA certificate(s), PEM.
+    #[serde(default = "default_ca_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub ca_key: String,
+    /// Key of the client certificate (chain), PEM, for servers that authenticate clients by
+    /// certificate; with `keyKey`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub cert_key: Option<String>,
+    /// Key of the client certificate's private key, PEM; with `certKey`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key_key: Option<String>,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".into()
+}
+
+/// A Secret in the same namespace.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+pub struct SecretReference {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
 }
 
 /// A key of a Secret in the same namespace.

@@ -34,6 +34,11 @@ pub mod env {
 
     // `outbox` (and its table's `migrate` and `outbox-release`).
     pub const DATABASE_URL: &str = "TRIBUTARY_DATABASE_URL";
+    /// PEM files for TLS to the database: the CA certificate(s), and a client certificate and its
+    /// key. They replace the URL's `sslrootcert`, `sslcert` and `sslkey`; its `sslmode` decides.
+    pub const DATABASE_CA_FILE: &str = "TRIBUTARY_DATABASE_CA_FILE";
+    pub const DATABASE_CERT_FILE: &str = "TRIBUTARY_DATABASE_CERT_FILE";
+    pub const DATABASE_KEY_FILE: &str = "TRIBUTARY_DATABASE_KEY_FILE";
     pub const OUTBOX_TABLE: &str = "TRIBUTARY_OUTBOX_TABLE";
     pub const COLUMN_ID: &str = "TRIBUTARY_COLUMN_ID";
     pub const COLUMN_AGGREGATE_TYPE: &str = "TRIBUTARY_COLUMN_AGGREGATE_TYPE";

@@ -33,6 +33,7 @@ use tributary_common::server::Readiness;
 use tributary_relay::metrics::RelayMetrics;
 use tributary_relay::outbox::record::{to_record, RecordSettings, Routing};
 use tributary_relay::outbox::schema::{Columns, Ident, PayloadFormat, Statements, Table, FAILED_AT, PUBLISHED_AT, SEQ};
+use tributary_relay::outbox::tls::TlsFiles;
 use tributary_relay::outbox::{self, Cleanup, FailurePolicy, OutboxSettings};
 use tributary_relay::producer::{EventProducer, OutgoingRecord, Partitioner, ProduceError, ProducerSettings, RdKafkaProducer};
 
@@ -334,7 +335,7 @@ impl Bench {
         );
         // Connected as relay workers are, so both commit the same way.
         let settings = self.outbox_settings(statements.clone());
-        let connector = outbox::connector(self.args.database_url.clone());
+        let connector = outbox::connector(outbox::Database::new(&self.args.database_url, TlsFiles::default())?);
         let mut connections = Vec::new();
         for _ in 0..self.args.workers {
             connections.push(outbox::connect_worker(&connector, &settings).await?);
@@ -639,7 +640,8 @@ impl RunningRelay {
     async fn start(url: &str, settings: Arc<OutboxSettings>, producer: Arc<dyn EventProducer>, workers: u16) -> anyhow::Result<Self> {
         let metrics = Arc::new(RelayMetrics::register(&mut Registry::default(), Readiness::default()));
         let channel = settings.statements.channel.clone();
-        let pool = outbox::WorkerPool::start(workers, outbox::connector(url.to_owned()), settings, producer, metrics);
+        let database = outbox::Database::new(url, TlsFiles::default())?;
+        let pool = outbox::WorkerPool::start(workers, outbox::connector(database), settings, producer, metrics);
         let (listen_client, connection) = tokio_postgres::connect(url, NoTls).await.context("LISTEN connection")?;
         let listener = outbox::wake_workers_on_notify(connection, pool.wakers());
         listen_client.batch_execute(&format!("LISTEN \"{channel}\"")).await.context("LISTEN")?;

@@ -529,6 +529,7 @@ pub fn plan_outbox_relays(
                 routes: resolve_routes(relay, lookup),
                 // Offline there are no Secrets to look at.
                 secret: SecretCheck::Found,
+                database_tls: None,
                 kafka_secret_problem: None,
                 invalid: validate(relay, naming).err(),
                 ready_relays: None,
@@ -728,7 +729,7 @@ spec:
             &RelayWorkload::Sidecar {
                 target: "shop-api".into(),
                 field_manager: "tributary-operator/outbox-relay/shop-outbox".into(),
-                body: crate::outbox_relay::desired::sidecar_apply_body("shop", "shop-api", &container, None),
+                body: crate::outbox_relay::desired::sidecar_apply_body("shop", "shop-api", &container, &[]),
             }
         );
         assert_eq!(plans[1].workload.as_ref().map_err(|(reason, _)| reason.as_str()).err(), Some("TopicNotFound"));

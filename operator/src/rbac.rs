@@ -72,8 +72,8 @@ pub const CLUSTER_RULES: [Rule; 11] = [
         api_group: "",
         resources: &["secrets"],
         verbs: &["get"],
-        why: "Checks by name that an OutboxRelay's database Secret and the workload Kafka Secret have their keys; values reach pods by secretKeyRef and volumes, never through the operator. Not listed or watched.",
-        used_by: "workload::check_secret_key",
+        why: "Checks by name that an OutboxRelay's database URL and TLS Secrets and the workload Kafka Secret have their keys; values reach pods by secretKeyRef and volumes, never through the operator. Not listed or watched.",
+        used_by: "workload::check_secret_key, outbox_relay::resolve::database_tls_problem",
     },
     Rule {
         api_group: "",

@@ -6,14 +6,13 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, HTTPGetAction, PodSecurityContext, Probe, ResourceRequirements, SecurityContext,
+    Container, ContainerPort, EnvVar, HTTPGetAction, PodSecurityContext, Probe, ResourceRequirements, SecurityContext, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tributary_common::server::{HEALTHZ_PATH, READYZ_PATH};
 
 use crate::pod_security::{relay_security_context, sidecar_security_context};
-use crate::workload::KafkaProperties;
 
 /// Name of the relay container, wherever it runs.
 pub const CONTAINER_NAME: &str = "tributary-relay";
@@ -45,8 +44,9 @@ pub struct RelayContainer<'a> {
     /// database or Kafka outage must not take out of their Services.
     pub readiness_probe: bool,
     pub pod: RelayPod<'a>,
-    /// The workload Kafka properties Secret, mounted when the operator has one.
-    pub kafka_properties: Option<KafkaProperties<'a>>,
+    /// The Secrets the relay reads files from (the workload Kafka properties, the database TLS
+    /// files), each mounted read-only; their variables are in `env`.
+    pub secret_mounts: Vec<VolumeMount>,
 }
 
 impl RelayContainer<'_> {
@@ -84,7 +84,7 @@ impl RelayContainer<'_> {
             // Configuration errors end the relay with exit code 2 and a one-line reason on stderr;
             // this puts that line into the pod's status.
             termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
-            volume_mounts: self.kafka_properties.map(|kafka| vec![kafka.mount()]),
+            volume_mounts: (!self.secret_mounts.is_empty()).then_some(self.secret_mounts),
             env: Some(self.env),
             ..Container::default()
         }
@@ -116,7 +116,7 @@ mod tests {
             resources: ResourceRequirements { requests: Some(quantities(&[("cpu", "50m")])), ..ResourceRequirements::default() },
             readiness_probe,
             pod,
-            kafka_properties: None,
+            secret_mounts: Vec::new(),
         }
         .build()
     }

@@ -23,6 +23,7 @@ use tributary_common::shutdown::Shutdown;
 use crate::metrics::RelayMetrics;
 use crate::outbox::record::{RecordSettings, Routing};
 use crate::outbox::schema::{Columns, Ident, IdentError, Statements, Table};
+use crate::outbox::tls::TlsFiles;
 use crate::outbox::{self, Cleanup, OnSchemaProblem, OutboxSettings, SchemaProblem};
 use crate::producer::{EventProducer, ProducerSettings, RdKafkaProducer};
 
@@ -55,9 +56,22 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct TableArgs {
-    /// PostgreSQL URL, e.g. postgres://user:password@host:5432/db.
+    /// PostgreSQL URL, e.g. postgres://user:password@host:5432/db?sslmode=verify-full. Its sslmode
+    /// (disable, prefer (the default), require, verify-ca, verify-full), sslrootcert, sslcert and
+    /// sslkey mean what they mean to libpq.
     #[arg(long, env = env::DATABASE_URL, hide_env_values = true)]
     pub database_url: String,
+    /// PEM file of the CA certificate(s) the database server's certificate must chain to, as the
+    /// URL's sslrootcert (which it replaces); sslmode says whether it is checked.
+    #[arg(long, env = env::DATABASE_CA_FILE)]
+    pub database_ca_file: Option<PathBuf>,
+    /// PEM file of the client certificate shown to the database, as the URL's sslcert (which it
+    /// replaces); needs --database-key-file.
+    #[arg(long, env = env::DATABASE_CERT_FILE)]
+    pub database_cert_file: Option<PathBuf>,
+    /// PEM file of the client certificate's private key, as the URL's sslkey (which it replaces).
+    #[arg(long, env = env::DATABASE_KEY_FILE)]
+    pub database_key_file: Option<PathBuf>,
     /// Outbox table, optionally schema-qualified.
     #[arg(long, env = env::OUTBOX_TABLE, default_value = "outbox")]
     pub table: String,
@@ -92,6 +106,15 @@ pub struct TableArgs {
 }
 
 impl TableArgs {
+    fn database(&self) -> Result<outbox::Database, outbox::ConnectError> {
+        let files = TlsFiles {
+            root_cert: self.database_ca_file.clone(),
+            client_cert: self.database_cert_file.clone(),
+            client_key: self.database_key_file.clone(),
+        };
+        outbox::Database::new(&self.database_url, files)
+    }
+
     fn statements(&self) -> Result<Statements, IdentError> {
         let optional = |name: &Option<String>| name.as_deref().map(|n| Ident::new("column", n)).transpose();
         let columns = Columns {
@@ -235,8 +258,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// code of what is wrong: an unreachable database is an error there, not something to wait for.
 async fn statements_and_client(table: &TableArgs) -> Result<(Statements, Client), ExitCode> {
     let statements = table.statements().map_err(usage_error)?;
-    let config = outbox::parse_database_url(&table.database_url).map_err(usage_error)?;
-    let client = outbox::connect(&config).await.map_err(usage_error)?;
+    let database = table.database().map_err(usage_error)?;
+    let client = database.connect().await.map_err(usage_error)?;
     Ok((statements, client))
 }
 
@@ -288,9 +311,8 @@ async fn run_outbox(args: OutboxArgs) -> anyhow::Result<ExitCode> {
     if let Err(error) = check_bootstrap_servers(&args.bootstrap_servers) {
         return Ok(usage_error(error));
     }
-    let database_url = args.table.database_url.clone();
-    let database = match outbox::parse_database_url(&database_url) {
-        Ok(config) => config,
+    let database = match args.table.database() {
+        Ok(database) => database,
         Err(error) => return Ok(usage_error(error)),
     };
     // Before any work (librdkafka connects as soon as the producer exists).
@@ -344,7 +366,7 @@ async fn run_outbox(args: OutboxArgs) -> anyhow::Result<ExitCode> {
     if let Err(problem) = checked {
         return Ok(usage_error(problem));
     }
-    outbox::relay(database_url, settings, producer, metrics, args.workers, shutdown.requested()).await;
+    outbox::relay(database, settings, producer, metrics, args.workers, shutdown.requested()).await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -4,7 +4,9 @@
 //! `secretKeyRef`; the workload Kafka properties Secret mounted from a directory, as the kubelet
 //! mounts the volume) and arguments run the real binary; committed rows must arrive in Kafka with
 //! the routed topic and the default CloudEvents source, and `GET /status`, read with the
-//! operator's client, must report them published. Environment as in `outbox_broker.rs`.
+//! operator's client, must report them published. With `spec.database.tls`, the relay reaches the
+//! TLS-only PostgreSQL of `scripts/postgres-tls.sh` with the files the operator mounts. Environment
+//! as in `outbox_broker.rs` and `outbox_tls.rs`.
 
 // Helpers outside the `#[test]` functions fail a test the same way: with a panic and its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -18,12 +20,14 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use k8s_openapi::api::core::v1::Container;
+use k8s_openapi::api::core::v1::{Container, Volume};
 use kube::core::error_boundary::DeserializeGuard;
 use serde_json::json;
 use support::*;
 use tributary_api::{relay_contract, EventTopic, OutboxRelay};
-use tributary_operator::outbox_relay::desired::{cloud_events_source, relay_container, ResolvedRoute, KAFKA_PROPERTIES_VOLUME};
+use tributary_operator::outbox_relay::desired::{
+    cloud_events_source, relay_container, relay_workload, RelayWorkload, ResolvedRoute, DATABASE_TLS_VOLUME, KAFKA_PROPERTIES_VOLUME,
+};
 use tributary_operator::outbox_relay::probe::{HttpRelayStatus, RelayStatusSource};
 use tributary_operator::outbox_relay::resolve::{resolve_routes, Routes, TopicLookup};
 use tributary_operator::workload::WorkloadSettings;
@@ -58,6 +62,18 @@ fn mount_secret(container: &Container, vars: &mut [(String, String)], volume: &s
         if let Some(file) = value.strip_prefix(&mount.mount_path) {
             *value = format!("{}{file}", dir.display());
         }
+    }
+}
+
+/// Secret `volume` of `pod` (a pod spec as JSON) as the kubelet writes it into `dir`: the items
+/// it lists, each key's value from `secret` under the item's path.
+fn write_secret_volume(pod: &serde_json::Value, volume: &str, secret: &HashMap<&str, Vec<u8>>, dir: &Path) {
+    let volumes: Vec<Volume> = serde_json::from_value(pod["volumes"].clone()).expect("the pod's volumes");
+    let volume = volumes.into_iter().find(|candidate| candidate.name == volume).expect("the pod has the volume");
+    let items = volume.secret.and_then(|source| source.items).expect("a Secret volume of chosen keys");
+    for item in items {
+        let value = secret.get(item.key.as_str()).unwrap_or_else(|| panic!("the Secret has no key {}", item.key));
+        std::fs::write(dir.join(&item.path), value).expect("write a Secret file");
     }
 }
 
@@ -239,6 +255,68 @@ async fn the_relay_the_operator_renders_waits_for_its_table_and_reports_why() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(relay_process.child.try_wait().expect("relay status").is_none(), "the relay exited\n{}", relay_process.log_tail(25));
+}
+
+/// The database TLS files come from a Secret the operator mounts: the relay it renders checks the
+/// server (`verify-full` in the URL) against the mounted CA, and shows the mounted client
+/// certificate to a database that takes nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_reaches_a_tls_database_with_the_files_the_operator_mounts() {
+    let test = "the_relay_reaches_a_tls_database_with_the_files_the_operator_mounts";
+    let Some(env) = test_env(test, false) else { return };
+    let Some(tls) = tls_database(test) else { return };
+    let _broker = BROKER.read().await;
+    // The tests' own connections name the files in the URL, as libpq users do.
+    let files = format!(
+        "sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
+        tls.file("ca.crt"),
+        tls.file("client.crt"),
+        tls.file("client.key")
+    );
+    let env = TestEnv { database_url: tls.url("localhost", "certdb", &files), ..env };
+    let table = table_name("operator_tls");
+    let _table = TableGuard::new(&env.database_url, &table);
+    migrate(&env, &table).await;
+    let topic = topic_name("operator_tls");
+    create_topics(&env.bootstrap_servers, std::slice::from_ref(&topic), 4).await;
+
+    let port = free_address().port();
+    let mut relay = shop_outbox(&table, port);
+    relay.spec.database.tls = Some(
+        serde_json::from_value(json!({"secretRef": {"name": "shop-db-tls"}, "certKey": "tls.crt", "keyKey": "tls.key"})).expect("valid"),
+    );
+    let routes = routes_to(&relay, &topic);
+    let settings = WorkloadSettings {
+        bootstrap_servers: env.bootstrap_servers.clone(),
+        relay_image: "not used".into(),
+        kafka_properties_secret: None,
+    };
+    let container = relay_container(&relay, &routes, &settings, None);
+    let RelayWorkload::Sidecar { body, .. } = relay_workload(&relay, &routes, &settings, None) else { panic!("a sidecar") };
+    let read = |name: &str| std::fs::read(tls.file(name)).expect("a certificate file of scripts/postgres-tls.sh");
+    // A cert-manager Certificate's Secret, say.
+    let tls_secret = HashMap::from([("ca.crt", read("ca.crt")), ("tls.crt", read("client.crt")), ("tls.key", read("client.key"))]);
+    let mounted = tempfile::tempdir().expect("temp dir");
+    write_secret_volume(&body["spec"]["template"]["spec"], DATABASE_TLS_VOLUME, &tls_secret, mounted.path());
+    // The URL without files: the operator's mount supplies them.
+    let secrets = HashMap::from([(("shop-db", "dsn"), tls.url("localhost", "certdb", "sslmode=verify-full"))]);
+    let mut vars = kubelet_env(&container, &secrets);
+    mount_secret(&container, &mut vars, DATABASE_TLS_VOLUME, mounted.path());
+    let listen = SocketAddr::from(([127, 0, 0, 1], port));
+    let relay_process = Relay::start(container.args.as_deref().unwrap_or_default(), &vars, listen);
+
+    let plan = WriterPlan {
+        table: table.clone(),
+        aggregate_type: "Order".into(),
+        aggregates: (0..3).map(|a| format!("Order-{a}")).collect(),
+        rows_per_aggregate: 10,
+        pause: Duration::ZERO,
+    };
+    let (inserted, reader) = relayed(&env, plan, &topic, &relay_process).await;
+    let topic_of = |_: &str| topic.clone();
+    let source = cloud_events_source(&relay);
+    let verdict = verify(&reader.records(), &inserted, &Expect { topic_of: &topic_of, source: &source, absent_ok: &HashSet::new() });
+    verdict.assert_clean("relay over TLS configured by the operator");
 }
 
 /// Writes the plan's rows, waits until the relay drained the table and reads them back from

@@ -33,7 +33,7 @@ use super::desired::{
 };
 use super::plan::desired_workload;
 use super::probe::{ready_relays, ProbeSchedule, RelayStatusSource};
-use super::resolve::{check_secret, lookup_topics, refused_target, target_holder, validate, SidecarOptIn};
+use super::resolve::{check_secret, database_tls_problem, lookup_topics, refused_target, target_holder, validate, SidecarOptIn};
 use super::status::{build_status, paused_status, ready_reason, reason, recorded_target, Observation, Workload, READY};
 use crate::controller_support::{self, has_finalizer, write_status, Lifecycle, Reconciler, Shared};
 use crate::error::Result;
@@ -190,6 +190,7 @@ async fn reconcile_relay(relay: &OutboxRelay, namespace: &str, context: &Context
     }
 
     let secret = check_secret(shared, relay, namespace).await?;
+    let database_tls = database_tls_problem(shared, relay, namespace).await?;
     let kafka_secret_problem = kafka_secret_problem(&context.settings.workload, shared, namespace).await?;
     let routes = lookup_topics(shared, relay, namespace).await?;
     let (workload, live) = match (&relay.spec.placement.sidecar, holder) {
@@ -209,7 +210,8 @@ async fn reconcile_relay(relay: &OutboxRelay, namespace: &str, context: &Context
         },
     };
     let invalid = validate(relay, &context.settings.naming).err();
-    let mut observation = Observation { workload, routes, secret, kafka_secret_problem, invalid, ready_relays: None, report: None };
+    let mut observation =
+        Observation { workload, routes, secret, database_tls, kafka_secret_problem, invalid, ready_relays: None, report: None };
 
     // For a sidecar, `live` is the target Deployment, whose pods the relay joins.
     let target_pod = live.as_ref().and_then(|deployment| deployment.spec.as_ref()).and_then(|spec| spec.template.spec.as_ref());

@@ -1,18 +1,19 @@
 //! What runs an OutboxRelay (pure): the `tributary-relay` container, configured entirely through
-//! environment variables (and, with `--workload-kafka-properties-secret`, the Secret volume holding
-//! the Kafka credentials); the Deployment that runs it standalone; and the server-side apply bodies
+//! environment variables (and the Secret volumes holding the files it reads: the Kafka credentials
+//! of `--workload-kafka-properties-secret`, the database TLS files of `spec.database.tls`); the Deployment that runs it standalone; and the server-side apply bodies
 //! that add it to, and remove it from, an application's Deployment.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, EnvVarSource, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SecretKeySelector, Volume,
+    Container, EnvVar, EnvVarSource, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SecretKeySelector,
+    SecretVolumeSource, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::{Resource, ResourceExt};
 use serde_json::{json, Value};
-use tributary_api::outbox_relay::{Columns, Placement};
+use tributary_api::outbox_relay::{Columns, Database, DatabaseTls, Placement};
 use tributary_api::relay_contract::{env, OUTBOX_COMMAND, OUTBOX_PORT};
 use tributary_api::{OutboxRelay, OutboxRelaySpec};
 
@@ -29,6 +30,11 @@ pub const RELAY_LABEL: &str = "tributary.dev/outbox-relay";
 /// Name of the volume holding the workload Kafka properties Secret. In an application's pods it
 /// sits among the application's own volumes, so it is named to clash with none of them.
 pub const KAFKA_PROPERTIES_VOLUME: &str = "tributary-relay-kafka";
+/// Name of the volume holding the database TLS Secret (`spec.database.tls`), named like the one
+/// above for the same reason.
+pub const DATABASE_TLS_VOLUME: &str = "tributary-relay-database-tls";
+/// Where the relay container mounts the database TLS Secret.
+pub const DATABASE_TLS_DIR: &str = "/etc/tributary/database-tls";
 
 /// A route with its EventTopic resolved to the Kafka topic the relay writes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +108,52 @@ fn kafka_properties(settings: &WorkloadSettings) -> Option<KafkaProperties<'_>> 
     settings.kafka_properties(KAFKA_PROPERTIES_VOLUME)
 }
 
+/// The database TLS Secret's keys the spec names, each with the file it becomes in
+/// [`DATABASE_TLS_DIR`] (fixed names, whatever the keys are called) and the relay variable that
+/// names that file: the CA, then the client certificate and key when there is one.
+fn database_tls_files(tls: &DatabaseTls) -> Vec<(&str, &'static str, &'static str)> {
+    [
+        (Some(&tls.ca_key), "ca.crt", env::DATABASE_CA_FILE),
+        (tls.cert_key.as_ref(), "tls.crt", env::DATABASE_CERT_FILE),
+        (tls.key_key.as_ref(), "tls.key", env::DATABASE_KEY_FILE),
+    ]
+    .into_iter()
+    .filter_map(|(key, file, variable)| Some((key?.as_str(), file, variable)))
+    .collect()
+}
+
+/// The database TLS Secret as the relay's pods hold it: only the keys the spec names, so that a
+/// missing one is reported by the operator (see `resolve::database_tls_problem`) before a pod
+/// would fail to start over it. No subPath: the kubelet updates the files when the Secret changes.
+pub fn database_tls_volume(tls: &DatabaseTls) -> Volume {
+    let items =
+        database_tls_files(tls).into_iter().map(|(key, file, _)| KeyToPath { key: key.to_owned(), path: file.to_owned(), mode: None });
+    Volume {
+        name: DATABASE_TLS_VOLUME.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(tls.secret_ref.name.clone()),
+            items: Some(items.collect()),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+fn database_tls_mount() -> VolumeMount {
+    VolumeMount {
+        name: DATABASE_TLS_VOLUME.to_owned(),
+        mount_path: DATABASE_TLS_DIR.to_owned(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }
+}
+
+/// The Secret volumes of the relay's pods: the workload Kafka properties, the database TLS files.
+fn secret_volumes(relay: &OutboxRelay, settings: &WorkloadSettings) -> Vec<Volume> {
+    let kafka = kafka_properties(settings).map(|kafka| kafka.volume());
+    kafka.into_iter().chain(relay.spec.database.tls.as_ref().map(database_tls_volume)).collect()
+}
+
 /// Port of the relay's HTTP server.
 pub fn relay_port(placement: &Placement) -> i32 {
     placement.sidecar.as_ref().map_or(i32::from(OUTBOX_PORT), |sidecar| sidecar.port)
@@ -126,7 +178,7 @@ pub fn relay_env(relay: &OutboxRelay, routes: &[ResolvedRoute], settings: &Workl
         partitioner,
     } = &relay.spec;
     let Columns { id, aggregate_type, aggregate_id, r#type, payload, headers, created_at } = columns;
-    let secret = &database.url_secret_ref;
+    let Database { url_secret_ref: secret, tls } = database;
     let database_url = EnvVar {
         name: env::DATABASE_URL.into(),
         value_from: Some(EnvVarSource {
@@ -168,6 +220,7 @@ pub fn relay_env(relay: &OutboxRelay, routes: &[ResolvedRoute], settings: &Workl
         .chain(plain.into_iter().map(literal))
         .chain(optional.into_iter().filter_map(|(name, value)| value.map(|value| literal((name, value)))))
         .chain(kafka_properties(settings).map(|kafka| kafka.env()))
+        .chain(tls.iter().flat_map(database_tls_files).map(|(_, file, variable)| env_var(variable, format!("{DATABASE_TLS_DIR}/{file}"))))
         .collect()
 }
 
@@ -198,27 +251,31 @@ pub fn relay_container(
         // The relay's own pods report it; a sidecar's application pods must not wait for it.
         readiness_probe: !sidecar,
         pod,
-        kafka_properties: kafka_properties(settings),
+        secret_mounts: kafka_properties(settings)
+            .map(|kafka| kafka.mount())
+            .into_iter()
+            .chain(relay.spec.database.tls.as_ref().map(|_| database_tls_mount()))
+            .collect(),
     }
     .build()
 }
 
 /// The server-side apply body that adds the relay container to the application's Deployment.
 ///
-/// It holds the container, the relay's own `volume` if it has one, and nothing else: no replicas,
+/// It holds the container, the relay's own `volumes`, and nothing else: no replicas,
 /// no selector, no labels. The API server merges an apply into the live object, so a partial body
 /// is valid against an existing Deployment (only a create would need a selector and template
 /// labels, and the controller applies only to a Deployment it has just read). Containers and
 /// volumes are list-maps keyed by `name`, so this field manager comes to own the entries
-/// `tributary-relay` (and `tributary-relay-kafka`) and the fields inside them, while the
+/// `tributary-relay` (and `tributary-relay-kafka`, `tributary-relay-database-tls`) and the fields inside them, while the
 /// application's own containers and volumes stay with whoever applied them: `kubectl apply`
 /// (client- or server-side), Helm and GitOps tools leave the entries alone, because they are not
 /// in their configuration. It is built as JSON, not as a typed `Deployment`, which would serialize
 /// the required `spec.selector` (an atomic field) as `{}` and take it over.
-pub fn sidecar_apply_body(namespace: &str, target: &str, container: &Container, volume: Option<&Volume>) -> Value {
+pub fn sidecar_apply_body(namespace: &str, target: &str, container: &Container, volumes: &[Volume]) -> Value {
     let mut pod = json!({ "containers": [container] });
-    if let Some(volume) = volume {
-        pod["volumes"] = json!([volume]);
+    if !volumes.is_empty() {
+        pod["volumes"] = json!(volumes);
     }
     json!({
         "apiVersion": <Deployment as k8s_openapi::Resource>::API_VERSION,
@@ -278,17 +335,17 @@ pub fn relay_workload(
     target_pod: Option<&PodSecurityContext>,
 ) -> RelayWorkload {
     let container = relay_container(relay, routes, settings, target_pod);
-    let volume = kafka_properties(settings).map(|kafka| kafka.volume());
+    let volumes = secret_volumes(relay, settings);
     let placement = &relay.spec.placement;
     match (&placement.sidecar, &placement.standalone) {
         (Some(sidecar), _) => {
             let target = sidecar.target_ref.name.clone();
-            let body = sidecar_apply_body(&relay.namespace().unwrap_or_default(), &target, &container, volume.as_ref());
+            let body = sidecar_apply_body(&relay.namespace().unwrap_or_default(), &target, &container, &volumes);
             RelayWorkload::Sidecar { target, field_manager: sidecar_field_manager(relay), body }
         }
         (None, standalone) => {
             let replicas = standalone.as_ref().map_or(1, |standalone| standalone.replicas);
-            RelayWorkload::Standalone(Box::new(standalone_deployment(relay, replicas, container, volume)))
+            RelayWorkload::Standalone(Box::new(standalone_deployment(relay, replicas, container, volumes)))
         }
     }
 }
@@ -304,9 +361,9 @@ pub fn managed_deployments_selector() -> String {
 }
 
 /// The relay's own Deployment, owned by the OutboxRelay (no owner reference when the relay has
-/// no uid, as in the offline `apply`), with the container's `volume` if it has one. Several
+/// no uid, as in the offline `apply`), with the container's `volumes`. Several
 /// replicas are safe: each aggregate is published by one relay at a time, in order.
-pub fn standalone_deployment(relay: &OutboxRelay, replicas: i32, container: Container, volume: Option<Volume>) -> Deployment {
+pub fn standalone_deployment(relay: &OutboxRelay, replicas: i32, container: Container, volumes: Vec<Volume>) -> Deployment {
     let mut labels = standalone_selector(relay);
     labels.extend([
         ("app.kubernetes.io/instance".to_owned(), relay.name_any()),
@@ -328,7 +385,7 @@ pub fn standalone_deployment(relay: &OutboxRelay, replicas: i32, container: Cont
                 metadata: Some(ObjectMeta { labels: Some(labels), ..ObjectMeta::default() }),
                 spec: Some(PodSpec {
                     containers: vec![container],
-                    volumes: volume.map(|volume| vec![volume]),
+                    volumes: (!volumes.is_empty()).then_some(volumes),
                     // The relay talks to PostgreSQL and Kafka only, never to the Kubernetes API.
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
@@ -467,7 +524,7 @@ partitioner: Murmur2Random
     #[test]
     fn sidecar_bodies_hold_only_the_container() {
         let container = relay_container(&outbox_relay("shop-outbox", SIDECAR), &routes(), &settings(), None);
-        let body = sidecar_apply_body("shop", "shop-api", &container, None);
+        let body = sidecar_apply_body("shop", "shop-api", &container, &[]);
         assert_eq!(
             body,
             json!({
@@ -498,7 +555,7 @@ partitioner: Murmur2Random
         assert_eq!(env["TRIBUTARY_TOPIC_PREFIX"], json!("billing."));
         assert!(!env.contains_key("TRIBUTARY_ROUTES"));
 
-        let deployment = standalone_deployment(&relay, 3, container.clone(), None);
+        let deployment = standalone_deployment(&relay, 3, container.clone(), Vec::new());
         assert_eq!(deployment.metadata.name.as_deref(), Some("billing-relay"));
         let owner = &deployment.metadata.owner_references.as_ref().expect("owner reference")[0];
         assert_eq!(
@@ -548,5 +605,48 @@ partitioner: Murmur2Random
         let pod = deployment.spec.and_then(|spec| spec.template.spec).expect("pod spec");
         assert_eq!(serde_json::to_value(&pod.volumes).expect("serializes"), json!([expected_volume]));
         assert_eq!(serde_json::to_value(&pod.containers[0].volume_mounts).expect("serializes"), expected_mount);
+    }
+
+    #[test]
+    fn database_tls_files_are_mounted_read_only_in_either_placement_and_named_to_the_relay() {
+        let tls = "  tls: { secretRef: { name: shop-db-tls }, certKey: client.pem, keyKey: client.key }";
+        let sidecar = outbox_relay(
+            "shop-outbox",
+            &SIDECAR.replace("urlSecretRef: { name: shop-db } }", &format!("urlSecretRef: {{ name: shop-db }},\n{tls} }}")),
+        );
+        let container = relay_container(&sidecar, &routes(), &settings(), None);
+        let env = env_map(&container);
+        assert_eq!(env["TRIBUTARY_DATABASE_CA_FILE"], json!("/etc/tributary/database-tls/ca.crt"));
+        assert_eq!(env["TRIBUTARY_DATABASE_CERT_FILE"], json!("/etc/tributary/database-tls/tls.crt"));
+        assert_eq!(env["TRIBUTARY_DATABASE_KEY_FILE"], json!("/etc/tributary/database-tls/tls.key"));
+        let expected_mount =
+            json!([{"name": "tributary-relay-database-tls", "mountPath": "/etc/tributary/database-tls", "readOnly": true}]);
+        assert_eq!(serde_json::to_value(&container.volume_mounts).expect("serializes"), expected_mount);
+        // Only the keys the spec names, under the file names the variables name.
+        let expected_volume = json!({"name": "tributary-relay-database-tls", "secret": {"secretName": "shop-db-tls", "items": [
+            {"key": "ca.crt", "path": "ca.crt"}, {"key": "client.pem", "path": "tls.crt"}, {"key": "client.key", "path": "tls.key"},
+        ]}});
+        let RelayWorkload::Sidecar { body, .. } = relay_workload(&sidecar, &routes(), &settings(), None) else { panic!("a sidecar") };
+        assert_eq!(body["spec"]["template"]["spec"]["volumes"], json!([expected_volume]));
+
+        // Standalone, next to the workload Kafka Secret; without a client certificate, the CA only.
+        let standalone = outbox_relay(
+            "billing",
+            "database: { urlSecretRef: { name: db }, tls: { secretRef: { name: db-tls }, caKey: root.pem } }\nrouting: { topicPrefix: 'billing.' }\nplacement: { standalone: {} }",
+        );
+        let with_kafka = WorkloadSettings { kafka_properties_secret: Some("kafka-auth".into()), ..settings() };
+        let RelayWorkload::Standalone(deployment) = relay_workload(&standalone, &[], &with_kafka, None) else { panic!("standalone") };
+        let pod = deployment.spec.and_then(|spec| spec.template.spec).expect("pod spec");
+        let volumes = serde_json::to_value(&pod.volumes).expect("serializes");
+        assert_eq!(
+            volumes[1],
+            json!({"name": "tributary-relay-database-tls", "secret": {"secretName": "db-tls", "items": [{"key": "root.pem", "path": "ca.crt"}]}})
+        );
+        let mounts = serde_json::to_value(&pod.containers[0].volume_mounts).expect("serializes");
+        assert_eq!(mounts.as_array().map(Vec::len), Some(2), "{mounts}");
+        assert_eq!(mounts[1], expected_mount[0]);
+        let env = env_map(&pod.containers[0]);
+        assert_eq!(env["TRIBUTARY_DATABASE_CA_FILE"], json!("/etc/tributary/database-tls/ca.crt"));
+        assert!(!env.contains_key("TRIBUTARY_DATABASE_CERT_FILE") && !env.contains_key("TRIBUTARY_DATABASE_KEY_FILE"));
     }
 }

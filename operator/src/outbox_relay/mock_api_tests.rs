@@ -250,6 +250,97 @@ async fn with_the_workload_kafka_secret_the_sidecar_apply_carries_its_volume() {
     scenario.await.expect("scenario ran");
 }
 
+/// `SIDECAR` with the database TLS files of Secret `shop-db-tls`, a client certificate included.
+fn sidecar_with_tls() -> String {
+    SIDECAR.replace(
+        "database: { urlSecretRef: { name: shop-db } }",
+        "database: { urlSecretRef: { name: shop-db }, tls: { secretRef: { name: shop-db-tls }, certKey: tls.crt, keyKey: tls.key } }",
+    )
+}
+
+/// A Secret `name` holding `keys` (with PEM-looking values).
+fn tls_secret(name: &str, keys: &[&str]) -> Value {
+    let data = keys.iter().map(|key| ((*key).to_owned(), ByteString(b"-----BEGIN CERTIFICATE-----".to_vec()))).collect();
+    let mut secret = Secret { data: Some(data), ..Secret::default() };
+    secret.metadata.name = Some(name.into());
+    serde_json::to_value(secret).expect("serializes")
+}
+
+#[tokio::test]
+async fn with_database_tls_the_sidecar_apply_mounts_its_secret_read_only() {
+    let (harness, mut api) = harness();
+    let relay = applied_sidecar(&sidecar_with_tls());
+    let response = echo(&relay);
+    let scenario = tokio::spawn(async move {
+        api.expect(Method::GET, &format!("{SECRETS}/shop-db"), secret("url")).await;
+        api.expect(Method::GET, &format!("{SECRETS}/shop-db-tls"), tls_secret("shop-db-tls", &["ca.crt", "tls.crt", "tls.key"])).await;
+        api.expect(Method::GET, &format!("{TOPICS}/orders"), event_topic("orders", true)).await;
+        api.expect(Method::GET, &format!("{DEPLOYMENTS}/shop-api"), app_deployment("100", &["kubectl"])).await;
+        let owners = ["kubectl", "tributary-operator/outbox-relay/shop-outbox"];
+        let apply = api.expect(Method::PATCH, &format!("{DEPLOYMENTS}/shop-api"), app_deployment("101", &owners)).await;
+        let mut container = expected_sidecar_container();
+        let env = container["env"].as_array_mut().expect("env");
+        for (name, file) in [
+            ("TRIBUTARY_DATABASE_CA_FILE", "ca.crt"),
+            ("TRIBUTARY_DATABASE_CERT_FILE", "tls.crt"),
+            ("TRIBUTARY_DATABASE_KEY_FILE", "tls.key"),
+        ] {
+            env.push(json!({"name": name, "value": format!("/etc/tributary/database-tls/{file}")}));
+        }
+        container["volumeMounts"] =
+            json!([{"name": "tributary-relay-database-tls", "mountPath": "/etc/tributary/database-tls", "readOnly": true}]);
+        let items =
+            json!([{"key": "ca.crt", "path": "ca.crt"}, {"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]);
+        let volume = json!({"name": "tributary-relay-database-tls", "secret": {"secretName": "shop-db-tls", "items": items}});
+        assert_eq!(apply.body["spec"], json!({"template": {"spec": {"containers": [container], "volumes": [volume]}}}));
+        api.expect_event("default").await;
+        api.expect(Method::GET, PODS, pods(&[])).await;
+        let status = api.expect(Method::PATCH, &format!("{RELAYS}/shop-outbox/status"), response).await;
+        assert_eq!(condition(&status.body, "Ready"), ("False", "RelayNotRunning"));
+        api.expect_no_more_requests().await;
+    });
+    assert_eq!(harness.reconcile(&relay).await.expect("reconciles"), Action::requeue(Settings::new(settings()).status_interval));
+    scenario.await.expect("scenario ran");
+}
+
+/// A pod whose Secret volume is missing (or lacks an item) does not start: nothing is applied to
+/// the application's Deployment, and the status names the Secret, the key and the field.
+#[tokio::test]
+async fn a_missing_database_tls_secret_or_key_is_reported_and_nothing_is_applied() {
+    for (tls_secret, ready_reason, message) in [
+        (None, "SecretNotFound", "Secret shop-db-tls (spec.database.tls.secretRef) does not exist"),
+        (
+            Some(tls_secret("shop-db-tls", &["ca.crt", "tls.crt"])),
+            "SecretKeyNotFound",
+            "Secret shop-db-tls has no key \"tls.key\" (spec.database.tls.keyKey)",
+        ),
+    ] {
+        let (harness, mut api) = harness();
+        let relay = applied_sidecar(&sidecar_with_tls());
+        let response = echo(&relay);
+        let scenario = tokio::spawn(async move {
+            api.expect(Method::GET, &format!("{SECRETS}/shop-db"), secret("url")).await;
+            match tls_secret {
+                Some(found) => api.expect(Method::GET, &format!("{SECRETS}/shop-db-tls"), found).await,
+                None => api.expect_not_found(Method::GET, &format!("{SECRETS}/shop-db-tls")).await,
+            };
+            api.expect(Method::GET, &format!("{TOPICS}/orders"), event_topic("orders", true)).await;
+            api.expect(Method::GET, &format!("{DEPLOYMENTS}/shop-api"), app_deployment("100", &["kubectl"])).await;
+            api.expect(Method::GET, PODS, pods(&[])).await;
+            let status = api.expect(Method::PATCH, &format!("{RELAYS}/shop-outbox/status"), response).await;
+            let ready = status.body["status"]["conditions"].as_array().and_then(|all| all.iter().find(|c| c["type"] == "Ready")).cloned();
+            let ready = ready.expect("a Ready condition");
+            assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some(ready_reason)));
+            assert_eq!(ready["message"].as_str(), Some(message));
+            let warning = api.expect_event("default").await;
+            assert_eq!(warning["reason"].as_str(), Some(ready_reason));
+            api.expect_no_more_requests().await;
+        });
+        harness.reconcile(&relay).await.expect("reconciles");
+        scenario.await.expect("scenario ran");
+    }
+}
+
 #[tokio::test]
 async fn a_reconcile_soon_after_its_own_status_patch_changes_nothing() {
     let (harness, mut api) = harness();

@@ -4,13 +4,14 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
 use kube::core::error_boundary::DeserializeGuard;
 use kube::ResourceExt;
-use tributary_api::outbox_relay::SIDECAR_OPT_IN_ANNOTATION;
+use tributary_api::outbox_relay::{DatabaseTls, SIDECAR_OPT_IN_ANNOTATION};
 use tributary_api::{EventTopic, OutboxRelay};
 
 use super::desired::ResolvedRoute;
-use super::status::Workload;
+use super::status::{reason, SecretProblem, Workload};
 use crate::controller_support::Shared;
 use crate::error::Result;
 use crate::event_topic::status as event_topic_status;
@@ -97,6 +98,33 @@ pub fn resolve_routes(relay: &OutboxRelay, lookup: impl Fn(&str) -> TopicLookup)
 pub async fn check_secret(shared: &Shared, relay: &OutboxRelay, namespace: &str) -> Result<SecretCheck> {
     let reference = &relay.spec.database.url_secret_ref;
     check_secret_key(shared, namespace, &reference.name, &reference.key).await
+}
+
+/// Why the database TLS Secret (`spec.database.tls`) cannot be mounted, if it cannot: a pod whose
+/// Secret volume is missing, or lacks a key it names, does not start. `None` also without TLS
+/// files.
+pub async fn database_tls_problem(shared: &Shared, relay: &OutboxRelay, namespace: &str) -> Result<Option<SecretProblem>> {
+    let Some(tls) = &relay.spec.database.tls else { return Ok(None) };
+    let secret = shared.get::<Secret>(namespace, &tls.secret_ref.name).await?;
+    Ok(tls_secret_problem(tls, secret.as_ref()))
+}
+
+/// What is missing of the TLS `secret` (`None` when it does not exist), first the Secret itself,
+/// then each key the spec names, in spec order.
+pub fn tls_secret_problem(tls: &DatabaseTls, secret: Option<&Secret>) -> Option<SecretProblem> {
+    let name = &tls.secret_ref.name;
+    let keys = [("caKey", Some(&tls.ca_key)), ("certKey", tls.cert_key.as_ref()), ("keyKey", tls.key_key.as_ref())];
+    keys.into_iter().find_map(|(field, key)| match SecretCheck::of(secret, key?) {
+        SecretCheck::Found => None,
+        SecretCheck::Missing => Some(SecretProblem {
+            reason: reason::SECRET_NOT_FOUND,
+            message: format!("Secret {name} (spec.database.tls.secretRef) does not exist"),
+        }),
+        SecretCheck::KeyMissing => Some(SecretProblem {
+            reason: reason::SECRET_KEY_NOT_FOUND,
+            message: format!("Secret {name} has no key {:?} (spec.database.tls.{field})", key?),
+        }),
+    })
 }
 
 /// Every EventTopic the routes name, looked up once each.
@@ -336,5 +364,34 @@ placement: { standalone: {} }
             .map(|value| value.get_name().to_owned())
             .collect();
         assert_eq!(spelled, ["Required", "NotRequired"]);
+    }
+
+    #[test]
+    fn a_tls_secret_needs_every_key_the_spec_names() {
+        let relay = outbox_relay(
+            "r",
+            "database: { urlSecretRef: { name: db }, tls: { secretRef: { name: db-tls }, certKey: tls.crt, keyKey: tls.key } }\nrouting: { topicPrefix: x }\nplacement: { standalone: {} }",
+        );
+        let tls = relay.spec.database.tls.as_ref().expect("tls");
+        let secret = |keys: &[&str]| Secret {
+            data: Some(keys.iter().map(|key| ((*key).to_owned(), k8s_openapi::ByteString(b"PEM".to_vec()))).collect()),
+            ..Secret::default()
+        };
+        assert_eq!(tls_secret_problem(tls, Some(&secret(&["ca.crt", "tls.crt", "tls.key"]))), None);
+        let problem = |reason, message: &str| Some(SecretProblem { reason, message: message.to_owned() });
+        assert_eq!(
+            tls_secret_problem(tls, None),
+            problem(reason::SECRET_NOT_FOUND, "Secret db-tls (spec.database.tls.secretRef) does not exist")
+        );
+        assert_eq!(
+            tls_secret_problem(tls, Some(&secret(&["ca.crt", "tls.crt"]))),
+            problem(reason::SECRET_KEY_NOT_FOUND, "Secret db-tls has no key \"tls.key\" (spec.database.tls.keyKey)")
+        );
+        let ca_only = DatabaseTls { cert_key: None, key_key: None, ..tls.clone() };
+        assert_eq!(
+            tls_secret_problem(&ca_only, Some(&secret(&["tls.crt"]))),
+            problem(reason::SECRET_KEY_NOT_FOUND, "Secret db-tls has no key \"ca.crt\" (spec.database.tls.caKey)")
+        );
+        assert_eq!(tls_secret_problem(&ca_only, Some(&secret(&["ca.crt"]))), None, "no client certificate asked for");
     }
 }

@@ -60,12 +60,22 @@ pub enum Workload {
     NameTaken,
 }
 
+/// A Secret the relay's pods would mount but cannot: the reason (`SecretNotFound`,
+/// `SecretKeyNotFound`) and a message naming the Secret, the key and the spec field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretProblem {
+    pub reason: &'static str,
+    pub message: String,
+}
+
 /// Everything a reconcile learnt that the status shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observation {
     pub workload: Workload,
     pub routes: Routes,
     pub secret: SecretCheck,
+    /// Why the database TLS Secret (`spec.database.tls`) cannot be mounted, if it cannot.
+    pub database_tls: Option<SecretProblem>,
     /// Why the workload Kafka Secret cannot be mounted (see `workload::kafka_secret_problem`): as
     /// a sidecar, the pod that would not start is the application's.
     pub kafka_secret_problem: Option<String>,
@@ -114,6 +124,9 @@ impl Observation {
             SecretCheck::Missing => return Some((reason::SECRET_NOT_FOUND, String::new())),
             SecretCheck::KeyMissing => return Some((reason::SECRET_KEY_NOT_FOUND, String::new())),
             SecretCheck::Found => {}
+        }
+        if let Some(problem) = &self.database_tls {
+            return Some((problem.reason, problem.message.clone()));
         }
         if let Some(problem) = &self.kafka_secret_problem {
             return Some((reason::KAFKA_SECRET_NOT_FOUND, problem.clone()));
@@ -202,10 +215,10 @@ fn ready(
         // Reasons shared with TargetFound or TopicsReady repeat that condition's message.
         let message = conditions.iter().find(|condition| condition.reason == reason).map(|condition| condition.message.clone());
         let secret = &relay.spec.database.url_secret_ref;
-        let message = message.unwrap_or_else(|| match reason {
-            reason::SECRET_NOT_FOUND => format!("Secret {} (spec.database.urlSecretRef) does not exist", secret.name),
-            reason::SECRET_KEY_NOT_FOUND => format!("Secret {} has no key {:?} (spec.database.urlSecretRef)", secret.name, secret.key),
-            _ => detail,
+        let message = message.unwrap_or_else(|| match observation.secret {
+            SecretCheck::Missing => format!("Secret {} (spec.database.urlSecretRef) does not exist", secret.name),
+            SecretCheck::KeyMissing => format!("Secret {} has no key {:?} (spec.database.urlSecretRef)", secret.name, secret.key),
+            SecretCheck::Found => detail,
         });
         return not_ready(reason, message);
     }
@@ -308,6 +321,7 @@ placement: { sidecar: { targetRef: { name: shop-api } } }
                 kafka_topic: "shop.orders".into(),
             }]),
             secret: SecretCheck::Found,
+            database_tls: None,
             kafka_secret_problem: None,
             invalid: None,
             ready_relays: Some(2),
@@ -352,6 +366,17 @@ placement: { sidecar: { targetRef: { name: shop-api } } }
                 "Secret shop-db (spec.database.urlSecretRef) does not exist",
             ),
             (Observation { secret: SecretCheck::KeyMissing, ..running() }, reason::SECRET_KEY_NOT_FOUND, "has no key \"dsn\""),
+            (
+                Observation {
+                    database_tls: Some(SecretProblem {
+                        reason: reason::SECRET_NOT_FOUND,
+                        message: "Secret shop-db-tls (…) does not exist".into(),
+                    }),
+                    ..running()
+                },
+                reason::SECRET_NOT_FOUND,
+                "Secret shop-db-tls (…) does not exist",
+            ),
             (
                 Observation { routes: Routes::NotFound(vec!["orders".into()]), ..running() },
                 reason::TOPIC_NOT_FOUND,

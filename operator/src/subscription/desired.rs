@@ -206,7 +206,7 @@ fn relay_container(workload: &Workload, settings: &WorkloadSettings, pod: &PodSe
         },
         readiness_probe: true,
         pod: RelayPod::Joined(Some(pod)),
-        kafka_properties: kafka_properties(settings),
+        secret_mounts: kafka_properties(settings).map(|kafka| kafka.mount()).into_iter().collect(),
     }
     .build()
 }

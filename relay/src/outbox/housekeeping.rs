@@ -5,10 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
-use tokio_postgres::NoTls;
 use tracing::warn;
 
-use super::{Cleanup, OutboxSettings};
+use super::{Cleanup, Database, OutboxSettings};
 use crate::metrics::RelayMetrics;
 use crate::producer::EventProducer;
 
@@ -16,7 +15,7 @@ use crate::producer::EventProducer;
 /// gauge, probes Kafka when there is nothing to send and, with `mark` cleanup, prunes old
 /// published rows. Reconnects on failure.
 pub(super) async fn run(
-    url: String,
+    database: Database,
     settings: Arc<OutboxSettings>,
     producer: Arc<dyn EventProducer>,
     metrics: Arc<RelayMetrics>,
@@ -25,7 +24,7 @@ pub(super) async fn run(
 ) {
     let statements = &settings.statements;
     while !*shutdown.borrow() {
-        let (client, connection) = match tokio_postgres::connect(&url, NoTls).await {
+        let (client, connection) = match database.open().await {
             Ok(pair) => pair,
             Err(error) => {
                 warn!(%error, "LISTEN connection failed; retrying");
@@ -69,10 +68,14 @@ pub(super) async fn run(
 
 /// Drives `connection` (a session that will `LISTEN` on the outbox's channel) and wakes every
 /// worker on each notification, until the connection ends.
-pub fn wake_workers_on_notify(
-    mut connection: tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+pub fn wake_workers_on_notify<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
     wakers: Vec<Arc<Notify>>,
-) -> tokio::task::JoinHandle<()> {
+) -> tokio::task::JoinHandle<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     use futures::StreamExt;
     let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
     tokio::spawn(async move {

@@ -11,7 +11,7 @@
 //! Here: the settings. `batch`: one claim → produce → delete transaction. `worker`: workers running
 //! batches back to back, and the whole relay. `housekeeping`: LISTEN for inserts, the pending-rows
 //! gauge, Kafka probes when idle, pruning. `database`: connecting, and waiting for a database that
-//! is not up yet. `table`: migrating and checking the table, releasing held rows. `schema`: the
+//! is not up yet; `tls`: the TLS its URL's `sslmode` asks for. `table`: migrating and checking the table, releasing held rows. `schema`: the
 //! SQL; `record`: a row as a Kafka record.
 
 mod batch;
@@ -22,12 +22,13 @@ mod pg_tests;
 pub mod record;
 pub mod schema;
 mod table;
+pub mod tls;
 mod worker;
 
 use std::time::Duration;
 
 pub use batch::{decode_row, process_batch, BatchOutcome, Session, Shard};
-pub use database::{connect, connect_when_reachable, connector, parse_database_url, ConnectError, Connector};
+pub use database::{connect_when_reachable, connector, ConnectError, Connector, Database, DatabaseConnection};
 pub use housekeeping::wake_workers_on_notify;
 pub use table::{check_schema, check_schema_until_ready, migrate, release_held, OnSchemaProblem, SchemaProblem};
 pub use worker::{connect_worker, relay, WorkerPool};

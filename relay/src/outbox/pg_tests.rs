@@ -475,7 +475,8 @@ async fn worker_sessions_end_transactions_left_idle() {
     let Some(mut client) = database().await else { return };
     let table = fresh_table(&mut client, "idle", Cleanup::Delete, FailurePolicy::Block).await;
     let url = tributary_testkit::prerequisite::required_env("PostgreSQL test", "TRIBUTARY_TEST_DATABASE_URL").expect("checked");
-    let worker = super::connect_worker(&super::connector(url), &table.settings).await.expect("connects");
+    let database = super::Database::new(&url, super::tls::TlsFiles::default()).expect("a valid URL");
+    let worker = super::connect_worker(&super::connector(database), &table.settings).await.expect("connects");
     let timeout: String = worker.query_one("SHOW idle_in_transaction_session_timeout", &[]).await.expect("show").get(0);
     assert_ne!(timeout, "0", "worker sessions never end an idle transaction");
     table.drop_table(&client).await;

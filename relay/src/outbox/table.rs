@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 use tracing::warn;
 
-use super::database::connect_when_reachable;
+use super::database::{connect_when_reachable, Database};
 use super::schema::{self, Statements};
 use super::RelayError;
 use crate::backoff::ExponentialBackoff;
@@ -122,7 +122,7 @@ pub enum OnSchemaProblem {
 /// the nullable columns [`check_schema`] found) or, with [`OnSchemaProblem::Exit`], until the
 /// first problem.
 pub async fn check_schema_until_ready(
-    database: &tokio_postgres::Config,
+    database: &Database,
     statements: &Statements,
     metrics: &RelayMetrics,
     on_problem: OnSchemaProblem,

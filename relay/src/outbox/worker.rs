@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use super::batch::{process_batch, Session, Shard};
 use super::database::{connector, Connector};
-use super::{housekeeping, OutboxSettings};
+use super::{housekeeping, Database, OutboxSettings};
 use crate::backoff::ExponentialBackoff;
 use crate::metrics::RelayMetrics;
 use crate::producer::EventProducer;
@@ -20,15 +20,15 @@ use crate::producer::EventProducer;
 /// Relays until `shutdown` completes, with `workers` workers and the housekeeping task; then lets
 /// the batches in flight finish. The table must have passed [`check_schema`](super::check_schema).
 pub async fn relay(
-    url: String,
+    database: Database,
     settings: Arc<OutboxSettings>,
     producer: Arc<dyn EventProducer>,
     metrics: Arc<RelayMetrics>,
     workers: u16,
     shutdown: impl Future<Output = ()>,
 ) {
-    let pool = WorkerPool::start(workers, connector(url.clone()), settings.clone(), producer.clone(), metrics.clone());
-    let housekeeping = tokio::spawn(housekeeping::run(url, settings.clone(), producer, metrics, pool.wakers(), pool.stopping()));
+    let pool = WorkerPool::start(workers, connector(database.clone()), settings.clone(), producer.clone(), metrics.clone());
+    let housekeeping = tokio::spawn(housekeeping::run(database, settings.clone(), producer, metrics, pool.wakers(), pool.stopping()));
     info!(table = %settings.statements.table, workers, "relaying outbox");
     shutdown.await;
     info!("shutting down: finishing in-flight batches");

@@ -18,7 +18,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+use tributary_relay::outbox::tls::TlsFiles;
+use tributary_relay::outbox::{ConnectError, Database};
 
 /// The relay binary under test.
 pub const RELAY: &str = env!("CARGO_BIN_EXE_tributary-relay");
@@ -78,12 +80,44 @@ pub fn since(start: Instant) -> String {
 // ---------------------------------------------------------------------------------------------
 // PostgreSQL
 
+/// A connection to the test database at `url`, TLS as its `sslmode` says (the relay's own way of
+/// connecting, so that tests of a TLS-only server can set up their tables too).
 pub async fn pg(url: &str) -> Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("connect to the test database");
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
+    connect(url).await.expect("connect to the test database")
+}
+
+async fn connect(url: &str) -> Result<Client, ConnectError> {
+    Database::new(url, TlsFiles::default())?.connect().await
+}
+
+/// The TLS-only PostgreSQL of `scripts/postgres-tls.sh` (see there): its port and the directory of
+/// its certificates.
+pub struct TlsDatabase {
+    port: u16,
+    dir: PathBuf,
+}
+
+/// The TLS-only PostgreSQL `scripts/test.sh` starts, or `None` (after a skip line) when its
+/// variables are missing and the run is not strict.
+pub fn tls_database(test: &str) -> Option<TlsDatabase> {
+    use tributary_testkit::prerequisite::required_env;
+    let url = required_env(test, "TRIBUTARY_TEST_TLS_DATABASE_URL")?;
+    let dir = required_env(test, "TRIBUTARY_TEST_TLS_DIR")?;
+    let config: tokio_postgres::Config = url.parse().expect("TRIBUTARY_TEST_TLS_DATABASE_URL is a PostgreSQL URL");
+    let port = *config.get_ports().first().expect("TRIBUTARY_TEST_TLS_DATABASE_URL names a port");
+    Some(TlsDatabase { port, dir: dir.into() })
+}
+
+impl TlsDatabase {
+    /// `postgres://postgres@<host>:<port>/<database>?<query>`.
+    pub fn url(&self, host: &str, database: &str, query: &str) -> String {
+        format!("postgres://postgres@{host}:{}/{database}?{query}", self.port)
+    }
+
+    /// One of its files by name: `ca.crt`, `client.crt`, `client.key`, `other-ca.crt`.
+    pub fn file(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
 }
 
 /// Drops the outbox table, its failed-rows table and its trigger function when dropped (also when
@@ -107,8 +141,7 @@ impl TableGuard {
         let dropper = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             runtime.block_on(async move {
-                let Ok((client, connection)) = tokio_postgres::connect(&url, NoTls).await else { return };
-                tokio::spawn(connection);
+                let Ok(client) = connect(&url).await else { return };
                 let sql = format!(
                     "SET client_min_messages = warning; DROP TABLE IF EXISTS \"{table}\", \"{table}_failed\" CASCADE; \
                      DROP FUNCTION IF EXISTS \"{table}_notify\"() CASCADE;"
