@@ -12,8 +12,9 @@
 #
 # The cluster: plain-text connections are refused (pg_hba.conf has hostssl rules only); user
 # postgres needs no password, except in database `certdb`, which takes only a client
-# certificate (CN=postgres). The server certificate names DNS:localhost and nothing else, so
-# `sslmode=verify-full` fails at 127.0.0.1.
+# certificate (CN=postgres); user `tributary` (password `tributary`, SCRAM, which tokio-postgres
+# binds to the TLS channel) owns database `scramdb`. The server certificate names DNS:localhost
+# and nothing else, so `sslmode=verify-full` fails at 127.0.0.1.
 # Files in TRIBUTARY_TEST_TLS_DIR (PEM): ca.crt (signed the server and client certificates),
 #   client.crt and client.key (CN=postgres), other-ca.crt (a CA that signed nothing here).
 #
@@ -135,6 +136,7 @@ init_cluster() {
   as_cluster_user tee "$data/pgdata/pg_hba.conf" >/dev/null <<EOF
 local   all     postgres         trust
 hostssl certdb  postgres  all    cert
+hostssl all     tributary all    scram-sha-256
 hostssl all     postgres  all    trust
 EOF
 }
@@ -177,7 +179,8 @@ start_cluster() {
     configure "$data" "$port"
     if as_cluster_user "$bin/pg_ctl" -D "$data/pgdata" -l "$data/postgres.log" -w -t 30 start >/dev/null; then
       printf '%s\n' "$port" >"$PORT_FILE"
-      as_cluster_user "$bin/psql" -X -q -h "$data" -p "$port" -U postgres -d postgres -c 'CREATE DATABASE certdb' >&2
+      as_cluster_user "$bin/psql" -X -q -h "$data" -p "$port" -U postgres -d postgres -c 'CREATE DATABASE certdb' \
+        -c "CREATE ROLE tributary LOGIN PASSWORD 'tributary'" -c 'CREATE DATABASE scramdb OWNER tributary' >&2
       log "PostgreSQL with TLS only up at localhost:$port (certificates in $STATE)"
       return 0
     fi

@@ -77,7 +77,8 @@ async fn require_connects_over_tls_and_relays() {
 /// `verify-full` takes the server whose certificate chains to the CA and names the host it
 /// connected to; elsewhere it refuses, naming the cause. `verify-ca` checks the chain only; a CA
 /// that did not sign the certificate is refused by both, and by `require` given that CA (as
-/// libpq). The flags' files replace the URL's; `certdb` wants the client certificate.
+/// libpq). The flags' files replace the URL's; `certdb` wants the client certificate; a password
+/// (SCRAM) login binds itself to the TLS channel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_modes_check_the_chain_and_the_host_name() {
     let Some(tls) = tls_database("verify_modes_check_the_chain_and_the_host_name") else { return };
@@ -87,6 +88,8 @@ async fn verify_modes_check_the_chain_and_the_host_name() {
         &tls.url("localhost", "certdb", &format!("sslmode=require&sslcert={}&sslkey={}", tls.file("client.crt"), tls.file("client.key"))),
         &table,
     );
+    let scram = |query: &str| tls.url("localhost", "scramdb", query).replacen("postgres@", "tributary:tributary@", 1);
+    let _scramdb_table = TableGuard::new(&scram("sslmode=require"), &table);
     let (ca, other_ca) = (tls.file("ca.crt"), tls.file("other-ca.crt"));
     let (client_cert, client_key) = (tls.file("client.crt"), tls.file("client.key"));
     let with_ca = |host: &str, mode: &str, ca: &str| tls.url(host, "postgres", &format!("sslmode={mode}&sslrootcert={ca}"));
@@ -99,6 +102,11 @@ async fn verify_modes_check_the_chain_and_the_host_name() {
             "a client certificate where one is wanted",
             tls.url("localhost", "certdb", "sslmode=verify-full"),
             vec!["--database-ca-file", &ca, "--database-cert-file", &client_cert, "--database-key-file", &client_key],
+        ),
+        (
+            "a SCRAM password bound to the TLS channel",
+            scram(&format!("sslmode=verify-full&sslrootcert={ca}&channel_binding=require")),
+            vec![],
         ),
     ];
     for (what, url, flags) in &accepted {
