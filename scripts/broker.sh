@@ -25,16 +25,7 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-
-cmd=${1:-}
-[[ $# -gt 0 ]] && shift
-want_env=false
-for arg in "$@"; do
-  case $arg in
-    --env) want_env=true ;;
-    *) die "unknown argument: $arg (try --help)" ;;
-  esac
-done
+parse_action "$@"
 
 RUN_DIR="${TRIBUTARY_RUN_DIR:-$TRIBUTARY_ROOT/.run}"
 mkdir -p "$RUN_DIR"

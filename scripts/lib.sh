@@ -105,3 +105,19 @@ why_no_cluster() {
     return 1
   fi
 }
+
+# The command line of a script run as `<script> <action> [--env]`: sets `cmd` (the action) and
+# `want_env` (whether --env was given) for the caller.
+# shellcheck disable=SC2034
+parse_action() {
+  cmd=${1:-}
+  [[ $# -gt 0 ]] && shift
+  want_env=false
+  local arg
+  for arg in "$@"; do
+    case $arg in
+      --env) want_env=true ;;
+      *) die "unknown argument: $arg (try --help)" ;;
+    esac
+  done
+}
